@@ -1,0 +1,296 @@
+//! What happened before: `runs`, `show`, `lineage`, `gc`.
+
+use std::collections::HashSet;
+use std::process::ExitCode;
+
+use serde_json::{Value, json};
+
+use super::render::Table;
+use super::{UsageError, print_json, resolve_instance};
+use crate::store::{InstanceRecord, Store, Workspace};
+
+async fn open(workspace: &Workspace) -> anyhow::Result<Store> {
+    Store::open_read_only(workspace).await?.ok_or_else(|| {
+        UsageError(format!("no ablate store in {} (nothing has run here yet; pass --workspace?)", workspace.root.display())).into()
+    })
+}
+
+pub async fn runs(workspace: &Workspace, limit: i64, json: bool) -> anyhow::Result<ExitCode> {
+    let store = open(workspace).await?;
+    let runs = store.runs(limit).await?;
+    if json {
+        print_json(&serde_json::to_value(&runs)?);
+        return Ok(ExitCode::SUCCESS);
+    }
+    let mut table = Table::new(&["RUN", "PIPELINE", "COMMAND", "STATUS", "STARTED", "DURATION", "DONE", "FAILED", "SKIPPED", "HOST"]);
+    for r in runs {
+        table.row(vec![
+            r.id.to_string(),
+            r.pipeline.unwrap_or_else(|| "-".into()),
+            r.command,
+            r.status,
+            r.started_at,
+            r.duration_s.map_or_else(String::new, |d| format!("{d:.1}s")),
+            r.done.to_string(),
+            r.failed.to_string(),
+            r.skipped.to_string(),
+            r.host,
+        ]);
+    }
+    print!("{}", table.render());
+    Ok(ExitCode::SUCCESS)
+}
+
+pub async fn show(workspace: &Workspace, id: &str, json: bool) -> anyhow::Result<ExitCode> {
+    let store = open(workspace).await?;
+    // Short all-digit ids are run ids; keys are 64 hex digits.
+    if id.len() < 12 && id.chars().all(|c| c.is_ascii_digit()) {
+        let run_id: i64 = id.parse().map_err(|_| UsageError(format!("bad run id {id}")))?;
+        let Some(run) = store.run_by_id(run_id).await? else {
+            return Err(UsageError(format!("no run {run_id} in this workspace")).into());
+        };
+        let attempts = store.attempts_of_run(run_id).await?;
+        if json {
+            print_json(&json!({"run": run, "attempts": attempts}));
+            return Ok(ExitCode::SUCCESS);
+        }
+        println!(
+            "run {}  {}  {}  {} by {}@{}",
+            run.id,
+            run.pipeline.as_deref().unwrap_or("-"),
+            run.command,
+            run.status,
+            run.user,
+            run.host
+        );
+        println!("started {}  ended {}", run.started_at, run.ended_at.as_deref().unwrap_or("-"));
+        let mut table = Table::new(&["ATTEMPT", "KEY", "KIND", "STATUS", "STARTED", "ENDED", "ERROR"]);
+        for a in attempts {
+            table.row(vec![
+                a.id.to_string(),
+                a.key[..12].to_owned(),
+                a.kind,
+                a.status,
+                a.started_at,
+                a.ended_at.unwrap_or_default(),
+                a.error.unwrap_or_default(),
+            ]);
+        }
+        print!("{}", table.render());
+        return Ok(ExitCode::SUCCESS);
+    }
+    let instance = resolve_instance(&store, id).await?;
+    let bindings = store.bindings_of(instance.id).await?;
+    let upstream = store.upstream_of(instance.id).await?;
+    let downstream = store.downstream_of(instance.id).await?;
+    let attempts = store.attempts_of_instance(instance.id).await?;
+    let done = store.done_attempt_of(instance.id).await?;
+    let metrics = match &done {
+        Some(d) => store.metrics_of_attempt(d.attempt_id).await?,
+        None => Vec::new(),
+    };
+    if json {
+        print_json(&json!({
+            "instance": instance,
+            "bindings": bindings,
+            "upstream": upstream.iter().map(|(u, s)| json!({"stage": s, "key": u.key, "kind": u.kind})).collect::<Vec<_>>(),
+            "downstream": downstream.iter().map(|d| json!({"key": d.key, "kind": d.kind})).collect::<Vec<_>>(),
+            "attempts": attempts,
+            "artifacts": done.as_ref().map(|d| json!(d.artifacts)).unwrap_or(json!([])),
+            "metrics": metrics,
+        }));
+        return Ok(ExitCode::SUCCESS);
+    }
+    println!("instance {}\nkind     {} (version {})\nparams   {}", instance.key, instance.kind, instance.kind_version, instance.params);
+    for b in &bindings {
+        println!("in       {} / {} {}", b.pipeline, b.stage, b.axes);
+    }
+    for (u, s) in &upstream {
+        println!("needs    {s}: {} ({})", &u.key[..12], u.kind);
+    }
+    for d in &downstream {
+        println!("used by  {} ({})", &d.key[..12], d.kind);
+    }
+    let mut table = Table::new(&["ATTEMPT", "RUN", "STATUS", "STARTED", "ENDED", "HOST", "ERROR"]);
+    for a in attempts {
+        table.row(vec![
+            a.id.to_string(),
+            a.run_id.to_string(),
+            a.status,
+            a.started_at,
+            a.ended_at.unwrap_or_default(),
+            format!("{}:{}", a.host, a.pid),
+            a.error.unwrap_or_default(),
+        ]);
+    }
+    println!();
+    print!("{}", table.render());
+    if let Some(done) = &done {
+        let mut table = Table::new(&["ARTIFACT", "BYTES", "SHA-256", "PATH"]);
+        for a in &done.artifacts {
+            table.row(vec![a.name.clone(), a.bytes.to_string(), a.hash.clone(), workspace.root.join(&a.path).display().to_string()]);
+        }
+        println!();
+        print!("{}", table.render());
+        // Final values: the unstepped value, else the last step.
+        let mut seen = HashSet::new();
+        let mut table = Table::new(&["METRIC", "VALUE", "STEP"]);
+        for m in metrics.iter().rev() {
+            if seen.insert(m.name.clone()) {
+                table.row(vec![m.name.clone(), format!("{}", m.value), m.step.map_or_else(String::new, |s| s.to_string())]);
+            }
+        }
+        if !seen.is_empty() {
+            println!();
+            print!("{}", table.render());
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// The upstream chain of an instance, as nested JSON.
+fn lineage_tree<'a>(
+    store: &'a Store,
+    instance: InstanceRecord,
+    stage: Option<String>,
+    depth: usize,
+) -> std::pin::Pin<Box<dyn std::future::Future<Output = anyhow::Result<Value>> + Send + 'a>> {
+    Box::pin(async move {
+        anyhow::ensure!(depth < 256, "lineage deeper than 256 levels");
+        let mut upstream = Vec::new();
+        for (u, s) in store.upstream_of(instance.id).await? {
+            upstream.push(lineage_tree(store, u, Some(s), depth + 1).await?);
+        }
+        let stages: Vec<String> = store
+            .bindings_of(instance.id)
+            .await?
+            .into_iter()
+            .map(|b| format!("{}/{}", b.pipeline, b.stage))
+            .collect::<HashSet<_>>()
+            .into_iter()
+            .collect();
+        let artifacts = match store.done_attempt_of(instance.id).await? {
+            Some(d) => d.artifacts.iter().map(|a| json!({"name": a.name, "hash": a.hash})).collect(),
+            None => Vec::new(),
+        };
+        Ok(json!({
+            "key": instance.key,
+            "kind": instance.kind,
+            "kind_version": instance.kind_version,
+            "needs_name": stage,
+            "stages": stages,
+            "params": instance.params,
+            "artifacts": artifacts,
+            "upstream": upstream,
+        }))
+    })
+}
+
+fn print_tree(node: &Value, prefix: &str, last: bool, root: bool) {
+    let branch = if root {
+        ""
+    } else if last {
+        "└─ "
+    } else {
+        "├─ "
+    };
+    let name = node["needs_name"].as_str().map(|s| format!("{s}: ")).unwrap_or_default();
+    println!(
+        "{prefix}{branch}{name}{} {} {}",
+        node["kind"].as_str().unwrap_or(""),
+        &node["key"].as_str().unwrap_or("")[..12],
+        node["params"]
+    );
+    let child_prefix = format!(
+        "{prefix}{}",
+        if root {
+            ""
+        } else if last {
+            "   "
+        } else {
+            "│  "
+        }
+    );
+    for a in node["artifacts"].as_array().into_iter().flatten() {
+        println!("{child_prefix}   artifact {} {}", a["name"].as_str().unwrap_or(""), &a["hash"].as_str().unwrap_or("")[..12]);
+    }
+    let children = node["upstream"].as_array().cloned().unwrap_or_default();
+    for (i, child) in children.iter().enumerate() {
+        print_tree(child, &child_prefix, i + 1 == children.len(), false);
+    }
+}
+
+pub async fn lineage(workspace: &Workspace, id: &str, json: bool) -> anyhow::Result<ExitCode> {
+    let store = open(workspace).await?;
+    let lowered = id.to_ascii_lowercase();
+    let roots: Vec<(InstanceRecord, Option<String>)> = match resolve_instance(&store, &lowered).await {
+        Ok(instance) => vec![(instance, None)],
+        Err(e) => {
+            let producers = store.producers_of_hash(&lowered).await?;
+            if producers.is_empty() || lowered.len() < 4 {
+                return Err(e);
+            }
+            producers.into_iter().map(|(i, name, hash)| (i, Some(format!("{name} {hash}")))).collect()
+        }
+    };
+    let mut trees = Vec::new();
+    for (instance, artifact) in roots {
+        let mut tree = lineage_tree(&store, instance, None, 0).await?;
+        tree["artifact"] = json!(artifact);
+        trees.push(tree);
+    }
+    if json {
+        print_json(&if trees.len() == 1 { trees.remove(0) } else { Value::Array(trees) });
+        return Ok(ExitCode::SUCCESS);
+    }
+    for tree in &trees {
+        if let Some(a) = tree["artifact"].as_str() {
+            println!("artifact {a} produced by:");
+        }
+        print_tree(tree, "", true, true);
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+pub async fn gc(workspace: &Workspace, dry_run: bool, json: bool) -> anyhow::Result<ExitCode> {
+    let store =
+        Store::open_read_only(workspace).await?.ok_or_else(|| UsageError(format!("no ablate store in {}", workspace.root.display())))?;
+    drop(store);
+    let store = Store::open(workspace).await?;
+    store.recover_stale().await?;
+    let referenced = store.referenced_hashes().await?;
+    let running = store.running_attempt_ids().await?;
+    let mut deleted = Vec::new();
+    let mut bytes = 0u64;
+    for (hash, path) in workspace.objects().list()? {
+        if !referenced.contains(&hash) {
+            bytes += std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
+            if !dry_run {
+                std::fs::remove_file(&path)?;
+            }
+            deleted.push(hash);
+        }
+    }
+    let mut scratch = 0;
+    if let Ok(entries) = std::fs::read_dir(workspace.root.join("tmp")) {
+        for entry in entries.flatten() {
+            let attempt: Option<i64> = entry.file_name().to_str().and_then(|s| s.parse().ok());
+            if attempt.is_some_and(|a| !running.contains(&a)) {
+                scratch += 1;
+                if !dry_run {
+                    std::fs::remove_dir_all(entry.path())?;
+                }
+            }
+        }
+    }
+    if !dry_run {
+        store.forget_objects(&deleted).await?;
+    }
+    if json {
+        print_json(&json!({"dry_run": dry_run, "objects_deleted": deleted, "bytes_freed": bytes, "scratch_dirs_deleted": scratch}));
+    } else {
+        let verb = if dry_run { "would delete" } else { "deleted" };
+        println!("{verb} {} unreferenced object(s), {} bytes, and {scratch} stale scratch dir(s)", deleted.len(), bytes);
+    }
+    Ok(ExitCode::SUCCESS)
+}

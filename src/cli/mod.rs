@@ -1,0 +1,428 @@
+//! The command line. The only module that writes to stdout.
+
+mod history;
+mod progress;
+mod render;
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use anyhow::bail;
+use clap::{Parser, Subcommand, ValueEnum};
+use serde_json::json;
+
+use crate::exec::{self, NodeOutcome, Observer, RunOptions, node_label};
+use crate::freshness::{self, Freshness};
+use crate::pipeline::{self, Diagnostics, Plan};
+use crate::stages::{self, CancelToken, NoProgress, Progress};
+use crate::store::{Claim, RunStatus, Store, Workspace};
+
+#[derive(Parser)]
+#[command(name = "ablate", version, about = "Declarative ablation pipelines for language–image alignment research")]
+pub struct Cli {
+    /// Workspace directory holding ablate.db and objects/.
+    #[arg(long, global = true, env = "ABLATE_WORKSPACE", default_value = ".ablate")]
+    workspace: PathBuf,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Clone, Copy, ValueEnum, PartialEq, Eq)]
+enum PlanFormat {
+    Table,
+    Json,
+    Dot,
+    Mermaid,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Show every stage instance of a pipeline, its key and whether it is cached or must run (and why).
+    Plan {
+        file: PathBuf,
+        #[arg(long, value_enum, default_value = "table")]
+        format: PlanFormat,
+        /// Same as --format json.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Run what is not done yet.
+    Run {
+        file: PathBuf,
+        /// Instances run at the same time.
+        #[arg(long, short = 'j', default_value_t = 1)]
+        jobs: usize,
+        /// GPUs available to stages that declare them.
+        #[arg(long, default_value_t = 0)]
+        gpus: u32,
+        /// After a failure, keep running branches that do not depend on it.
+        #[arg(long)]
+        keep_going: bool,
+        /// Rerun this stage's instances even when cached (repeatable).
+        #[arg(long, value_name = "STAGE")]
+        force: Vec<String>,
+        /// Run only this stage's instances and the upstream work they need (repeatable).
+        #[arg(long, value_name = "STAGE")]
+        only: Vec<String>,
+        /// Print the summary as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Run one planned instance by itself (its upstream instances must be done).
+    Exec {
+        /// The instance's key (or a unique prefix).
+        key: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// List runs, newest first.
+    Runs {
+        #[arg(long, default_value_t = 50)]
+        limit: i64,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show a run (by id) or a stage instance (by key or prefix).
+    Show {
+        id: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// The upstream chain of an instance (by key) or of the producer of an artifact (by hash).
+    Lineage {
+        id: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Delete objects that no artifact references, and stale scratch directories.
+    Gc {
+        /// Only report what would be deleted.
+        #[arg(long)]
+        dry_run: bool,
+        #[arg(long)]
+        json: bool,
+    },
+    /// List the registered stage kinds and their parameters.
+    Kinds {
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+/// Exit codes: 0 success, 1 a stage or command failed, 2 bad input, 130 interrupted.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let bars = progress::init();
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: starting the async runtime: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    match runtime.block_on(dispatch(cli, bars)) {
+        Ok(code) => code,
+        Err(e) => {
+            if let Some(d) = e.downcast_ref::<Diagnostics>() {
+                eprintln!("{d}");
+                return ExitCode::from(2);
+            }
+            if let Some(UsageError(message)) = e.downcast_ref::<UsageError>() {
+                eprintln!("error: {message}");
+                return ExitCode::from(2);
+            }
+            eprintln!("error: {e:#}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+/// A mistake in what the user asked for (exit code 2).
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct UsageError(String);
+
+async fn dispatch(cli: Cli, bars: indicatif::MultiProgress) -> anyhow::Result<ExitCode> {
+    let workspace = Workspace::new(cli.workspace);
+    match cli.command {
+        Command::Plan { file, format, json } => plan(&workspace, &file, if json { PlanFormat::Json } else { format }).await,
+        Command::Run { file, jobs, gpus, keep_going, force, only, json } => {
+            let options = RunOptions { jobs, gpus, keep_going, force, only };
+            run(&workspace, &file, options, json, bars).await
+        }
+        Command::Exec { key, json } => exec_one(&workspace, &key, json, bars).await,
+        Command::Runs { limit, json } => history::runs(&workspace, limit, json).await,
+        Command::Show { id, json } => history::show(&workspace, &id, json).await,
+        Command::Lineage { id, json } => history::lineage(&workspace, &id, json).await,
+        Command::Gc { dry_run, json } => history::gc(&workspace, dry_run, json).await,
+        Command::Kinds { json } => kinds(json),
+    }
+}
+
+fn compile(file: &Path) -> anyhow::Result<Plan> {
+    Ok(pipeline::compile(file)?)
+}
+
+fn print_json(value: &serde_json::Value) {
+    println!("{}", serde_json::to_string_pretty(value).expect("JSON values serialise"));
+}
+
+fn axes_text(axes: &[(String, serde_json::Value)]) -> String {
+    axes.iter().map(|(k, v)| format!("{k}={}", v.as_str().map_or_else(|| v.to_string(), str::to_owned))).collect::<Vec<_>>().join(" ")
+}
+
+async fn plan(workspace: &Workspace, file: &Path, format: PlanFormat) -> anyhow::Result<ExitCode> {
+    let plan = compile(file)?;
+    let store = Store::open_read_only(workspace).await?;
+    let freshness = freshness::assess(&plan, store.as_ref()).await?;
+    match format {
+        PlanFormat::Dot => print!("{}", render::dot(&plan, &freshness)),
+        PlanFormat::Mermaid => print!("{}", render::mermaid(&plan, &freshness)),
+        PlanFormat::Json => {
+            let rows: Vec<_> = plan
+                .bindings
+                .iter()
+                .map(|b| {
+                    let node = &plan.nodes[b.node];
+                    let fresh = &freshness[b.node];
+                    json!({
+                        "stage": plan.stage_name(b),
+                        "kind": node.kind.name(),
+                        "key": node.key.as_str(),
+                        "axes": Plan::axes_json(b),
+                        "status": if fresh.is_cached() { "cached" } else { "run" },
+                        "reason": match fresh { Freshness::Run(r) => json!(r.to_string()), Freshness::Cached(_) => json!(null) },
+                        "upstream": node.upstream.iter().map(|&u| plan.nodes[u].key.as_str()).collect::<Vec<_>>(),
+                    })
+                })
+                .collect();
+            print_json(&serde_json::Value::Array(rows));
+        }
+        PlanFormat::Table => {
+            let mut table = render::Table::new(&["STAGE", "KEY", "AXES", "STATUS", "REASON"]);
+            for b in &plan.bindings {
+                let (status, reason) = match &freshness[b.node] {
+                    Freshness::Cached(_) => ("cached", String::new()),
+                    Freshness::Run(r) => ("run", r.to_string()),
+                };
+                table.row(vec![
+                    plan.stage_name(b).to_owned(),
+                    plan.nodes[b.node].key.short().to_owned(),
+                    axes_text(&b.axes),
+                    status.into(),
+                    reason,
+                ]);
+            }
+            print!("{}", table.render());
+            let to_run = freshness.iter().filter(|f| !f.is_cached()).count();
+            println!(
+                "{} instances ({} unique), {} to run, {} cached",
+                plan.bindings.len(),
+                plan.nodes.len(),
+                to_run,
+                plan.nodes.len() - to_run
+            );
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Ctrl-C (and SIGTERM, which schedulers send before killing) cancel the run;
+/// a second one exits at once (claims are then recovered by the next run).
+fn install_interrupt(cancel: CancelToken) {
+    tokio::spawn(async move {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+        let mut count = 0;
+        loop {
+            tokio::select! {
+                r = tokio::signal::ctrl_c() => if r.is_err() { return },
+                _ = async { match term.as_mut() { Some(t) => { t.recv().await; } None => std::future::pending::<()>().await } } => {}
+            }
+            count += 1;
+            if count > 1 {
+                eprintln!("interrupted again: exiting now");
+                std::process::exit(130);
+            }
+            tracing::warn!("interrupting: stopping running stages (press Ctrl-C again to exit at once)");
+            cancel.cancel();
+        }
+    });
+}
+
+async fn run(
+    workspace: &Workspace,
+    file: &Path,
+    options: RunOptions,
+    json: bool,
+    bars: indicatif::MultiProgress,
+) -> anyhow::Result<ExitCode> {
+    let plan = compile(file)?;
+    for name in options.force.iter().chain(&options.only) {
+        if !plan.spec.stages.iter().any(|s| &s.name == name) {
+            let names: Vec<&str> = plan.spec.stages.iter().map(|s| s.name.as_str()).collect();
+            return Err(UsageError(format!("no stage named `{name}` in {} (stages: {})", file.display(), names.join(", "))).into());
+        }
+    }
+    let store = Store::open(workspace).await?;
+    let recovered = store.recover_stale().await?;
+    if recovered > 0 {
+        tracing::warn!("recovered {recovered} attempt(s)/run(s) left running by processes that died");
+    }
+    let pipeline_id = store.register_pipeline(&plan.spec.name, &file.display().to_string(), &plan.spec.file.text).await?;
+    let argv: Vec<String> = std::env::args().collect();
+    let run_id = store.start_run(Some(pipeline_id), "run", &argv).await?;
+    let ids = store.register_plan(&plan, pipeline_id).await?;
+    let freshness = freshness::assess(&plan, Some(&store)).await?;
+    let cancel = CancelToken::default();
+    install_interrupt(cancel.clone());
+    let observer: Arc<dyn Observer> = progress::Bars::new(bars);
+    let report = exec::run_plan(&store, &plan, freshness, &ids, run_id, &options, &cancel, observer).await;
+    let report = match report {
+        Ok(r) => r,
+        Err(e) => {
+            store.finish_run(run_id, RunStatus::Failed).await?;
+            return Err(e);
+        }
+    };
+    let status = if report.interrupted {
+        RunStatus::Interrupted
+    } else if report.failed.is_empty() {
+        RunStatus::Done
+    } else {
+        RunStatus::Failed
+    };
+    store.finish_run(run_id, status).await?;
+    let keys = |nodes: &[usize]| {
+        nodes.iter().map(|&i| json!({"label": node_label(&plan, i), "key": plan.nodes[i].key.as_str()})).collect::<Vec<_>>()
+    };
+    if json {
+        print_json(&json!({
+            "run_id": run_id,
+            "status": match status { RunStatus::Done => "done", RunStatus::Failed => "failed", RunStatus::Interrupted => "interrupted" },
+            "executed": keys(&report.executed),
+            "cached": keys(&report.cached),
+            "done_elsewhere": keys(&report.done_elsewhere),
+            "failed": report.failed.iter().map(|(i, e)| json!({"label": node_label(&plan, *i), "key": plan.nodes[*i].key.as_str(), "error": e})).collect::<Vec<_>>(),
+            "skipped": keys(&report.skipped),
+        }));
+    } else {
+        for (i, error) in &report.failed {
+            println!("failed  {}  {}: {}", plan.nodes[*i].key.short(), node_label(&plan, *i), error);
+        }
+        println!(
+            "run {run_id}: {} executed, {} cached, {} done by another run, {} failed, {} skipped{}",
+            report.executed.len(),
+            report.cached.len(),
+            report.done_elsewhere.len(),
+            report.failed.len(),
+            report.skipped.len(),
+            if report.interrupted { " (interrupted)" } else { "" }
+        );
+    }
+    store.close().await;
+    Ok(match status {
+        RunStatus::Done => ExitCode::SUCCESS,
+        RunStatus::Failed => ExitCode::from(1),
+        RunStatus::Interrupted => ExitCode::from(130),
+    })
+}
+
+/// Resolves a key prefix to exactly one stored instance.
+async fn resolve_instance(store: &Store, prefix: &str) -> anyhow::Result<crate::store::InstanceRecord> {
+    if prefix.len() < 4 || !prefix.chars().all(|c| c.is_ascii_hexdigit()) {
+        return Err(UsageError(format!("`{prefix}` is not a stage key (give at least 4 hex digits)")).into());
+    }
+    let mut found = store.instances_by_prefix(&prefix.to_ascii_lowercase()).await?;
+    match found.len() {
+        0 => Err(UsageError(format!("no stage instance with key {prefix} in this workspace")).into()),
+        1 => Ok(found.remove(0)),
+        _ => Err(UsageError(format!(
+            "key prefix {prefix} is ambiguous: {}",
+            found.iter().map(|i| &i.key[..16]).collect::<Vec<_>>().join(", ")
+        ))
+        .into()),
+    }
+}
+
+async fn exec_one(workspace: &Workspace, key: &str, json: bool, bars: indicatif::MultiProgress) -> anyhow::Result<ExitCode> {
+    if !workspace.db_path().exists() {
+        return Err(
+            UsageError(format!("no ablate store in {} (run `ablate run FILE` or pass --workspace)", workspace.root.display())).into()
+        );
+    }
+    let store = Store::open(workspace).await?;
+    store.recover_stale().await?;
+    let instance = resolve_instance(&store, key).await?;
+    let job = exec::job_from_store(&store, instance.id).await?;
+    if let Some(broken) = exec::verify_inputs(&store, &job).await? {
+        let up = &job.upstream[broken.upstream];
+        store.invalidate(up.done.attempt_id, &format!("artifact {} missing or corrupt", broken.artifact)).await?;
+        bail!("input artifact {} of upstream `{}` ({}) is missing or corrupt: rerun it first", broken.artifact, up.stage, &up.key[..12]);
+    }
+    let argv: Vec<String> = std::env::args().collect();
+    let run_id = store.start_run(None, "exec", &argv).await?;
+    let claim = store.claim(instance.id, run_id, false).await?;
+    let (outcome, code) = match claim {
+        Claim::Done { attempt_id } => (json!({"status": "cached", "attempt_id": attempt_id}), ExitCode::SUCCESS),
+        Claim::RunningElsewhere { run_id: other, host, pid } => {
+            store.finish_run(run_id, RunStatus::Failed).await?;
+            bail!("instance {} is being run by run {other} (pid {pid} on {host})", &instance.key[..12]);
+        }
+        Claim::Claimed { attempt_id } => {
+            let cancel = CancelToken::default();
+            install_interrupt(cancel.clone());
+            let observer = progress::Bars::new(bars);
+            let label = format!("{} {}", instance.kind, &instance.key[..12]);
+            let progress: Arc<dyn Progress> = if json { Arc::new(NoProgress) } else { observer.started(&label, &instance.key) };
+            let end = exec::run_job(&store, &job, attempt_id, cancel, progress).await?;
+            let (status, outcome, code, run_status) = match end {
+                exec::JobEnd::Done => ("done", NodeOutcome::Done, ExitCode::SUCCESS, RunStatus::Done),
+                exec::JobEnd::Interrupted => ("interrupted", NodeOutcome::Interrupted, ExitCode::from(130), RunStatus::Interrupted),
+                exec::JobEnd::Failed(e) => ("failed", NodeOutcome::Failed(e), ExitCode::from(1), RunStatus::Failed),
+            };
+            observer.finished(&label, &instance.key, &outcome);
+            store.finish_run(run_id, run_status).await?;
+            let error = if let NodeOutcome::Failed(e) = &outcome { json!(e) } else { json!(null) };
+            (json!({"status": status, "attempt_id": attempt_id, "error": error}), code)
+        }
+    };
+    if json {
+        print_json(&json!({"key": instance.key, "kind": instance.kind, "outcome": outcome}));
+    } else {
+        println!("{} {} {}", &instance.key[..12], instance.kind, outcome["status"].as_str().unwrap_or(""));
+    }
+    Ok(code)
+}
+
+fn kinds(json: bool) -> anyhow::Result<ExitCode> {
+    if json {
+        let kinds: Vec<_> = stages::KINDS
+            .iter()
+            .map(|k| {
+                json!({
+                    "name": k.name(),
+                    "version": k.version(),
+                    "summary": k.summary(),
+                    "params": k.params().iter().map(|p| json!({"name": p.name, "type": format!("{:?}", p.ty), "default": p.default_value(), "required": matches!(p.default, stages::ParamDefault::Required), "doc": p.doc})).collect::<Vec<_>>(),
+                })
+            })
+            .collect();
+        print_json(&serde_json::Value::Array(kinds));
+        return Ok(ExitCode::SUCCESS);
+    }
+    for kind in stages::KINDS {
+        println!("{} (version {}): {}", kind.name(), kind.version(), kind.summary());
+        let mut table = render::Table::new(&["  PARAMETER", "DEFAULT", "DESCRIPTION"]);
+        for p in kind.params() {
+            let default = match p.default {
+                stages::ParamDefault::Required => "required".to_owned(),
+                stages::ParamDefault::Absent => "-".to_owned(),
+                _ => p.default_value().map(|v| v.to_string()).unwrap_or_default(),
+            };
+            table.row(vec![format!("  {}", p.name), default, p.doc.to_owned()]);
+        }
+        println!("{}", table.render());
+    }
+    Ok(ExitCode::SUCCESS)
+}

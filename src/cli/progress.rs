@@ -1,0 +1,107 @@
+//! Progress bars (indicatif) for running stages, and log output that does not
+//! tear through them.
+
+use std::io::Write;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
+use tracing_subscriber::EnvFilter;
+use tracing_subscriber::fmt::MakeWriter;
+
+use crate::exec::{NodeOutcome, Observer};
+use crate::stages::Progress;
+
+/// Sets up logging (RUST_LOG, default `ablate=info`) and returns the bar container.
+pub fn init() -> MultiProgress {
+    let bars = MultiProgress::with_draw_target(ProgressDrawTarget::stderr_with_hz(4));
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("ablate=info"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_target(false)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .with_writer(BarsWriter(bars.clone()))
+        .try_init();
+    bars
+}
+
+/// Writes log lines above the bars instead of through them.
+#[derive(Clone)]
+struct BarsWriter(MultiProgress);
+
+impl Write for BarsWriter {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.suspend(|| std::io::stderr().write(buf))
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        std::io::stderr().flush()
+    }
+}
+
+impl<'a> MakeWriter<'a> for BarsWriter {
+    type Writer = BarsWriter;
+    fn make_writer(&'a self) -> Self::Writer {
+        self.clone()
+    }
+}
+
+/// One bar per running stage.
+pub struct Bars {
+    bars: MultiProgress,
+    started: std::sync::Mutex<std::collections::HashMap<String, (ProgressBar, Instant)>>,
+}
+
+impl Bars {
+    pub fn new(bars: MultiProgress) -> Arc<Bars> {
+        Arc::new(Bars { bars, started: Default::default() })
+    }
+}
+
+struct BarProgress(ProgressBar);
+
+impl Progress for BarProgress {
+    fn set_length(&self, len: u64) {
+        self.0.set_length(len);
+    }
+    fn set_position(&self, pos: u64) {
+        self.0.set_position(pos);
+    }
+    fn set_message(&self, msg: String) {
+        self.0.set_message(msg);
+    }
+}
+
+impl Observer for Bars {
+    fn started(&self, label: &str, key: &str) -> Arc<dyn Progress> {
+        let bar = self.bars.add(ProgressBar::new(0));
+        bar.set_style(
+            ProgressStyle::with_template("{prefix:.bold} [{bar:30}] {pos}/{len} {per_sec} eta {eta} {msg}")
+                .expect("valid template")
+                .progress_chars("=> "),
+        );
+        bar.set_prefix(label.to_owned());
+        bar.enable_steady_tick(Duration::from_millis(250));
+        tracing::info!("start {label} ({})", &key[..12]);
+        self.started.lock().expect("not poisoned").insert(key.to_owned(), (bar.clone(), Instant::now()));
+        Arc::new(BarProgress(bar))
+    }
+
+    fn finished(&self, label: &str, key: &str, outcome: &NodeOutcome) {
+        let entry = self.started.lock().expect("not poisoned").remove(key);
+        let elapsed = entry.as_ref().map(|(_, t)| format!(" in {:.1}s", t.elapsed().as_secs_f64())).unwrap_or_default();
+        if let Some((bar, _)) = entry {
+            bar.finish_and_clear();
+            self.bars.remove(&bar);
+        }
+        match outcome {
+            NodeOutcome::Done => tracing::info!("done  {label}{elapsed}"),
+            NodeOutcome::Failed(e) => tracing::error!("FAILED {label}{elapsed}: {e}"),
+            NodeOutcome::Skipped(why) => tracing::warn!("skip  {label}: {why}"),
+            NodeOutcome::Interrupted => tracing::warn!("interrupted {label}{elapsed}"),
+        }
+    }
+
+    fn waiting(&self, label: &str, note: &str) {
+        tracing::info!("wait  {label}: {note}");
+    }
+}

@@ -1,0 +1,87 @@
+//! Plain-text tables and DAG renderings for the terminal.
+
+use std::fmt::Write as _;
+
+use crate::freshness::Freshness;
+use crate::pipeline::Plan;
+
+/// A left-aligned text table with a header row.
+pub struct Table {
+    header: Vec<String>,
+    rows: Vec<Vec<String>>,
+}
+
+impl Table {
+    pub fn new(header: &[&str]) -> Table {
+        Table { header: header.iter().map(|s| s.to_string()).collect(), rows: Vec::new() }
+    }
+
+    pub fn row(&mut self, cells: Vec<String>) {
+        self.rows.push(cells);
+    }
+
+    pub fn render(&self) -> String {
+        let mut widths: Vec<usize> = self.header.iter().map(|h| h.chars().count()).collect();
+        for row in &self.rows {
+            for (i, cell) in row.iter().enumerate() {
+                widths[i] = widths[i].max(cell.chars().count());
+            }
+        }
+        let mut out = String::new();
+        for row in std::iter::once(&self.header).chain(&self.rows) {
+            let line: Vec<String> = row.iter().enumerate().map(|(i, c)| format!("{c:<w$}", w = widths[i])).collect();
+            let _ = writeln!(out, "{}", line.join("  ").trim_end());
+        }
+        out
+    }
+}
+
+fn node_caption(plan: &Plan, node: usize) -> (String, String) {
+    let n = &plan.nodes[node];
+    let stages: Vec<&str> = {
+        let mut s: Vec<&str> = n.bindings.iter().map(|&b| plan.stage_name(&plan.bindings[b])).collect();
+        s.dedup();
+        s
+    };
+    let axes = &plan.bindings[n.bindings[0]].axes;
+    let axes: Vec<String> = axes.iter().map(|(k, v)| format!("{k}={}", v.as_str().map_or_else(|| v.to_string(), str::to_owned))).collect();
+    (format!("{} ({})", stages.join(", "), n.kind.name()), format!("{} {}", axes.join(" "), n.key.short()).trim().to_owned())
+}
+
+/// Graphviz DOT, nodes filled by status (grey cached, orange to run).
+pub fn dot(plan: &Plan, freshness: &[Freshness]) -> String {
+    let mut out = format!(
+        "digraph \"{}\" {{\n  rankdir=LR;\n  node [shape=box, style=\"rounded,filled\", fontname=\"Helvetica\"];\n",
+        plan.spec.name.replace('"', "\\\"")
+    );
+    for (i, fresh) in freshness.iter().enumerate() {
+        let (title, detail) = node_caption(plan, i);
+        let color = if fresh.is_cached() { "#d9d9d9" } else { "#fdb863" };
+        let _ =
+            writeln!(out, "  n{i} [label=\"{}\\n{}\", fillcolor=\"{color}\"];", title.replace('"', "\\\""), detail.replace('"', "\\\""));
+    }
+    for (i, node) in plan.nodes.iter().enumerate() {
+        for &u in &node.upstream {
+            let _ = writeln!(out, "  n{u} -> n{i};");
+        }
+    }
+    out.push_str("}\n");
+    out
+}
+
+/// Mermaid flowchart, with `cached` and `run` classes.
+pub fn mermaid(plan: &Plan, freshness: &[Freshness]) -> String {
+    let mut out = String::from("flowchart LR\n");
+    for (i, fresh) in freshness.iter().enumerate() {
+        let (title, detail) = node_caption(plan, i);
+        let class = if fresh.is_cached() { "cached" } else { "run" };
+        let _ = writeln!(out, "  n{i}[\"{}<br/>{}\"]:::{class}", title.replace('"', "#quot;"), detail.replace('"', "#quot;"));
+    }
+    for (i, node) in plan.nodes.iter().enumerate() {
+        for &u in &node.upstream {
+            let _ = writeln!(out, "  n{u} --> n{i}");
+        }
+    }
+    out.push_str("  classDef cached fill:#d9d9d9\n  classDef run fill:#fdb863\n");
+    out
+}

@@ -1,0 +1,138 @@
+//! Running one claimed instance: inputs in, stage kind, outputs into the store.
+//!
+//! Used by the local scheduler for every instance and by `ablate exec` for one,
+//! so the two cannot drift apart.
+
+use std::panic::AssertUnwindSafe;
+use std::sync::Arc;
+
+use anyhow::Context as _;
+
+use crate::stages::{CancelToken, Interrupted, MetricPoint, Params, Progress, StageContext, StageKind, UpstreamOutputs};
+use crate::store::{AttemptEnd, DoneAttempt, PutObject, Store, Verified};
+
+/// The done outputs of one upstream instance.
+#[derive(Debug, Clone)]
+pub struct UpstreamDone {
+    pub stage: String,
+    pub kind: String,
+    pub key: String,
+    pub params: Params,
+    pub done: DoneAttempt,
+}
+
+/// Everything needed to execute one instance.
+pub struct Job {
+    pub instance_id: i64,
+    pub key: String,
+    pub kind: &'static dyn StageKind,
+    pub params: Params,
+    pub upstream: Vec<UpstreamDone>,
+}
+
+/// How an executed job ended.
+#[derive(Debug)]
+pub enum JobEnd {
+    Done,
+    Interrupted,
+    Failed(String),
+}
+
+/// An upstream artifact that failed full verification.
+#[derive(Debug, Clone)]
+pub struct BrokenInput {
+    pub upstream: usize,
+    pub artifact: String,
+    pub missing: bool,
+}
+
+/// Re-hashes every input artifact: inputs are verified when a stage uses them.
+pub async fn verify_inputs(store: &Store, job: &Job) -> anyhow::Result<Option<BrokenInput>> {
+    let objects = store.workspace().objects();
+    let upstream: Vec<(usize, String, String)> = job
+        .upstream
+        .iter()
+        .enumerate()
+        .flat_map(|(i, u)| u.done.artifacts.iter().map(move |a| (i, a.name.clone(), a.hash.clone())))
+        .collect();
+    tokio::task::spawn_blocking(move || {
+        for (i, name, hash) in upstream {
+            match objects.verify_fully(&hash)? {
+                Verified::Intact(_) => {}
+                state => return Ok(Some(BrokenInput { upstream: i, artifact: name, missing: state == Verified::Missing })),
+            }
+        }
+        Ok(None)
+    })
+    .await?
+}
+
+/// Runs a claimed job to its end and records the outcome on its attempt.
+pub async fn run_job(
+    store: &Store,
+    job: &Job,
+    attempt_id: i64,
+    cancel: CancelToken,
+    progress: Arc<dyn Progress>,
+) -> anyhow::Result<JobEnd> {
+    let workspace = store.workspace().clone();
+    let attempt_dir = workspace.attempt_dir(attempt_id);
+    let objects = workspace.objects();
+    let upstream: Vec<UpstreamOutputs> = job
+        .upstream
+        .iter()
+        .map(|u| UpstreamOutputs {
+            stage: u.stage.clone(),
+            kind: u.kind.clone(),
+            key: u.key.clone(),
+            params: u.params.clone(),
+            artifacts: u.done.artifacts.iter().map(|a| (a.name.clone(), objects.path(&a.hash))).collect(),
+        })
+        .collect();
+    let mut ctx = StageContext::new(job.params.clone(), upstream, attempt_dir.join("out"), workspace.state_dir(&job.key), cancel, progress);
+    let kind = job.kind;
+    let blocking = tokio::task::spawn_blocking(move || {
+        let result = std::panic::catch_unwind(AssertUnwindSafe(|| kind.run(&mut ctx)));
+        let result = match result {
+            Ok(r) => r,
+            Err(panic) => Err(anyhow::anyhow!("the stage panicked: {}", panic_message(&panic))),
+        };
+        let mut metrics = ctx.take_metrics();
+        let outcome = result.and_then(|()| {
+            let outputs = ctx.finish()?;
+            metrics.extend(outputs.metrics);
+            outputs
+                .artifacts
+                .into_iter()
+                .map(|(name, path)| Ok((name.clone(), objects.put(&path).with_context(|| format!("storing artifact {name}"))?)))
+                .collect::<anyhow::Result<Vec<(String, PutObject)>>>()
+        });
+        (outcome, metrics)
+    });
+    let (outcome, metrics): (anyhow::Result<Vec<(String, PutObject)>>, Vec<MetricPoint>) = blocking.await.context("stage thread")?;
+    let end = match outcome {
+        Ok(artifacts) => {
+            store.commit_done(attempt_id, job.instance_id, &artifacts, &metrics).await?;
+            JobEnd::Done
+        }
+        Err(e) if e.is::<Interrupted>() => {
+            store.end_attempt(attempt_id, AttemptEnd::Interrupted, "interrupted by the user", &metrics).await?;
+            JobEnd::Interrupted
+        }
+        Err(e) => {
+            let message = format!("{e:#}");
+            store.end_attempt(attempt_id, AttemptEnd::Failed, &message, &metrics).await?;
+            JobEnd::Failed(message)
+        }
+    };
+    let _ = std::fs::remove_dir_all(&attempt_dir);
+    Ok(end)
+}
+
+fn panic_message(panic: &Box<dyn std::any::Any + Send>) -> String {
+    panic
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "unknown panic".into())
+}

@@ -1,0 +1,298 @@
+//! Expansion: a [`PipelineSpec`] becomes the DAG of stage instances.
+//!
+//! A stage has one instance per combination of the axes it references itself
+//! or through its upstream stages, and only those. An instance depends on the
+//! one instance of each upstream stage whose axis values agree with its own.
+//! Instances with equal keys are one node, within a file and across files.
+
+use std::collections::HashMap;
+
+use petgraph::algo::tarjan_scc;
+use petgraph::graph::DiGraph;
+use serde_json::{Map, Value};
+
+use super::diag::{Diagnostic, Diagnostics};
+use super::key::StageKey;
+use super::parse::{PipelineSpec, StageSpec};
+use crate::stages::{ParamDefault, Params, StageKind};
+
+/// One unit of work: a stage kind with resolved parameters and upstream nodes.
+#[derive(Clone)]
+pub struct Node {
+    pub key: StageKey,
+    pub kind: &'static dyn StageKind,
+    pub params: Params,
+    /// Upstream nodes (indices into [`Plan::nodes`]), in `needs` order.
+    pub upstream: Vec<usize>,
+    /// The `needs` stage name under which each upstream node is seen.
+    pub upstream_stages: Vec<String>,
+    pub gpus: u32,
+    /// Indices into [`Plan::bindings`]: where this node appears in the file.
+    pub bindings: Vec<usize>,
+}
+
+/// A (stage, axis values) pair of the file, and the node it compiles to.
+#[derive(Debug, Clone)]
+pub struct Binding {
+    pub stage: usize,
+    /// The axis values of this instance, in axis declaration order.
+    pub axes: Vec<(String, Value)>,
+    pub node: usize,
+}
+
+/// A compiled pipeline: nodes in topological order (upstream first).
+pub struct Plan {
+    pub spec: PipelineSpec,
+    pub nodes: Vec<Node>,
+    pub bindings: Vec<Binding>,
+}
+
+impl Plan {
+    pub fn stage_name(&self, binding: &Binding) -> &str {
+        &self.spec.stages[binding.stage].name
+    }
+
+    /// Axis values of a binding as a JSON object.
+    pub fn axes_json(binding: &Binding) -> Value {
+        Value::Object(binding.axes.iter().cloned().collect())
+    }
+
+    /// Instance DAG for rendering (node weights index [`Plan::nodes`]).
+    pub fn graph(&self) -> DiGraph<usize, ()> {
+        let mut g = DiGraph::with_capacity(self.nodes.len(), self.nodes.len());
+        let ids: Vec<_> = (0..self.nodes.len()).map(|i| g.add_node(i)).collect();
+        for (i, node) in self.nodes.iter().enumerate() {
+            for &u in &node.upstream {
+                g.add_edge(ids[u], ids[i], ());
+            }
+        }
+        g
+    }
+}
+
+/// Compiles a parsed pipeline into its instance DAG, or every problem found.
+pub fn expand(spec: PipelineSpec) -> Result<Plan, Diagnostics> {
+    let order = stage_order(&spec)?;
+    let axis_index: HashMap<&str, usize> = spec.axes.iter().enumerate().map(|(i, a)| (a.name.as_str(), i)).collect();
+    let stage_index: HashMap<&str, usize> = spec.stages.iter().enumerate().map(|(i, s)| (s.name.as_str(), i)).collect();
+
+    // The axes each stage spans (own references plus upstream), sorted by declaration.
+    let mut stage_axes: Vec<Vec<usize>> = vec![Vec::new(); spec.stages.len()];
+    for &s in &order {
+        let stage = &spec.stages[s];
+        let mut axes: Vec<usize> =
+            stage.params.iter().flat_map(|p| p.template.axis_refs()).filter_map(|a| axis_index.get(a).copied()).collect();
+        for need in &stage.needs {
+            axes.extend(stage_axes[stage_index[need.as_str()]].iter().copied());
+        }
+        axes.sort_unstable();
+        axes.dedup();
+        stage_axes[s] = axes;
+    }
+
+    let mut nodes: Vec<Node> = Vec::new();
+    let mut bindings: Vec<Binding> = Vec::new();
+    let mut by_key: HashMap<StageKey, usize> = HashMap::new();
+    // For each stage, the node of each of its instances, by mixed-radix instance index.
+    let mut stage_nodes: Vec<Vec<usize>> = vec![Vec::new(); spec.stages.len()];
+    let mut errors = ErrorSet::default();
+
+    for &s in &order {
+        let stage = &spec.stages[s];
+        let axes = &stage_axes[s];
+        let radix: Vec<usize> = axes.iter().map(|&a| spec.axes[a].values.len()).collect();
+        let count: usize = radix.iter().product();
+        let needs: Vec<usize> = stage.needs.iter().map(|n| stage_index[n.as_str()]).collect();
+        let mut digits = vec![0usize; axes.len()];
+        let mut this_stage = Vec::with_capacity(count);
+        for _ in 0..count {
+            let value_of = |name: &str| -> &Value {
+                let a = axis_index[name];
+                let pos = axes.iter().position(|&x| x == a).expect("referenced axes are spanned");
+                &spec.axes[a].values[digits[pos]]
+            };
+            let Some(params) = resolve_params(&spec, stage, &value_of, &mut errors) else {
+                advance(&mut digits, &radix);
+                continue;
+            };
+            let upstream: Vec<usize> = needs
+                .iter()
+                .map(|&u| {
+                    // Index of the upstream instance with agreeing axis values.
+                    let mut index = 0;
+                    for &a in &stage_axes[u] {
+                        let pos = axes.iter().position(|&x| x == a).expect("upstream axes are spanned");
+                        index = index * spec.axes[a].values.len() + digits[pos];
+                    }
+                    stage_nodes[u][index]
+                })
+                .collect();
+            let upstream_keys: Vec<&StageKey> = upstream.iter().map(|&u| &nodes[u].key).collect();
+            let key = StageKey::compute(stage.kind.name(), stage.kind.version(), &params.0, &upstream_keys);
+            let binding = bindings.len();
+            let node = match by_key.get(&key) {
+                Some(&n) => n,
+                None => {
+                    let gpus = stage.resources.gpus.unwrap_or_else(|| stage.kind.resources(&params).gpus);
+                    nodes.push(Node {
+                        key: key.clone(),
+                        kind: stage.kind,
+                        params,
+                        upstream,
+                        upstream_stages: stage.needs.clone(),
+                        gpus,
+                        bindings: Vec::new(),
+                    });
+                    by_key.insert(key, nodes.len() - 1);
+                    nodes.len() - 1
+                }
+            };
+            nodes[node].bindings.push(binding);
+            let axis_values =
+                axes.iter().zip(&digits).map(|(&a, &d)| (spec.axes[a].name.clone(), spec.axes[a].values[d].clone())).collect();
+            bindings.push(Binding { stage: s, axes: axis_values, node });
+            this_stage.push(node);
+            advance(&mut digits, &radix);
+        }
+        stage_nodes[s] = this_stage;
+        if !errors.0.is_empty() {
+            // Downstream stages index into this one: stop at the first stage with errors.
+            break;
+        }
+    }
+    if !errors.0.is_empty() {
+        return Err(Diagnostics(errors.0));
+    }
+    // Present bindings in file order of stages, then instance order.
+    bindings.sort_by_key(|b| b.stage);
+    for node in &mut nodes {
+        node.bindings.clear();
+    }
+    for (i, b) in bindings.iter().enumerate() {
+        nodes[b.node].bindings.push(i);
+    }
+    Ok(Plan { spec, nodes, bindings })
+}
+
+/// Increments a mixed-radix counter, last digit fastest.
+fn advance(digits: &mut [usize], radix: &[usize]) {
+    for i in (0..digits.len()).rev() {
+        digits[i] += 1;
+        if digits[i] < radix[i] {
+            return;
+        }
+        digits[i] = 0;
+    }
+}
+
+/// Problems deduplicated by message, so a bad value in a 10,000-instance grid
+/// is reported once, not 10,000 times.
+#[derive(Default)]
+struct ErrorSet(Vec<Diagnostic>);
+
+impl ErrorSet {
+    fn push(&mut self, d: Diagnostic) {
+        if !self.0.iter().any(|e| e.key == d.key && e.message == d.message) {
+            self.0.push(d);
+        }
+    }
+}
+
+fn resolve_params<'v>(
+    spec: &'v PipelineSpec,
+    stage: &StageSpec,
+    value_of: &impl Fn(&str) -> &'v Value,
+    errors: &mut ErrorSet,
+) -> Option<Params> {
+    let file = &spec.file;
+    let dotted = |key: &str| format!("stages.{}.{key}", stage.name);
+    let mut map = Map::new();
+    let mut ok = true;
+    for entry in &stage.params {
+        let Some(param) = stage.kind.params().iter().find(|p| p.name == entry.name) else { continue };
+        let raw = entry.template.resolve(value_of);
+        match param.coerce(&raw) {
+            Ok(v) => {
+                map.insert(entry.name.clone(), v);
+            }
+            Err(message) => {
+                let refs = entry.template.axis_refs();
+                let origin = match refs.as_slice() {
+                    [axis] if matches!(entry.template, super::template::Template::Axis(_)) => {
+                        format!(" (from axis `{axis}` = {})", value_of(axis))
+                    }
+                    _ => String::new(),
+                };
+                errors.push(file.error(entry.value_span.clone(), &dotted(&entry.name), format!("{message}{origin}")));
+                ok = false;
+            }
+        }
+    }
+    for param in stage.kind.params() {
+        if map.contains_key(param.name) {
+            continue;
+        }
+        match param.default_value() {
+            Some(v) => {
+                map.insert(param.name.to_owned(), v);
+            }
+            None if matches!(param.default, ParamDefault::Required) => {
+                errors.push(file.error(
+                    stage.span.clone(),
+                    &dotted(param.name),
+                    format!("missing required parameter `{}` of stage kind `{}`", param.name, stage.kind.name()),
+                ));
+                ok = false;
+            }
+            None => {}
+        }
+    }
+    if !ok {
+        return None;
+    }
+    let params = Params(map);
+    if let Err(e) = stage.kind.check(&params) {
+        let span = stage.params.iter().find(|p| p.name == e.param).and_then(|p| p.value_span.clone()).or(stage.span.clone());
+        errors.push(file.error(span, &dotted(&e.param), e.message));
+        return None;
+    }
+    Some(params)
+}
+
+/// Stages in dependency order, or the cycle that prevents one.
+fn stage_order(spec: &PipelineSpec) -> Result<Vec<usize>, Diagnostics> {
+    let mut g = DiGraph::<usize, ()>::new();
+    let ids: Vec<_> = (0..spec.stages.len()).map(|i| g.add_node(i)).collect();
+    let index: HashMap<&str, usize> = spec.stages.iter().enumerate().map(|(i, s)| (s.name.as_str(), i)).collect();
+    for (i, stage) in spec.stages.iter().enumerate() {
+        for need in &stage.needs {
+            g.add_edge(ids[index[need.as_str()]], ids[i], ());
+        }
+    }
+    match petgraph::algo::toposort(&g, None) {
+        Ok(order) => Ok(order.into_iter().map(|n| g[n]).collect()),
+        Err(_) => {
+            let scc = tarjan_scc(&g).into_iter().find(|c| c.len() > 1).expect("a cycle has a strongly connected component");
+            // Walk `needs` edges inside the component until a stage repeats.
+            let mut path = vec![scc[0]];
+            loop {
+                let here = *path.last().expect("non-empty");
+                let next = g.neighbors_directed(here, petgraph::Direction::Incoming).find(|n| scc.contains(n)).expect("inside a cycle");
+                if let Some(pos) = path.iter().position(|&p| p == next) {
+                    let cycle: Vec<&str> =
+                        path[pos..].iter().chain(std::iter::once(&next)).map(|&n| spec.stages[g[n]].name.as_str()).collect();
+                    let first = &spec.stages[g[next]];
+                    return Err(spec
+                        .file
+                        .error(
+                            first.needs_span.clone(),
+                            &format!("stages.{}.needs", first.name),
+                            format!("dependency cycle: {}", cycle.join(" → ")),
+                        )
+                        .into());
+                }
+                path.push(next);
+            }
+        }
+    }
+}

@@ -1,0 +1,355 @@
+//! Pipeline file syntax: TOML → [`PipelineSpec`], with every problem located.
+//!
+//! Parsing keeps byte spans (via `toml_edit`) so that type errors found later,
+//! after axis substitution, still point at the right place in the file.
+
+use std::ops::Range;
+
+use serde_json::Value;
+use toml_edit::{ImDocument, Item, Table};
+
+use super::diag::{Diagnostic, Diagnostics, SourceFile};
+use super::template::Template;
+use crate::stages::{self, StageKind};
+
+/// An ablation axis: a name and its values, in file order.
+#[derive(Debug, Clone)]
+pub struct Axis {
+    pub name: String,
+    pub values: Vec<Value>,
+    pub span: Option<Range<usize>>,
+}
+
+/// One parameter as written in a stage table, before axis substitution.
+#[derive(Debug, Clone)]
+pub struct ParamEntry {
+    pub name: String,
+    pub template: Template,
+    pub key_span: Option<Range<usize>>,
+    pub value_span: Option<Range<usize>>,
+}
+
+/// Resources a stage asks for (`[stages.X.resources]`); never part of a key.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ResourceSpec {
+    pub gpus: Option<u32>,
+    pub cpus: Option<u32>,
+    pub mem: Option<String>,
+    pub time: Option<String>,
+}
+
+#[derive(Clone)]
+pub struct StageSpec {
+    pub name: String,
+    pub kind: &'static dyn StageKind,
+    pub needs: Vec<String>,
+    pub needs_span: Option<Range<usize>>,
+    pub params: Vec<ParamEntry>,
+    pub resources: ResourceSpec,
+    pub span: Option<Range<usize>>,
+}
+
+impl std::fmt::Debug for StageSpec {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StageSpec").field("name", &self.name).field("kind", &self.kind.name()).field("needs", &self.needs).finish()
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct PipelineSpec {
+    pub file: SourceFile,
+    pub name: String,
+    pub description: Option<String>,
+    pub axes: Vec<Axis>,
+    pub stages: Vec<StageSpec>,
+}
+
+const RESERVED_STAGE_KEYS: &[&str] = &["kind", "needs", "resources"];
+
+/// Parses and checks the file's structure (not yet the parameter values).
+pub fn parse(file: SourceFile) -> Result<PipelineSpec, Diagnostics> {
+    let doc = match ImDocument::parse(file.text.as_str()) {
+        Ok(doc) => doc,
+        Err(e) => {
+            let message = e.message().trim().to_owned();
+            return Err(file.error(e.span(), "", format!("TOML syntax error: {message}")).into());
+        }
+    };
+    let mut errors = Vec::new();
+    let root = doc.as_table();
+    for (key, _) in root.iter() {
+        if !matches!(key, "pipeline" | "axes" | "stages") {
+            errors.push(file.error(key_span(root, key), key, "unknown top-level table (expected [pipeline], [axes] and [stages.NAME])"));
+        }
+    }
+
+    let (name, description) = parse_header(&file, root, &mut errors);
+    let axes = parse_axes(&file, root, &mut errors);
+    let stages = parse_stages(&file, root, &axes, &mut errors);
+    if errors.is_empty() { Ok(PipelineSpec { name, description, axes, stages, file }) } else { Err(Diagnostics(errors)) }
+}
+
+fn key_span(table: &Table, key: &str) -> Option<Range<usize>> {
+    table.key(key).and_then(|k| k.span())
+}
+
+fn item_span(table: &Table, key: &str) -> Option<Range<usize>> {
+    table.get(key).and_then(Item::span).or_else(|| key_span(table, key))
+}
+
+fn as_table<'a>(item: &'a Item) -> Option<&'a Table> {
+    item.as_table()
+}
+
+fn parse_header(file: &SourceFile, root: &Table, errors: &mut Vec<Diagnostic>) -> (String, Option<String>) {
+    let Some(item) = root.get("pipeline") else {
+        errors.push(file.error(Some(0..0), "pipeline", "missing [pipeline] table with a `name`"));
+        return (String::new(), None);
+    };
+    let Some(table) = as_table(item) else {
+        errors.push(file.error(item_span(root, "pipeline"), "pipeline", "expected a table: [pipeline]"));
+        return (String::new(), None);
+    };
+    let mut name = String::new();
+    let mut description = None;
+    for (key, value) in table.iter() {
+        let dotted = format!("pipeline.{key}");
+        match (key, value.as_str()) {
+            ("name", Some(s)) if !s.trim().is_empty() => name = s.to_owned(),
+            ("name", _) => errors.push(file.error(item_span(table, key), &dotted, "expected a non-empty string")),
+            ("description", Some(s)) => description = Some(s.to_owned()),
+            ("description", None) => errors.push(file.error(item_span(table, key), &dotted, "expected a string")),
+            _ => errors.push(file.error(key_span(table, key), &dotted, "unknown key (expected `name` and `description`)")),
+        }
+    }
+    if name.is_empty() && table.get("name").is_none() {
+        errors.push(file.error(table.span().or(item_span(root, "pipeline")), "pipeline.name", "missing required key `name`"));
+    }
+    (name, description)
+}
+
+fn parse_axes(file: &SourceFile, root: &Table, errors: &mut Vec<Diagnostic>) -> Vec<Axis> {
+    let Some(item) = root.get("axes") else { return Vec::new() };
+    let Some(table) = as_table(item) else {
+        errors.push(file.error(item_span(root, "axes"), "axes", "expected a table: [axes]"));
+        return Vec::new();
+    };
+    let mut axes = Vec::new();
+    for (name, item) in table.iter() {
+        let dotted = format!("axes.{name}");
+        let span = item_span(table, name);
+        if !valid_name(name) {
+            errors.push(file.error(key_span(table, name), &dotted, "axis names use letters, digits, '_' and '-'"));
+            continue;
+        }
+        let Some(array) = item.as_array() else {
+            errors.push(file.error(span, &dotted, "expected a list of values, e.g. [0, 1, 2]"));
+            continue;
+        };
+        if array.is_empty() {
+            errors.push(file.error(span, &dotted, format!("axis `{name}` is empty: give it at least one value")));
+            continue;
+        }
+        let mut values = Vec::new();
+        for value in array.iter() {
+            match scalar(value) {
+                Some(v) if values.contains(&v) => {
+                    errors.push(file.error(value.span(), &dotted, format!("duplicate value {v} in axis `{name}`")))
+                }
+                Some(v) => values.push(v),
+                None => errors.push(file.error(value.span(), &dotted, "axis values must be strings, integers, floats or booleans")),
+            }
+        }
+        axes.push(Axis { name: name.to_owned(), values, span });
+    }
+    axes
+}
+
+fn scalar(value: &toml_edit::Value) -> Option<Value> {
+    match value {
+        toml_edit::Value::String(s) => Some(Value::from(s.value().as_str())),
+        toml_edit::Value::Integer(i) => Some(Value::from(*i.value())),
+        toml_edit::Value::Float(f) => serde_json::Number::from_f64(*f.value()).map(Value::Number),
+        toml_edit::Value::Boolean(b) => Some(Value::from(*b.value())),
+        _ => None,
+    }
+}
+
+pub(crate) fn valid_name(name: &str) -> bool {
+    !name.is_empty() && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+}
+
+fn parse_stages(file: &SourceFile, root: &Table, axes: &[Axis], errors: &mut Vec<Diagnostic>) -> Vec<StageSpec> {
+    let Some(item) = root.get("stages") else {
+        errors.push(file.error(Some(0..0), "stages", "the pipeline has no stages: add a [stages.NAME] table"));
+        return Vec::new();
+    };
+    let Some(stages_table) = as_table(item) else {
+        errors.push(file.error(item_span(root, "stages"), "stages", "expected tables: [stages.NAME]"));
+        return Vec::new();
+    };
+    let mut stages = Vec::new();
+    for (name, item) in stages_table.iter() {
+        let dotted = format!("stages.{name}");
+        if !valid_name(name) {
+            errors.push(file.error(key_span(stages_table, name), &dotted, "stage names use letters, digits, '_' and '-'"));
+            continue;
+        }
+        let Some(table) = as_table(item) else {
+            errors.push(file.error(item_span(stages_table, name), &dotted, "expected a table: [stages.NAME]"));
+            continue;
+        };
+        if let Some(stage) = parse_stage(file, name, table, key_span(stages_table, name), axes, errors) {
+            stages.push(stage);
+        }
+    }
+    // `needs` must name stages of this file.
+    let names: Vec<&str> = stages.iter().map(|s| s.name.as_str()).collect();
+    for stage in &stages {
+        for need in &stage.needs {
+            if !names.contains(&need.as_str()) {
+                let exists_but_invalid = stages_table.contains_key(need);
+                if !exists_but_invalid {
+                    errors.push(file.error(
+                        stage.needs_span.clone(),
+                        &format!("stages.{}.needs", stage.name),
+                        format!("`needs` names a missing stage `{need}` (stages: {})", names.join(", ")),
+                    ));
+                }
+            } else if need == &stage.name {
+                errors.push(file.error(stage.needs_span.clone(), &format!("stages.{}.needs", stage.name), "a stage cannot need itself"));
+            }
+        }
+    }
+    stages
+}
+
+fn parse_stage(
+    file: &SourceFile,
+    name: &str,
+    table: &Table,
+    span: Option<Range<usize>>,
+    axes: &[Axis],
+    errors: &mut Vec<Diagnostic>,
+) -> Option<StageSpec> {
+    let dotted = |key: &str| format!("stages.{name}.{key}");
+    let kind = match table.get("kind").map(|i| i.as_str()) {
+        None => {
+            errors.push(file.error(span.clone(), &dotted("kind"), "missing required key `kind`"));
+            None
+        }
+        Some(None) => {
+            errors.push(file.error(item_span(table, "kind"), &dotted("kind"), "expected a string naming a stage kind"));
+            None
+        }
+        Some(Some(k)) => match stages::find(k) {
+            Some(kind) => Some(kind),
+            None => {
+                errors.push(file.error(
+                    item_span(table, "kind"),
+                    &dotted("kind"),
+                    format!("unknown stage kind `{k}` (known kinds: {})", stages::kind_names().join(", ")),
+                ));
+                None
+            }
+        },
+    };
+
+    let mut needs = Vec::new();
+    let needs_span = item_span(table, "needs");
+    if let Some(item) = table.get("needs") {
+        match item.as_array() {
+            Some(array) => {
+                for value in array.iter() {
+                    match value.as_str() {
+                        Some(s) => needs.push(s.to_owned()),
+                        None => errors.push(file.error(value.span(), &dotted("needs"), "expected stage names (strings)")),
+                    }
+                }
+            }
+            None => errors.push(file.error(needs_span.clone(), &dotted("needs"), "expected a list of stage names, e.g. [\"data\"]")),
+        }
+    }
+
+    let resources = match table.get("resources") {
+        None => ResourceSpec::default(),
+        Some(item) => parse_resources(file, name, table, item, errors),
+    };
+
+    let mut params = Vec::new();
+    for (key, item) in table.iter() {
+        if RESERVED_STAGE_KEYS.contains(&key) {
+            continue;
+        }
+        let key_span = key_span(table, key);
+        let value_span = item_span(table, key);
+        if let Some(kind) = kind {
+            if !kind.params().iter().any(|p| p.name == key) {
+                let known: Vec<&str> = kind.params().iter().map(|p| p.name).collect();
+                errors.push(file.error(
+                    key_span,
+                    &dotted(key),
+                    format!("unknown key for stage kind `{}` (its parameters: {})", kind.name(), known.join(", ")),
+                ));
+                continue;
+            }
+        }
+        match Template::from_item(item) {
+            Ok(template) => {
+                for axis in template.axis_refs() {
+                    if !axes.iter().any(|a| a.name == axis) {
+                        let defined: Vec<&str> = axes.iter().map(|a| a.name.as_str()).collect();
+                        let list = if defined.is_empty() { "none".to_owned() } else { defined.join(", ") };
+                        errors.push(file.error(
+                            value_span.clone(),
+                            &dotted(key),
+                            format!("reference to undefined axis `{axis}` (defined axes: {list})"),
+                        ));
+                    }
+                }
+                params.push(ParamEntry { name: key.to_owned(), template, key_span, value_span });
+            }
+            Err(message) => errors.push(file.error(value_span, &dotted(key), message)),
+        }
+    }
+    Some(StageSpec { name: name.to_owned(), kind: kind?, needs, needs_span, params, resources, span })
+}
+
+fn parse_resources(file: &SourceFile, stage: &str, stage_table: &Table, item: &Item, errors: &mut Vec<Diagnostic>) -> ResourceSpec {
+    let mut spec = ResourceSpec::default();
+    let Some(table) =
+        as_table(item).map(|t| t as &dyn toml_edit::TableLike).or_else(|| item.as_inline_table().map(|t| t as &dyn toml_edit::TableLike))
+    else {
+        errors.push(file.error(
+            item_span(stage_table, "resources"),
+            &format!("stages.{stage}.resources"),
+            "expected a table: [stages.NAME.resources]",
+        ));
+        return spec;
+    };
+    for (key, value) in table.iter() {
+        let dotted = format!("stages.{stage}.resources.{key}");
+        let span = value.span().or_else(|| table.key(key).and_then(|k| k.span()));
+        let count = || value.as_integer().and_then(|i| u32::try_from(i).ok());
+        match key {
+            "gpus" => match count() {
+                Some(n) => spec.gpus = Some(n),
+                None => errors.push(file.error(span, &dotted, "expected a non-negative integer")),
+            },
+            "cpus" => match count() {
+                Some(n) if n > 0 => spec.cpus = Some(n),
+                _ => errors.push(file.error(span, &dotted, "expected a positive integer")),
+            },
+            "mem" => match value.as_str() {
+                Some(s) => spec.mem = Some(s.to_owned()),
+                None => errors.push(file.error(span, &dotted, "expected a string such as \"64G\"")),
+            },
+            "time" => match value.as_str() {
+                Some(s) => spec.time = Some(s.to_owned()),
+                None => errors.push(file.error(span, &dotted, "expected a string such as \"04:00:00\"")),
+            },
+            _ => errors.push(file.error(span, &dotted, "unknown resource (expected gpus, cpus, mem, time)")),
+        }
+    }
+    spec
+}

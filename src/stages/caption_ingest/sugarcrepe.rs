@@ -1,0 +1,102 @@
+//! `sugarcrepe:DIR`: the official SugarCrepe benchmark files plus COCO val2017 images.
+//!
+//! Each `{subset}.json` is an object keyed "0", "1", ... whose values hold
+//! `filename`, `caption` and `negative_caption`. Images are grouped by filename.
+
+use std::collections::HashMap;
+use std::path::Path;
+
+use anyhow::{Context as _, anyhow, bail};
+use serde_json::Value;
+
+use super::coco::TEMPLATES;
+use super::dataset::{Dataset, Negative, Options, Record, resolve};
+use super::imageio;
+use crate::stages::StageContext;
+
+pub(super) const SUBSETS: [&str; 7] = ["add_att", "add_obj", "replace_att", "replace_obj", "replace_rel", "swap_att", "swap_obj"];
+
+struct Group {
+    filename: String,
+    captions: Vec<String>,
+    /// (subset, caption, negative caption)
+    pairs: Vec<(&'static str, String, String)>,
+}
+
+/// One image per distinct filename, in order of first appearance (subsets in
+/// [`SUBSETS`] order, entries by numeric key), up to `opts.images` kept. Its
+/// captions are the distinct positive captions; each entry is a negative.
+pub(super) fn ingest(ctx: &StageContext, opts: &Options, dir: &Path, image_root: &Path) -> anyhow::Result<Dataset> {
+    let mut data = Dataset { templates: TEMPLATES.iter().map(|s| s.to_string()).collect(), ..Dataset::default() };
+    let mut groups: Vec<Group> = Vec::new();
+    let mut by_name: HashMap<String, usize> = HashMap::new();
+    let mut missing = 0;
+    for subset in SUBSETS {
+        let path = dir.join(format!("{subset}.json"));
+        if !path.is_file() {
+            tracing::warn!(target: "ablate::caption_ingest", "SugarCrepe subset file {} not found; skipped", path.display());
+            missing += 1;
+            continue;
+        }
+        ctx.check_cancelled()?;
+        let text = std::fs::read_to_string(&path).with_context(|| format!("cannot read {}", path.display()))?;
+        let json: Value = serde_json::from_str(&text).with_context(|| format!("{} is not valid JSON", path.display()))?;
+        let Value::Object(entries) = json else {
+            bail!("{}: expected an object keyed \"0\", \"1\", ...", path.display());
+        };
+        let mut keys: Vec<&String> = entries.keys().collect();
+        keys.sort_by_key(|k| (k.parse::<u64>().unwrap_or(u64::MAX), k.as_str()));
+        for key in keys {
+            let entry = &entries[key.as_str()];
+            let field = |name: &str| {
+                entry
+                    .get(name)
+                    .and_then(Value::as_str)
+                    .map(|s| s.trim().to_owned())
+                    .ok_or_else(|| anyhow!("{} key {key:?}: missing string field {name:?}", path.display()))
+            };
+            let (filename, caption, negative) = (field("filename")?, field("caption")?, field("negative_caption")?);
+            if filename.is_empty() || caption.is_empty() || negative.is_empty() {
+                let err = anyhow!("{} key {key:?}: empty filename, caption or negative_caption", path.display());
+                data.problem(opts, err)?;
+                continue;
+            }
+            let at = *by_name.entry(filename.clone()).or_insert_with(|| {
+                groups.push(Group { filename, captions: Vec::new(), pairs: Vec::new() });
+                groups.len() - 1
+            });
+            let group = &mut groups[at];
+            if !group.captions.contains(&caption) {
+                group.captions.push(caption.clone());
+            }
+            group.pairs.push((subset, caption, negative));
+        }
+    }
+    if missing == SUBSETS.len() {
+        bail!("no SugarCrepe subset files ({}.json) found in {}", SUBSETS.join(".json, "), dir.display());
+    }
+    data.extra_metrics.push(("ingest.missing_subsets", missing as f64));
+
+    ctx.progress().set_length(opts.images.min(groups.len()) as u64);
+    for (g, group) in groups.into_iter().enumerate() {
+        if data.records.len() >= opts.images {
+            break;
+        }
+        if g % 64 == 0 {
+            ctx.check_cancelled()?;
+        }
+        match imageio::load_rgb(&resolve(image_root, &group.filename), opts.resolution) {
+            Ok(pixels) => {
+                let captions = group.captions;
+                let record = Record { short: captions.clone(), long: captions, label: None, source: group.filename, split: None };
+                let index = data.push(&pixels, record);
+                for (subset, positive, negative) in group.pairs {
+                    data.negatives.push(Negative { index, subset: subset.to_owned(), positive, negative });
+                }
+                ctx.progress().set_position(data.records.len() as u64);
+            }
+            Err(err) => data.problem(opts, err)?,
+        }
+    }
+    Ok(data)
+}

@@ -1,0 +1,65 @@
+//! Stage kinds: the units of work a pipeline is made of.
+//!
+//! Each kind lives in its own module and is registered by one line in
+//! [`KINDS`]. A kind declares its parameters ([`ParamSpec`]), a code version
+//! (bump it whenever a change alters what the kind produces: it is part of every
+//! stage key, so bumping it invalidates exactly that kind's cached results), and
+//! a `run` that works through a [`StageContext`].
+
+pub mod caption_ingest;
+pub mod command;
+pub mod context;
+pub mod params;
+
+pub use context::{CancelToken, Interrupted, MetricPoint, NoProgress, Progress, StageContext, StageOutputs, UpstreamOutputs};
+pub use params::{ParamDefault, ParamSpec, ParamType, Params};
+
+/// Resources an instance asks the scheduler for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Resources {
+    pub gpus: u32,
+}
+
+/// A parameter-level problem found by a kind's own checks; the pipeline
+/// compiler turns it into an error located at the parameter in the file.
+#[derive(Debug, Clone)]
+pub struct ParamError {
+    pub param: String,
+    pub message: String,
+}
+
+impl ParamError {
+    pub fn new(param: &str, message: impl Into<String>) -> Self {
+        ParamError { param: param.to_owned(), message: message.into() }
+    }
+}
+
+pub trait StageKind: Send + Sync + 'static {
+    /// The name used as `kind = "..."` in pipeline files.
+    fn name(&self) -> &'static str;
+    /// Code version: part of every stage key of this kind.
+    fn version(&self) -> u32;
+    /// One-line description for `--help` and docs.
+    fn summary(&self) -> &'static str;
+    fn params(&self) -> &'static [ParamSpec];
+    /// Checks that span several parameters or need more than a type (a source
+    /// string's format, say). Runs at compile time, before anything executes.
+    fn check(&self, _params: &Params) -> Result<(), ParamError> {
+        Ok(())
+    }
+    fn resources(&self, _params: &Params) -> Resources {
+        Resources::default()
+    }
+    fn run(&self, ctx: &mut StageContext) -> anyhow::Result<()>;
+}
+
+/// Every registered kind. Adding a kind: one module plus one line here.
+pub static KINDS: &[&dyn StageKind] = &[&caption_ingest::CaptionIngest, &command::Command];
+
+pub fn find(name: &str) -> Option<&'static dyn StageKind> {
+    KINDS.iter().copied().find(|k| k.name() == name)
+}
+
+pub fn kind_names() -> Vec<&'static str> {
+    KINDS.iter().map(|k| k.name()).collect()
+}

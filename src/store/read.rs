@@ -1,0 +1,374 @@
+//! Reads: what is done, what was planned before, and history for the CLI.
+
+use std::collections::{HashMap, HashSet};
+
+use serde::Serialize;
+use serde_json::Value;
+use sqlx::Row;
+use sqlx::sqlite::SqliteRow;
+
+use super::Store;
+use super::objects::ObjectStat;
+
+/// One artifact of a done attempt.
+#[derive(Debug, Clone, Serialize)]
+pub struct ArtifactRecord {
+    pub name: String,
+    pub hash: String,
+    pub bytes: i64,
+    pub path: String,
+    #[serde(skip)]
+    pub recorded: Option<ObjectStat>,
+}
+
+/// The attempt an instance's cached outputs come from.
+#[derive(Debug, Clone)]
+pub struct DoneAttempt {
+    pub attempt_id: i64,
+    pub instance_id: i64,
+    pub artifacts: Vec<ArtifactRecord>,
+}
+
+/// An instance as stored.
+#[derive(Debug, Clone, Serialize)]
+pub struct InstanceRecord {
+    #[serde(skip)]
+    pub id: i64,
+    pub key: String,
+    pub kind: String,
+    pub kind_version: i64,
+    pub params: Value,
+    pub created_at: String,
+}
+
+/// Where an instance appeared before, for explaining why it must rerun.
+#[derive(Debug, Clone)]
+pub struct PreviousBinding {
+    pub key: String,
+    pub kind_version: i64,
+    pub params: Value,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct BindingRecord {
+    pub pipeline: String,
+    pub stage: String,
+    pub axes: Value,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct AttemptRecord {
+    pub id: i64,
+    pub run_id: i64,
+    pub key: String,
+    pub kind: String,
+    pub status: String,
+    pub started_at: String,
+    pub ended_at: Option<String>,
+    pub host: String,
+    pub pid: i64,
+    pub device: String,
+    pub error: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct RunRecord {
+    pub id: i64,
+    pub pipeline: Option<String>,
+    pub command: String,
+    pub status: String,
+    pub host: String,
+    pub user: String,
+    pub started_at: String,
+    pub ended_at: Option<String>,
+    pub duration_s: Option<f64>,
+    pub done: i64,
+    pub failed: i64,
+    pub skipped: i64,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct MetricRecord {
+    pub name: String,
+    pub step: Option<i64>,
+    pub value: f64,
+}
+
+fn instance(row: &SqliteRow) -> InstanceRecord {
+    InstanceRecord {
+        id: row.get("id"),
+        key: row.get("key"),
+        kind: row.get("kind"),
+        kind_version: row.get("kind_version"),
+        params: serde_json::from_str(row.get::<&str, _>("params")).unwrap_or(Value::Null),
+        created_at: row.get("created_at"),
+    }
+}
+
+const ATTEMPT_COLUMNS: &str = "a.id, a.run_id, i.key, i.kind, a.status, a.started_at, a.ended_at, a.host, a.pid, a.device, a.error";
+
+fn attempt(row: &SqliteRow) -> AttemptRecord {
+    AttemptRecord {
+        id: row.get(0),
+        run_id: row.get(1),
+        key: row.get(2),
+        kind: row.get(3),
+        status: row.get(4),
+        started_at: row.get(5),
+        ended_at: row.get(6),
+        host: row.get(7),
+        pid: row.get(8),
+        device: row.get(9),
+        error: row.get(10),
+    }
+}
+
+impl Store {
+    /// The latest done attempt of every instance, with its artifacts, by key.
+    pub async fn done_attempts(&self) -> anyhow::Result<HashMap<String, DoneAttempt>> {
+        let rows = sqlx::query("SELECT i.key, d.attempt_id, d.instance_id FROM v_done d JOIN stage_instances i ON i.id = d.instance_id")
+            .fetch_all(&self.pool)
+            .await?;
+        let mut by_attempt: HashMap<i64, String> = HashMap::with_capacity(rows.len());
+        let mut out: HashMap<String, DoneAttempt> = HashMap::with_capacity(rows.len());
+        for row in rows {
+            let key: String = row.get(0);
+            let attempt_id: i64 = row.get(1);
+            by_attempt.insert(attempt_id, key.clone());
+            out.insert(key, DoneAttempt { attempt_id, instance_id: row.get(2), artifacts: Vec::new() });
+        }
+        let rows = sqlx::query(
+            "SELECT a.attempt_id, a.name, a.hash, a.bytes, a.path, o.bytes, o.mtime_ns FROM artifacts a
+             JOIN v_done d ON d.attempt_id = a.attempt_id LEFT JOIN objects o ON o.hash = a.hash ORDER BY a.attempt_id, a.name",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        for row in rows {
+            let attempt_id: i64 = row.get(0);
+            let Some(key) = by_attempt.get(&attempt_id) else { continue };
+            let recorded = match (row.get::<Option<i64>, _>(5), row.get::<Option<i64>, _>(6)) {
+                (Some(bytes), Some(mtime_ns)) => Some(ObjectStat { bytes: bytes as u64, mtime_ns }),
+                _ => None,
+            };
+            out.get_mut(key).expect("attempt of a done key").artifacts.push(ArtifactRecord {
+                name: row.get(1),
+                hash: row.get(2),
+                bytes: row.get(3),
+                path: row.get(4),
+                recorded,
+            });
+        }
+        Ok(out)
+    }
+
+    /// Earlier instances of each (stage, axes) of a pipeline, most recent first.
+    pub async fn previous_bindings(&self, pipeline: &str) -> anyhow::Result<HashMap<(String, String), Vec<PreviousBinding>>> {
+        let rows = sqlx::query(
+            "SELECT b.stage, b.axes, i.key, i.kind_version, i.params FROM instance_bindings b JOIN stage_instances i ON i.id = b.instance_id
+             WHERE b.pipeline_name = ? ORDER BY b.seen_at DESC, i.id DESC",
+        )
+        .bind(pipeline)
+        .fetch_all(&self.pool)
+        .await?;
+        let mut out: HashMap<(String, String), Vec<PreviousBinding>> = HashMap::new();
+        for row in rows {
+            out.entry((row.get(0), row.get(1))).or_default().push(PreviousBinding {
+                key: row.get(2),
+                kind_version: row.get(3),
+                params: serde_json::from_str(row.get::<&str, _>(4)).unwrap_or(Value::Null),
+            });
+        }
+        Ok(out)
+    }
+
+    /// Instances whose key starts with `prefix`.
+    pub async fn instances_by_prefix(&self, prefix: &str) -> anyhow::Result<Vec<InstanceRecord>> {
+        let rows = sqlx::query(
+            "SELECT id, key, kind, kind_version, params, created_at FROM stage_instances WHERE key >= ? AND key < ? ORDER BY key LIMIT 10",
+        )
+        .bind(prefix)
+        .bind(format!("{prefix}\u{10ffff}"))
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows.iter().map(instance).collect())
+    }
+
+    pub async fn instance_by_id(&self, id: i64) -> anyhow::Result<InstanceRecord> {
+        let row = sqlx::query("SELECT id, key, kind, kind_version, params, created_at FROM stage_instances WHERE id = ?")
+            .bind(id)
+            .fetch_one(&self.pool)
+            .await?;
+        Ok(instance(&row))
+    }
+
+    /// Upstream instances with the `needs` name each was seen under.
+    pub async fn upstream_of(&self, instance_id: i64) -> anyhow::Result<Vec<(InstanceRecord, String)>> {
+        let rows = sqlx::query(
+            "SELECT i.id, i.key, i.kind, i.kind_version, i.params, i.created_at, e.stage FROM edges e JOIN stage_instances i ON i.id = e.upstream_id
+             WHERE e.downstream_id = ? ORDER BY e.stage",
+        )
+        .bind(instance_id)
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows.iter().map(|r| (instance(r), r.get::<String, _>("stage"))).collect())
+    }
+
+    pub async fn downstream_of(&self, instance_id: i64) -> anyhow::Result<Vec<InstanceRecord>> {
+        let rows = sqlx::query(
+            "SELECT i.id, i.key, i.kind, i.kind_version, i.params, i.created_at FROM edges e JOIN stage_instances i ON i.id = e.downstream_id
+             WHERE e.upstream_id = ? ORDER BY i.key",
+        )
+        .bind(instance_id)
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows.iter().map(instance).collect())
+    }
+
+    pub async fn bindings_of(&self, instance_id: i64) -> anyhow::Result<Vec<BindingRecord>> {
+        let rows = sqlx::query(
+            "SELECT pipeline_name, stage, axes FROM instance_bindings WHERE instance_id = ? ORDER BY pipeline_name, stage, axes",
+        )
+        .bind(instance_id)
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows
+            .iter()
+            .map(|r| BindingRecord {
+                pipeline: r.get(0),
+                stage: r.get(1),
+                axes: serde_json::from_str(r.get::<&str, _>(2)).unwrap_or(Value::Null),
+            })
+            .collect())
+    }
+
+    /// The latest done attempt of one instance, if any.
+    pub async fn done_attempt_of(&self, instance_id: i64) -> anyhow::Result<Option<DoneAttempt>> {
+        let Some(attempt_id) = sqlx::query_scalar::<_, i64>("SELECT attempt_id FROM v_done WHERE instance_id = ?")
+            .bind(instance_id)
+            .fetch_optional(&self.pool)
+            .await?
+        else {
+            return Ok(None);
+        };
+        let rows = sqlx::query("SELECT a.name, a.hash, a.bytes, a.path, o.bytes, o.mtime_ns FROM artifacts a LEFT JOIN objects o ON o.hash = a.hash WHERE a.attempt_id = ? ORDER BY a.name")
+            .bind(attempt_id)
+            .fetch_all(&self.pool)
+            .await?;
+        let artifacts = rows
+            .iter()
+            .map(|r| ArtifactRecord {
+                name: r.get(0),
+                hash: r.get(1),
+                bytes: r.get(2),
+                path: r.get(3),
+                recorded: match (r.get::<Option<i64>, _>(4), r.get::<Option<i64>, _>(5)) {
+                    (Some(b), Some(m)) => Some(ObjectStat { bytes: b as u64, mtime_ns: m }),
+                    _ => None,
+                },
+            })
+            .collect();
+        Ok(Some(DoneAttempt { attempt_id, instance_id, artifacts }))
+    }
+
+    pub async fn attempts_of_instance(&self, instance_id: i64) -> anyhow::Result<Vec<AttemptRecord>> {
+        let rows = sqlx::query(&format!(
+            "SELECT {ATTEMPT_COLUMNS} FROM attempts a JOIN stage_instances i ON i.id = a.instance_id WHERE a.instance_id = ? ORDER BY a.id"
+        ))
+        .bind(instance_id)
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows.iter().map(attempt).collect())
+    }
+
+    pub async fn attempts_of_run(&self, run_id: i64) -> anyhow::Result<Vec<AttemptRecord>> {
+        let rows = sqlx::query(&format!(
+            "SELECT {ATTEMPT_COLUMNS} FROM attempts a JOIN stage_instances i ON i.id = a.instance_id WHERE a.run_id = ? ORDER BY a.id"
+        ))
+        .bind(run_id)
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows.iter().map(attempt).collect())
+    }
+
+    /// The status of an instance's latest attempt (for waiting on another process's claim).
+    pub async fn latest_attempt_status(&self, instance_id: i64) -> anyhow::Result<Option<String>> {
+        Ok(sqlx::query_scalar("SELECT status FROM attempts WHERE instance_id = ? ORDER BY id DESC LIMIT 1")
+            .bind(instance_id)
+            .fetch_optional(&self.pool)
+            .await?)
+    }
+
+    /// The latest attempt status of every instance that has one, by key.
+    pub async fn latest_attempt_statuses(&self) -> anyhow::Result<HashMap<String, String>> {
+        let rows = sqlx::query("SELECT i.key, a.status FROM attempts a JOIN stage_instances i ON i.id = a.instance_id WHERE a.id IN (SELECT MAX(id) FROM attempts GROUP BY instance_id)")
+            .fetch_all(&self.pool)
+            .await?;
+        Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())
+    }
+
+    pub async fn metrics_of_attempt(&self, attempt_id: i64) -> anyhow::Result<Vec<MetricRecord>> {
+        let rows = sqlx::query("SELECT name, step, value FROM metrics WHERE attempt_id = ? ORDER BY name, step")
+            .bind(attempt_id)
+            .fetch_all(&self.pool)
+            .await?;
+        Ok(rows.iter().map(|r| MetricRecord { name: r.get(0), step: r.get(1), value: r.get(2) }).collect())
+    }
+
+    pub async fn runs(&self, limit: i64) -> anyhow::Result<Vec<RunRecord>> {
+        let rows = sqlx::query("SELECT id, pipeline, command, status, host, user, started_at, ended_at, duration_s, done, failed, skipped FROM v_runs ORDER BY id DESC LIMIT ?")
+            .bind(limit)
+            .fetch_all(&self.pool)
+            .await?;
+        Ok(rows.iter().map(run).collect())
+    }
+
+    pub async fn run_by_id(&self, id: i64) -> anyhow::Result<Option<RunRecord>> {
+        let row = sqlx::query("SELECT id, pipeline, command, status, host, user, started_at, ended_at, duration_s, done, failed, skipped FROM v_runs WHERE id = ?")
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await?;
+        Ok(row.as_ref().map(run))
+    }
+
+    /// Instances that produced an artifact with this hash (or hash prefix).
+    pub async fn producers_of_hash(&self, prefix: &str) -> anyhow::Result<Vec<(InstanceRecord, String, String)>> {
+        let rows = sqlx::query(
+            "SELECT DISTINCT i.id, i.key, i.kind, i.kind_version, i.params, i.created_at, a.name, a.hash FROM artifacts a JOIN stage_instances i ON i.id = a.instance_id
+             WHERE a.hash >= ? AND a.hash < ? ORDER BY a.hash LIMIT 20",
+        )
+        .bind(prefix)
+        .bind(format!("{prefix}\u{10ffff}"))
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows.iter().map(|r| (instance(r), r.get::<String, _>("name"), r.get::<String, _>("hash"))).collect())
+    }
+
+    /// Every object hash some artifact row refers to.
+    pub async fn referenced_hashes(&self) -> anyhow::Result<HashSet<String>> {
+        let rows: Vec<String> = sqlx::query_scalar("SELECT DISTINCT hash FROM artifacts").fetch_all(&self.pool).await?;
+        Ok(rows.into_iter().collect())
+    }
+
+    /// Attempts still marked running (for `gc` to spare their scratch space).
+    pub async fn running_attempt_ids(&self) -> anyhow::Result<HashSet<i64>> {
+        let rows: Vec<i64> = sqlx::query_scalar("SELECT id FROM attempts WHERE status = 'running'").fetch_all(&self.pool).await?;
+        Ok(rows.into_iter().collect())
+    }
+}
+
+fn run(row: &SqliteRow) -> RunRecord {
+    RunRecord {
+        id: row.get(0),
+        pipeline: row.get(1),
+        command: row.get(2),
+        status: row.get(3),
+        host: row.get(4),
+        user: row.get(5),
+        started_at: row.get(6),
+        ended_at: row.get(7),
+        duration_s: row.get(8),
+        done: row.get(9),
+        failed: row.get(10),
+        skipped: row.get(11),
+    }
+}
