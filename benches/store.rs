@@ -1,1 +1,102 @@
-fn main() {}
+//! Store and planner benchmarks (issue 2): `cargo bench --bench store`.
+//!
+//! 1. `plan` on a 100,000-instance grid: compile (parse, expand, hash keys) and
+//!    the cache check against a store in which every instance is done.
+//! 2. Metric rows inserted per second, in batched multi-row inserts.
+//!
+//! Numbers go to docs/BENCHMARKS.md by hand, with the machine they ran on.
+
+use std::time::Instant;
+
+use ablate::freshness;
+use ablate::pipeline::{self, SourceFile};
+use ablate::stages::MetricPoint;
+use ablate::store::{Claim, Store, Workspace};
+
+fn grid_pipeline() -> String {
+    let a: Vec<String> = (0..100).map(|i| i.to_string()).collect();
+    let b: Vec<String> = (0..100).map(|i| format!("\"b{i}\"")).collect();
+    let c: Vec<String> = (0..10).map(|i| format!("{}.5", i)).collect();
+    format!(
+        "[pipeline]\nname = \"grid\"\n\n[axes]\na = [{}]\nb = [{}]\nc = [{}]\n\n[stages.data]\nkind = \"command\"\nrun = \"true\"\n\n\
+         [stages.cell]\nkind = \"command\"\nneeds = [\"data\"]\nrun = \"echo ${{a}} ${{b}} ${{c}}\"\n",
+        a.join(", "),
+        b.join(", "),
+        c.join(", ")
+    )
+}
+
+fn best_of<T>(n: usize, mut f: impl FnMut() -> T) -> (f64, T) {
+    let mut best = f64::INFINITY;
+    let mut last = None;
+    for _ in 0..n {
+        let t = Instant::now();
+        let out = f();
+        best = best.min(t.elapsed().as_secs_f64());
+        last = Some(out);
+    }
+    (best, last.expect("n > 0"))
+}
+
+fn main() {
+    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("runtime");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let workspace = Workspace::new(dir.path().join("ws"));
+    let text = grid_pipeline();
+    let source = || SourceFile { path: "grid.toml".into(), text: text.clone() };
+
+    let (compile_s, plan) = best_of(3, || pipeline::compile_source(source()).expect("valid pipeline"));
+    println!("compile (parse + expand + keys), {} instances: {:.3} s", plan.nodes.len(), compile_s);
+
+    rt.block_on(async {
+        let store = Store::open(&workspace).await.expect("store");
+        let pipeline_id = store.register_pipeline("grid", "grid.toml", &text).await.expect("pipeline");
+        let run_id = store.start_run(Some(pipeline_id), "bench", &[]).await.expect("run");
+        let t = Instant::now();
+        let ids = store.register_plan(&plan, pipeline_id).await.expect("register");
+        println!("register plan: {:.3} s", t.elapsed().as_secs_f64());
+
+        // Mark everything done, each instance with one small artifact of its own.
+        let t = Instant::now();
+        let scratch = workspace.root.join("bench-scratch");
+        std::fs::create_dir_all(&scratch).expect("scratch");
+        for (i, &id) in ids.iter().enumerate() {
+            let Claim::Claimed { attempt_id } = store.claim(id, run_id, false).await.expect("claim") else { panic!("fresh store") };
+            let file = scratch.join("out");
+            std::fs::write(&file, format!("{i}\n")).expect("write");
+            let object = workspace.objects().put(&file).expect("put");
+            store.commit_done(attempt_id, id, &[("out.txt".into(), object)], &[]).await.expect("commit");
+        }
+        println!("setup: {} instances done in {:.1} s", ids.len(), t.elapsed().as_secs_f64());
+
+        let mut check_s = f64::INFINITY;
+        for _ in 0..3 {
+            let reader = Store::open_read_only(&workspace).await.expect("open").expect("exists");
+            let t = Instant::now();
+            let fresh = freshness::assess(&plan, Some(&reader)).await.expect("assess");
+            check_s = check_s.min(t.elapsed().as_secs_f64());
+            assert!(fresh.iter().all(|f| f.is_cached()));
+            reader.close().await;
+        }
+        println!("cache check (all cached): {check_s:.3} s");
+        println!("plan total (compile + cache check): {:.3} s", compile_s + check_s);
+
+        // Metric rows per second.
+        const ROWS: usize = 1_000_000;
+        let metrics: Vec<MetricPoint> = (0..ROWS)
+            .map(|i| MetricPoint {
+                name: ["loss", "lr", "grad_norm", "images_per_s"][i % 4].into(),
+                step: Some((i / 4) as i64),
+                value: i as f64 * 0.5,
+            })
+            .collect();
+        let (insert_s, ()) = best_of(3, || rt_block(&store, ids[0], &metrics));
+        println!("metrics: {ROWS} rows in {insert_s:.3} s = {:.0} rows/s", ROWS as f64 / insert_s);
+        store.close().await;
+    });
+}
+
+fn rt_block(store: &Store, instance_id: i64, metrics: &[MetricPoint]) {
+    tokio::task::block_in_place(|| tokio::runtime::Handle::current().block_on(store.insert_metrics(instance_id, 1, metrics)))
+        .expect("insert");
+}

@@ -8,6 +8,7 @@ CREATE TABLE pipelines (
     path        TEXT NOT NULL,          -- as given on the command line
     source      TEXT NOT NULL,
     created_at  TEXT NOT NULL,
+    plan_hash   TEXT,                   -- hash of the node keys last registered for this text
     UNIQUE (name, source_hash)
 );
 

@@ -48,11 +48,22 @@ impl std::fmt::Display for Reason {
 pub enum Freshness {
     Cached(DoneAttempt),
     Run(Reason),
+    /// Done before, but an artifact is missing or corrupt: the attempt must be
+    /// invalidated and the instance run again.
+    Broken(DoneAttempt, Reason),
 }
 
 impl Freshness {
     pub fn is_cached(&self) -> bool {
         matches!(self, Freshness::Cached(_))
+    }
+
+    /// Why it must run; `None` when cached.
+    pub fn reason(&self) -> Option<&Reason> {
+        match self {
+            Freshness::Cached(_) => None,
+            Freshness::Run(r) | Freshness::Broken(_, r) => Some(r),
+        }
     }
 }
 
@@ -96,7 +107,7 @@ pub async fn assess(plan: &Plan, store: Option<&Store>) -> anyhow::Result<Vec<Fr
             }
             out.push(match broken {
                 None => Freshness::Cached(attempt),
-                Some(reason) => Freshness::Run(reason),
+                Some(reason) => Freshness::Broken(attempt, reason),
             });
             continue;
         }

@@ -13,7 +13,7 @@ use clap::{Parser, Subcommand, ValueEnum};
 use serde_json::json;
 
 use crate::exec::{self, NodeOutcome, Observer, RunOptions, node_label};
-use crate::freshness::{self, Freshness};
+use crate::freshness;
 use crate::pipeline::{self, Diagnostics, Plan};
 use crate::stages::{self, CancelToken, NoProgress, Progress};
 use crate::store::{Claim, RunStatus, Store, Workspace};
@@ -38,7 +38,8 @@ enum PlanFormat {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Show every stage instance of a pipeline, its key and whether it is cached or must run (and why).
+    /// Show every stage instance of a pipeline, its key and whether it is cached or must run (and why);
+    /// records the instances in the store so `ablate exec KEY` can run them.
     Plan {
         file: PathBuf,
         #[arg(long, value_enum, default_value = "table")]
@@ -174,7 +175,7 @@ fn axes_text(axes: &[(String, serde_json::Value)]) -> String {
 
 async fn plan(workspace: &Workspace, file: &Path, format: PlanFormat) -> anyhow::Result<ExitCode> {
     let plan = compile(file)?;
-    let store = Store::open_read_only(workspace).await?;
+    let store = register_for_plan(workspace, file, &plan).await?;
     let freshness = freshness::assess(&plan, store.as_ref()).await?;
     match format {
         PlanFormat::Dot => print!("{}", render::dot(&plan, &freshness)),
@@ -192,7 +193,7 @@ async fn plan(workspace: &Workspace, file: &Path, format: PlanFormat) -> anyhow:
                         "key": node.key.as_str(),
                         "axes": Plan::axes_json(b),
                         "status": if fresh.is_cached() { "cached" } else { "run" },
-                        "reason": match fresh { Freshness::Run(r) => json!(r.to_string()), Freshness::Cached(_) => json!(null) },
+                        "reason": fresh.reason().map(|r| r.to_string()),
                         "upstream": node.upstream.iter().map(|&u| plan.nodes[u].key.as_str()).collect::<Vec<_>>(),
                     })
                 })
@@ -202,9 +203,9 @@ async fn plan(workspace: &Workspace, file: &Path, format: PlanFormat) -> anyhow:
         PlanFormat::Table => {
             let mut table = render::Table::new(&["STAGE", "KEY", "AXES", "STATUS", "REASON"]);
             for b in &plan.bindings {
-                let (status, reason) = match &freshness[b.node] {
-                    Freshness::Cached(_) => ("cached", String::new()),
-                    Freshness::Run(r) => ("run", r.to_string()),
+                let (status, reason) = match freshness[b.node].reason() {
+                    None => ("cached", String::new()),
+                    Some(r) => ("run", r.to_string()),
                 };
                 table.row(vec![
                     plan.stage_name(b).to_owned(),
@@ -226,6 +227,23 @@ async fn plan(workspace: &Workspace, file: &Path, format: PlanFormat) -> anyhow:
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// Records the planned instances so that `ablate exec KEY` (on this machine or
+/// a cluster node) can run any of them; falls back to read-only where the
+/// workspace is not writable, since planning must still answer.
+async fn register_for_plan(workspace: &Workspace, file: &Path, plan: &Plan) -> anyhow::Result<Option<Store>> {
+    match Store::open(workspace).await {
+        Ok(store) => {
+            let pipeline_id = store.register_pipeline(&plan.spec.name, &file.display().to_string(), &plan.spec.file.text).await?;
+            store.register_plan(plan, pipeline_id).await?;
+            Ok(Some(store))
+        }
+        Err(e) => {
+            tracing::warn!("cannot write to {} ({e:#}); planning read-only", workspace.root.display());
+            Store::open_read_only(workspace).await
+        }
+    }
 }
 
 /// Ctrl-C (and SIGTERM, which schedulers send before killing) cancel the run;
@@ -355,7 +373,7 @@ async fn exec_one(workspace: &Workspace, key: &str, json: bool, bars: indicatif:
     store.recover_stale().await?;
     let instance = resolve_instance(&store, key).await?;
     let job = exec::job_from_store(&store, instance.id).await?;
-    if let Some(broken) = exec::verify_inputs(&store, &job).await? {
+    if let Some(broken) = exec::verify_inputs(&store, &job, &mut Default::default()).await? {
         let up = &job.upstream[broken.upstream];
         store.invalidate(up.done.attempt_id, &format!("artifact {} missing or corrupt", broken.artifact)).await?;
         bail!("input artifact {} of upstream `{}` ({}) is missing or corrupt: rerun it first", broken.artifact, up.stage, &up.key[..12]);

@@ -3,6 +3,7 @@
 //! Used by the local scheduler for every instance and by `ablate exec` for one,
 //! so the two cannot drift apart.
 
+use std::collections::HashSet;
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 
@@ -46,25 +47,30 @@ pub struct BrokenInput {
     pub missing: bool,
 }
 
-/// Re-hashes every input artifact: inputs are verified when a stage uses them.
-pub async fn verify_inputs(store: &Store, job: &Job) -> anyhow::Result<Option<BrokenInput>> {
+/// Re-hashes every input artifact not yet verified in this run: inputs are
+/// verified when a stage uses them, and each object at most once per run.
+pub async fn verify_inputs(store: &Store, job: &Job, verified: &mut HashSet<String>) -> anyhow::Result<Option<BrokenInput>> {
     let objects = store.workspace().objects();
-    let upstream: Vec<(usize, String, String)> = job
+    let todo: Vec<(usize, String, String)> = job
         .upstream
         .iter()
         .enumerate()
         .flat_map(|(i, u)| u.done.artifacts.iter().map(move |a| (i, a.name.clone(), a.hash.clone())))
+        .filter(|(_, _, hash)| !verified.contains(hash))
         .collect();
-    tokio::task::spawn_blocking(move || {
-        for (i, name, hash) in upstream {
+    let (broken, intact) = tokio::task::spawn_blocking(move || -> anyhow::Result<(Option<BrokenInput>, Vec<String>)> {
+        let mut intact = Vec::new();
+        for (i, name, hash) in todo {
             match objects.verify_fully(&hash)? {
-                Verified::Intact(_) => {}
-                state => return Ok(Some(BrokenInput { upstream: i, artifact: name, missing: state == Verified::Missing })),
+                Verified::Intact(_) => intact.push(hash),
+                state => return Ok((Some(BrokenInput { upstream: i, artifact: name, missing: state == Verified::Missing }), intact)),
             }
         }
-        Ok(None)
+        Ok((None, intact))
     })
-    .await?
+    .await??;
+    verified.extend(intact);
+    Ok(broken)
 }
 
 /// Runs a claimed job to its end and records the outcome on its attempt.

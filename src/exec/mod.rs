@@ -106,6 +106,10 @@ pub async fn run_plan(
         let forced = in_stages(i, &options.force);
         state.push(match fresh {
             Freshness::Cached(done) if !forced => State::Done(done),
+            Freshness::Broken(done, reason) => {
+                store.invalidate(done.attempt_id, &reason.to_string()).await?;
+                State::Pending
+            }
             _ => State::Pending,
         });
     }
@@ -144,6 +148,7 @@ pub async fn run_plan(
     let mut gpus_in_use = 0u32;
     let mut stop_launching = false;
     let mut forced_done: HashSet<usize> = HashSet::new();
+    let mut verified: HashSet<String> = HashSet::new();
     let result: anyhow::Result<()> = async {
         loop {
             if cancel.is_cancelled() {
@@ -181,7 +186,7 @@ pub async fn run_plan(
                         continue;
                     }
                     let job = build_job(plan, &state, instance_ids, i);
-                    if let Some(broken) = verify_inputs(store, &job).await? {
+                    if let Some(broken) = verify_inputs(store, &job, &mut verified).await? {
                         // A cached upstream output rotted: recompute that producer first.
                         let u = node.upstream[broken.upstream];
                         let what = if broken.missing { "missing" } else { "corrupt" };

@@ -229,7 +229,7 @@ fn resolve_params<'v>(
         }
     }
     for param in stage.kind.params() {
-        if map.contains_key(param.name) {
+        if map.contains_key(param.name) || stage.params.iter().any(|e| e.name == param.name) {
             continue;
         }
         match param.default_value() {

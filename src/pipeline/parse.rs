@@ -72,7 +72,8 @@ pub fn parse(file: SourceFile) -> Result<PipelineSpec, Diagnostics> {
         Ok(doc) => doc,
         Err(e) => {
             let message = e.message().trim().to_owned();
-            return Err(file.error(e.span(), "", format!("TOML syntax error: {message}")).into());
+            let key = e.span().map(|s| key_at(&file.text, s.start)).unwrap_or_default();
+            return Err(file.error(e.span(), &key, format!("TOML syntax error: {message}")).into());
         }
     };
     let mut errors = Vec::new();
@@ -87,6 +88,27 @@ pub fn parse(file: SourceFile) -> Result<PipelineSpec, Diagnostics> {
     let axes = parse_axes(&file, root, &mut errors);
     let stages = parse_stages(&file, root, &axes, &mut errors);
     if errors.is_empty() { Ok(PipelineSpec { name, description, axes, stages, file }) } else { Err(Diagnostics(errors)) }
+}
+
+/// Best-effort dotted key at a byte offset of text that does not parse: the
+/// last `[table]` header before it plus the `key =` on its line, if any.
+fn key_at(text: &str, offset: usize) -> String {
+    let offset = offset.min(text.len());
+    let line_start = text[..offset].rfind('\n').map_or(0, |i| i + 1);
+    let line = text[line_start..].lines().next().unwrap_or("");
+    let header = text[..line_start]
+        .lines()
+        .rev()
+        .map(str::trim)
+        .find(|l| l.starts_with('[') && l.ends_with(']'))
+        .map(|l| l.trim_matches(|c| c == '[' || c == ']').trim().to_owned());
+    let key = line.split_once('=').map(|(k, _)| k.trim().trim_matches('"').to_owned()).filter(|k| !k.is_empty() && !k.starts_with('['));
+    match (header, key) {
+        (Some(h), Some(k)) => format!("{h}.{k}"),
+        (None, Some(k)) => k,
+        (Some(h), None) => h,
+        (None, None) => String::new(),
+    }
 }
 
 fn key_span(table: &Table, key: &str) -> Option<Range<usize>> {
@@ -147,7 +169,8 @@ fn parse_axes(file: &SourceFile, root: &Table, errors: &mut Vec<Diagnostic>) -> 
             continue;
         };
         if array.is_empty() {
-            errors.push(file.error(span, &dotted, format!("axis `{name}` is empty: give it at least one value")));
+            errors.push(file.error(span.clone(), &dotted, format!("axis `{name}` is empty: give it at least one value")));
+            axes.push(Axis { name: name.to_owned(), values: Vec::new(), span });
             continue;
         }
         let mut values = Vec::new();

@@ -121,8 +121,23 @@ impl Store {
     }
 
     /// Records every node, binding and edge of a plan; returns each node's instance id.
+    ///
+    /// A pipeline text whose plan (the same node keys, so the same kind
+    /// versions too) was registered before is not written again: planning an
+    /// unchanged 100,000-instance study stays a read.
     pub async fn register_plan(&self, plan: &Plan, pipeline_id: i64) -> anyhow::Result<Vec<i64>> {
         self.check_writable()?;
+        let mut hasher = <sha2::Sha256 as sha2::Digest>::new();
+        for node in &plan.nodes {
+            sha2::Digest::update(&mut hasher, node.key.as_str().as_bytes());
+        }
+        let plan_hash = hex::encode(sha2::Digest::finalize(hasher));
+        let registered: Option<String> =
+            sqlx::query_scalar("SELECT plan_hash FROM pipelines WHERE id = ?").bind(pipeline_id).fetch_one(&self.pool).await?;
+        if registered.as_deref() == Some(plan_hash.as_str()) {
+            let mut conn = self.pool.acquire().await?;
+            return instance_ids(&mut conn, plan).await;
+        }
         let now = now_text();
         let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
         for chunk in plan.nodes.chunks(1000) {
@@ -136,18 +151,7 @@ impl Store {
             });
             q.build().execute(&mut *tx).await?;
         }
-        let mut ids = Vec::with_capacity(plan.nodes.len());
-        for chunk in plan.nodes.chunks(900) {
-            let mut q = QueryBuilder::<Sqlite>::new("SELECT key, id FROM stage_instances WHERE key IN (");
-            let mut sep = q.separated(", ");
-            for node in chunk {
-                sep.push_bind(node.key.as_str());
-            }
-            q.push(")");
-            let rows = q.build().fetch_all(&mut *tx).await?;
-            let by_key: HashMap<String, i64> = rows.iter().map(|r| (r.get::<String, _>(0), r.get::<i64, _>(1))).collect();
-            ids.extend(chunk.iter().map(|n| by_key[n.key.as_str()]));
-        }
+        let ids = instance_ids(&mut tx, plan).await?;
         let bindings: Vec<(i64, &str, String)> =
             plan.bindings.iter().map(|b| (ids[b.node], plan.stage_name(b), Plan::axes_json(b).to_string())).collect();
         for chunk in bindings.chunks(1000) {
@@ -173,6 +177,7 @@ impl Store {
             });
             q.build().execute(&mut *tx).await?;
         }
+        sqlx::query("UPDATE pipelines SET plan_hash = ? WHERE id = ?").bind(&plan_hash).bind(pipeline_id).execute(&mut *tx).await?;
         tx.commit().await?;
         Ok(ids)
     }
@@ -391,6 +396,25 @@ impl Store {
         tx.commit().await?;
         Ok(())
     }
+}
+
+/// The instance id of every node of a plan, in node order.
+async fn instance_ids(conn: &mut sqlx::SqliteConnection, plan: &Plan) -> anyhow::Result<Vec<i64>> {
+    let mut ids = Vec::with_capacity(plan.nodes.len());
+    for chunk in plan.nodes.chunks(900) {
+        let mut q = QueryBuilder::<Sqlite>::new("SELECT key, id FROM stage_instances WHERE key IN (");
+        let mut sep = q.separated(", ");
+        for node in chunk {
+            sep.push_bind(node.key.as_str());
+        }
+        q.push(")");
+        let rows = q.build().fetch_all(&mut *conn).await?;
+        let by_key: HashMap<String, i64> = rows.iter().map(|r| (r.get::<String, _>(0), r.get::<i64, _>(1))).collect();
+        for node in chunk {
+            ids.push(*by_key.get(node.key.as_str()).with_context(|| format!("instance {} is not registered", node.key))?);
+        }
+    }
+    Ok(ids)
 }
 
 async fn insert_metrics(

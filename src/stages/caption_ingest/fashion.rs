@@ -1,9 +1,8 @@
-//! `fashion-mnist:DIR`: the IDX files of Fashion-MNIST, uncompressed.
+//! `fashion-mnist:DIR`: the IDX files of Fashion-MNIST, plain or gzip-compressed.
 //!
 //! Debian's `dataset-fashion-mnist` ships them gzip-compressed under
-//! /usr/share/datasets/fashion-mnist (`train-images-idx3-ubyte.gz`, ...). The
-//! crate has no gzip decoder, so the files must be decompressed first
-//! (`gunzip -k`); a directory holding only the `.gz` files gets an error saying so.
+//! /usr/share/datasets/fashion-mnist (`train-images-idx3-ubyte.gz`, ...); they
+//! are decompressed while reading, so the read-only system copy works as is.
 
 use std::fs::File;
 use std::io::{BufReader, Read};
@@ -29,7 +28,7 @@ const STREAM_NEGATIVES: u64 = 3;
 /// An IDX file opened past its header.
 struct Idx {
     path: PathBuf,
-    reader: BufReader<File>,
+    reader: Box<dyn Read>,
     count: usize,
     /// Bytes per item (rows × cols for images, 1 for labels).
     item: usize,
@@ -38,14 +37,19 @@ struct Idx {
 
 impl Idx {
     fn open(path: PathBuf, ndim: u8) -> anyhow::Result<Idx> {
-        let mut reader = BufReader::new(File::open(&path).with_context(|| format!("cannot open {}", path.display()))?);
+        let file = BufReader::new(File::open(&path).with_context(|| format!("cannot open {}", path.display()))?);
+        let mut reader: Box<dyn Read> = if path.extension().is_some_and(|e| e == "gz") {
+            Box::new(BufReader::new(flate2::read::GzDecoder::new(file)))
+        } else {
+            Box::new(file)
+        };
         let mut magic = [0u8; 4];
         reader.read_exact(&mut magic).with_context(|| format!("{}: truncated IDX header", path.display()))?;
         if magic != [0, 0, 0x08, ndim] {
             bail!(
                 "{}: not an IDX file of unsigned bytes with {ndim} dimension(s) (magic {magic:02x?}){}",
                 path.display(),
-                if magic[..2] == [0x1f, 0x8b] { "; it is gzip-compressed: decompress it first (gunzip -k)" } else { "" }
+                if magic[..2] == [0x1f, 0x8b] { "; it is gzip-compressed but not named .gz" } else { "" }
             );
         }
         let mut dims = Vec::new();
@@ -79,12 +83,7 @@ fn find(dir: &Path, set: &str, kind: &str, n: u8) -> anyhow::Result<PathBuf> {
     for name in &names {
         let gz = dir.join(format!("{name}.gz"));
         if gz.is_file() {
-            bail!(
-                "{} is gzip-compressed and this build has no gzip decoder: decompress it first \
-                 (e.g. `gunzip -k {}/*.gz`, into a writable copy if needed)",
-                gz.display(),
-                dir.display()
-            );
+            return Ok(gz);
         }
     }
     bail!("fashion-mnist: {} not found", dir.join(&names[0]).display())

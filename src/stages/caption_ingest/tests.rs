@@ -391,14 +391,32 @@ fn fashion_mnist_source() {
     let m = metrics(&out);
     assert_eq!((m["ingest.train"], m["ingest.test"]), (3.0, 1.0));
 
-    // Gzip-only directories get a clear message.
+    // Gzip-compressed files (as Debian ships them) read the same as plain ones.
     let gz = tmp.path().join("gz");
-    std::fs::create_dir_all(&gz).unwrap();
-    for name in ["train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz"] {
-        std::fs::write(gz.join(name), [0x1f, 0x8b, 8, 0]).unwrap();
+    write_idx(&gz, "train", 6, 0);
+    write_idx(&gz, "t10k", 2, 9);
+    for entry in std::fs::read_dir(&gz).unwrap() {
+        let path = entry.unwrap().path();
+        let mut encoder = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+        std::io::Write::write_all(&mut encoder, &std::fs::read(&path).unwrap()).unwrap();
+        std::fs::write(format!("{}.gz", path.display()), encoder.finish().unwrap()).unwrap();
+        std::fs::remove_file(&path).unwrap();
     }
-    let err = err_text(run(&tmp.path().join("r3"), json!({"source": format!("fashion-mnist:{}", gz.display())})));
-    assert!(err.contains("gzip") && err.contains("train-images-idx3-ubyte.gz"), "{err}");
+    let params = json!({"source": format!("fashion-mnist:{}", gz.display()), "resolution": 8});
+    let from_gz = run(&tmp.path().join("r3"), params).unwrap();
+    let plain = run(&tmp.path().join("r3b"), json!({"source": source, "resolution": 8})).unwrap();
+    assert_eq!(
+        std::fs::read(&from_gz.artifacts["images.safetensors"]).unwrap(),
+        std::fs::read(&plain.artifacts["images.safetensors"]).unwrap()
+    );
+    // A truncated archive is an error naming the file.
+    let bad = tmp.path().join("bad");
+    std::fs::create_dir_all(&bad).unwrap();
+    for name in ["train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz", "t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz"] {
+        std::fs::write(bad.join(name), [0x1f, 0x8b, 8, 0]).unwrap();
+    }
+    let err = err_text(run(&tmp.path().join("r5"), json!({"source": format!("fashion-mnist:{}", bad.display())})));
+    assert!(err.contains("train-images-idx3-ubyte.gz"), "{err}");
     let err = err_text(run(&tmp.path().join("r4"), json!({"source": "fashion-mnist:/nonexistent/fm"})));
     assert!(err.contains("/nonexistent/fm/train-images-idx3-ubyte"), "{err}");
 }

@@ -1,0 +1,313 @@
+//! Malformed pipelines: a located error (file:LINE:COL, dotted key), exit code 2,
+//! no panic, and nothing written to the store.
+
+mod common;
+
+use common::*;
+
+/// Runs `plan` and `run` on a bad file in a fresh workspace; both must fail with
+/// exit code 2, create no store, and print the same located error. Returns stderr.
+#[track_caller]
+fn reject(text: &str) -> (String, String) {
+    let ws = Ws::new();
+    let file = ws.write("bad.toml", text);
+    let file_arg = file.to_str().unwrap();
+    let plan = ws.run(&["plan", file_arg, "--format", "json"]).expect_code(2);
+    assert!(plan.stdout.trim().is_empty(), "no plan is printed: {}", plan.describe());
+    let run = ws.run(&["run", file_arg, "--json"]).expect_code(2);
+    assert!(!ws.db().exists(), "a bad pipeline must write nothing to the store\n{}", run.describe());
+    assert!(!ws.store().exists(), "not even the workspace directory\n{}", run.describe());
+    assert_eq!(plan.stderr, run.stderr, "plan and run report the same error");
+    assert!(run.stderr.contains("error"), "{}", run.describe());
+    (run.stderr, file.display().to_string())
+}
+
+/// Asserts that `stderr` holds an error at `file:line:` naming `key` and containing every `words`.
+#[track_caller]
+fn assert_located(stderr: &str, file: &str, line: usize, key: &str, words: &[&str]) {
+    let prefix = format!("{file}:{line}:");
+    let found = stderr.lines().find(|l| l.contains(&prefix));
+    let Some(found) = found else {
+        panic!("expected an error located at {prefix}COL\n--- stderr ---\n{stderr}");
+    };
+    // file:LINE:COL — the column is a positive number.
+    let col: String = found[found.find(&prefix).unwrap() + prefix.len()..].chars().take_while(char::is_ascii_digit).collect();
+    assert!(col.parse::<usize>().is_ok_and(|c| c >= 1), "no column after {prefix}: {found}");
+    if !key.is_empty() {
+        assert!(found.contains(key), "the error must name the key `{key}`: {found}");
+    }
+    for w in words {
+        assert!(stderr.contains(w), "expected {w:?} in the error\n--- stderr ---\n{stderr}");
+    }
+}
+
+#[test]
+fn toml_syntax_error() {
+    let (err, file) = reject(
+        r#"[pipeline]
+name = "x"
+
+[stages.a
+kind = "command"
+run = "true"
+"#,
+    );
+    assert_located(&err, &file, 4, "", &["TOML"]);
+}
+
+#[test]
+fn toml_syntax_error_in_a_value_names_its_key() {
+    let (err, file) = reject(
+        r#"[pipeline]
+name = "x"
+
+[stages.train]
+kind = "command"
+run = "true"
+gpus = 1.2.3
+"#,
+    );
+    assert_located(&err, &file, 7, "stages.train.gpus", &["TOML"]);
+}
+
+#[test]
+fn unknown_key_for_the_kind() {
+    let (err, file) = reject(
+        r#"[pipeline]
+name = "x"
+
+[stages.data]
+kind = "caption_ingest"
+source = "builtin:shapes"
+imagez = 10
+"#,
+    );
+    assert_located(&err, &file, 7, "stages.data.imagez", &["unknown key", "caption_ingest", "images"]);
+}
+
+#[test]
+fn wrong_value_type() {
+    let (err, file) = reject(
+        r#"[pipeline]
+name = "x"
+
+[stages.data]
+kind = "caption_ingest"
+source = "builtin:shapes"
+images = "many"
+"#,
+    );
+    assert_located(&err, &file, 7, "stages.data.images", &["integer", "many"]);
+}
+
+#[test]
+fn wrong_value_type_arriving_through_an_axis() {
+    let (err, file) = reject(
+        r#"[pipeline]
+name = "x"
+
+[axes]
+n = [8, "lots"]
+
+[stages.data]
+kind = "caption_ingest"
+source = "builtin:shapes"
+images = "${n}"
+"#,
+    );
+    assert_located(&err, &file, 10, "stages.data.images", &["integer", "lots", "axis `n`"]);
+}
+
+#[test]
+fn a_type_error_through_an_axis_reports_only_the_real_problem() {
+    // `run` is present; only its value has the wrong type.
+    let (err, file) = reject(
+        r#"[pipeline]
+name = "x"
+
+[axes]
+g = [1, 2]
+
+[stages.train]
+kind = "command"
+run = "${g}"
+"#,
+    );
+    assert_located(&err, &file, 9, "stages.train.run", &["expected a string", "axis `g`"]);
+    assert!(!err.contains("missing required parameter"), "`run` is given: no spurious 'missing' error\n{err}");
+}
+
+#[test]
+fn unknown_kind() {
+    let (err, file) = reject(
+        r#"[pipeline]
+name = "x"
+
+[stages.a]
+kind = "no_such_kind"
+"#,
+    );
+    assert_located(&err, &file, 5, "stages.a.kind", &["no_such_kind", "caption_ingest", "command"]);
+}
+
+#[test]
+fn needs_names_a_missing_stage() {
+    let (err, file) = reject(
+        r#"[pipeline]
+name = "x"
+
+[stages.a]
+kind = "command"
+run = "true"
+
+[stages.b]
+kind = "command"
+run = "true"
+needs = ["a", "ghost"]
+"#,
+    );
+    assert_located(&err, &file, 11, "stages.b.needs", &["ghost"]);
+}
+
+#[test]
+fn reference_to_an_undefined_axis() {
+    let (err, file) = reject(
+        r#"[pipeline]
+name = "x"
+
+[axes]
+seed = [0, 1]
+
+[stages.a]
+kind = "command"
+run = "echo ${sed}"
+"#,
+    );
+    assert_located(&err, &file, 9, "stages.a.run", &["sed", "undefined axis"]);
+}
+
+#[test]
+fn empty_axis() {
+    let (err, file) = reject(
+        r#"[pipeline]
+name = "x"
+
+[axes]
+seed = [0]
+lr = []
+
+[stages.a]
+kind = "command"
+run = "echo ${seed}"
+"#,
+    );
+    assert_located(&err, &file, 6, "axes.lr", &["empty"]);
+}
+
+#[test]
+fn cycle_prints_the_cycle() {
+    let (err, file) = reject(
+        r#"[pipeline]
+name = "x"
+
+[stages.a]
+kind = "command"
+needs = ["c"]
+run = "true"
+
+[stages.b]
+kind = "command"
+needs = ["a"]
+run = "true"
+
+[stages.c]
+kind = "command"
+needs = ["b"]
+run = "true"
+"#,
+    );
+    assert!(err.contains("cycle"), "{err}");
+    // The cycle a → b → c → a, printed from whichever stage it starts at, in
+    // either direction (data flow or `needs`).
+    let rotations = ["a → b → c → a", "b → c → a → b", "c → a → b → c", "a → c → b → a", "c → b → a → c", "b → a → c → b"];
+    assert!(rotations.iter().any(|r| err.contains(r)), "the cycle is printed with its stage names\n{err}");
+    let line = err.lines().find(|l| l.contains("cycle")).unwrap();
+    let (stage, at) = [("a", 6), ("b", 11), ("c", 16)]
+        .into_iter()
+        .find(|(s, _)| line.contains(&format!("stages.{s}.needs")))
+        .unwrap_or_else(|| panic!("the cycle error names a `needs` key: {line}"));
+    assert_located(&err, &file, at, &format!("stages.{stage}.needs"), &[]);
+}
+
+#[test]
+fn two_stage_cycle() {
+    let (err, file) = reject(
+        r#"[pipeline]
+name = "x"
+
+[stages.a]
+kind = "command"
+needs = ["b"]
+run = "true"
+
+[stages.b]
+kind = "command"
+needs = ["a"]
+run = "true"
+"#,
+    );
+    assert!(err.contains("a → b → a") || err.contains("b → a → b"), "{err}");
+    let located = [(6, "stages.a.needs"), (11, "stages.b.needs")]
+        .iter()
+        .any(|(line, key)| err.lines().any(|l| l.contains(&format!("{file}:{line}:")) && l.contains(key)));
+    assert!(located, "the cycle error is located at a `needs` of the cycle\n{err}");
+}
+
+#[test]
+fn missing_pipeline_name_and_several_errors_at_once() {
+    let (err, file) = reject(
+        r#"[pipeline]
+description = "no name"
+
+[stages.a]
+kind = "command"
+run = "true"
+colour = 1
+
+[stages.b]
+kind = "caption_ingest"
+source = "builtin:shapes"
+images = "many"
+"#,
+    );
+    assert!(err.contains("name"), "{err}");
+    // Every problem is reported, not just the first.
+    assert_located(&err, &file, 7, "stages.a.colour", &[]);
+}
+
+#[test]
+fn an_unreadable_file_is_an_error_not_a_panic() {
+    let ws = Ws::new();
+    let out = ws.run(&["run", ws.root().join("nope.toml").to_str().unwrap()]);
+    assert_eq!(out.code, Some(2), "{}", out.describe());
+    assert!(out.stderr.contains("nope.toml"), "{}", out.describe());
+    assert!(!ws.db().exists());
+}
+
+#[test]
+fn a_referenced_empty_axis_is_reported_as_empty_not_undefined() {
+    let (err, file) = reject(
+        r#"[pipeline]
+name = "x"
+
+[axes]
+seed = []
+
+[stages.a]
+kind = "command"
+run = "echo ${seed}"
+"#,
+    );
+    assert_located(&err, &file, 5, "axes.seed", &["empty"]);
+    assert!(!err.contains("undefined axis"), "`seed` is defined (empty): no misleading 'undefined axis' error\n{err}");
+}

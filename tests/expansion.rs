@@ -1,0 +1,176 @@
+//! Axis expansion: which instances exist, how they connect, and typed substitution.
+
+mod common;
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use common::*;
+use serde_json::{Value, json};
+
+const GRID: &str = r#"
+[pipeline]
+name = "lift-vs-clip"
+
+[axes]
+loss = ["infonce", "cosine"]
+captions = ["short", "long"]
+seed = [0, 1, 2]
+
+[stages.data]
+kind = "command"
+run = "echo data > $ABLATE_OUT/data.txt"
+
+[stages.text]
+kind = "command"
+needs = ["data"]
+run = "echo ${captions} > $ABLATE_OUT/text.txt"
+
+[stages.train]
+kind = "command"
+needs = ["text"]
+run = "echo ${loss} ${seed} > $ABLATE_OUT/model.txt"
+"#;
+
+#[test]
+fn grid_2x2x3_expands_to_the_referenced_axes_only() {
+    let ws = Ws::new();
+    let file = ws.write("grid.toml", GRID);
+    let plan = ws.plan(&file);
+
+    let data = rows(&plan, "data");
+    let text = rows(&plan, "text");
+    let train = rows(&plan, "train");
+    assert_eq!(data.len(), 1, "data references no axis: one instance");
+    assert_eq!(text.len(), 2, "text references only captions");
+    assert_eq!(train.len(), 12, "train: loss × seed, and captions through text");
+    assert_eq!(plan.len(), 15);
+    assert_eq!(all_keys(&plan).len(), 15, "every instance has its own key");
+    for r in &plan {
+        assert_eq!(r["status"], "run");
+        assert_eq!(r["reason"], "never run");
+    }
+
+    // Axis values: exactly the axes each stage spans.
+    assert_eq!(data[0]["axes"], json!({}));
+    let text_captions: BTreeSet<String> = text
+        .iter()
+        .map(|r| {
+            let axes = r["axes"].as_object().unwrap();
+            assert_eq!(axes.keys().collect::<Vec<_>>(), vec!["captions"], "text spans only captions: {r}");
+            axes["captions"].as_str().unwrap().to_owned()
+        })
+        .collect();
+    assert_eq!(text_captions, BTreeSet::from(["long".to_owned(), "short".to_owned()]));
+
+    let combos: BTreeSet<String> = train
+        .iter()
+        .map(|r| {
+            let axes = r["axes"].as_object().unwrap();
+            let mut names: Vec<&String> = axes.keys().collect();
+            names.sort();
+            assert_eq!(names, vec!["captions", "loss", "seed"], "train spans loss, captions, seed: {r}");
+            assert!(axes["seed"].is_i64(), "axis values keep their type in plan JSON: {r}");
+            format!("{} {} {}", axes["loss"], axes["captions"], axes["seed"])
+        })
+        .collect();
+    assert_eq!(combos.len(), 12, "each combination once");
+
+    // Edges: data ← text ← train, matching on shared axis values.
+    let text_by_captions: BTreeMap<String, String> =
+        text.iter().map(|r| (r["axes"]["captions"].as_str().unwrap().to_owned(), r["key"].as_str().unwrap().to_owned())).collect();
+    let data_key = data[0]["key"].as_str().unwrap();
+    assert_eq!(data[0]["upstream"], json!([]));
+    for r in &text {
+        assert_eq!(r["upstream"], json!([data_key]), "text needs the one data instance");
+    }
+    for r in &train {
+        let captions = r["axes"]["captions"].as_str().unwrap();
+        assert_eq!(
+            r["upstream"],
+            json!([text_by_captions[captions]]),
+            "train instance {} must depend on the text instance with the same captions",
+            r["axes"]
+        );
+    }
+}
+
+#[test]
+fn identical_stage_definitions_in_one_file_are_one_node() {
+    let ws = Ws::new();
+    let file = ws.write(
+        "dup.toml",
+        &format!(
+            "{GRID}\n[stages.data_again]\nkind = \"command\"\nrun = \"echo data > $ABLATE_OUT/data.txt\"\n\n\
+             [stages.text_again]\nkind = \"command\"\nneeds = [\"data_again\"]\nrun = \"echo ${{captions}} > $ABLATE_OUT/text.txt\"\n"
+        ),
+    );
+    let plan = ws.plan(&file);
+    assert_eq!(plan.len(), 18);
+    assert_eq!(key_of(&plan, "data"), key_of(&plan, "data_again"));
+    assert_eq!(stage_keys(&plan, "text"), stage_keys(&plan, "text_again"));
+    assert_eq!(all_keys(&plan).len(), 15, "equal keys are one node");
+
+    // Running it executes each unique node once.
+    let (code, summary, out) = ws.run_json(&file, &["-j", "2"]);
+    assert_eq!(code, Some(0), "{}", out.describe());
+    assert_eq!(keys_in(&summary, "executed"), all_keys(&plan));
+    assert_eq!(summary["executed"].as_array().unwrap().len(), 15, "no node executed twice: {summary}");
+}
+
+#[test]
+fn whole_axis_reference_keeps_its_type_and_text_interpolates() {
+    let ws = Ws::new();
+    let file = ws.write(
+        "typed.toml",
+        r#"
+[pipeline]
+name = "typed"
+
+[axes]
+seed = [0, 1]
+frac = [0.25]
+flag = [true]
+
+[stages.data]
+kind = "caption_ingest"
+source = "builtin:shapes"
+images = 4
+resolution = 8
+seed = "${seed}"            # int parameter: must receive the integer
+test_fraction = "${frac}"   # float parameter: must receive the float
+
+[stages.tag]
+kind = "command"
+needs = ["data"]
+run = "echo run-${seed} > $ABLATE_OUT/tag.txt"
+env = ["TAG=run-${seed}", "FLAG=${flag}", "FRAC=${frac}"]
+"#,
+    );
+    let plan = ws.plan(&file);
+    assert_eq!(rows(&plan, "data").len(), 2);
+    assert_eq!(rows(&plan, "tag").len(), 2);
+    let (code, _, out) = ws.run_json(&file, &[]);
+    assert_eq!(code, Some(0), "{}", out.describe());
+
+    for r in rows(&plan, "data") {
+        let seed = r["axes"]["seed"].as_i64().unwrap();
+        let show = ws.show(r["key"].as_str().unwrap());
+        let params = &show["instance"]["params"];
+        assert_eq!(params["seed"], json!(seed), "\"${{seed}}\" keeps the integer type: {params}");
+        assert!(params["seed"].is_i64());
+        assert_eq!(params["test_fraction"], json!(0.25), "\"${{frac}}\" keeps the float type: {params}");
+        assert!(params["test_fraction"].is_f64());
+    }
+    for r in rows(&plan, "tag") {
+        let seed = r["axes"]["seed"].as_i64().unwrap();
+        let show = ws.show(r["key"].as_str().unwrap());
+        let params = &show["instance"]["params"];
+        assert_eq!(params["run"], Value::from(format!("echo run-{seed} > $ABLATE_OUT/tag.txt")));
+        assert_eq!(params["env"], json!([format!("TAG=run-{seed}"), "FLAG=true", "FRAC=0.25"]), "interpolated as text");
+        // The substituted command really ran with the interpolated value.
+        let artifact = &show["artifacts"][0];
+        assert_eq!(artifact["name"], "tag.txt");
+        let text = std::fs::read_to_string(ws.store().join(artifact["path"].as_str().unwrap())).unwrap();
+        assert_eq!(text.trim(), format!("run-{seed}"));
+    }
+}

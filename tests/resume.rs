@@ -1,0 +1,149 @@
+//! Interruptions: kill -9 and Ctrl-C mid-run, then a rerun that finishes the work.
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::time::{Duration, Instant};
+
+use common::*;
+
+/// Six slow instances (`s`), each with a quick downstream (`t`). Counters are
+/// appended when a command starts, so an instance killed mid-execution counts once
+/// for the killed attempt.
+const SLOW: &str = r#"
+[pipeline]
+name = "slow"
+
+[axes]
+i = [0, 1, 2, 3, 4, 5]
+
+[stages.s]
+kind = "command"
+run = "echo x >> @C@/s-${i}; sleep 1; echo ${i} > $ABLATE_OUT/s.txt"
+
+[stages.t]
+kind = "command"
+needs = ["s"]
+run = "echo x >> @C@/t-${i}; cat $ABLATE_INPUT_S/s.txt > $ABLATE_OUT/t.txt"
+"#;
+
+fn counter_name(row: &serde_json::Value) -> String {
+    format!("{}-{}", row["stage"].as_str().unwrap(), row["axes"]["i"])
+}
+
+#[test]
+fn kill_9_mid_run_then_rerun_finishes_without_duplicated_work() {
+    let ws = Ws::new();
+    let file = ws.write("slow.toml", SLOW);
+    let plan = ws.plan(&file);
+    assert_eq!(plan.len(), 12);
+
+    let run = ws.spawn(&["run", file.to_str().unwrap(), "-j", "2"]);
+    // Wait until at least one instance is done and another one is executing.
+    wait_until(Duration::from_secs(20), "one instance done and another running", || {
+        let plan = ws.plan(&file);
+        let done = plan.iter().filter(|r| r["status"] == "cached").count();
+        let running = plan.iter().any(|r| r["status"] == "run" && ws.count(&counter_name(r)) > 0);
+        done >= 1 && running
+    });
+    let killed = run.kill9();
+    assert_eq!(killed.code, None, "killed by a signal");
+
+    // What the killed process had finished, and what it was in the middle of.
+    let after_kill = ws.plan(&file);
+    let done_before: BTreeSet<String> = with_status(&after_kill, "cached");
+    let interrupted: BTreeSet<String> = after_kill
+        .iter()
+        .filter(|r| r["status"] == "run" && ws.count(&counter_name(r)) > 0)
+        .map(|r| r["key"].as_str().unwrap().to_owned())
+        .collect();
+    assert!(!done_before.is_empty() && !interrupted.is_empty());
+
+    // The killed run's rows are still `running`: the rerun must recover them,
+    // not trust them and not wait for them forever.
+    let started = Instant::now();
+    let (code, summary, out) = ws.run_json(&file, &["-j", "4"]);
+    assert_eq!(code, Some(0), "{}", out.describe());
+    assert!(started.elapsed() < Duration::from_secs(20), "the rerun must not wait for the dead process's lease");
+    let executed = keys_in(&summary, "executed");
+    assert!(executed.is_disjoint(&done_before), "finished work is not redone: {summary}");
+    assert_eq!(executed.len() + done_before.len(), 12, "{summary}");
+    assert!(interrupted.is_subset(&executed));
+
+    // Counters: once in total, except instances killed mid-execution (at most twice).
+    for r in &after_kill {
+        let n = ws.count(&counter_name(r));
+        let key = r["key"].as_str().unwrap();
+        if interrupted.contains(key) {
+            assert!((1..=2).contains(&n), "{} ran {n} times", counter_name(r));
+        } else {
+            assert_eq!(n, 1, "{} ran {n} times", counter_name(r));
+        }
+    }
+    let plan = ws.plan(&file);
+    assert!(plan.iter().all(|r| r["status"] == "cached"), "{plan:?}");
+
+    // History: the killed run is recovered as `lost`; no attempt is left `running`.
+    let runs = ws.runs();
+    assert_eq!(runs.len(), 2, "{runs:?}");
+    let first = runs.iter().find(|r| r["id"] == 1).expect("run 1");
+    assert_eq!(first["status"], "lost", "{first}");
+    let second = runs.iter().find(|r| r["id"] == 2).expect("run 2");
+    assert_eq!(second["status"], "done", "{second}");
+    for r in &plan {
+        let key = r["key"].as_str().unwrap();
+        let statuses = attempt_statuses(&ws.show(key));
+        assert!(!statuses.iter().any(|s| s == "running"), "{} has a stale running attempt: {statuses:?}", counter_name(r));
+        assert_eq!(statuses.iter().filter(|s| *s == "done").count(), 1, "{}: {statuses:?}", counter_name(r));
+        if interrupted.contains(key) {
+            assert!(statuses.iter().any(|s| s == "lost"), "the killed attempt is recorded lost: {statuses:?}");
+        }
+    }
+}
+
+#[test]
+fn ctrl_c_stops_the_run_and_records_it_interrupted() {
+    let ws = Ws::new();
+    let file = ws.write(
+        "long.toml",
+        r#"
+[pipeline]
+name = "long"
+
+[stages.long]
+kind = "command"
+run = "echo x >> @C@/long; exec sleep 30"
+
+[stages.after]
+kind = "command"
+needs = ["long"]
+run = "echo x >> @C@/after"
+"#,
+    );
+    let run = ws.spawn(&["run", file.to_str().unwrap()]);
+    wait_until(Duration::from_secs(20), "the stage to start", || ws.count("long") == 1);
+    std::thread::sleep(Duration::from_millis(200));
+    let sent = Instant::now();
+    let status = std::process::Command::new("kill").args(["-INT", &run.pid().to_string()]).status().unwrap();
+    assert!(status.success());
+    let out = run.wait(Duration::from_secs(10));
+    assert!(sent.elapsed() < Duration::from_secs(5), "Ctrl-C must stop the run within seconds, took {:?}", sent.elapsed());
+    assert_eq!(out.code, Some(130), "{}", out.describe());
+    assert_eq!(ws.count("after"), 0, "nothing starts after Ctrl-C");
+
+    let runs = ws.runs();
+    assert_eq!(runs.len(), 1);
+    assert_eq!(runs[0]["status"], "interrupted", "{:?}", runs[0]);
+    let plan = ws.plan(&file);
+    let long = key_of(&plan, "long");
+    assert_eq!(attempt_statuses(&ws.show(&long)), vec!["interrupted"]);
+    let row = rows(&plan, "long")[0];
+    assert_eq!(row["status"], "run");
+    assert!(row["reason"].as_str().unwrap().contains("interrupted"), "{row}");
+
+    // Rerunning after the interruption picks the work up again (here: make it quick).
+    let file = ws.write("long.toml", &std::fs::read_to_string(&file).unwrap().replace("exec sleep 30", "true"));
+    let (code, summary, out) = ws.run_json(&file, &[]);
+    assert_eq!(code, Some(0), "{}", out.describe());
+    assert_eq!(summary["executed"].as_array().unwrap().len(), 2);
+}
