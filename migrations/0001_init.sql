@@ -104,7 +104,7 @@ CREATE TABLE metrics (
     attempt_id  INTEGER NOT NULL,
     name        TEXT NOT NULL,
     step        INTEGER,                -- NULL for a final value
-    value       REAL NOT NULL
+    value       REAL                    -- NULL for NaN or an infinity (SQLite stores no NaN)
 );
 CREATE INDEX metrics_attempt ON metrics(attempt_id, name);
 

@@ -11,7 +11,7 @@ use std::collections::HashMap;
 use serde_json::Value;
 
 use crate::pipeline::Plan;
-use crate::store::{DoneAttempt, Store, Verified};
+use crate::store::{DoneAttempt, ObjectStat, ObjectStore, Store, Verified};
 
 #[derive(Debug, Clone, PartialEq)]
 pub enum Reason {
@@ -68,69 +68,108 @@ impl Freshness {
 }
 
 /// Decides each node's freshness. `store` is `None` for a workspace with no store yet.
-/// Objects found intact with a new stat are reported back so a writable caller can record them.
+/// On a writable store, objects found intact with a new stat get that stat recorded,
+/// so the next check is a plain stat again.
 pub async fn assess(plan: &Plan, store: Option<&Store>) -> anyhow::Result<Vec<Freshness>> {
     let Some(store) = store else {
         return Ok(plan.nodes.iter().map(|_| Freshness::Run(Reason::NeverRun)).collect());
     };
-    let mut done = store.done_attempts().await?;
-    let previous = store.previous_bindings(&plan.spec.name).await?;
-    let latest = store.latest_attempt_statuses().await?;
-    let objects = store.workspace().objects();
-    let mut verified: HashMap<String, Verified> = HashMap::new();
-    let mut out = Vec::with_capacity(plan.nodes.len());
+    let keys: Vec<&str> = plan.nodes.iter().map(|n| n.key.as_str()).collect();
+    let mut done = store.done_attempts(&keys).await?;
+
+    // Check every distinct object once, on all cores (a stat each, a re-hash
+    // only when the stat changed).
+    let mut objects: HashMap<String, Option<ObjectStat>> = HashMap::new();
+    for attempt in done.values() {
+        for artifact in &attempt.artifacts {
+            objects.insert(artifact.hash.clone(), artifact.recorded);
+        }
+    }
+    let objects: Vec<(String, Option<ObjectStat>)> = objects.into_iter().collect();
+    let verified = verify_all(&store.workspace().objects(), &objects)?;
+    if !store.is_read_only() {
+        for (hash, recorded) in &objects {
+            if let Some(Verified::Intact(now)) = verified.get(hash.as_str()) {
+                if Some(*now) != *recorded {
+                    store.refresh_object_stat(hash, *now).await?;
+                }
+            }
+        }
+    }
+
+    let mut out: Vec<Option<Freshness>> = Vec::with_capacity(plan.nodes.len());
     for node in &plan.nodes {
-        if let Some(attempt) = done.remove(node.key.as_str()) {
-            let mut broken = None;
-            for artifact in &attempt.artifacts {
-                let state = match verified.get(&artifact.hash) {
-                    Some(v) => *v,
-                    None => {
-                        let v = objects.verify(&artifact.hash, artifact.recorded)?;
-                        if let (Verified::Intact(now), false) = (v, store.is_read_only()) {
-                            if Some(now) != artifact.recorded {
-                                store.refresh_object_stat(&artifact.hash, now).await?;
-                            }
-                        }
-                        verified.insert(artifact.hash.clone(), v);
-                        v
-                    }
-                };
-                match state {
-                    Verified::Intact(_) => {}
-                    Verified::Missing => broken = Some(Reason::ArtifactMissing(artifact.name.clone())),
-                    Verified::Corrupt => broken = Some(Reason::ArtifactCorrupt(artifact.name.clone())),
-                }
-                if broken.is_some() {
-                    break;
-                }
-            }
-            out.push(match broken {
-                None => Freshness::Cached(attempt),
-                Some(reason) => Freshness::Broken(attempt, reason),
-            });
+        let Some(attempt) = done.remove(node.key.as_str()) else {
+            out.push(None);
             continue;
-        }
-        if let Some(status) = latest.get(node.key.as_str()) {
-            out.push(Freshness::Run(Reason::Unfinished(status.clone())));
-            continue;
-        }
-        let binding = &plan.bindings[node.bindings[0]];
-        let lookup = (plan.stage_name(binding).to_owned(), Plan::axes_json(binding).to_string());
-        let earlier = previous.get(&lookup).and_then(|list| list.iter().find(|p| p.key != node.key.as_str()));
-        out.push(Freshness::Run(match earlier {
-            None => Reason::NeverRun,
-            Some(p) if p.kind_version != i64::from(node.kind.version()) => {
-                Reason::CodeVersionChanged { from: p.kind_version, to: i64::from(node.kind.version()) }
-            }
-            Some(p) => {
-                let changed = changed_params(&p.params, &Value::Object(node.params.0.clone()));
-                if changed.is_empty() { Reason::UpstreamChanged } else { Reason::ParamsChanged(changed) }
-            }
+        };
+        let broken = attempt.artifacts.iter().find_map(|a| match verified.get(a.hash.as_str()) {
+            Some(Verified::Missing) => Some(Reason::ArtifactMissing(a.name.clone())),
+            Some(Verified::Corrupt) => Some(Reason::ArtifactCorrupt(a.name.clone())),
+            _ => None,
+        });
+        out.push(Some(match broken {
+            None => Freshness::Cached(attempt),
+            Some(reason) => Freshness::Broken(attempt, reason),
         }));
     }
-    Ok(out)
+
+    // Explaining why the rest must run needs history, loaded only when some do.
+    if out.iter().any(Option::is_none) {
+        let previous = store.previous_bindings(&plan.spec.name).await?;
+        let latest = store.latest_attempt_statuses().await?;
+        for (node, slot) in plan.nodes.iter().zip(out.iter_mut()) {
+            if slot.is_none() {
+                *slot = Some(Freshness::Run(why_run(plan, node, &previous, &latest)));
+            }
+        }
+    }
+    Ok(out.into_iter().map(|f| f.expect("every node assessed")).collect())
 }
+
+/// Verifies objects in parallel; returns each one's state by hash.
+fn verify_all<'a>(objects: &ObjectStore, todo: &'a [(String, Option<ObjectStat>)]) -> anyhow::Result<HashMap<&'a str, Verified>> {
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get()).min(8);
+    let chunk = todo.len().div_ceil(threads).max(1);
+    std::thread::scope(|scope| {
+        let handles: Vec<_> = todo
+            .chunks(chunk)
+            .map(|part| {
+                scope.spawn(move || {
+                    part.iter()
+                        .map(|(hash, recorded)| Ok((hash.as_str(), objects.verify(hash, *recorded)?)))
+                        .collect::<std::io::Result<Vec<_>>>()
+                })
+            })
+            .collect();
+        let mut out = HashMap::with_capacity(todo.len());
+        for handle in handles {
+            out.extend(handle.join().expect("verification thread")?);
+        }
+        Ok(out)
+    })
+}
+
+fn why_run(plan: &Plan, node: &crate::pipeline::Node, previous: &Previous, latest: &HashMap<String, String>) -> Reason {
+    if let Some(status) = latest.get(node.key.as_str()) {
+        return Reason::Unfinished(status.clone());
+    }
+    let binding = &plan.bindings[node.bindings[0]];
+    let lookup = (plan.stage_name(binding).to_owned(), Plan::axes_json(binding).to_string());
+    let earlier = previous.get(&lookup).and_then(|list| list.iter().find(|p| p.key != node.key.as_str()));
+    match earlier {
+        None => Reason::NeverRun,
+        Some(p) if p.kind_version != i64::from(node.kind.version()) => {
+            Reason::CodeVersionChanged { from: p.kind_version, to: i64::from(node.kind.version()) }
+        }
+        Some(p) => {
+            let changed = changed_params(&p.params, &Value::Object(node.params.0.clone()));
+            if changed.is_empty() { Reason::UpstreamChanged } else { Reason::ParamsChanged(changed) }
+        }
+    }
+}
+
+type Previous = HashMap<(String, String), Vec<crate::store::PreviousBinding>>;
 
 fn changed_params(before: &Value, now: &Value) -> Vec<String> {
     let (Some(before), Some(now)) = (before.as_object(), now.as_object()) else { return vec!["params".into()] };

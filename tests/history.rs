@@ -223,3 +223,31 @@ fn every_command_has_help() {
         assert!(plan.contains(format), "plan --help lists --format {format}\n{plan}");
     }
 }
+
+/// Metrics, including non-finite ones (SQLite stores no NaN), reach `show`.
+#[test]
+fn metrics_with_steps_and_non_finite_values_are_recorded() {
+    let ws = Ws::new();
+    let file = ws.write(
+        "m.toml",
+        r#"
+[pipeline]
+name = "metrics"
+
+[stages.train]
+kind = "command"
+run = "for s in 1 2 3; do echo ablate:metric loss 0.$s $s; done; echo ablate:metric grad_norm nan 3; echo ablate:metric acc 0.75"
+"#,
+    );
+    ws.run(&["run", file.to_str().unwrap()]).ok();
+    let key = key_of(&ws.plan(&file), "train");
+    let show = ws.show(&key);
+    let metrics = show["metrics"].as_array().unwrap();
+    let loss: Vec<(i64, f64)> =
+        metrics.iter().filter(|m| m["name"] == "loss").map(|m| (m["step"].as_i64().unwrap(), m["value"].as_f64().unwrap())).collect();
+    assert_eq!(loss, vec![(1, 0.1), (2, 0.2), (3, 0.3)]);
+    let acc = metrics.iter().find(|m| m["name"] == "acc").unwrap();
+    assert_eq!((acc["step"].clone(), acc["value"].as_f64()), (Value::Null, Some(0.75)));
+    let grad = metrics.iter().find(|m| m["name"] == "grad_norm").unwrap();
+    assert_eq!(grad["value"], Value::Null, "NaN is stored as NULL");
+}

@@ -137,7 +137,11 @@ pub async fn show(workspace: &Workspace, id: &str, json: bool) -> anyhow::Result
         let mut table = Table::new(&["METRIC", "VALUE", "STEP"]);
         for m in metrics.iter().rev() {
             if seen.insert(m.name.clone()) {
-                table.row(vec![m.name.clone(), format!("{}", m.value), m.step.map_or_else(String::new, |s| s.to_string())]);
+                table.row(vec![
+                    m.name.clone(),
+                    m.value.map_or_else(|| "NaN/inf".to_owned(), |v| v.to_string()),
+                    m.step.map_or_else(String::new, |s| s.to_string()),
+                ]);
             }
         }
         if !seen.is_empty() {

@@ -17,16 +17,20 @@ impl StageKey {
     pub fn compute(kind: &str, version: u32, params: &Map<String, Value>, upstream: &[&StageKey]) -> StageKey {
         let mut upstream: Vec<&str> = upstream.iter().map(|k| k.0.as_str()).collect();
         upstream.sort_unstable();
-        // serde_json's Map is a BTreeMap (no `preserve_order`), so objects
-        // serialise with sorted keys at every depth: the form is canonical.
-        let canonical = serde_json::json!({
-            "kind": kind,
-            "version": version,
-            "params": params,
-            "upstream": upstream,
-        });
-        let digest = Sha256::digest(canonical.to_string().as_bytes());
-        StageKey(hex::encode(digest))
+        // The canonical JSON object {"kind","params","upstream","version"} (keys
+        // sorted), streamed into the hash. serde_json's Map is a BTreeMap (no
+        // `preserve_order`), so nested objects serialise with sorted keys too.
+        let mut hasher = HashWriter(Sha256::new());
+        hasher.0.update(b"{\"kind\":");
+        write(&mut hasher, &kind);
+        hasher.0.update(b",\"params\":");
+        write(&mut hasher, params);
+        hasher.0.update(b",\"upstream\":");
+        write(&mut hasher, &upstream);
+        hasher.0.update(b",\"version\":");
+        write(&mut hasher, &version);
+        hasher.0.update(b"}");
+        StageKey(hex::encode(hasher.0.finalize()))
     }
 
     pub fn from_hex(hex: String) -> StageKey {
@@ -49,6 +53,22 @@ impl fmt::Display for StageKey {
     }
 }
 
+struct HashWriter(Sha256);
+
+impl std::io::Write for HashWriter {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.update(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+fn write<T: serde::Serialize + ?Sized>(hasher: &mut HashWriter, value: &T) {
+    serde_json::to_writer(hasher, value).expect("serialising into a hash cannot fail");
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -65,5 +85,8 @@ mod tests {
         assert_eq!(StageKey::compute("k", 1, &a, &[&u1, &u2]), StageKey::compute("k", 1, &b, &[&u2, &u1]));
         assert_ne!(StageKey::compute("k", 1, &a, &[]), StageKey::compute("k", 2, &a, &[]));
         assert_ne!(StageKey::compute("k", 1, &a, &[]), StageKey::compute("j", 1, &a, &[]));
+        // The key is the SHA-256 of exactly this canonical text.
+        let canonical = r#"{"kind":"k","params":{"x":1,"y":"b"},"upstream":["aa","bb"],"version":1}"#;
+        assert_eq!(StageKey::compute("k", 1, &a, &[&u2, &u1]).as_str(), hex::encode(Sha256::digest(canonical)));
     }
 }
