@@ -54,9 +54,9 @@ enum Command {
         /// Instances run at the same time.
         #[arg(long, short = 'j', default_value_t = 1)]
         jobs: usize,
-        /// GPUs available to stages that declare them.
-        #[arg(long, default_value_t = 0)]
-        gpus: u32,
+        /// GPUs available to stages that declare them (default: as many as `nvidia-smi -L` lists).
+        #[arg(long)]
+        gpus: Option<u32>,
         /// After a failure, keep running branches that do not depend on it.
         #[arg(long)]
         keep_going: bool,
@@ -149,7 +149,7 @@ async fn dispatch(cli: Cli, bars: indicatif::MultiProgress) -> anyhow::Result<Ex
     match cli.command {
         Command::Plan { file, format, json } => plan(&workspace, &file, if json { PlanFormat::Json } else { format }).await,
         Command::Run { file, jobs, gpus, keep_going, force, only, json } => {
-            let options = RunOptions { jobs, gpus, keep_going, force, only };
+            let options = RunOptions { jobs, gpus: gpus.unwrap_or_else(detected_gpus), keep_going, force, only };
             run(&workspace, &file, options, json, bars).await
         }
         Command::Exec { key, json } => exec_one(&workspace, &key, json, bars).await,
@@ -159,6 +159,17 @@ async fn dispatch(cli: Cli, bars: indicatif::MultiProgress) -> anyhow::Result<Ex
         Command::Gc { dry_run, json } => history::gc(&workspace, dry_run, json).await,
         Command::Kinds { json } => kinds(json),
     }
+}
+
+/// GPUs on this machine, by `nvidia-smi -L` (0 where it is absent).
+fn detected_gpus() -> u32 {
+    std::process::Command::new("nvidia-smi")
+        .arg("-L")
+        .stderr(std::process::Stdio::null())
+        .output()
+        .ok()
+        .filter(|o| o.status.success())
+        .map_or(0, |o| String::from_utf8_lossy(&o.stdout).lines().filter(|l| l.starts_with("GPU ")).count() as u32)
 }
 
 fn compile(file: &Path) -> anyhow::Result<Plan> {

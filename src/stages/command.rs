@@ -72,6 +72,15 @@ impl StageKind for Command {
             let (name, value) = entry.split_once('=').expect("checked at compile time");
             process.env(name, value);
         }
+        // The command dies with the process that runs it (a `kill -9` of
+        // `ablate run` must not leave it writing on as an orphan).
+        // SAFETY: prctl is async-signal-safe and touches only the child.
+        unsafe {
+            std::os::unix::process::CommandExt::pre_exec(&mut process, || {
+                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+                Ok(())
+            });
+        }
         let mut child = process.stdout(Stdio::piped()).spawn().context("starting sh")?;
         let stdout = child.stdout.take().expect("stdout is piped");
 
