@@ -141,3 +141,39 @@ run = "echo x >> @C@/broken; echo partial > $ABLATE_OUT/partial.txt; false"
     assert_eq!(summary["executed"].as_array().unwrap().len(), 0);
     assert_eq!((ws.count("up"), ws.count("broken")), (1, 2));
 }
+
+/// A stage that declares more GPUs than the run allows fails clearly (and its
+/// downstream is skipped) instead of waiting forever.
+#[test]
+fn a_stage_needing_more_gpus_than_allowed_fails_with_the_reason() {
+    let ws = Ws::new();
+    let file = ws.write(
+        "gpu.toml",
+        r#"
+[pipeline]
+name = "gpu"
+
+[stages.train]
+kind = "command"
+run = "echo trained > $ABLATE_OUT/model.txt"
+
+[stages.train.resources]
+gpus = 1
+
+[stages.eval]
+kind = "command"
+needs = ["train"]
+run = "echo evaluated > $ABLATE_OUT/eval.txt"
+"#,
+    );
+    let (code, summary, out) = ws.run_json(&file, &["--gpus", "0"]);
+    assert_eq!(code, Some(1), "{}", out.describe());
+    let failed = summary["failed"].as_array().unwrap();
+    assert_eq!(failed.len(), 1);
+    assert!(failed[0]["error"].as_str().unwrap().contains("needs 1 GPU(s)"), "{}", out.describe());
+    assert_eq!(summary["skipped"].as_array().unwrap().len(), 1);
+    // With a GPU allowed it runs.
+    let (code, summary, out) = ws.run_json(&file, &["--gpus", "1"]);
+    assert_eq!(code, Some(0), "{}", out.describe());
+    assert_eq!(summary["executed"].as_array().unwrap().len(), 2);
+}

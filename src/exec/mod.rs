@@ -7,7 +7,7 @@
 
 mod job;
 
-use std::collections::HashSet;
+use std::collections::{BTreeSet, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -95,42 +95,8 @@ pub async fn run_plan(
             bail!("no stage named `{name}` in {}", plan.spec.file.path.display());
         }
     }
-    let n = plan.nodes.len();
-    let in_stages = |node: usize, names: &[String]| {
-        plan.nodes[node].bindings.iter().any(|&b| names.iter().any(|s| s == plan.stage_name(&plan.bindings[b])))
-    };
-    let targets: Vec<bool> = (0..n).map(|i| options.only.is_empty() || in_stages(i, &options.only)).collect();
-    let mut report = RunReport::default();
-    let mut state: Vec<State> = Vec::with_capacity(n);
-    for (i, fresh) in freshness.into_iter().enumerate() {
-        let forced = in_stages(i, &options.force);
-        state.push(match fresh {
-            Freshness::Cached(done) if !forced => State::Done(done),
-            Freshness::Broken(done, reason) => {
-                store.invalidate(done.attempt_id, &reason.to_string()).await?;
-                State::Pending
-            }
-            _ => State::Pending,
-        });
-    }
-    // Select targets and, transitively, the upstream work they cannot do without.
-    let mut needed = vec![false; n];
-    for i in (0..n).rev() {
-        if targets[i] || (needed[i] && matches!(state[i], State::Pending)) {
-            needed[i] = true;
-            for &u in &plan.nodes[i].upstream {
-                needed[u] = true;
-            }
-        }
-    }
-    for i in 0..n {
-        match state[i] {
-            State::Pending if !needed[i] => state[i] = State::NotSelected,
-            State::Done(_) if needed[i] && targets[i] => report.cached.push(i),
-            _ => {}
-        }
-    }
-
+    let mut scheduler = Scheduler::new(store, plan, instance_ids, run_id, options, observer);
+    scheduler.select(freshness).await?;
     let heartbeat = {
         let store = store.clone();
         tokio::spawn(async move {
@@ -142,179 +108,290 @@ pub async fn run_plan(
             }
         })
     };
+    let result = scheduler.drive(cancel).await;
+    heartbeat.abort();
+    result?;
+    Ok(scheduler.report)
+}
 
-    let (tx, mut rx) = mpsc::unbounded_channel::<(usize, anyhow::Result<JobEnd>)>();
-    let mut running = 0usize;
-    let mut gpus_in_use = 0u32;
-    let mut stop_launching = false;
-    let mut forced_done: HashSet<usize> = HashSet::new();
-    let mut verified: HashSet<String> = HashSet::new();
-    let result: anyhow::Result<()> = async {
+/// The state of one `run_plan`: node states and the sets that make each
+/// scheduling step proportional to what changed, not to the size of the plan.
+struct Scheduler<'a> {
+    store: &'a Store,
+    plan: &'a Plan,
+    ids: &'a [i64],
+    run_id: i64,
+    options: &'a RunOptions,
+    observer: Arc<dyn Observer>,
+    state: Vec<State>,
+    downstream: Vec<Vec<usize>>,
+    /// Upstream nodes not yet done, per node.
+    blocked: Vec<usize>,
+    /// Pending nodes whose upstream is all done, in plan order.
+    ready: BTreeSet<usize>,
+    /// Nodes another live process is running.
+    elsewhere: BTreeSet<usize>,
+    running: usize,
+    gpus_in_use: u32,
+    stop_launching: bool,
+    /// Forced nodes already rerun once in this run.
+    forced_done: HashSet<usize>,
+    /// Objects fully verified in this run.
+    verified: HashSet<String>,
+    report: RunReport,
+}
+
+impl<'a> Scheduler<'a> {
+    fn new(store: &'a Store, plan: &'a Plan, ids: &'a [i64], run_id: i64, options: &'a RunOptions, observer: Arc<dyn Observer>) -> Self {
+        let n = plan.nodes.len();
+        let mut downstream = vec![Vec::new(); n];
+        for (i, node) in plan.nodes.iter().enumerate() {
+            for &u in &node.upstream {
+                downstream[u].push(i);
+            }
+        }
+        Scheduler {
+            store,
+            plan,
+            ids,
+            run_id,
+            options,
+            observer,
+            state: Vec::with_capacity(n),
+            downstream,
+            blocked: vec![0; n],
+            ready: BTreeSet::new(),
+            elsewhere: BTreeSet::new(),
+            running: 0,
+            gpus_in_use: 0,
+            stop_launching: false,
+            forced_done: HashSet::new(),
+            verified: HashSet::new(),
+            report: RunReport::default(),
+        }
+    }
+
+    fn in_stages(&self, node: usize, names: &[String]) -> bool {
+        self.plan.nodes[node].bindings.iter().any(|&b| names.iter().any(|s| s == self.plan.stage_name(&self.plan.bindings[b])))
+    }
+
+    /// Initial states: cached nodes are done, the targets and the upstream
+    /// work they cannot do without are pending, everything else is left out.
+    async fn select(&mut self, freshness: Vec<Freshness>) -> anyhow::Result<()> {
+        let n = self.plan.nodes.len();
+        for (i, fresh) in freshness.into_iter().enumerate() {
+            let forced = self.in_stages(i, &self.options.force);
+            let state = match fresh {
+                Freshness::Cached(done) if !forced => State::Done(done),
+                Freshness::Broken(done, reason) => {
+                    self.store.invalidate(done.attempt_id, &reason.to_string()).await?;
+                    State::Pending
+                }
+                _ => State::Pending,
+            };
+            self.state.push(state);
+        }
+        let targets: Vec<bool> = (0..n).map(|i| self.options.only.is_empty() || self.in_stages(i, &self.options.only)).collect();
+        let mut needed = vec![false; n];
+        for i in (0..n).rev() {
+            if targets[i] || (needed[i] && matches!(self.state[i], State::Pending)) {
+                needed[i] = true;
+                for &u in &self.plan.nodes[i].upstream {
+                    needed[u] = true;
+                }
+            }
+        }
+        for i in 0..n {
+            match self.state[i] {
+                State::Pending if !needed[i] => self.state[i] = State::NotSelected,
+                State::Done(_) if needed[i] && targets[i] => self.report.cached.push(i),
+                _ => {}
+            }
+        }
+        for i in 0..n {
+            self.blocked[i] = self.plan.nodes[i].upstream.iter().filter(|&&u| !matches!(self.state[u], State::Done(_))).count();
+            if self.blocked[i] == 0 && matches!(self.state[i], State::Pending) {
+                self.ready.insert(i);
+            }
+        }
+        Ok(())
+    }
+
+    fn set_done(&mut self, i: usize, done: DoneAttempt) {
+        self.state[i] = State::Done(done);
+        for d in self.downstream[i].clone() {
+            self.blocked[d] -= 1;
+            if self.blocked[d] == 0 && matches!(self.state[d], State::Pending) {
+                self.ready.insert(d);
+            }
+        }
+    }
+
+    /// A done node whose output turned out broken must run again first.
+    fn set_pending_again(&mut self, u: usize) {
+        self.state[u] = State::Pending;
+        self.report.cached.retain(|&c| c != u);
+        for d in self.downstream[u].clone() {
+            if self.blocked[d] == 0 {
+                self.ready.remove(&d);
+            }
+            self.blocked[d] += 1;
+        }
+        if self.blocked[u] == 0 {
+            self.ready.insert(u);
+        }
+    }
+
+    async fn drive(&mut self, cancel: &CancelToken) -> anyhow::Result<()> {
+        let (tx, mut rx) = mpsc::unbounded_channel::<(usize, anyhow::Result<JobEnd>)>();
         loop {
             if cancel.is_cancelled() {
-                stop_launching = true;
-                report.interrupted = true;
+                self.stop_launching = true;
+                self.report.interrupted = true;
             }
-            let mut waiting_elsewhere = false;
-            if !stop_launching {
-                for i in 0..n {
-                    if running >= options.jobs.max(1) {
-                        break;
-                    }
-                    match state[i] {
-                        State::Pending => {}
-                        State::Elsewhere => {
-                            waiting_elsewhere = true;
-                            match store.latest_attempt_status(instance_ids[i]).await?.as_deref() {
-                                Some("running") => continue,
-                                _ => state[i] = State::Pending,
-                            }
-                        }
-                        _ => continue,
-                    }
-                    let node = &plan.nodes[i];
-                    if !node.upstream.iter().all(|&u| matches!(state[u], State::Done(_))) {
-                        continue;
-                    }
-                    if node.gpus > options.gpus {
-                        let message = format!("needs {} GPU(s) but the run allows {} (--gpus)", node.gpus, options.gpus);
-                        fail_node(store, plan, instance_ids, run_id, &mut state, &mut report, &*observer, i, message).await?;
-                        stop_launching |= !options.keep_going;
-                        continue;
-                    }
-                    if gpus_in_use + node.gpus > options.gpus {
-                        continue;
-                    }
-                    let job = build_job(plan, &state, instance_ids, i);
-                    if let Some(broken) = verify_inputs(store, &job, &mut verified).await? {
-                        // A cached upstream output rotted: recompute that producer first.
-                        let u = node.upstream[broken.upstream];
-                        let what = if broken.missing { "missing" } else { "corrupt" };
-                        tracing::warn!("artifact {} of {} is {what}; recomputing it", broken.artifact, node_label(plan, u));
-                        if let State::Done(done) = &state[u] {
-                            store.invalidate(done.attempt_id, &format!("artifact {} {what}", broken.artifact)).await?;
-                        }
-                        state[u] = State::Pending;
-                        report.cached.retain(|&c| c != u);
-                        continue;
-                    }
-                    let label = node_label(plan, i);
-                    let forced = in_stages(i, &options.force) && !forced_done.contains(&i);
-                    let claim = store.claim(instance_ids[i], run_id, forced).await?;
-                    match claim {
-                        Claim::Claimed { attempt_id } => {
-                            forced_done.insert(i);
-                            state[i] = State::Running;
-                            running += 1;
-                            gpus_in_use += node.gpus;
-                            let progress = observer.started(&label, node.key.as_str());
-                            let (store, tx, cancel) = (store.clone(), tx.clone(), cancel.clone());
-                            tokio::spawn(async move {
-                                let end = run_job(&store, &job, attempt_id, cancel, progress).await;
-                                let _ = tx.send((i, end));
-                            });
-                        }
-                        Claim::Done { .. } => {
-                            let done = store.done_attempt_of(instance_ids[i]).await?.context("a done attempt vanished")?;
-                            state[i] = State::Done(done);
-                            report.done_elsewhere.push(i);
-                        }
-                        Claim::RunningElsewhere { run_id: other, host, pid } => {
-                            observer.waiting(&label, &format!("running in run {other} (pid {pid} on {host})"));
-                            state[i] = State::Elsewhere;
-                            waiting_elsewhere = true;
-                        }
-                    }
-                }
+            if !self.stop_launching {
+                self.poll_elsewhere().await?;
+                self.launch_ready(&tx, cancel).await?;
             }
-            let launchable = !stop_launching
-                && (0..n).any(|i| {
-                    matches!(state[i], State::Pending) && plan.nodes[i].upstream.iter().all(|&u| matches!(state[u], State::Done(_)))
-                });
-            if running == 0 && !waiting_elsewhere && (stop_launching || !launchable) {
-                break;
+            let idle = self.running == 0 && (self.stop_launching || (self.ready.is_empty() && self.elsewhere.is_empty()));
+            if idle {
+                return Ok(());
             }
             let received = tokio::time::timeout(Duration::from_millis(200), rx.recv()).await;
-            let Ok(Some((i, end))) = received else { continue };
-            running -= 1;
-            gpus_in_use -= plan.nodes[i].gpus;
-            let label = node_label(plan, i);
-            match end.with_context(|| format!("recording the outcome of {label}"))? {
-                JobEnd::Done => {
-                    let done = store.done_attempt_of(instance_ids[i]).await?.context("a committed attempt vanished")?;
-                    state[i] = State::Done(done);
-                    report.executed.push(i);
-                    observer.finished(&label, plan.nodes[i].key.as_str(), &NodeOutcome::Done);
+            if let Ok(Some((i, end))) = received {
+                self.finish(i, end).await?;
+            }
+        }
+    }
+
+    /// Instances another process was running go back to ready once it stopped.
+    async fn poll_elsewhere(&mut self) -> anyhow::Result<()> {
+        for i in self.elsewhere.clone() {
+            if self.store.latest_attempt_status(self.ids[i]).await?.as_deref() != Some("running") {
+                self.elsewhere.remove(&i);
+                self.state[i] = State::Pending;
+                self.ready.insert(i);
+            }
+        }
+        Ok(())
+    }
+
+    async fn launch_ready(
+        &mut self,
+        tx: &mpsc::UnboundedSender<(usize, anyhow::Result<JobEnd>)>,
+        cancel: &CancelToken,
+    ) -> anyhow::Result<()> {
+        let candidates: Vec<usize> = self.ready.iter().copied().collect();
+        for i in candidates {
+            if self.running >= self.options.jobs.max(1) || self.stop_launching {
+                break;
+            }
+            if !self.ready.contains(&i) {
+                continue;
+            }
+            let node = &self.plan.nodes[i];
+            if node.gpus > self.options.gpus {
+                self.ready.remove(&i);
+                let message = format!("needs {} GPU(s) but the run allows {} (--gpus)", node.gpus, self.options.gpus);
+                let Claim::Claimed { attempt_id } = self.store.claim(self.ids[i], self.run_id, true).await? else {
+                    bail!("{} is being run by another process", node_label(self.plan, i));
+                };
+                self.store.end_attempt(attempt_id, crate::store::AttemptEnd::Failed, &message, &[]).await?;
+                self.fail(i, message).await?;
+                continue;
+            }
+            if self.gpus_in_use + node.gpus > self.options.gpus {
+                continue;
+            }
+            let job = build_job(self.plan, &self.state, self.ids, i);
+            if let Some(broken) = verify_inputs(self.store, &job, &mut self.verified).await? {
+                // A cached upstream output rotted: recompute that producer first.
+                let u = node.upstream[broken.upstream];
+                let what = if broken.missing { "missing" } else { "corrupt" };
+                tracing::warn!("artifact {} of {} is {what}; recomputing it", broken.artifact, node_label(self.plan, u));
+                if let State::Done(done) = &self.state[u] {
+                    self.store.invalidate(done.attempt_id, &format!("artifact {} {what}", broken.artifact)).await?;
                 }
-                JobEnd::Interrupted => {
-                    state[i] = State::Failed;
-                    report.interrupted = true;
-                    observer.finished(&label, plan.nodes[i].key.as_str(), &NodeOutcome::Interrupted);
+                self.set_pending_again(u);
+                continue;
+            }
+            let label = node_label(self.plan, i);
+            let forced = self.in_stages(i, &self.options.force) && !self.forced_done.contains(&i);
+            self.ready.remove(&i);
+            match self.store.claim(self.ids[i], self.run_id, forced).await? {
+                Claim::Claimed { attempt_id } => {
+                    self.forced_done.insert(i);
+                    self.state[i] = State::Running;
+                    self.running += 1;
+                    self.gpus_in_use += node.gpus;
+                    let progress = self.observer.started(&label, node.key.as_str());
+                    let (store, tx, cancel) = (self.store.clone(), tx.clone(), cancel.clone());
+                    tokio::spawn(async move {
+                        let end = run_job(&store, &job, attempt_id, cancel, progress).await;
+                        let _ = tx.send((i, end));
+                    });
                 }
-                JobEnd::Failed(message) => {
-                    observer.finished(&label, plan.nodes[i].key.as_str(), &NodeOutcome::Failed(message.clone()));
-                    state[i] = State::Failed;
-                    report.failed.push((i, message));
-                    skip_downstream(store, plan, instance_ids, run_id, &mut state, &mut report, &*observer, i).await?;
-                    stop_launching |= !options.keep_going;
+                Claim::Done { .. } => {
+                    let done = self.store.done_attempt_of(self.ids[i]).await?.context("a done attempt vanished")?;
+                    self.report.done_elsewhere.push(i);
+                    self.set_done(i, done);
+                }
+                Claim::RunningElsewhere { run_id: other, host, pid } => {
+                    self.observer.waiting(&label, &format!("running in run {other} (pid {pid} on {host})"));
+                    self.state[i] = State::Elsewhere;
+                    self.elsewhere.insert(i);
                 }
             }
         }
         Ok(())
     }
-    .await;
-    heartbeat.abort();
-    result?;
-    Ok(report)
-}
 
-#[allow(clippy::too_many_arguments)]
-async fn fail_node(
-    store: &Store,
-    plan: &Plan,
-    ids: &[i64],
-    run_id: i64,
-    state: &mut [State],
-    report: &mut RunReport,
-    observer: &dyn Observer,
-    i: usize,
-    message: String,
-) -> anyhow::Result<()> {
-    let Claim::Claimed { attempt_id } = store.claim(ids[i], run_id, true).await? else {
-        bail!("{} is being run by another process", node_label(plan, i));
-    };
-    store.end_attempt(attempt_id, crate::store::AttemptEnd::Failed, &message, &[]).await?;
-    observer.finished(&node_label(plan, i), plan.nodes[i].key.as_str(), &NodeOutcome::Failed(message.clone()));
-    state[i] = State::Failed;
-    report.failed.push((i, message));
-    skip_downstream(store, plan, ids, run_id, state, report, observer, i).await
-}
-
-/// Records every pending downstream instance of a failed one as skipped.
-#[allow(clippy::too_many_arguments)]
-async fn skip_downstream(
-    store: &Store,
-    plan: &Plan,
-    ids: &[i64],
-    run_id: i64,
-    state: &mut [State],
-    report: &mut RunReport,
-    observer: &dyn Observer,
-    failed: usize,
-) -> anyhow::Result<()> {
-    let reason = format!("upstream {} ({}) failed", node_label(plan, failed), plan.nodes[failed].key.short());
-    let mut doomed = vec![false; plan.nodes.len()];
-    doomed[failed] = true;
-    for i in failed + 1..plan.nodes.len() {
-        if plan.nodes[i].upstream.iter().any(|&u| doomed[u]) && matches!(state[i], State::Pending | State::Elsewhere) {
-            doomed[i] = true;
-            state[i] = State::Skipped;
-            store.record_skipped(run_id, ids[i], &reason).await?;
-            report.skipped.push(i);
-            observer.finished(&node_label(plan, i), plan.nodes[i].key.as_str(), &NodeOutcome::Skipped(reason.clone()));
+    async fn finish(&mut self, i: usize, end: anyhow::Result<JobEnd>) -> anyhow::Result<()> {
+        self.running -= 1;
+        self.gpus_in_use -= self.plan.nodes[i].gpus;
+        let label = node_label(self.plan, i);
+        let key = self.plan.nodes[i].key.as_str();
+        match end.with_context(|| format!("recording the outcome of {label}"))? {
+            JobEnd::Done => {
+                let done = self.store.done_attempt_of(self.ids[i]).await?.context("a committed attempt vanished")?;
+                self.report.executed.push(i);
+                self.observer.finished(&label, key, &NodeOutcome::Done);
+                self.set_done(i, done);
+            }
+            JobEnd::Interrupted => {
+                self.state[i] = State::Failed;
+                self.report.interrupted = true;
+                self.observer.finished(&label, key, &NodeOutcome::Interrupted);
+            }
+            JobEnd::Failed(message) => self.fail(i, message).await?,
         }
+        Ok(())
     }
-    Ok(())
+
+    /// Records a failure and skips everything downstream of it.
+    async fn fail(&mut self, failed: usize, message: String) -> anyhow::Result<()> {
+        let plan = self.plan;
+        self.observer.finished(&node_label(plan, failed), plan.nodes[failed].key.as_str(), &NodeOutcome::Failed(message.clone()));
+        self.state[failed] = State::Failed;
+        self.report.failed.push((failed, message));
+        self.stop_launching |= !self.options.keep_going;
+        let reason = format!("upstream {} ({}) failed", node_label(plan, failed), plan.nodes[failed].key.short());
+        let mut queue = self.downstream[failed].clone();
+        while let Some(i) = queue.pop() {
+            if !matches!(self.state[i], State::Pending | State::Elsewhere) {
+                continue;
+            }
+            self.state[i] = State::Skipped;
+            self.ready.remove(&i);
+            self.elsewhere.remove(&i);
+            self.store.record_skipped(self.run_id, self.ids[i], &reason).await?;
+            self.report.skipped.push(i);
+            self.observer.finished(&node_label(plan, i), plan.nodes[i].key.as_str(), &NodeOutcome::Skipped(reason.clone()));
+            queue.extend(self.downstream[i].iter().copied());
+        }
+        self.report.skipped.sort_unstable();
+        Ok(())
+    }
 }
 
 fn build_job(plan: &Plan, state: &[State], ids: &[i64], i: usize) -> Job {
