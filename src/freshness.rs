@@ -80,7 +80,7 @@ pub async fn assess(plan: &Plan, store: Option<&Store>) -> anyhow::Result<Vec<Fr
     // Check every distinct object once, on all cores (a stat each, a re-hash
     // only when the stat changed).
     let mut objects: HashMap<String, Option<ObjectStat>> = HashMap::new();
-    for attempt in done.values() {
+    for attempt in done.iter().flatten() {
         for artifact in &attempt.artifacts {
             objects.insert(artifact.hash.clone(), artifact.recorded);
         }
@@ -98,8 +98,8 @@ pub async fn assess(plan: &Plan, store: Option<&Store>) -> anyhow::Result<Vec<Fr
     }
 
     let mut out: Vec<Option<Freshness>> = Vec::with_capacity(plan.nodes.len());
-    for node in &plan.nodes {
-        let Some(attempt) = done.remove(node.key.as_str()) else {
+    for slot in &mut done {
+        let Some(attempt) = slot.take() else {
             out.push(None);
             continue;
         };

@@ -247,7 +247,7 @@ async fn register_for_plan(workspace: &Workspace, file: &Path, plan: &Plan) -> a
     match Store::open(workspace).await {
         Ok(store) => {
             let pipeline_id = store.register_pipeline(&plan.spec.name, &file.display().to_string(), &plan.spec.file.text).await?;
-            store.register_plan(plan, pipeline_id).await?;
+            store.record_plan(plan, pipeline_id).await?;
             Ok(Some(store))
         }
         Err(e) => {

@@ -126,15 +126,16 @@ fn attempt(row: &SqliteRow) -> AttemptRecord {
 
 impl Store {
     /// The latest done attempt, with its artifacts, of each of the given keys
-    /// that has one.
+    /// (`None` where there is none), in the order of `keys`.
     ///
     /// The keys go in, and the rows come back, as one JSON value each way:
     /// SQLite builds the array in C, which keeps checking a 100,000-instance
-    /// plan far from per-row driver overhead.
-    pub async fn done_attempts(&self, keys: &[&str]) -> anyhow::Result<HashMap<String, DoneAttempt>> {
-        type Row = (String, i64, i64, Option<String>, Option<String>, Option<i64>, Option<i64>, Option<i64>);
+    /// plan far from per-row driver overhead. Rows name their key by its
+    /// position in `keys`.
+    pub async fn done_attempts(&self, keys: &[&str]) -> anyhow::Result<Vec<Option<DoneAttempt>>> {
+        type Row = (usize, i64, i64, Option<String>, Option<String>, Option<i64>, Option<i64>, Option<i64>);
         let json: Option<String> = sqlx::query_scalar(
-            "SELECT json_group_array(json_array(i.key, i.id, a.id, ar.name, ar.hash, ar.bytes, o.bytes, o.mtime_ns))
+            "SELECT json_group_array(json_array(k.key, i.id, a.id, ar.name, ar.hash, ar.bytes, o.bytes, o.mtime_ns))
              FROM json_each(?) k
              JOIN stage_instances i ON i.key = k.value
              JOIN attempts a ON a.id = (SELECT MAX(id) FROM attempts WHERE instance_id = i.id AND status = 'done')
@@ -145,16 +146,16 @@ impl Store {
         .fetch_one(&self.pool)
         .await?;
         let rows: Vec<Row> = serde_json::from_str(json.as_deref().unwrap_or("[]"))?;
-        let mut out: HashMap<String, DoneAttempt> = HashMap::with_capacity(rows.len());
-        for (key, instance_id, attempt_id, name, hash, bytes, object_bytes, mtime_ns) in rows {
-            let done = out.entry(key).or_insert_with(|| DoneAttempt { attempt_id, instance_id, artifacts: Vec::new() });
+        let mut out: Vec<Option<DoneAttempt>> = vec![None; keys.len()];
+        for (position, instance_id, attempt_id, name, hash, bytes, object_bytes, mtime_ns) in rows {
+            let done = out[position].get_or_insert_with(|| DoneAttempt { attempt_id, instance_id, artifacts: Vec::new() });
             if let (Some(name), Some(hash)) = (name, hash) {
                 let recorded = object_bytes.zip(mtime_ns).map(|(b, m)| ObjectStat { bytes: b as u64, mtime_ns: m });
                 let path = super::ObjectStore::rel_path(&hash);
                 done.artifacts.push(ArtifactRecord { name, hash, bytes: bytes.unwrap_or(0), path, recorded });
             }
         }
-        for done in out.values_mut() {
+        for done in out.iter_mut().flatten() {
             done.artifacts.sort_by(|a, b| a.name.cmp(&b.name));
         }
         Ok(out)

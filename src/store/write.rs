@@ -121,22 +121,28 @@ impl Store {
     }
 
     /// Records every node, binding and edge of a plan; returns each node's instance id.
+    pub async fn register_plan(&self, plan: &Plan, pipeline_id: i64) -> anyhow::Result<Vec<i64>> {
+        self.record_plan(plan, pipeline_id).await?;
+        let mut conn = self.pool.acquire().await?;
+        instance_ids(&mut conn, plan).await
+    }
+
+    /// Records every node, binding and edge of a plan.
     ///
     /// A pipeline text whose plan (the same node keys, so the same kind
-    /// versions too) was registered before is not written again: planning an
+    /// versions too) was recorded before is not written again: planning an
     /// unchanged 100,000-instance study stays a read.
-    pub async fn register_plan(&self, plan: &Plan, pipeline_id: i64) -> anyhow::Result<Vec<i64>> {
+    pub async fn record_plan(&self, plan: &Plan, pipeline_id: i64) -> anyhow::Result<()> {
         self.check_writable()?;
         let mut hasher = <sha2::Sha256 as sha2::Digest>::new();
         for node in &plan.nodes {
             sha2::Digest::update(&mut hasher, node.key.as_str().as_bytes());
         }
         let plan_hash = hex::encode(sha2::Digest::finalize(hasher));
-        let registered: Option<String> =
+        let recorded: Option<String> =
             sqlx::query_scalar("SELECT plan_hash FROM pipelines WHERE id = ?").bind(pipeline_id).fetch_one(&self.pool).await?;
-        if registered.as_deref() == Some(plan_hash.as_str()) {
-            let mut conn = self.pool.acquire().await?;
-            return instance_ids(&mut conn, plan).await;
+        if recorded.as_deref() == Some(plan_hash.as_str()) {
+            return Ok(());
         }
         let now = now_text();
         let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
@@ -179,7 +185,7 @@ impl Store {
         }
         sqlx::query("UPDATE pipelines SET plan_hash = ? WHERE id = ?").bind(&plan_hash).bind(pipeline_id).execute(&mut *tx).await?;
         tx.commit().await?;
-        Ok(ids)
+        Ok(())
     }
 
     /// Marks attempts and runs whose process is gone (or whose lease ran out) as lost.

@@ -17,7 +17,7 @@
 //!   classes: circle, square, triangle, diamond, cross. One negative per SugarCrepe
 //!   subset that applies to the scene (relations and swaps need two objects),
 //!   each checked false for the scene.
-//! - `fashion-mnist:DIR`: uncompressed IDX files (`train-images-idx3-ubyte`,
+//! - `fashion-mnist:DIR`: IDX files, plain or `.gz` (`train-images-idx3-ubyte`,
 //!   `train-labels-idx1-ubyte`, `t10k-images-idx3-ubyte`, `t10k-labels-idx1-ubyte`).
 //!   Official split (train files → train, t10k → test; `test_fraction` is ignored);
 //!   `images` caps the total, shared in proportion 60000:10000. Negatives: `replace_obj`.
