@@ -1,0 +1,117 @@
+//! `ablate serve`: the web dashboard (axum), over a store opened read-only.
+//!
+//! Safety rules every handler follows: no filesystem path is ever built from a
+//! request (dashboards are found by comparing names with a directory listing;
+//! artifacts are listed, not served), request values reach SQL only as bound
+//! parameters, all store text is HTML-escaped, and errors become error pages
+//! or panel error boxes, not a stopped server.
+
+mod dag;
+mod html;
+mod pages;
+mod panels;
+mod study;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use anyhow::Context as _;
+use axum::Router;
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+
+use crate::store::Store;
+
+pub use study::report;
+
+pub struct AppState {
+    pub store: Store,
+    /// Where `dashboards/*.toml` are read from (on each request, so edits show at once).
+    pub dashboards: PathBuf,
+}
+
+/// A rendered page (200) with headers that keep it from loading anything foreign.
+pub struct Page {
+    title: String,
+    body: String,
+    status: StatusCode,
+}
+
+impl Page {
+    fn new(title: &str, body: String) -> Page {
+        Page { title: title.to_owned(), body, status: StatusCode::OK }
+    }
+}
+
+const CSP: &str = "default-src 'none'; style-src 'unsafe-inline'; script-src 'unsafe-inline'; connect-src 'self'; img-src 'self' data:";
+
+impl IntoResponse for Page {
+    fn into_response(self) -> Response {
+        let mut response = (self.status, html::page(&self.title, &self.body)).into_response();
+        let headers = response.headers_mut();
+        headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/html; charset=utf-8"));
+        headers.insert(header::CONTENT_SECURITY_POLICY, HeaderValue::from_static(CSP));
+        headers.insert(header::X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));
+        response
+    }
+}
+
+/// Why a page could not be shown.
+#[derive(Debug)]
+pub enum WebError {
+    NotFound(String),
+    BadRequest(String),
+    Internal(anyhow::Error),
+}
+
+impl From<anyhow::Error> for WebError {
+    fn from(e: anyhow::Error) -> WebError {
+        WebError::Internal(e)
+    }
+}
+
+impl IntoResponse for WebError {
+    fn into_response(self) -> Response {
+        let (status, title, message) = match self {
+            WebError::NotFound(m) => (StatusCode::NOT_FOUND, "Not found", m),
+            WebError::BadRequest(m) => (StatusCode::BAD_REQUEST, "Bad request", m),
+            WebError::Internal(e) => {
+                tracing::warn!("request failed: {e:#}");
+                (StatusCode::INTERNAL_SERVER_ERROR, "Error", format!("{e:#}"))
+            }
+        };
+        Page { title: title.to_owned(), body: format!("<h1>{}</h1>{}", html::esc(title), html::error_box(&message)), status }
+            .into_response()
+    }
+}
+
+pub fn router(state: Arc<AppState>) -> Router {
+    Router::new()
+        .route("/", get(pages::index))
+        .route("/runs/{id}", get(pages::run))
+        .route("/runs/{id}/events", get(pages::run_events))
+        .route("/instances/{key}", get(pages::instance))
+        .route("/pipelines", get(pages::pipelines))
+        .route("/pipelines/{name}", get(pages::pipeline))
+        .route("/pipelines/{name}/pivot", get(pages::pivot))
+        .route("/dashboards", get(pages::dashboards))
+        .route("/dashboards/{name}", get(pages::dashboard_page))
+        .fallback(pages::not_found)
+        .with_state(state)
+}
+
+/// Binds, reports the bound address through `listening` (port 0 picks a free
+/// one), and serves until Ctrl-C.
+pub async fn serve(state: AppState, addr: SocketAddr, listening: impl FnOnce(SocketAddr)) -> anyhow::Result<()> {
+    let listener = tokio::net::TcpListener::bind(addr).await.with_context(|| format!("binding {addr}"))?;
+    listening(listener.local_addr()?);
+    let app = router(Arc::new(state));
+    // Open event streams would hold a graceful shutdown forever: Ctrl-C just stops serving.
+    tokio::select! {
+        r = axum::serve(listener, app) => r.context("serving")?,
+        _ = tokio::signal::ctrl_c() => {}
+    }
+    Ok(())
+}
