@@ -207,6 +207,7 @@ fn draw_bars<DB: DrawingBackend>(root: &DrawingArea<DB, Shift>, c: &BarChart) ->
     chart
         .configure_mesh()
         .disable_x_mesh()
+        .light_line_style(WHITE.mix(0.0))
         .x_labels(n * 2 + 1)
         .x_label_formatter(&|x| {
             // Labels sit at category centres (k + 0.5); other ticks stay blank.

@@ -175,6 +175,14 @@ fn sql_is_read_only() {
         assert_ne!(out.code, Some(0), "{write} must fail\n{}", out.describe());
         assert!(out.stderr.contains("read-only") || out.stderr.contains("readonly"), "a clear error for {write}\n{}", out.describe());
     }
+    // Statements that would write files next to a read-only store are refused too.
+    let copy = ws.root().join("copy.db");
+    for write in [format!("VACUUM INTO '{}'", copy.display()), format!("ATTACH DATABASE '{}' AS x", copy.display())] {
+        let out = ws.run(&["sql", &write]).expect_code(2);
+        assert!(out.stderr.contains("refused"), "{}", out.describe());
+        assert!(!copy.exists(), "{write} created a file");
+    }
+    ws.run(&["sql", " ; "]).expect_code(2);
     assert_eq!(snapshot(&ws), before, "the store is unchanged");
     let out = ws.run(&["sql", "SELEC 1"]).expect_code(2);
     assert!(out.stderr.contains("syntax error"), "{}", out.describe());

@@ -204,7 +204,9 @@ pub async fn compare(workspace: &Workspace, a: &str, b: &str, json: bool) -> any
         for m in rows_of(&g["metrics"]) {
             let mut row = vec![m["name"].as_str().unwrap_or("").to_owned(), cell(&m["a"]), cell(&m["b"]), cell(&m["delta"])];
             if let Some(d) = m["delta"].as_f64() {
-                row[3] = format!("{d:+}");
+                // Six significant decimals hide float noise such as 0.09999999999999998.
+                let text = format!("{d:+.6}");
+                row[3] = text.trim_end_matches('0').trim_end_matches('.').to_owned();
             }
             if scoped {
                 row.insert(0, scope.clone());

@@ -106,13 +106,26 @@ fn text_of(raw: SqliteValueRef<'_>) -> Value {
     Value::from(format!("<{}>", raw.type_info().name()))
 }
 
-/// Rewrites `:name` parameters to sqlx's numbered `?N` form, skipping string
-/// literals, quoted identifiers and comments; returns the SQL and the names in
-/// number order. Values are always bound, never spliced into the text.
-pub fn number_named_params(sql: &str) -> (String, Vec<String>) {
+/// SQL prepared for a read-only run: `:name` parameters rewritten to sqlx's
+/// numbered `?N` form (values are always bound, never spliced into the text),
+/// and the bare words of the statement, upper-cased.
+pub struct PreparedSql {
+    pub sql: String,
+    /// Parameter names in number order.
+    pub names: Vec<String>,
+    words: Vec<String>,
+}
+
+/// Statements that write outside the store even on a read-only connection
+/// (`VACUUM INTO` creates a file, `ATTACH` may create one).
+const REFUSED: &[&str] = &["ATTACH", "VACUUM"];
+
+/// Scans SQL, skipping string literals, quoted identifiers and comments.
+pub fn prepare_sql(sql: &str) -> PreparedSql {
     let chars: Vec<char> = sql.chars().collect();
     let mut out = String::with_capacity(sql.len());
     let mut names: Vec<String> = Vec::new();
+    let mut words: Vec<String> = Vec::new();
     let mut i = 0;
     while i < chars.len() {
         let c = chars[i];
@@ -160,12 +173,20 @@ pub fn number_named_params(sql: &str) -> (String, Vec<String>) {
                 }
             };
             out.push_str(&format!("?{n}"));
+        } else if c.is_ascii_alphabetic() || c == '_' {
+            let start = i;
+            while i < chars.len() && (chars[i].is_ascii_alphanumeric() || chars[i] == '_' || chars[i] == '$') {
+                i += 1;
+            }
+            let word: String = chars[start..i].iter().collect();
+            out.push_str(&word);
+            words.push(word.to_ascii_uppercase());
         } else {
             out.push(c);
             i += 1;
         }
     }
-    (out, names)
+    PreparedSql { sql: out, names, words }
 }
 
 impl Store {
@@ -247,7 +268,11 @@ impl Store {
     /// writable store: arbitrary SQL must never be able to change history.
     pub async fn read_only_query(&self, sql: &str, params: &HashMap<String, String>) -> anyhow::Result<QueryResult> {
         anyhow::ensure!(self.read_only, "arbitrary SQL runs only on a store opened read-only");
-        let (sql, names) = number_named_params(sql);
+        anyhow::ensure!(!sql.trim().trim_matches(';').trim().is_empty(), "the query is empty");
+        let PreparedSql { sql, names, words } = prepare_sql(sql);
+        if let Some(word) = words.iter().find(|w| REFUSED.contains(&w.as_str())) {
+            anyhow::bail!("refused: {word} can write files, and queries on the store are read-only");
+        }
         let mut query = sqlx::query(&sql);
         for name in &names {
             query = query.bind(params.get(name).cloned());
@@ -354,15 +379,17 @@ impl Store {
 
 #[cfg(test)]
 mod tests {
-    use super::number_named_params;
+    use super::prepare_sql;
 
     #[test]
     fn named_params_become_numbered_outside_literals() {
-        let (sql, names) = number_named_params("SELECT ':x', \"a:b\" FROM t WHERE a = :pipe AND b = :m OR c = :pipe -- :no\n/* :no */");
-        assert_eq!(sql, "SELECT ':x', \"a:b\" FROM t WHERE a = ?1 AND b = ?2 OR c = ?1 -- :no\n/* :no */");
-        assert_eq!(names, vec!["pipe", "m"]);
-        let (sql, names) = number_named_params("SELECT strftime('%H:%M', 'now'), [a:b]");
-        assert_eq!(sql, "SELECT strftime('%H:%M', 'now'), [a:b]");
-        assert!(names.is_empty());
+        let p = prepare_sql("SELECT ':x', \"a:b\" FROM t WHERE a = :pipe AND b = :m OR c = :pipe -- :no\n/* :no */");
+        assert_eq!(p.sql, "SELECT ':x', \"a:b\" FROM t WHERE a = ?1 AND b = ?2 OR c = ?1 -- :no\n/* :no */");
+        assert_eq!(p.names, vec!["pipe", "m"]);
+        assert_eq!(p.words, vec!["SELECT", "FROM", "T", "WHERE", "A", "AND", "B", "OR", "C"]);
+        let p = prepare_sql("SELECT strftime('%H:%M', 'now'), [a:b] -- vacuum");
+        assert_eq!(p.sql, "SELECT strftime('%H:%M', 'now'), [a:b] -- vacuum");
+        assert!(p.names.is_empty());
+        assert_eq!(p.words, vec!["SELECT", "STRFTIME"]);
     }
 }

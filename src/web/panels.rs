@@ -72,7 +72,8 @@ async fn body(ctx: &Ctx<'_>, p: &Panel, params: &HashMap<String, String>) -> any
             }
             let pivot = pivot::pivot(ctx.history().await?, &spec);
             if pivot.is_empty() {
-                return Ok(html::empty(&format!("no data yet: no finished instance has recorded `{}`", spec.metric)));
+                let of = spec.pipeline.as_ref().map(|p| format!(" of {p}")).unwrap_or_default();
+                return Ok(html::empty(&format!("no data yet: no finished instance{of} has recorded `{}`", spec.metric)));
             }
             match p.chart {
                 ChartKind::Bar => Ok(format!("{}{}", Chart::Bar(pivot.bar_chart("")).svg(CHART_SIZE)?, over_note(&pivot))),

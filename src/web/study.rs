@@ -107,7 +107,9 @@ fn results_table(rows: &[&HistoryRow], axis_order: &[String], metrics: &BTreeSet
     }
     let mut header: Vec<&str> = axes.iter().map(String::as_str).collect();
     header.push("key");
-    header.extend(metrics.iter().map(|m| m.as_str()));
+    // A metric named like an axis (`loss`) is told apart by its prefix.
+    let metric_names: Vec<String> = metrics.iter().map(|m| if axes.contains(m) { format!("metric.{m}") } else { (*m).clone() }).collect();
+    header.extend(metric_names.iter().map(String::as_str));
     let body = rows
         .iter()
         .map(|r| {
