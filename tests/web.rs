@@ -258,3 +258,21 @@ run = "echo '${tag}' > $ABLATE_OUT/t.txt; echo 'ablate:metric <b>bold</b> 1'; wh
     assert!(!page.body.contains("<img src=x") && page.body.contains("&lt;img src=x"), "{}", page.body);
     assert!(!page.body.contains("<b>bold</b>") && page.body.contains("&lt;b&gt;bold&lt;/b&gt;"), "{}", page.body);
 }
+
+#[test]
+fn a_server_started_before_the_first_run_fills_in_once_a_store_exists() {
+    let ws = Ws::new();
+    let server = Server::start(&ws, &shipped_dashboards());
+    let index = fetch(server.addr, "/");
+    assert_eq!(index.status, 200);
+    assert!(index.body.contains("no ablate store"), "{}", index.body);
+    assert_eq!(fetch(server.addr, "/runs/1").status, 404);
+    let lift = fetch(server.addr, "/dashboards/lift-vs-clip");
+    assert_eq!(lift.status, 200);
+    assert!(lift.body.contains("no data yet"));
+    assert!(!ws.db().exists(), "serving creates no store");
+    study::build(&ws);
+    let index = fetch(server.addr, "/");
+    assert!(index.body.contains("href=\"/runs/1\""), "{}", index.body);
+    assert_eq!(fetch(server.addr, "/runs/1").status, 200);
+}

@@ -13,11 +13,13 @@ use crate::store::Workspace;
 use crate::web::{self, AppState};
 
 pub async fn serve(workspace: &Workspace, bind: IpAddr, port: u16, dashboards: PathBuf) -> anyhow::Result<ExitCode> {
-    let store = open(workspace).await?;
+    if !workspace.db_path().exists() {
+        tracing::warn!("no ablate store in {} yet: pages fill in once a run starts there", workspace.root.display());
+    }
     if !bind.is_loopback() {
         tracing::warn!("serving on {bind}: anyone who can reach this address can read the store");
     }
-    let state = AppState { store, dashboards };
+    let state = AppState::new(workspace.clone(), dashboards);
     web::serve(state, SocketAddr::new(bind, port), |addr| {
         // Tests and scripts read the address (port 0 picks one) from this line.
         println!("ablate serve: listening on http://{addr}/");

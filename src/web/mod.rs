@@ -22,14 +22,40 @@ use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 
-use crate::store::Store;
+use tokio::sync::OnceCell;
+
+use crate::store::{Store, Workspace};
 
 pub use study::report;
 
 pub struct AppState {
-    pub store: Store,
+    workspace: Workspace,
+    /// Opened read-only on the first request that finds the database, so the
+    /// server can be started before the first run of a study it will watch.
+    store: OnceCell<Store>,
     /// Where `dashboards/*.toml` are read from (on each request, so edits show at once).
-    pub dashboards: PathBuf,
+    dashboards: PathBuf,
+}
+
+impl AppState {
+    pub fn new(workspace: Workspace, dashboards: PathBuf) -> AppState {
+        AppState { workspace, store: OnceCell::new(), dashboards }
+    }
+
+    /// The store; `NotFound` while the workspace has none yet.
+    async fn store(&self) -> Result<&Store, WebError> {
+        self.store
+            .get_or_try_init(|| async {
+                match Store::open_read_only(&self.workspace).await {
+                    Ok(Some(store)) => Ok(store),
+                    Ok(None) => {
+                        Err(WebError::NotFound(format!("no ablate store in {} yet: nothing has run there", self.workspace.root.display())))
+                    }
+                    Err(e) => Err(WebError::Internal(e)),
+                }
+            })
+            .await
+    }
 }
 
 /// A rendered page (200) with headers that keep it from loading anything foreign.

@@ -56,14 +56,25 @@ fn runs_table(runs: &[RunRecord]) -> String {
     html::table(&["run", "pipeline", "command", "status", "started", "duration", "done", "failed", "skipped", "host"], rows)
 }
 
+/// The store, or for a list page the "nothing yet" page when there is none.
+macro_rules! store_or_empty {
+    ($state:expr, $title:expr) => {
+        match $state.store().await {
+            Ok(store) => store,
+            Err(WebError::NotFound(message)) => return Ok(Page::new($title, format!("<h1>{}</h1>{}", esc($title), html::empty(&message)))),
+            Err(e) => return Err(e),
+        }
+    };
+}
+
 pub async fn index(State(state): State<Arc<AppState>>) -> Result<Page> {
-    let runs = state.store.runs(200).await?;
+    let runs = store_or_empty!(state, "Runs").runs(200).await?;
     let body = if runs.is_empty() { html::empty("no runs yet") } else { runs_table(&runs) };
     Ok(Page::new("Runs", format!("<h1>Runs</h1>{body}")))
 }
 
 pub async fn pipelines(State(state): State<Arc<AppState>>) -> Result<Page> {
-    let names = state.store.pipeline_names().await?;
+    let names = store_or_empty!(state, "Pipelines").pipeline_names().await?;
     let rows = names
         .iter()
         .map(|(name, done)| vec![Cell::Raw(html::link(&format!("/pipelines/{}", url(name)), name)), Cell::Num(done.to_string())])
@@ -122,9 +133,10 @@ fn live_script(run: &RunRecord) -> String {
 }
 
 pub async fn run(State(state): State<Arc<AppState>>, Path(id): Path<String>) -> Result<Page> {
-    let run = run_of(&state.store, &id).await?;
-    let graph = state.store.run_graph(run.id).await?;
-    let attempts = state.store.attempts_of_run(run.id).await?;
+    let store = state.store().await?;
+    let run = run_of(store, &id).await?;
+    let graph = store.run_graph(run.id).await?;
+    let attempts = store.attempts_of_run(run.id).await?;
     let mut body = format!(
         "<h1>Run {} {}</h1><p>{} · {} by {}@{} · started {} · {}</p>",
         run.id,
@@ -166,15 +178,16 @@ pub async fn run_events(
     State(state): State<Arc<AppState>>,
     Path(id): Path<String>,
 ) -> Result<Sse<impl futures_util::Stream<Item = std::result::Result<Event, Infallible>>>> {
-    let run = run_of(&state.store, &id).await?;
+    let run = run_of(state.store().await?, &id).await?;
     let stream = futures_util::stream::unfold((state, run.id, false), |(state, id, finished)| async move {
         if finished {
             return None;
         }
         tokio::time::sleep(Duration::from_millis(500)).await;
         let snapshot = async {
-            let run = state.store.run_by_id(id).await?.ok_or_else(|| anyhow::anyhow!("run {id} disappeared"))?;
-            let graph = state.store.run_graph(id).await?;
+            let store = state.store().await.map_err(|_| anyhow::anyhow!("the store is gone"))?;
+            let run = store.run_by_id(id).await?.ok_or_else(|| anyhow::anyhow!("run {id} disappeared"))?;
+            let graph = store.run_graph(id).await?;
             anyhow::Ok((run.status != "running", progress_json(&run, &graph)))
         };
         let (done, data) = match snapshot.await {
@@ -187,7 +200,7 @@ pub async fn run_events(
 }
 
 pub async fn instance(State(state): State<Arc<AppState>>, Path(key): Path<String>) -> Result<Page> {
-    let store = &state.store;
+    let store = state.store().await?;
     if key.len() < 4 || key.len() > 64 || !key.chars().all(|c| c.is_ascii_hexdigit()) {
         return Err(WebError::NotFound(format!("`{key}` is not a stage key")));
     }
@@ -308,8 +321,9 @@ async fn known_pipeline(store: &Store, name: &str) -> Result<()> {
 }
 
 pub async fn pipeline(State(state): State<Arc<AppState>>, Path(name): Path<String>) -> Result<Page> {
-    known_pipeline(&state.store, &name).await?;
-    let body = study::body(&state.store, &name, true).await?;
+    let store = state.store().await?;
+    known_pipeline(store, &name).await?;
+    let body = study::body(store, &name, true).await?;
     let form = format!(
         "<form action=\"/pipelines/{}/pivot\" method=\"get\">pivot: metric <input name=\"metric\"> rows <input name=\"rows\" placeholder=\"axis,axis\"> \
          columns <input name=\"cols\" placeholder=\"axis\"> stage <input name=\"stage\"> <button>show</button></form>",
@@ -332,7 +346,8 @@ fn axis_list(text: Option<&str>) -> Vec<String> {
 
 /// An ablation pivot chosen in the URL; the parameters only select among loaded rows.
 pub async fn pivot(State(state): State<Arc<AppState>>, Path(name): Path<String>, Query(q): Query<PivotQuery>) -> Result<Page> {
-    known_pipeline(&state.store, &name).await?;
+    let store = state.store().await?;
+    known_pipeline(store, &name).await?;
     let Some(metric) = q.metric.filter(|m| !m.trim().is_empty()) else {
         return Err(WebError::BadRequest("give ?metric=NAME (and rows=AXIS,... cols=AXIS)".into()));
     };
@@ -343,7 +358,7 @@ pub async fn pivot(State(state): State<Arc<AppState>>, Path(name): Path<String>,
         pipeline: Some(name.clone()),
         stage: q.stage.filter(|s| !s.trim().is_empty()),
     };
-    let history = state.store.history(Some(&name)).await?;
+    let history = store.history(Some(&name)).await?;
     let p = pivot::pivot(&history, &spec);
     let body = if p.is_empty() {
         html::empty(&format!("no data yet: no finished instance of {name} has recorded `{metric}`"))
@@ -391,7 +406,11 @@ pub async fn dashboard_page(
     // Only declared parameters are taken from the URL; their values are bound, never spliced.
     let params: HashMap<String, String> =
         d.params.iter().map(|(k, default)| (k.clone(), query.get(k).cloned().unwrap_or_else(|| default.clone()))).collect();
-    let ctx = Ctx::new(&state.store);
+    let store = match state.store().await {
+        Ok(store) => Some(store),
+        Err(WebError::NotFound(_)) => None,
+        Err(e) => return Err(e),
+    };
     let mut body = format!("<h1>{}</h1>", esc(&d.title));
     if let Some(text) = &d.description {
         let _ = write!(body, "<p>{}</p>", esc(text));
@@ -404,8 +423,18 @@ pub async fn dashboard_page(
         form.push_str("<button>apply</button></form>");
         body.push_str(&form);
     }
-    for (title, panel) in &d.panels {
-        body.push_str(&panels::panel(&ctx, title, panel, &params).await);
+    match store {
+        Some(store) => {
+            let ctx = Ctx::new(store);
+            for (title, panel) in &d.panels {
+                body.push_str(&panels::panel(&ctx, title, panel, &params).await);
+            }
+        }
+        None => {
+            for (title, _) in &d.panels {
+                body.push_str(&section(title, &html::empty("no data yet: nothing has run in this workspace")));
+            }
+        }
     }
     Ok(Page::new(&d.title, body))
 }
