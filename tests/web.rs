@@ -224,7 +224,9 @@ run = "echo '${tag}' > $ABLATE_OUT/t.txt; echo 'ablate:metric <b>bold</b> 1'; wh
     );
     let run = ws.spawn(&["run", file.to_str().unwrap()]);
     wait_until(Duration::from_secs(30), "the run to start", || {
-        ws.db().exists() && ws.runs().first().is_some_and(|r| r["status"] == "running")
+        // The store may still be migrating when it first appears: retry until `runs` answers.
+        let out = ws.run(&["runs", "--json"]);
+        out.code == Some(0) && out.json()[0]["status"] == "running"
     });
     let server = Server::start(&ws, &ws.root().join("no-dashboards"));
     let page = fetch(server.addr, "/runs/1");
