@@ -22,13 +22,8 @@ pub enum PlotCommand {
         keys: Vec<String>,
         #[arg(long)]
         metric: String,
-        /// Output file: .svg or .png.
-        #[arg(short = 'o', long = "output")]
-        output: PathBuf,
-        #[arg(long, default_value_t = 800)]
-        width: u32,
-        #[arg(long, default_value_t = 480)]
-        height: u32,
+        #[command(flatten)]
+        out: Output,
     },
     /// Bars of a final metric grouped by an axis, mean ± std over the other axes.
     Bars {
@@ -45,27 +40,42 @@ pub enum PlotCommand {
         /// Only this stage's instances.
         #[arg(long)]
         stage: Option<String>,
-        #[arg(short = 'o', long = "output")]
-        output: PathBuf,
-        #[arg(long, default_value_t = 800)]
-        width: u32,
-        #[arg(long, default_value_t = 480)]
-        height: u32,
+        #[command(flatten)]
+        out: Output,
     },
 }
 
-fn check_size(width: u32, height: u32) -> anyhow::Result<(u32, u32)> {
-    if !(100..=8000).contains(&width) || !(100..=8000).contains(&height) {
-        return Err(UsageError(format!("--width and --height must be between 100 and 8000 pixels (got {width}×{height})")).into());
+/// Where a chart goes and its size in pixels.
+#[derive(clap::Args)]
+pub struct Output {
+    /// Output file: .svg or .png.
+    #[arg(short = 'o', long = "output")]
+    output: PathBuf,
+    #[arg(long, default_value_t = 800)]
+    width: u32,
+    #[arg(long, default_value_t = 480)]
+    height: u32,
+}
+
+impl Output {
+    /// Checks the format and size before any work is done.
+    fn checked(&self) -> anyhow::Result<(u32, u32)> {
+        Format::from_path(&self.output).map_err(|e| UsageError(e.to_string()))?;
+        if !(100..=8000).contains(&self.width) || !(100..=8000).contains(&self.height) {
+            return Err(UsageError(format!(
+                "--width and --height must be between 100 and 8000 pixels (got {}×{})",
+                self.width, self.height
+            ))
+            .into());
+        }
+        Ok((self.width, self.height))
     }
-    Ok((width, height))
 }
 
 pub async fn plot(workspace: &Workspace, command: PlotCommand) -> anyhow::Result<ExitCode> {
     let (chart, output, size) = match command {
-        PlotCommand::Curves { keys, metric, output, width, height } => {
-            Format::from_path(&output).map_err(|e| UsageError(e.to_string()))?;
-            let size = check_size(width, height)?;
+        PlotCommand::Curves { keys, metric, out } => {
+            let size = out.checked()?;
             let store = open(workspace).await?;
             let mut series = Vec::new();
             for key in &keys {
@@ -95,11 +105,10 @@ pub async fn plot(workspace: &Workspace, command: PlotCommand) -> anyhow::Result
                 series.push(Series { name, points });
             }
             let chart = Chart::Line(LineChart { title: metric.clone(), x_label: "step".into(), y_label: metric, series });
-            (chart, output, size)
+            (chart, out.output, size)
         }
-        PlotCommand::Bars { study, metric, by, series, stage, output, width, height } => {
-            Format::from_path(&output).map_err(|e| UsageError(e.to_string()))?;
-            let size = check_size(width, height)?;
+        PlotCommand::Bars { study, metric, by, series, stage, out } => {
+            let size = out.checked()?;
             let store = open(workspace).await?;
             let name = study_name(&store, &study).await?;
             let history = store.history(Some(&name)).await?;
@@ -132,7 +141,7 @@ pub async fn plot(workspace: &Workspace, command: PlotCommand) -> anyhow::Result
             };
             let p = pivot::pivot(&history, &spec);
             let over = if p.over.is_empty() { String::new() } else { format!(" (mean ± std over {})", p.over.join(", ")) };
-            (Chart::Bar(p.bar_chart(&format!("{name}: {metric}{over}"))), output, size)
+            (Chart::Bar(p.bar_chart(&format!("{name}: {metric}{over}"))), out.output, size)
         }
     };
     chart.save(&output, size)?;

@@ -32,30 +32,6 @@ async fn run_of(store: &Store, text: &str) -> Result<RunRecord> {
     store.run_by_id(id).await?.ok_or_else(|| WebError::NotFound(format!("no run {id} in this workspace")))
 }
 
-fn runs_table(runs: &[RunRecord]) -> String {
-    let rows = runs
-        .iter()
-        .map(|r| {
-            vec![
-                Cell::Raw(html::link(&format!("/runs/{}", r.id), &r.id.to_string())),
-                match &r.pipeline {
-                    Some(p) => Cell::Raw(html::link(&format!("/pipelines/{}", url(p)), p)),
-                    None => Cell::Text("-".into()),
-                },
-                Cell::Text(r.command.clone()),
-                Cell::Raw(html::status(&r.status)),
-                Cell::Text(r.started_at.clone()),
-                Cell::Num(html::duration(r.duration_s)),
-                Cell::Num(r.done.to_string()),
-                Cell::Num(r.failed.to_string()),
-                Cell::Num(r.skipped.to_string()),
-                Cell::Text(r.host.clone()),
-            ]
-        })
-        .collect();
-    html::table(&["run", "pipeline", "command", "status", "started", "duration", "done", "failed", "skipped", "host"], rows)
-}
-
 /// The store, or for a list page the "nothing yet" page when there is none.
 macro_rules! store_or_empty {
     ($state:expr, $title:expr) => {
@@ -69,7 +45,7 @@ macro_rules! store_or_empty {
 
 pub async fn index(State(state): State<Arc<AppState>>) -> Result<Page> {
     let runs = store_or_empty!(state, "Runs").runs(200).await?;
-    let body = if runs.is_empty() { html::empty("no runs yet") } else { runs_table(&runs) };
+    let body = if runs.is_empty() { html::empty("no runs yet") } else { study::runs_table(&runs, true) };
     Ok(Page::new("Runs", format!("<h1>Runs</h1>{body}")))
 }
 

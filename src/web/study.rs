@@ -12,7 +12,7 @@ use crate::chart::{Chart, LineChart, Series};
 use crate::filter::value_text;
 use crate::pipeline::{SourceFile, parse::parse};
 use crate::pivot::{self, PivotSpec};
-use crate::store::{HistoryRow, Store};
+use crate::store::{HistoryRow, RunRecord, Store};
 
 /// Most series drawn in one curve chart; beyond that the chart is unreadable.
 const MAX_CURVES: usize = 24;
@@ -30,25 +30,37 @@ fn axes_text(row: &HistoryRow) -> String {
     row.axes.iter().map(|(k, v)| format!("{k}={}", value_text(v))).collect::<Vec<_>>().join(" ")
 }
 
-/// The study body; `links` adds links to run and instance pages (off for reports).
-pub async fn body(store: &Store, pipeline: &str, links: bool) -> anyhow::Result<String> {
-    let mut out = String::new();
-    let runs = store.runs_of_pipeline(pipeline).await?;
-    let run_rows = runs
+/// Runs with status, duration and outcome counts; `links` to run and pipeline pages.
+pub fn runs_table(runs: &[RunRecord], links: bool) -> String {
+    let rows = runs
         .iter()
         .map(|r| {
+            let pipeline = r.pipeline.clone().unwrap_or_else(|| "-".into());
             vec![
                 if links { Cell::Raw(html::link(&format!("/runs/{}", r.id), &r.id.to_string())) } else { Cell::Num(r.id.to_string()) },
+                match &r.pipeline {
+                    Some(p) if links => Cell::Raw(html::link(&format!("/pipelines/{}", url(p)), p)),
+                    _ => Cell::Text(pipeline),
+                },
+                Cell::Text(r.command.clone()),
                 Cell::Raw(html::status(&r.status)),
                 Cell::Text(r.started_at.clone()),
                 Cell::Num(html::duration(r.duration_s)),
                 Cell::Num(r.done.to_string()),
                 Cell::Num(r.failed.to_string()),
                 Cell::Num(r.skipped.to_string()),
+                Cell::Text(r.host.clone()),
             ]
         })
         .collect();
-    out.push_str(&section("Runs", &html::table(&["run", "status", "started", "duration", "done", "failed", "skipped"], run_rows)));
+    html::table(&["run", "pipeline", "command", "status", "started", "duration", "done", "failed", "skipped", "host"], rows)
+}
+
+/// The study body; `links` adds links to run and instance pages (off for reports).
+pub async fn body(store: &Store, pipeline: &str, links: bool) -> anyhow::Result<String> {
+    let mut out = String::new();
+    let runs = store.runs_of_pipeline(pipeline).await?;
+    out.push_str(&section("Runs", &runs_table(&runs, links)));
     if let Some(latest) = runs.first() {
         let graph = store.run_graph(latest.id).await?;
         out.push_str(&section(&format!("DAG of run {}", latest.id), &super::dag::svg(&graph, links)));
