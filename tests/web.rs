@@ -166,6 +166,16 @@ fn unknown_things_are_404_and_requests_cannot_inject_or_traverse() {
         assert!(r.status == 404 || r.status == 400, "{target}: {} {}", r.status, r.body);
         assert!(!r.body.contains("SECRET-DASHBOARD") && !r.body.contains("root:"), "{target} leaked a file");
     }
+    // A request for another host name (DNS rebinding) is refused.
+    {
+        use std::io::{Read, Write};
+        let mut s = std::net::TcpStream::connect(a).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        write!(s, "GET / HTTP/1.1\r\nHost: evil.example:8787\r\nConnection: close\r\n\r\n").unwrap();
+        let mut text = String::new();
+        s.read_to_string(&mut text).unwrap();
+        assert!(text.starts_with("HTTP/1.1 403"), "{text}");
+    }
     // Injection through a pivot's parameters selects nothing (and breaks nothing).
     let r = fetch(a, "/pipelines/study/pivot?metric=x'%20OR%201=1%20--&rows=loss");
     assert_eq!(r.status, 200);
@@ -239,7 +249,7 @@ run = "echo '${tag}' > $ABLATE_OUT/t.txt; echo 'ablate:metric <b>bold</b> 1'; wh
         use std::io::{Read, Write};
         let mut s = std::net::TcpStream::connect(server.addr).unwrap();
         s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-        write!(s, "GET /runs/1/events HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+        write!(s, "GET /runs/1/events HTTP/1.1\r\nHost: localhost\r\n\r\n").unwrap();
         let mut buf = Vec::new();
         let mut chunk = [0u8; 4096];
         while !String::from_utf8_lossy(&buf).contains("\"total\"") {

@@ -128,16 +128,56 @@ pub fn router(state: Arc<AppState>) -> Router {
         .with_state(state)
 }
 
+/// Whether a `Host` header names this machine's loopback (`localhost`,
+/// `127.x.y.z`, `[::1]`, with any port) or is absent.
+fn loopback_host(host: &str) -> bool {
+    let name = match host.rsplit_once(':') {
+        Some((name, port)) if !name.is_empty() && port.chars().all(|c| c.is_ascii_digit()) => name,
+        _ => host,
+    };
+    let name = name.trim_start_matches('[').trim_end_matches(']');
+    name.is_empty() || name.eq_ignore_ascii_case("localhost") || name.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback())
+}
+
+/// On a loopback-only server, refuses requests addressed to another host name:
+/// a web page cannot then read the dashboard through DNS rebinding.
+async fn only_loopback_hosts(request: axum::extract::Request, next: axum::middleware::Next) -> Response {
+    let host = request.headers().get(header::HOST).and_then(|h| h.to_str().ok()).unwrap_or("");
+    if loopback_host(host) {
+        next.run(request).await
+    } else {
+        (StatusCode::FORBIDDEN, "this server answers only requests addressed to localhost\n").into_response()
+    }
+}
+
 /// Binds, reports the bound address through `listening` (port 0 picks a free
 /// one), and serves until Ctrl-C.
 pub async fn serve(state: AppState, addr: SocketAddr, listening: impl FnOnce(SocketAddr)) -> anyhow::Result<()> {
     let listener = tokio::net::TcpListener::bind(addr).await.with_context(|| format!("binding {addr}"))?;
     listening(listener.local_addr()?);
-    let app = router(Arc::new(state));
+    let mut app = router(Arc::new(state));
+    if addr.ip().is_loopback() {
+        app = app.layer(axum::middleware::from_fn(only_loopback_hosts));
+    }
     // Open event streams would hold a graceful shutdown forever: Ctrl-C just stops serving.
     tokio::select! {
         r = axum::serve(listener, app) => r.context("serving")?,
         _ = tokio::signal::ctrl_c() => {}
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::loopback_host;
+
+    #[test]
+    fn loopback_hosts() {
+        for ok in ["", "localhost", "LOCALHOST:8787", "127.0.0.1", "127.0.0.1:1", "[::1]:8787", "[::1]"] {
+            assert!(loopback_host(ok), "{ok}");
+        }
+        for bad in ["evil.example", "evil.example:8787", "10.0.0.1:8787", "localhost.evil.example", "127.0.0.1.nip.io:80"] {
+            assert!(!loopback_host(bad), "{bad}");
+        }
+    }
 }
