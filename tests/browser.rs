@@ -5,7 +5,7 @@
 //! Needs Debian's `chromium` (`scripts/ci-browser-deps` installs it). Without
 //! it the test is skipped with a message, except under CI (`CI` set), where a
 //! missing browser is a failure. `ABLATE_UPDATE_DOCS=1` also copies the
-//! screenshot to docs/img/dashboard.png.
+//! screenshot to docs/img/dashboard.png; `CHROMIUM=PATH` picks the browser.
 
 mod common;
 #[path = "common/http.rs"]
@@ -21,8 +21,9 @@ use common::*;
 use http::Server;
 
 fn chromium() -> Option<PathBuf> {
+    // CHROMIUM names the browser; set to a path that is not a file, it means "none".
     if let Some(path) = std::env::var_os("CHROMIUM") {
-        return Some(PathBuf::from(path));
+        return Some(PathBuf::from(path)).filter(|p| p.is_file());
     }
     ["/usr/bin/chromium", "/usr/bin/chromium-browser", "/usr/bin/google-chrome"].iter().map(PathBuf::from).find(|p| p.is_file())
 }
@@ -75,7 +76,12 @@ fn headless(browser: &Path, profile: &Path, args: &[String]) -> String {
 fn dashboard_renders_in_headless_chromium() {
     let Some(browser) = chromium() else {
         assert!(!in_ci(), "CI is set but chromium is not installed: run scripts/ci-browser-deps from .ci/run");
-        eprintln!("SKIPPED dashboard_renders_in_headless_chromium: chromium is not installed (scripts/ci-browser-deps installs it)");
+        // Written to the real stderr, past the test harness's capture, so the skip is visible.
+        use std::io::Write as _;
+        let _ = writeln!(
+            std::io::stderr(),
+            "SKIPPED dashboard_renders_in_headless_chromium: chromium is not installed (scripts/ci-browser-deps installs it)"
+        );
         return;
     };
     let ws = Ws::new();
