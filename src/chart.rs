@@ -87,8 +87,8 @@ impl Chart {
     /// Whether there is nothing to draw (a dashboard shows "no data yet" instead).
     pub fn is_empty(&self) -> bool {
         match self {
-            Chart::Line(c) => c.series.iter().all(|s| s.points.iter().all(|(x, y)| !x.is_finite() || !y.is_finite())),
-            Chart::Bar(c) => c.series.iter().all(|s| s.bars.iter().all(|b| !b.is_some_and(|(v, _)| v.is_finite()))),
+            Chart::Line(c) => c.series.iter().all(|s| s.points.iter().all(|(x, y)| !drawable(*x) || !drawable(*y))),
+            Chart::Bar(c) => c.series.iter().all(|s| s.bars.iter().all(|b| !b.is_some_and(|(v, _)| drawable(v)))),
         }
     }
 
@@ -144,6 +144,13 @@ pub fn palette(i: usize) -> RGBColor {
     RGBColor(r, g, b)
 }
 
+/// Values a chart can place: finite and within ±1e100. plotters' tick search
+/// does not finish on ranges near f64's limits, and a dashboard query may
+/// return anything; such values are left out like NaN.
+fn drawable(v: f64) -> bool {
+    v.is_finite() && v.abs() <= 1e100
+}
+
 /// `[lo, hi]` padded by 5 %, and never empty.
 fn padded(lo: f64, hi: f64) -> (f64, f64) {
     if !lo.is_finite() || !hi.is_finite() {
@@ -159,7 +166,7 @@ fn padded(lo: f64, hi: f64) -> (f64, f64) {
 type Drawn<DB> = Result<(), DrawingAreaErrorKind<<DB as DrawingBackend>::ErrorType>>;
 
 fn draw_lines<DB: DrawingBackend>(root: &DrawingArea<DB, Shift>, c: &LineChart) -> Drawn<DB> {
-    let finite = || c.series.iter().flat_map(|s| s.points.iter()).filter(|(x, y)| x.is_finite() && y.is_finite());
+    let finite = || c.series.iter().flat_map(|s| s.points.iter()).filter(|(x, y)| drawable(*x) && drawable(*y));
     let (x0, x1) = finite().fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), (x, _)| (a.min(*x), b.max(*x)));
     let (y0, y1) = finite().fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), (_, y)| (a.min(*y), b.max(*y)));
     let (x0, x1) = padded(x0, x1);
@@ -173,7 +180,7 @@ fn draw_lines<DB: DrawingBackend>(root: &DrawingArea<DB, Shift>, c: &LineChart) 
     chart.configure_mesh().x_desc(&c.x_label).y_desc(&c.y_label).label_style((FONT, 12)).light_line_style(WHITE.mix(0.0)).draw()?;
     for (i, s) in c.series.iter().enumerate() {
         let color = palette(i);
-        let points: Vec<(f64, f64)> = s.points.iter().copied().filter(|(x, y)| x.is_finite() && y.is_finite()).collect();
+        let points: Vec<(f64, f64)> = s.points.iter().copied().filter(|(x, y)| drawable(*x) && drawable(*y)).collect();
         chart
             .draw_series(LineSeries::new(points.clone(), color.stroke_width(2)))?
             .label(&s.name)
@@ -189,9 +196,9 @@ fn draw_lines<DB: DrawingBackend>(root: &DrawingArea<DB, Shift>, c: &LineChart) 
 }
 
 fn draw_bars<DB: DrawingBackend>(root: &DrawingArea<DB, Shift>, c: &BarChart) -> Drawn<DB> {
-    let tops = c.series.iter().flat_map(|s| s.bars.iter().flatten()).filter(|(v, _)| v.is_finite());
+    let tops = c.series.iter().flat_map(|s| s.bars.iter().flatten()).filter(|(v, _)| drawable(*v));
     let (lo, hi) = tops.fold((0.0f64, 0.0f64), |(lo, hi), (v, e)| {
-        let e = e.filter(|e| e.is_finite()).unwrap_or(0.0).abs();
+        let e = e.filter(|e| drawable(*e)).unwrap_or(0.0).abs();
         (lo.min(v - e), hi.max(v + e))
     });
     let (lo, hi) =
@@ -225,14 +232,14 @@ fn draw_bars<DB: DrawingBackend>(root: &DrawingArea<DB, Shift>, c: &BarChart) ->
             .bars
             .iter()
             .enumerate()
-            .filter_map(|(k, b)| b.filter(|(v, _)| v.is_finite()).map(|(v, e)| (k as f64 + 0.1 + si as f64 * width, v, e)))
+            .filter_map(|(k, b)| b.filter(|(v, _)| drawable(*v)).map(|(v, e)| (k as f64 + 0.1 + si as f64 * width, v, e)))
             .collect();
         chart
             .draw_series(bars.iter().map(|&(x, v, _)| Rectangle::new([(x, 0.0), (x + width * 0.92, v)], color.filled())))?
             .label(&s.name)
             .legend(move |(x, y)| Rectangle::new([(x, y - 5), (x + 12, y + 5)], color.filled()));
         for &(x, v, e) in &bars {
-            let Some(e) = e.filter(|e| e.is_finite() && *e > 0.0) else { continue };
+            let Some(e) = e.filter(|e| drawable(*e) && *e > 0.0) else { continue };
             let mid = x + width * 0.46;
             let cap = width * 0.2;
             let style = BLACK.stroke_width(1);
@@ -281,5 +288,30 @@ mod tests {
         let empty = Chart::Line(LineChart { title: String::new(), x_label: String::new(), y_label: String::new(), series: vec![] });
         assert!(empty.is_empty());
         assert!(empty.svg((200, 100)).is_ok(), "an empty chart still draws");
+        let extreme = Chart::Line(LineChart {
+            title: String::new(),
+            x_label: String::new(),
+            y_label: String::new(),
+            series: vec![Series {
+                name: "x".into(),
+                points: vec![(0.0, 1e308), (1.0, -1e308), (2.0, f64::NAN), (3.0, 7.0), (-1e100, 1e100), (1e100, -1e100), (1e-300, 1e-300)],
+            }],
+        });
+        assert!(extreme.svg((200, 100)).is_ok(), "values near f64's limits are left out, not hung on");
+        let bars = Chart::Bar(BarChart {
+            title: String::new(),
+            x_label: String::new(),
+            y_label: String::new(),
+            categories: vec!["a".into(), "b".into()],
+            series: vec![BarSeries { name: String::new(), bars: vec![Some((1e308, Some(1e308))), Some((2.0, Some(f64::INFINITY)))] }],
+        });
+        assert!(bars.svg((200, 100)).is_ok());
+        let flat = Chart::Line(LineChart {
+            title: String::new(),
+            x_label: String::new(),
+            y_label: String::new(),
+            series: vec![Series { name: String::new(), points: vec![(5.0, 2.0)] }],
+        });
+        assert!(flat.png((200, 100)).is_ok(), "a single point draws");
     }
 }

@@ -102,6 +102,17 @@ sql = "SELECT 1"
 title = "empty pivot"
 chart = "bar"
 pivot = { metric = "never.recorded", rows = ["loss"] }
+[[panels]]
+title = "too many bars"
+chart = "bar"
+sql = "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 300) SELECT 'c' || i AS x, i AS y FROM n"
+[[panels]]
+title = "long table"
+sql = "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 1500) SELECT i FROM n"
+[[panels]]
+title = "huge values"
+chart = "line"
+sql = "SELECT 0 AS x, 1e308 AS y UNION ALL SELECT 1, -1e308"
 "#,
     )
     .unwrap();
@@ -116,11 +127,13 @@ pivot = { metric = "never.recorded", rows = ["loss"] }
     assert!(page.body.contains("line charts need numbers"));
     assert!(page.body.contains("invalid panel") && page.body.contains("pie"));
     assert!(page.body.contains("no data yet"));
-    assert_eq!(page.body.matches("class=\"error\"").count(), 4, "{}", page.body);
+    assert!(page.body.contains("too many to draw") && page.body.contains("showing the first 1000 of 1500 rows"));
+    assert_eq!(page.body.matches("class=\"error\"").count(), 5, "{}", page.body);
+    assert!(page.body.matches("no data yet").count() >= 2, "empty pivot and unplottable values");
     // A parameter value with SQL in it is bound, not run.
     let page = fetch(server.addr, "/dashboards/mixed?stage=eval'%20OR%20'1'='1");
     assert_eq!(page.status, 200);
-    assert!(page.body.contains("no data yet") && !page.body.contains("<td class=\"num\">8</td>"), "{}", page.body);
+    assert!(page.body.contains("<h2>good</h2><p class=\"empty\">no data yet"), "{}", page.body);
     let broken = fetch(server.addr, "/dashboards/broken");
     assert_eq!(broken.status, 200);
     assert!(broken.body.contains("invalid"), "{}", broken.body);

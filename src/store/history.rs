@@ -290,7 +290,11 @@ impl Store {
                 }
             }
         };
-        let rows = rows.iter().map(|r| (0..r.columns().len()).map(|i| cell(r, i)).collect()).collect();
+        // Several statements may yield rows of different widths: fit each to the first's columns.
+        let rows = rows
+            .iter()
+            .map(|r| (0..columns.len()).map(|i| if i < r.columns().len() { cell(r, i) } else { Value::Null }).collect())
+            .collect();
         Ok(QueryResult { columns, rows })
     }
 

@@ -83,10 +83,21 @@ async fn body(ctx: &Ctx<'_>, p: &Panel, params: &HashMap<String, String>) -> any
     }
 }
 
-/// A query result as a table.
+/// Most rows a table panel shows: a page must stay loadable whatever a query returns.
+const MAX_TABLE_ROWS: usize = 1000;
+/// Most bar groups and lines a chart panel draws before it asks for aggregation instead.
+const MAX_CATEGORIES: usize = 200;
+const MAX_SERIES: usize = 50;
+
+/// A query result as a table (the first rows of a long one, saying so).
 pub fn query_table(result: &QueryResult) -> String {
     let header: Vec<&str> = result.columns.iter().map(String::as_str).collect();
-    html::table(&header, result.rows.iter().map(|r| r.iter().map(html::json_cell).collect()).collect())
+    let shown = result.rows.iter().take(MAX_TABLE_ROWS).map(|r| r.iter().map(html::json_cell).collect()).collect();
+    let mut out = html::table(&header, shown);
+    if result.rows.len() > MAX_TABLE_ROWS {
+        out.push_str(&html::empty(&format!("showing the first {MAX_TABLE_ROWS} of {} rows", result.rows.len())));
+    }
+    out
 }
 
 fn over_note(p: &Pivot) -> String {
@@ -149,6 +160,9 @@ fn sql_chart(result: &QueryResult, p: &Panel, kind: ChartKind) -> Result<Chart, 
         let n = series_name(row);
         if !names.contains(&n) {
             names.push(n);
+            if names.len() > MAX_SERIES {
+                return Err(format!("more than {MAX_SERIES} series are too many to draw: aggregate in the query"));
+            }
         }
     }
     let (x_label, y_label) = (result.columns[x].clone(), result.columns[y].clone());
@@ -168,6 +182,9 @@ fn sql_chart(result: &QueryResult, p: &Panel, kind: ChartKind) -> Result<Chart, 
         let c = value_text(&row[x]);
         if !categories.contains(&c) {
             categories.push(c);
+            if categories.len() > MAX_CATEGORIES {
+                return Err(format!("more than {MAX_CATEGORIES} bar groups are too many to draw: aggregate in the query"));
+            }
         }
     }
     let mut bars: Vec<BarSeries> = names.iter().map(|n| BarSeries { name: n.clone(), bars: vec![None; categories.len()] }).collect();
