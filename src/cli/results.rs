@@ -267,11 +267,13 @@ async fn compare_instances(store: &Store, a: &str, b: &str) -> anyhow::Result<Va
     }))
 }
 
+/// A run's instances by (stage, axes text): key and axes. Those are the cells of a study.
+type Cells = BTreeMap<(String, String), (String, Map<String, Value>)>;
+
 async fn compare_runs(store: &Store, a: &str, b: &str) -> anyhow::Result<Value> {
     let metrics = store.final_metrics().await?;
     let mut sides = Vec::new();
-    // Each run's instances by (stage, axes): what a study's cells are.
-    let mut cells: Vec<BTreeMap<(String, String), (String, Map<String, Value>)>> = Vec::new();
+    let mut cells: Vec<Cells> = Vec::new();
     for text in [a, b] {
         let id: i64 = text.parse().map_err(|_| UsageError(format!("bad run id {text}")))?;
         let run = store.run_by_id(id).await?.ok_or_else(|| UsageError(format!("no run {id} in this workspace")))?;

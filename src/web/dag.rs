@@ -125,7 +125,7 @@ pub fn svg(graph: &RunGraph, links: bool) -> String {
             ty1 = y + 18.0,
             ty2 = y + 35.0,
             t = esc(&clip(&title, 36)),
-            a = esc(&clip(&format!("{} {}", axes, &node.key[..node.key.len().min(8)]).trim().to_owned(), 35)),
+            a = esc(&clip(format!("{} {}", axes, &node.key[..node.key.len().min(8)]).trim(), 35)),
         );
     }
     out.push_str("</svg>");
