@@ -2,9 +2,14 @@
 //!
 //! See ARCHITECTURE.md for the bird's-eye view and the code map.
 
+pub mod chart;
 pub mod cli;
+pub mod dashboard;
 pub mod exec;
+pub mod filter;
 pub mod freshness;
 pub mod pipeline;
+pub mod pivot;
 pub mod stages;
 pub mod store;
+pub mod web;

@@ -9,7 +9,7 @@ use super::render::Table;
 use super::{UsageError, print_json, resolve_instance};
 use crate::store::{InstanceRecord, Store, Workspace};
 
-async fn open(workspace: &Workspace) -> anyhow::Result<Store> {
+pub(super) async fn open(workspace: &Workspace) -> anyhow::Result<Store> {
     Store::open_read_only(workspace).await?.ok_or_else(|| {
         UsageError(format!("no ablate store in {} (nothing has run here yet; pass --workspace?)", workspace.root.display())).into()
     })

@@ -1,8 +1,12 @@
 //! The command line. The only module that writes to stdout.
 
 mod history;
+mod plot;
 mod progress;
 mod render;
+mod results;
+mod serve;
+mod tabular;
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -109,6 +113,62 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Every finished stage instance with its pipeline, stage, axis values, parameters and final metrics.
+    History {
+        /// Only this pipeline's instances.
+        #[arg(long)]
+        pipeline: Option<String>,
+        /// Filter, e.g. `loss = "cosine" and (captions = "long" or metric.sugarcrepe.mean > 0.7)`;
+        /// operators = != < <= > >= ~ (contains); fields: axis or parameter names, param.X, axis.X, metric.X.
+        #[arg(long = "where", value_name = "EXPR")]
+        filter: Option<String>,
+        /// Sort by a field (metric.zero_shot.top1, loss, done_at, ...); a leading `-` sorts descending.
+        #[arg(long, value_name = "KEY", allow_hyphen_values = true)]
+        sort: Option<String>,
+        #[arg(long)]
+        limit: Option<usize>,
+        #[arg(long, conflicts_with = "csv")]
+        json: bool,
+        #[arg(long)]
+        csv: bool,
+    },
+    /// Two instances (keys) or two runs (ids) side by side: parameters that differ, metrics with deltas.
+    Compare {
+        a: String,
+        b: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Run a read-only SQL query on the store (views: v_runs, v_instances, v_metrics, v_results, v_done).
+    Sql {
+        query: String,
+        #[arg(long, conflicts_with = "csv")]
+        json: bool,
+        #[arg(long)]
+        csv: bool,
+    },
+    /// Draw training curves or ablation bars to an SVG or PNG file.
+    Plot {
+        #[command(subcommand)]
+        what: plot::PlotCommand,
+    },
+    /// Serve the web dashboard (runs, DAGs, instances, pivots, dashboards/*.toml) from a read-only store.
+    Serve {
+        #[arg(long, default_value_t = 8787)]
+        port: u16,
+        #[arg(long, default_value = "127.0.0.1")]
+        bind: std::net::IpAddr,
+        /// Directory of dashboard files.
+        #[arg(long, default_value = "dashboards")]
+        dashboards: PathBuf,
+    },
+    /// Write a study's tables and charts as one self-contained HTML file.
+    Report {
+        /// The pipeline file (or pipeline name).
+        file: String,
+        #[arg(long, value_name = "OUT.html")]
+        html: PathBuf,
+    },
 }
 
 /// Exit codes: 0 success, 1 a stage or command failed, 2 bad input, 130 interrupted.
@@ -158,6 +218,22 @@ async fn dispatch(cli: Cli, bars: indicatif::MultiProgress) -> anyhow::Result<Ex
         Command::Lineage { id, json } => history::lineage(&workspace, &id, json).await,
         Command::Gc { dry_run, json } => history::gc(&workspace, dry_run, json).await,
         Command::Kinds { json } => kinds(json),
+        Command::History { pipeline, filter, sort, limit, json, csv } => {
+            results::history(
+                &workspace,
+                pipeline.as_deref(),
+                filter.as_deref(),
+                sort.as_deref(),
+                limit,
+                tabular::Format::from_flags(json, csv),
+            )
+            .await
+        }
+        Command::Compare { a, b, json } => results::compare(&workspace, &a, &b, json).await,
+        Command::Sql { query, json, csv } => results::sql(&workspace, &query, tabular::Format::from_flags(json, csv)).await,
+        Command::Plot { what } => plot::plot(&workspace, what).await,
+        Command::Serve { port, bind, dashboards } => serve::serve(&workspace, bind, port, dashboards).await,
+        Command::Report { file, html } => serve::report(&workspace, &file, &html).await,
     }
 }
 

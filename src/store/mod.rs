@@ -6,6 +6,7 @@
 //! one workspace: WAL, a busy timeout, and claims made in `BEGIN IMMEDIATE`
 //! transactions backed by a unique index on running attempts.
 
+mod history;
 pub mod objects;
 mod read;
 mod write;
@@ -17,6 +18,7 @@ use std::time::Duration;
 use anyhow::Context as _;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous};
 
+pub use history::*;
 pub use objects::{ObjectStat, ObjectStore, PutObject, Verified};
 pub use read::*;
 pub use write::*;
@@ -82,7 +84,8 @@ impl Store {
         if !path.exists() {
             return Ok(None);
         }
-        let options = connect_options(&path)?.read_only(true);
+        // query_only as well: arbitrary SQL (`ablate sql`, dashboards) runs here.
+        let options = connect_options(&path)?.read_only(true).pragma("query_only", "ON");
         let pool = SqlitePoolOptions::new()
             .max_connections(4)
             .connect_with(options)

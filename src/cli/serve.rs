@@ -1,0 +1,39 @@
+//! `ablate serve` and `ablate report`.
+
+use std::io::Write as _;
+use std::net::{IpAddr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use anyhow::Context as _;
+
+use super::history::open;
+use super::results::study_name;
+use crate::store::Workspace;
+use crate::web::{self, AppState};
+
+pub async fn serve(workspace: &Workspace, bind: IpAddr, port: u16, dashboards: PathBuf) -> anyhow::Result<ExitCode> {
+    if !workspace.db_path().exists() {
+        tracing::warn!("no ablate store in {} yet: pages fill in once a run starts there", workspace.root.display());
+    }
+    if !bind.is_loopback() {
+        tracing::warn!("serving on {bind}: anyone who can reach this address can read the store");
+    }
+    let state = AppState::new(workspace.clone(), dashboards);
+    web::serve(state, SocketAddr::new(bind, port), |addr| {
+        // Tests and scripts read the address (port 0 picks one) from this line.
+        println!("ablate serve: listening on http://{addr}/");
+        let _ = std::io::stdout().flush();
+    })
+    .await?;
+    Ok(ExitCode::SUCCESS)
+}
+
+pub async fn report(workspace: &Workspace, study: &str, html: &Path) -> anyhow::Result<ExitCode> {
+    let store = open(workspace).await?;
+    let name = study_name(&store, study).await?;
+    let page = web::report(&store, &name).await?;
+    std::fs::write(html, page).with_context(|| format!("writing {}", html.display()))?;
+    println!("wrote {}", html.display());
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,215 @@
+//! Ablation pivots: one metric of finished instances arranged by axis values,
+//! mean ± standard deviation over the axes left out (seeds, typically).
+//! Shared by `ablate plot bars`, the dashboard's pivot panels and the report.
+
+use std::collections::HashMap;
+
+use serde::{Deserialize, Serialize};
+
+use crate::chart::{BarChart, BarSeries};
+use crate::filter::value_text;
+use crate::store::HistoryRow;
+
+/// What to pivot. Empty `rows`/`cols` put everything in one row/column.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct PivotSpec {
+    pub metric: String,
+    #[serde(default)]
+    pub rows: Vec<String>,
+    #[serde(default)]
+    pub cols: Vec<String>,
+    #[serde(default)]
+    pub pipeline: Option<String>,
+    #[serde(default)]
+    pub stage: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, Serialize, PartialEq)]
+pub struct Cell {
+    pub mean: f64,
+    /// Sample standard deviation (0 for a single value).
+    pub std: f64,
+    pub n: usize,
+}
+
+impl Cell {
+    fn of(values: &[f64]) -> Cell {
+        let n = values.len();
+        let mean = values.iter().sum::<f64>() / n as f64;
+        let std = if n > 1 { (values.iter().map(|v| (v - mean).powi(2)).sum::<f64>() / (n - 1) as f64).sqrt() } else { 0.0 };
+        Cell { mean, std, n }
+    }
+
+    /// `0.712 ± 0.013 (n=3)`, or just the value when there is one.
+    pub fn text(&self) -> String {
+        if self.n > 1 { format!("{:.4} ± {:.4} (n={})", self.mean, self.std, self.n) } else { format!("{:.4}", self.mean) }
+    }
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Pivot {
+    pub spec: PivotSpec,
+    pub row_labels: Vec<String>,
+    pub col_labels: Vec<String>,
+    /// `cells[row][col]`
+    pub cells: Vec<Vec<Option<Cell>>>,
+    /// Axes that vary among the pivoted rows but are neither rows nor columns: averaged over.
+    pub over: Vec<String>,
+}
+
+impl Pivot {
+    pub fn is_empty(&self) -> bool {
+        self.cells.iter().flatten().all(Option::is_none)
+    }
+
+    /// Bars: one group per row label, one series per column label, ± std.
+    pub fn bar_chart(&self, title: &str) -> BarChart {
+        BarChart {
+            title: title.to_owned(),
+            x_label: self.spec.rows.join(" / "),
+            y_label: self.spec.metric.clone(),
+            categories: self.row_labels.clone(),
+            series: self
+                .col_labels
+                .iter()
+                .enumerate()
+                .map(|(c, name)| BarSeries {
+                    name: if self.spec.cols.is_empty() { String::new() } else { name.clone() },
+                    bars: self.cells.iter().map(|row| row[c].map(|cell| (cell.mean, Some(cell.std)))).collect(),
+                })
+                .collect(),
+        }
+    }
+}
+
+/// The rows that stand for each (pipeline, stage, axes) now: a binding planned
+/// again with new parameters supersedes the older instance.
+pub fn latest(rows: &[HistoryRow]) -> Vec<&HistoryRow> {
+    let mut best: HashMap<(&str, &str, String), &HistoryRow> = HashMap::new();
+    for r in rows {
+        let id = (r.pipeline.as_str(), r.stage.as_str(), serde_json::to_string(&r.axes).unwrap_or_default());
+        match best.get(&id) {
+            Some(b) if (b.seen_at.as_str(), b.done_at.as_deref()) > (r.seen_at.as_str(), r.done_at.as_deref()) => {}
+            _ => {
+                best.insert(id, r);
+            }
+        }
+    }
+    // Keep the input order (which follows the plan) for stable labels.
+    let keep: std::collections::HashSet<*const HistoryRow> = best.into_values().map(|b| b as *const HistoryRow).collect();
+    rows.iter().filter(|r| keep.contains(&(*r as *const HistoryRow))).collect()
+}
+
+fn label(row: &HistoryRow, axes: &[String]) -> String {
+    if axes.is_empty() {
+        return "all".into();
+    }
+    axes.iter().map(|a| row.axes.get(a).map_or_else(|| "-".to_owned(), value_text)).collect::<Vec<_>>().join(" / ")
+}
+
+/// Pivots the latest rows matching the spec's pipeline, stage and metric.
+pub fn pivot(rows: &[HistoryRow], spec: &PivotSpec) -> Pivot {
+    let selected: Vec<&HistoryRow> = latest(rows)
+        .into_iter()
+        .filter(|r| spec.pipeline.as_ref().is_none_or(|p| *p == r.pipeline))
+        .filter(|r| spec.stage.as_ref().is_none_or(|s| *s == r.stage))
+        .filter(|r| r.metrics.get(&spec.metric).is_some_and(|v| v.is_finite()))
+        .collect();
+    let mut row_labels: Vec<String> = Vec::new();
+    let mut col_labels: Vec<String> = Vec::new();
+    let mut values: HashMap<(usize, usize), Vec<f64>> = HashMap::new();
+    for r in &selected {
+        let (rl, cl) = (label(r, &spec.rows), label(r, &spec.cols));
+        let ri = row_labels.iter().position(|l| *l == rl).unwrap_or_else(|| {
+            row_labels.push(rl);
+            row_labels.len() - 1
+        });
+        let ci = col_labels.iter().position(|l| *l == cl).unwrap_or_else(|| {
+            col_labels.push(cl);
+            col_labels.len() - 1
+        });
+        values.entry((ri, ci)).or_default().push(r.metrics[&spec.metric]);
+    }
+    let cells =
+        (0..row_labels.len()).map(|ri| (0..col_labels.len()).map(|ci| values.get(&(ri, ci)).map(|v| Cell::of(v))).collect()).collect();
+    let over = varying_axes(&selected).into_iter().filter(|a| !spec.rows.contains(a) && !spec.cols.contains(a)).collect();
+    Pivot { spec: spec.clone(), row_labels, col_labels, cells, over }
+}
+
+/// Axes that take more than one value among the rows, in first-seen order.
+pub fn varying_axes(rows: &[&HistoryRow]) -> Vec<String> {
+    let mut seen: Vec<(String, Vec<String>)> = Vec::new();
+    for r in rows {
+        for (name, value) in &r.axes {
+            let text = value_text(value);
+            match seen.iter_mut().find(|(n, _)| n == name) {
+                Some((_, values)) => {
+                    if !values.contains(&text) {
+                        values.push(text);
+                    }
+                }
+                None => seen.push((name.clone(), vec![text])),
+            }
+        }
+    }
+    seen.into_iter().filter(|(_, v)| v.len() > 1).map(|(n, _)| n).collect()
+}
+
+/// A default layout for a study table: every varying axis but the last one as
+/// rows, the last as columns, averaging over seed-like axes (their name
+/// contains "seed"), which are what repeated runs differ in.
+pub fn default_layout(axis_order: &[String], rows: &[&HistoryRow]) -> (Vec<String>, Vec<String>) {
+    let varying = varying_axes(rows);
+    let mut ordered: Vec<String> = axis_order.iter().filter(|a| varying.contains(a)).cloned().collect();
+    ordered.extend(varying.into_iter().filter(|a| !axis_order.contains(a)));
+    ordered.retain(|a| !a.to_ascii_lowercase().contains("seed"));
+    match ordered.pop() {
+        Some(last) if !ordered.is_empty() => (ordered, vec![last]),
+        Some(last) => (vec![last], Vec::new()),
+        None => (Vec::new(), Vec::new()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    fn row(loss: &str, seed: i64, top1: f64, seen: &str) -> HistoryRow {
+        HistoryRow {
+            pipeline: "p".into(),
+            stage: "eval".into(),
+            key: format!("{loss}{seed}{seen}"),
+            kind: "command".into(),
+            axes: json!({"loss": loss, "seed": seed}).as_object().unwrap().clone(),
+            params: Default::default(),
+            metrics: [("top1".to_owned(), top1)].into_iter().collect(),
+            done_at: Some(seen.into()),
+            run_id: 1,
+            seen_at: seen.into(),
+        }
+    }
+
+    #[test]
+    fn mean_and_std_over_the_axes_left_out_with_superseded_rows_ignored() {
+        let rows = vec![
+            row("cosine", 0, 0.1, "1"),
+            row("cosine", 0, 0.5, "2"), // supersedes the first
+            row("cosine", 1, 0.7, "1"),
+            row("infonce", 0, 0.2, "1"),
+        ];
+        let spec = PivotSpec { metric: "top1".into(), rows: vec!["loss".into()], ..Default::default() };
+        let p = pivot(&rows, &spec);
+        assert_eq!(p.row_labels, vec!["cosine", "infonce"]);
+        let c = p.cells[0][0].unwrap();
+        assert_eq!(c.n, 2);
+        assert!((c.mean - 0.6).abs() < 1e-12 && (c.std - 0.1414213562).abs() < 1e-6);
+        assert_eq!(p.cells[1][0].unwrap().n, 1);
+        assert_eq!(p.over, vec!["seed"]);
+        let refs: Vec<&HistoryRow> = rows.iter().collect();
+        assert_eq!(default_layout(&["loss".into(), "seed".into()], &refs), (vec!["loss".to_owned()], vec![]));
+        assert!(pivot(&rows, &PivotSpec { metric: "none".into(), ..Default::default() }).is_empty());
+    }
+}

@@ -1,0 +1,399 @@
+//! Reads behind result history, comparisons, read-only SQL, plots and the web
+//! dashboard (issue 6). Everything here works on a read-only store.
+
+use std::collections::{BTreeMap, HashMap};
+
+use anyhow::Context as _;
+use serde::Serialize;
+use serde_json::{Map, Value};
+use sqlx::sqlite::{SqliteRow, SqliteValueRef};
+use sqlx::{Column as _, Row as _, TypeInfo as _, ValueRef as _};
+
+use super::Store;
+
+/// One finished stage instance as it appears in one (pipeline, stage, axes)
+/// binding, with its final metrics: the row `ablate history` lists.
+#[derive(Debug, Clone, Serialize)]
+pub struct HistoryRow {
+    pub pipeline: String,
+    pub stage: String,
+    pub key: String,
+    pub kind: String,
+    pub axes: Map<String, Value>,
+    pub params: Map<String, Value>,
+    pub metrics: BTreeMap<String, f64>,
+    pub done_at: Option<String>,
+    /// The run whose attempt produced the outputs.
+    pub run_id: i64,
+    /// When the binding was last planned; later rows of one (pipeline, stage,
+    /// axes) supersede earlier ones (the parameters changed in between).
+    #[serde(skip)]
+    pub seen_at: String,
+}
+
+/// The result of an arbitrary read-only query: column names and JSON cells.
+#[derive(Debug, Clone, Serialize)]
+pub struct QueryResult {
+    pub columns: Vec<String>,
+    pub rows: Vec<Vec<Value>>,
+}
+
+/// One node of a run's DAG: an instance with where it appears and its state in that run.
+#[derive(Debug, Clone, Serialize)]
+pub struct GraphNode {
+    pub key: String,
+    pub kind: String,
+    /// `pipeline/stage` names the instance is bound to in the run's pipeline.
+    pub stages: Vec<String>,
+    pub axes: Map<String, Value>,
+    /// The latest attempt of this run (`running`, `done`, `failed`, ...), else
+    /// `cached` when an earlier run finished it, else `pending`.
+    pub status: String,
+}
+
+/// A run's stage instances and the lineage edges between them (indices into `nodes`).
+#[derive(Debug, Clone, Serialize)]
+pub struct RunGraph {
+    pub nodes: Vec<GraphNode>,
+    pub edges: Vec<(usize, usize)>,
+}
+
+/// A stored pipeline file (the latest version of a name).
+#[derive(Debug, Clone)]
+pub struct PipelineSource {
+    pub name: String,
+    pub path: String,
+    pub text: String,
+}
+
+fn json_object(text: &str) -> Map<String, Value> {
+    match serde_json::from_str(text) {
+        Ok(Value::Object(map)) => map,
+        _ => Map::new(),
+    }
+}
+
+fn sql_error(e: sqlx::Error) -> anyhow::Error {
+    if let sqlx::Error::Database(db) = &e {
+        let message = db.message();
+        if message.contains("readonly") || message.contains("read-only") || message.contains("query_only") {
+            return anyhow::anyhow!("refused: the store is opened read-only, so queries cannot change it (SQLite: {message})");
+        }
+        return anyhow::anyhow!("SQL error: {message}");
+    }
+    anyhow::Error::new(e).context("running the query")
+}
+
+/// A cell as JSON, whatever SQLite type it holds (columns of views and
+/// expressions have no declared type, so the value's own type decides).
+fn cell(row: &SqliteRow, i: usize) -> Value {
+    let Ok(raw) = row.try_get_raw(i) else { return Value::Null };
+    if raw.is_null() {
+        return Value::Null;
+    }
+    let type_name = raw.type_info().name().to_owned();
+    match type_name.as_str() {
+        "INTEGER" | "BOOLEAN" => row.try_get::<i64, _>(i).map(Value::from).unwrap_or(Value::Null),
+        "REAL" => {
+            row.try_get::<f64, _>(i).map(|v| serde_json::Number::from_f64(v).map_or(Value::Null, Value::Number)).unwrap_or(Value::Null)
+        }
+        "BLOB" => row.try_get::<Vec<u8>, _>(i).map(|b| Value::from(format!("<{} bytes>", b.len()))).unwrap_or(Value::Null),
+        _ => row.try_get::<String, _>(i).map(Value::from).unwrap_or_else(|_| text_of(raw)),
+    }
+}
+
+fn text_of(raw: SqliteValueRef<'_>) -> Value {
+    Value::from(format!("<{}>", raw.type_info().name()))
+}
+
+/// SQL prepared for a read-only run: `:name` parameters rewritten to sqlx's
+/// numbered `?N` form (values are always bound, never spliced into the text),
+/// and the bare words of the statement, upper-cased.
+pub struct PreparedSql {
+    pub sql: String,
+    /// Parameter names in number order.
+    pub names: Vec<String>,
+    words: Vec<String>,
+}
+
+/// Statements that write outside the store even on a read-only connection
+/// (`VACUUM INTO` creates a file, `ATTACH` may create one).
+const REFUSED: &[&str] = &["ATTACH", "VACUUM"];
+
+/// Scans SQL, skipping string literals, quoted identifiers and comments.
+pub fn prepare_sql(sql: &str) -> PreparedSql {
+    let chars: Vec<char> = sql.chars().collect();
+    let mut out = String::with_capacity(sql.len());
+    let mut names: Vec<String> = Vec::new();
+    let mut words: Vec<String> = Vec::new();
+    let mut i = 0;
+    while i < chars.len() {
+        let c = chars[i];
+        let closing = match c {
+            '\'' => Some('\''),
+            '"' => Some('"'),
+            '`' => Some('`'),
+            '[' => Some(']'),
+            _ => None,
+        };
+        if let Some(close) = closing {
+            out.push(c);
+            i += 1;
+            while i < chars.len() {
+                out.push(chars[i]);
+                i += 1;
+                if chars[i - 1] == close {
+                    break;
+                }
+            }
+        } else if c == '-' && chars.get(i + 1) == Some(&'-') {
+            while i < chars.len() && chars[i] != '\n' {
+                out.push(chars[i]);
+                i += 1;
+            }
+        } else if c == '/' && chars.get(i + 1) == Some(&'*') {
+            out.push_str("/*");
+            i += 2;
+            while i < chars.len() && !(chars[i] == '*' && chars.get(i + 1) == Some(&'/')) {
+                out.push(chars[i]);
+                i += 1;
+            }
+        } else if c == ':' && chars.get(i + 1).is_some_and(|n| n.is_ascii_alphabetic() || *n == '_') {
+            let start = i + 1;
+            i = start;
+            while i < chars.len() && (chars[i].is_ascii_alphanumeric() || chars[i] == '_') {
+                i += 1;
+            }
+            let name: String = chars[start..i].iter().collect();
+            let n = match names.iter().position(|x| *x == name) {
+                Some(p) => p + 1,
+                None => {
+                    names.push(name);
+                    names.len()
+                }
+            };
+            out.push_str(&format!("?{n}"));
+        } else if c.is_ascii_alphabetic() || c == '_' {
+            let start = i;
+            while i < chars.len() && (chars[i].is_ascii_alphanumeric() || chars[i] == '_' || chars[i] == '$') {
+                i += 1;
+            }
+            let word: String = chars[start..i].iter().collect();
+            out.push_str(&word);
+            words.push(word.to_ascii_uppercase());
+        } else {
+            out.push(c);
+            i += 1;
+        }
+    }
+    PreparedSql { sql: out, names, words }
+}
+
+impl Store {
+    /// Every finished instance in every binding (optionally of one pipeline),
+    /// oldest first, with its final metrics.
+    pub async fn history(&self, pipeline: Option<&str>) -> anyhow::Result<Vec<HistoryRow>> {
+        let rows = sqlx::query(
+            "SELECT b.pipeline_name, b.stage, b.axes, i.key, i.kind, i.params, d.done_at, a.run_id, b.seen_at
+             FROM instance_bindings b
+             JOIN stage_instances i ON i.id = b.instance_id
+             JOIN v_done d ON d.instance_id = i.id
+             JOIN attempts a ON a.id = d.attempt_id
+             WHERE (?1 IS NULL OR b.pipeline_name = ?1)
+             ORDER BY d.done_at, b.seen_at, b.pipeline_name, b.stage, b.axes",
+        )
+        .bind(pipeline)
+        .fetch_all(&self.pool)
+        .await?;
+        let metrics = self.final_metrics().await?;
+        Ok(rows
+            .iter()
+            .map(|r| {
+                let key: String = r.get(3);
+                HistoryRow {
+                    pipeline: r.get(0),
+                    stage: r.get(1),
+                    axes: json_object(r.get::<&str, _>(2)),
+                    metrics: metrics.get(&key).cloned().unwrap_or_default(),
+                    key,
+                    kind: r.get(4),
+                    params: json_object(r.get::<&str, _>(5)),
+                    done_at: r.get(6),
+                    run_id: r.get(7),
+                    seen_at: r.get(8),
+                }
+            })
+            .collect())
+    }
+
+    /// Final metric values of every done instance, by key.
+    pub async fn final_metrics(&self) -> anyhow::Result<HashMap<String, BTreeMap<String, f64>>> {
+        let rows = sqlx::query("SELECT key, name, value FROM v_metrics").fetch_all(&self.pool).await?;
+        let mut out: HashMap<String, BTreeMap<String, f64>> = HashMap::new();
+        for r in rows {
+            if let Some(value) = r.get::<Option<f64>, _>(2) {
+                out.entry(r.get(0)).or_default().insert(r.get(1), value);
+            }
+        }
+        Ok(out)
+    }
+
+    /// The stepped values `(step, value)` of one metric of an instance's done attempt.
+    pub async fn metric_curve(&self, key: &str, metric: &str) -> anyhow::Result<Vec<(i64, f64)>> {
+        let rows = sqlx::query(
+            "SELECT m.step, m.value FROM metrics m JOIN v_done d ON d.attempt_id = m.attempt_id
+             JOIN stage_instances i ON i.id = d.instance_id
+             WHERE i.key = ? AND m.name = ? AND m.step IS NOT NULL ORDER BY m.step, m.rowid",
+        )
+        .bind(key)
+        .bind(metric)
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())
+    }
+
+    /// Names of the metrics an instance's done attempt recorded with steps.
+    pub async fn stepped_metrics(&self, key: &str) -> anyhow::Result<Vec<String>> {
+        Ok(sqlx::query_scalar(
+            "SELECT DISTINCT m.name FROM metrics m JOIN v_done d ON d.attempt_id = m.attempt_id
+             JOIN stage_instances i ON i.id = d.instance_id WHERE i.key = ? AND m.step IS NOT NULL ORDER BY m.name",
+        )
+        .bind(key)
+        .fetch_all(&self.pool)
+        .await?)
+    }
+
+    /// Runs an arbitrary query on a read-only store, binding `:name` parameters
+    /// from `params` (a name without a value binds NULL). Refuses to run on a
+    /// writable store: arbitrary SQL must never be able to change history.
+    pub async fn read_only_query(&self, sql: &str, params: &HashMap<String, String>) -> anyhow::Result<QueryResult> {
+        anyhow::ensure!(self.read_only, "arbitrary SQL runs only on a store opened read-only");
+        anyhow::ensure!(!sql.trim().trim_matches(';').trim().is_empty(), "the query is empty");
+        let PreparedSql { sql, names, words } = prepare_sql(sql);
+        if let Some(word) = words.iter().find(|w| REFUSED.contains(&w.as_str())) {
+            anyhow::bail!("refused: {word} can write files, and queries on the store are read-only");
+        }
+        let mut query = sqlx::query(&sql);
+        for name in &names {
+            query = query.bind(params.get(name).cloned());
+        }
+        let mut conn = self.pool.acquire().await?;
+        let rows = query.fetch_all(&mut *conn).await.map_err(sql_error)?;
+        let columns: Vec<String> = match rows.first() {
+            Some(r) => r.columns().iter().map(|c| c.name().to_owned()).collect(),
+            None => {
+                // No rows: ask SQLite for the column names of the statement.
+                use sqlx::Executor as _;
+                match conn.describe(&sql).await {
+                    Ok(d) => d.columns().iter().map(|c| c.name().to_owned()).collect(),
+                    Err(_) => Vec::new(),
+                }
+            }
+        };
+        // Several statements may yield rows of different widths: fit each to the first's columns.
+        let rows = rows
+            .iter()
+            .map(|r| (0..columns.len()).map(|i| if i < r.columns().len() { cell(r, i) } else { Value::Null }).collect())
+            .collect();
+        Ok(QueryResult { columns, rows })
+    }
+
+    /// The instances of a run with their state in it and the edges between them.
+    /// A `run` of a pipeline shows the pipeline's whole DAG (cached work too);
+    /// an `exec` run shows what it attempted.
+    pub async fn run_graph(&self, run_id: i64) -> anyhow::Result<RunGraph> {
+        let rows = sqlx::query(
+            "WITH r AS (SELECT id, pipeline_id FROM runs WHERE id = ?1),
+                  ids AS (SELECT b.instance_id AS id FROM instance_bindings b JOIN r ON b.pipeline_id = r.pipeline_id
+                          UNION SELECT a.instance_id FROM attempts a WHERE a.run_id = ?1)
+             SELECT i.id, i.key, i.kind,
+                    (SELECT a.status FROM attempts a WHERE a.instance_id = i.id AND a.run_id = ?1 ORDER BY a.id DESC LIMIT 1),
+                    EXISTS (SELECT 1 FROM v_done d WHERE d.instance_id = i.id)
+             FROM stage_instances i JOIN ids ON ids.id = i.id ORDER BY i.id",
+        )
+        .bind(run_id)
+        .fetch_all(&self.pool)
+        .await?;
+        let mut index: HashMap<i64, usize> = HashMap::new();
+        let mut nodes = Vec::with_capacity(rows.len());
+        for r in &rows {
+            let status: Option<String> = r.get(3);
+            let done_before: bool = r.get(4);
+            let status = status.unwrap_or_else(|| if done_before { "cached" } else { "pending" }.to_owned());
+            index.insert(r.get(0), nodes.len());
+            nodes.push(GraphNode { key: r.get(1), kind: r.get(2), stages: Vec::new(), axes: Map::new(), status });
+        }
+        let bindings = sqlx::query(
+            "SELECT b.instance_id, b.pipeline_name, b.stage, b.axes FROM instance_bindings b
+             WHERE b.pipeline_name = (SELECT p.name FROM runs r JOIN pipelines p ON p.id = r.pipeline_id WHERE r.id = ?1)
+                OR (NOT EXISTS (SELECT 1 FROM runs r WHERE r.id = ?1 AND r.pipeline_id IS NOT NULL)
+                    AND b.instance_id IN (SELECT instance_id FROM attempts WHERE run_id = ?1))
+             ORDER BY b.seen_at",
+        )
+        .bind(run_id)
+        .fetch_all(&self.pool)
+        .await?;
+        for b in bindings {
+            if let Some(&n) = index.get(&b.get::<i64, _>(0)) {
+                let node = &mut nodes[n];
+                let label = format!("{}/{}", b.get::<String, _>(1), b.get::<String, _>(2));
+                if !node.stages.contains(&label) {
+                    node.stages.push(label);
+                }
+                node.axes = json_object(b.get::<&str, _>(3));
+            }
+        }
+        let edges = sqlx::query("SELECT upstream_id, downstream_id FROM edges").fetch_all(&self.pool).await?;
+        let edges = edges.iter().filter_map(|e| Some((*index.get(&e.get::<i64, _>(0))?, *index.get(&e.get::<i64, _>(1))?))).collect();
+        Ok(RunGraph { nodes, edges })
+    }
+
+    /// The latest stored source of a pipeline, by name.
+    pub async fn pipeline_source(&self, name: &str) -> anyhow::Result<Option<PipelineSource>> {
+        let row = sqlx::query("SELECT name, path, source FROM pipelines WHERE name = ? ORDER BY id DESC LIMIT 1")
+            .bind(name)
+            .fetch_optional(&self.pool)
+            .await
+            .context("reading pipelines")?;
+        Ok(row.map(|r| PipelineSource { name: r.get(0), path: r.get(1), text: r.get(2) }))
+    }
+
+    /// Names of the pipelines that have bindings, with their number of finished instances.
+    pub async fn pipeline_names(&self) -> anyhow::Result<Vec<(String, i64)>> {
+        let rows = sqlx::query(
+            "SELECT b.pipeline_name, COUNT(d.instance_id) FROM instance_bindings b LEFT JOIN v_done d ON d.instance_id = b.instance_id
+             GROUP BY b.pipeline_name ORDER BY b.pipeline_name",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())
+    }
+
+    /// Runs of one pipeline, newest first.
+    pub async fn runs_of_pipeline(&self, name: &str) -> anyhow::Result<Vec<super::RunRecord>> {
+        let ids: Vec<i64> =
+            sqlx::query_scalar("SELECT id FROM v_runs WHERE pipeline = ? ORDER BY id DESC").bind(name).fetch_all(&self.pool).await?;
+        let mut out = Vec::with_capacity(ids.len());
+        for id in ids {
+            out.extend(self.run_by_id(id).await?);
+        }
+        Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::prepare_sql;
+
+    #[test]
+    fn named_params_become_numbered_outside_literals() {
+        let p = prepare_sql("SELECT ':x', \"a:b\" FROM t WHERE a = :pipe AND b = :m OR c = :pipe -- :no\n/* :no */");
+        assert_eq!(p.sql, "SELECT ':x', \"a:b\" FROM t WHERE a = ?1 AND b = ?2 OR c = ?1 -- :no\n/* :no */");
+        assert_eq!(p.names, vec!["pipe", "m"]);
+        assert_eq!(p.words, vec!["SELECT", "FROM", "T", "WHERE", "A", "AND", "B", "OR", "C"]);
+        let p = prepare_sql("SELECT strftime('%H:%M', 'now'), [a:b] -- vacuum");
+        assert_eq!(p.sql, "SELECT strftime('%H:%M', 'now'), [a:b] -- vacuum");
+        assert!(p.names.is_empty());
+        assert_eq!(p.words, vec!["SELECT", "STRFTIME"]);
+    }
+}
