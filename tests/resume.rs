@@ -7,9 +7,10 @@ use std::time::{Duration, Instant};
 
 use common::*;
 
-/// Six slow instances (`s`), each with a quick downstream (`t`). Counters are
-/// appended when a command starts, so an instance killed mid-execution counts once
-/// for the killed attempt.
+/// Six instances (`s`): `i = 0` is quick, the others slow enough that one is
+/// surely mid-execution when the test kills the run; each has a quick
+/// downstream (`t`). Counters are appended when a command starts, so an
+/// instance killed mid-execution counts once for the killed attempt.
 const SLOW: &str = r#"
 [pipeline]
 name = "slow"
@@ -19,7 +20,7 @@ i = [0, 1, 2, 3, 4, 5]
 
 [stages.s]
 kind = "command"
-run = "echo x >> @C@/s-${i}; sleep 1; echo ${i} > $ABLATE_OUT/s.txt"
+run = "echo x >> @C@/s-${i}; sleep $(( ${i} == 0 ? 0 : 3 )); echo ${i} > $ABLATE_OUT/s.txt"
 
 [stages.t]
 kind = "command"
@@ -62,7 +63,7 @@ fn kill_9_mid_run_then_rerun_finishes_without_duplicated_work() {
     // The killed run's rows are still `running`: the rerun must recover them,
     // not trust them and not wait for them forever.
     let started = Instant::now();
-    let (code, summary, out) = ws.run_json(&file, &["-j", "4"]);
+    let (code, summary, out) = ws.run_json(&file, &["-j", "6"]);
     assert_eq!(code, Some(0), "{}", out.describe());
     assert!(started.elapsed() < Duration::from_secs(20), "the rerun must not wait for the dead process's lease");
     let executed = keys_in(&summary, "executed");

@@ -238,12 +238,13 @@ impl Store {
         Ok(out)
     }
 
-    /// The stepped values `(step, value)` of one metric of an instance's done attempt.
+    /// The stepped values `(step, value)` of one metric of an instance's done
+    /// attempt (non-finite values, stored as NULL, are left out).
     pub async fn metric_curve(&self, key: &str, metric: &str) -> anyhow::Result<Vec<(i64, f64)>> {
         let rows = sqlx::query(
             "SELECT m.step, m.value FROM metrics m JOIN v_done d ON d.attempt_id = m.attempt_id
              JOIN stage_instances i ON i.id = d.instance_id
-             WHERE i.key = ? AND m.name = ? AND m.step IS NOT NULL ORDER BY m.step, m.rowid",
+             WHERE i.key = ? AND m.name = ? AND m.step IS NOT NULL AND m.value IS NOT NULL ORDER BY m.step, m.rowid",
         )
         .bind(key)
         .bind(metric)

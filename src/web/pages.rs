@@ -258,7 +258,7 @@ pub async fn instance(State(state): State<Arc<AppState>>, Path(key): Path<String
         body.push_str(&section("Artifacts", &html::table(&["artifact", "bytes", "sha-256", "path (in the workspace)"], rows)));
     }
     // Final values: the unstepped value, else the last step (as `ablate show`).
-    let mut finals: Vec<(&str, f64, Option<i64>)> = Vec::new();
+    let mut finals: Vec<(&str, Option<f64>, Option<i64>)> = Vec::new();
     for m in metrics.iter().rev() {
         if !finals.iter().any(|(n, _, _)| *n == m.name) {
             finals.push((&m.name, m.value, m.step));
@@ -268,7 +268,8 @@ pub async fn instance(State(state): State<Arc<AppState>>, Path(key): Path<String
     let rows = finals
         .iter()
         .map(|(n, v, s)| {
-            vec![Cell::Text(n.to_string()), Cell::Num(html::format_number(*v)), Cell::Num(s.map(|s| s.to_string()).unwrap_or_default())]
+            let value = v.map_or_else(|| "NaN/inf".to_owned(), html::format_number);
+            vec![Cell::Text(n.to_string()), Cell::Num(value), Cell::Num(s.map(|s| s.to_string()).unwrap_or_default())]
         })
         .collect();
     body.push_str(&section(
