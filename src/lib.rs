@@ -8,3 +8,4 @@ pub mod freshness;
 pub mod pipeline;
 pub mod stages;
 pub mod store;
+pub mod text;
