@@ -11,7 +11,7 @@ use burn::tensor::module::attention;
 use burn::tensor::ops::AttentionModuleOptions;
 use serde::Deserialize;
 
-use super::weights::{Linear, SafetensorFiles, expect_shape, fused_linear, tensor1, tensor2};
+use super::weights::{Linear, SafetensorFiles, expect_shape, tensor1, tensor2};
 
 #[derive(Debug, Clone, Deserialize)]
 pub struct BertConfig {
@@ -51,17 +51,20 @@ struct LayerNorm<B: Backend> {
 }
 
 impl<B: Backend> LayerNorm<B> {
-    fn forward(&self, x: Tensor<B, 3>) -> Tensor<B, 3> {
-        let mean = x.clone().mean_dim(2);
+    /// Over the last dimension of `[tokens, hidden]`.
+    fn forward(&self, x: Tensor<B, 2>) -> Tensor<B, 2> {
+        let mean = x.clone().mean_dim(1);
         let centered = x - mean;
-        let var = centered.clone().powi_scalar(2).mean_dim(2);
+        let var = centered.clone().powi_scalar(2).mean_dim(1);
         let normed = centered / (var + self.eps).sqrt();
-        normed * self.gamma.clone().unsqueeze::<3>() + self.beta.clone().unsqueeze::<3>()
+        normed * self.gamma.clone().unsqueeze::<2>() + self.beta.clone().unsqueeze::<2>()
     }
 }
 
 struct Layer<B: Backend> {
-    qkv: Linear<B>,
+    query: Linear<B>,
+    key: Linear<B>,
+    value: Linear<B>,
     attn_out: Linear<B>,
     attn_norm: LayerNorm<B>,
     intermediate: Linear<B>,
@@ -121,14 +124,17 @@ impl<B: Backend> BertModel<B> {
         for i in 0..config.num_hidden_layers {
             let p = format!("encoder.layer.{i}");
             let w = |n: &str, shape: &[usize]| get(&format!("{p}.{n}"), shape);
-            let (q, k, v) = (w("attention.self.query.weight", &[d, d])?, w("attention.self.key.weight", &[d, d])?, w("attention.self.value.weight", &[d, d])?);
-            let (qb, kb, vb) = (w("attention.self.query.bias", &[d])?, w("attention.self.key.bias", &[d])?, w("attention.self.value.bias", &[d])?);
+            let dense = |n: &str, out: usize, inp: usize| -> anyhow::Result<Linear<B>> {
+                Ok(Linear::from_torch(out, inp, &w(&format!("{n}.weight"), &[out, inp])?, Some(w(&format!("{n}.bias"), &[out])?), device))
+            };
             layers.push(Layer {
-                qkv: fused_linear(d, &[(d, &q, Some(&qb)), (d, &k, Some(&kb)), (d, &v, Some(&vb))], device),
-                attn_out: Linear::from_torch(d, d, &w("attention.output.dense.weight", &[d, d])?, Some(w("attention.output.dense.bias", &[d])?), device),
+                query: dense("attention.self.query", d, d)?,
+                key: dense("attention.self.key", d, d)?,
+                value: dense("attention.self.value", d, d)?,
+                attn_out: dense("attention.output.dense", d, d)?,
                 attn_norm: norm(&format!("{p}.attention.output.LayerNorm"))?,
-                intermediate: Linear::from_torch(ff, d, &w("intermediate.dense.weight", &[ff, d])?, Some(w("intermediate.dense.bias", &[ff])?), device),
-                output: Linear::from_torch(d, ff, &w("output.dense.weight", &[d, ff])?, Some(w("output.dense.bias", &[d])?), device),
+                intermediate: dense("intermediate.dense", ff, d)?,
+                output: dense("output.dense", d, ff)?,
                 out_norm: norm(&format!("{p}.output.LayerNorm"))?,
             });
         }
@@ -145,9 +151,12 @@ impl<B: Backend> BertModel<B> {
         let device = ids.device();
         let (d, heads) = (self.config.hidden_size, self.config.num_attention_heads);
         let hd = d / heads;
+        // Activations stay `[batch * seq, hidden]` so that every dense layer is one
+        // large matmul (a 3-D input would become `batch` small ones).
         let words = self.word.clone().select(0, ids.reshape([batch * seq])).reshape([batch, seq, d]);
         let pos = self.position.clone().narrow(0, 0, seq).unsqueeze::<3>();
-        let mut x = self.emb_norm.forward(words + pos + self.token_type0.clone().unsqueeze::<3>());
+        let emb = (words + pos + self.token_type0.clone().unsqueeze::<3>()).reshape([batch * seq, d]);
+        let mut x = self.emb_norm.forward(emb);
 
         // Key padding mask, true = masked, broadcast over heads and query positions.
         let mask: Vec<bool> = lengths.iter().flat_map(|&len| (0..seq).map(move |j| j >= len)).collect();
@@ -156,14 +165,13 @@ impl<B: Backend> BertModel<B> {
             .expand([batch, heads, seq, seq]);
 
         for layer in &self.layers {
-            let qkv = layer.qkv.forward(x.clone()).reshape([batch, seq, 3, heads, hd]);
-            let split = |i: usize| qkv.clone().narrow(2, i, 1).reshape([batch, seq, heads, hd]).swap_dims(1, 2);
-            let ctx = attention(split(0), split(1), split(2), Some(mask.clone()), None, AttentionModuleOptions::default());
-            let ctx = ctx.swap_dims(1, 2).reshape([batch, seq, d]);
+            let split = |l: &Linear<B>| l.forward(x.clone()).reshape([batch, seq, heads, hd]).swap_dims(1, 2);
+            let ctx = attention(split(&layer.query), split(&layer.key), split(&layer.value), Some(mask.clone()), None, AttentionModuleOptions::default());
+            let ctx = ctx.swap_dims(1, 2).reshape([batch * seq, d]);
             x = layer.attn_norm.forward(layer.attn_out.forward(ctx) + x);
             let h = layer.output.forward(gelu(layer.intermediate.forward(x.clone())));
             x = layer.out_norm.forward(h + x);
         }
-        Ok(x)
+        Ok(x.reshape([batch, seq, d]))
     }
 }

@@ -17,7 +17,7 @@ use burn::tensor::ops::AttentionModuleOptions;
 
 use super::gguf::GgufFile;
 use super::tokenize::MAX_TOKENS_LIMIT;
-use super::weights::{Linear, SafetensorFiles, expect_shape, fused_linear, tensor1, tensor2};
+use super::weights::{Linear, SafetensorFiles, expect_shape, tensor1, tensor2};
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct LlamaConfig {
@@ -192,10 +192,13 @@ pub fn unpermute_rows(data: &[f32], heads: usize, head_dim: usize) -> Vec<f32> {
 
 struct Block<B: Backend> {
     attn_norm: Tensor<B, 1>,
-    qkv: Linear<B>,
+    q: Linear<B>,
+    k: Linear<B>,
+    v: Linear<B>,
     o: Linear<B>,
     ffn_norm: Tensor<B, 1>,
-    gate_up: Linear<B>,
+    gate: Linear<B>,
+    up: Linear<B>,
     down: Linear<B>,
 }
 
@@ -224,16 +227,19 @@ impl<B: Backend> LlamaModel<B> {
                 let name = format!("{p}.self_attn.{n}_proj.bias");
                 if c.qkv_bias || src.has(&name) { Ok(Some(get(&name, &[len])?)) } else { Ok(None) }
             };
-            let (q, k, v) = (w("self_attn.q_proj.weight", &[qd, d])?, w("self_attn.k_proj.weight", &[kvd, d])?, w("self_attn.v_proj.weight", &[kvd, d])?);
-            let (qb, kb, vb) = (bias("q", qd)?, bias("k", kvd)?, bias("v", kvd)?);
-            let (gate, up) = (w("mlp.gate_proj.weight", &[ff, d])?, w("mlp.up_proj.weight", &[ff, d])?);
+            let dense = |n: &str, out: usize, inp: usize, bias: Option<Vec<f32>>| -> anyhow::Result<Linear<B>> {
+                Ok(Linear::from_torch(out, inp, &w(&format!("{n}.weight"), &[out, inp])?, bias, device))
+            };
             blocks.push(Block {
                 attn_norm: tensor1(w("input_layernorm.weight", &[d])?, device),
-                qkv: fused_linear(d, &[(qd, &q, qb.as_deref()), (kvd, &k, kb.as_deref()), (kvd, &v, vb.as_deref())], device),
-                o: Linear::from_torch(d, qd, &w("self_attn.o_proj.weight", &[d, qd])?, None, device),
+                q: dense("self_attn.q_proj", qd, d, bias("q", qd)?)?,
+                k: dense("self_attn.k_proj", kvd, d, bias("k", kvd)?)?,
+                v: dense("self_attn.v_proj", kvd, d, bias("v", kvd)?)?,
+                o: dense("self_attn.o_proj", d, qd, None)?,
                 ffn_norm: tensor1(w("post_attention_layernorm.weight", &[d])?, device),
-                gate_up: fused_linear(d, &[(ff, &gate, None), (ff, &up, None)], device),
-                down: Linear::from_torch(d, ff, &w("mlp.down_proj.weight", &[d, ff])?, None, device),
+                gate: dense("mlp.gate_proj", ff, d, None)?,
+                up: dense("mlp.up_proj", ff, d, None)?,
+                down: dense("mlp.down_proj", d, ff, None)?,
             });
         }
         let norm = tensor1(get("model.norm.weight", &[d])?, device);
@@ -254,7 +260,7 @@ impl<B: Backend> LlamaModel<B> {
         }
         let c = &self.config;
         let (d, hd, heads, kv) = (c.hidden_size, c.head_dim, c.num_heads, c.num_kv_heads);
-        let (qd, kvd, ff) = (heads * hd, kv * hd, c.intermediate_size);
+        let qd = heads * hd;
         let cos = self.cos.clone().narrow(0, 0, seq).reshape([1, 1, seq, hd]);
         let sin = self.sin.clone().narrow(0, 0, seq).reshape([1, 1, seq, hd]);
         let rope = |x: Tensor<B, 4>| -> Tensor<B, 4> {
@@ -262,14 +268,15 @@ impl<B: Backend> LlamaModel<B> {
             let rotated = Tensor::cat(vec![x.clone().narrow(3, half, half).neg(), x.clone().narrow(3, 0, half)], 3);
             x * cos.clone() + rotated * sin.clone()
         };
-        let mut x = self.embed.clone().select(0, ids.reshape([batch * seq])).reshape([batch, seq, d]);
+        // Activations stay `[batch * seq, hidden]` so that every dense layer is one
+        // large matmul (a 3-D input would become `batch` small ones).
+        let mut x = self.embed.clone().select(0, ids.reshape([batch * seq]));
         let options = AttentionModuleOptions { is_causal: true, ..Default::default() };
         for b in &self.blocks {
             let h = rms_norm(x.clone(), &b.attn_norm, c.rms_norm_eps);
-            let qkv = b.qkv.forward(h);
-            let q = qkv.clone().narrow(2, 0, qd).reshape([batch, seq, heads, hd]).swap_dims(1, 2);
-            let k = qkv.clone().narrow(2, qd, kvd).reshape([batch, seq, kv, hd]).swap_dims(1, 2);
-            let v = qkv.narrow(2, qd + kvd, kvd).reshape([batch, seq, kv, hd]).swap_dims(1, 2);
+            let q = b.q.forward(h.clone()).reshape([batch, seq, heads, hd]).swap_dims(1, 2);
+            let k = b.k.forward(h.clone()).reshape([batch, seq, kv, hd]).swap_dims(1, 2);
+            let v = b.v.forward(h).reshape([batch, seq, kv, hd]).swap_dims(1, 2);
             let (q, k) = (rope(q), rope(k));
             // Grouped-query attention: query head h reads key/value head h / (heads / kv).
             let repeat = |t: Tensor<B, 4>| -> Tensor<B, 4> {
@@ -279,19 +286,19 @@ impl<B: Backend> LlamaModel<B> {
                 t.unsqueeze_dim::<5>(2).expand([batch, kv, heads / kv, seq, hd]).reshape([batch, heads, seq, hd])
             };
             let ctx = attention(q, repeat(k), repeat(v), None, None, options);
-            x = x + b.o.forward(ctx.swap_dims(1, 2).reshape([batch, seq, qd]));
+            x = x + b.o.forward(ctx.swap_dims(1, 2).reshape([batch * seq, qd]));
             let h = rms_norm(x.clone(), &b.ffn_norm, c.rms_norm_eps);
-            let gu = b.gate_up.forward(h);
-            let act = silu(gu.clone().narrow(2, 0, ff)) * gu.narrow(2, ff, ff);
+            let act = silu(b.gate.forward(h.clone())) * b.up.forward(h);
             x = x + b.down.forward(act);
         }
-        Ok(rms_norm(x, &self.norm, c.rms_norm_eps))
+        Ok(rms_norm(x, &self.norm, c.rms_norm_eps).reshape([batch, seq, d]))
     }
 }
 
-fn rms_norm<B: Backend>(x: Tensor<B, 3>, weight: &Tensor<B, 1>, eps: f64) -> Tensor<B, 3> {
-    let rms = (x.clone().powi_scalar(2).mean_dim(2) + eps).sqrt();
-    x / rms * weight.clone().unsqueeze::<3>()
+/// RMSNorm over the last dimension of `[tokens, hidden]`.
+fn rms_norm<B: Backend>(x: Tensor<B, 2>, weight: &Tensor<B, 1>, eps: f64) -> Tensor<B, 2> {
+    let rms = (x.clone().powi_scalar(2).mean_dim(1) + eps).sqrt();
+    x / rms * weight.clone().unsqueeze::<2>()
 }
 
 /// cos/sin tables in f32 the way Hugging Face computes them

@@ -124,19 +124,6 @@ impl<B: Backend> Linear<B> {
     }
 }
 
-/// Several `[out_i, in]` PyTorch weights stacked into one `[in, sum(out_i)]`
-/// layer (Q/K/V, or gate/up): one larger matmul instead of several small ones.
-pub fn fused_linear<B: Backend>(inp: usize, parts: &[(usize, &[f32], Option<&[f32]>)], device: &B::Device) -> Linear<B> {
-    let total: usize = parts.iter().map(|p| p.0).sum();
-    let mut stacked = Vec::with_capacity(total * inp);
-    for (_, w, _) in parts {
-        stacked.extend_from_slice(w);
-    }
-    let has_bias = parts.iter().any(|p| p.2.is_some());
-    let bias = has_bias.then(|| parts.iter().flat_map(|(out, _, b)| b.map(<[f32]>::to_vec).unwrap_or_else(|| vec![0.0; *out])).collect::<Vec<f32>>());
-    Linear::from_torch(total, inp, &stacked, bias, device)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
