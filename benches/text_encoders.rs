@@ -21,7 +21,8 @@ fn captions(n: usize) -> anyhow::Result<Vec<String>> {
     let mut out = Vec::with_capacity(n);
     for subset in ["replace_obj", "replace_att", "replace_rel", "add_obj", "swap_att"] {
         let path = root.join(format!("{subset}.json"));
-        let json: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&path).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?)?;
+        let json: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(&path).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?)?;
         let obj = json.as_object().ok_or_else(|| anyhow::anyhow!("{}: not an object", path.display()))?;
         let mut keys: Vec<usize> = obj.keys().filter_map(|k| k.parse().ok()).collect();
         keys.sort();
@@ -61,7 +62,8 @@ fn main() -> anyhow::Result<()> {
     let args: Vec<String> = std::env::args().skip(1).filter(|a| !a.starts_with("--")).collect();
     let which = args.first().map(String::as_str);
     let n: Option<usize> = args.get(1).and_then(|s| s.parse().ok());
-    let models = std::env::var_os("ABLATE_MODELS").map(PathBuf::from).unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("models"));
+    let models =
+        std::env::var_os("ABLATE_MODELS").map(PathBuf::from).unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("models"));
     if !models.is_dir() {
         eprintln!("SKIPPED: {} is absent; run scripts/fetch-models", models.display());
         return Ok(());

@@ -122,7 +122,9 @@ fn export_smollm2(gguf_path: &Path, dir: &Path, model_type: &str, extra: impl Fn
     let layers = int("block_count") as usize;
     let mut names = vec!["model.embed_tokens.weight".to_string(), "model.norm.weight".to_string()];
     for i in 0..layers {
-        for m in ["input_layernorm", "post_attention_layernorm", "self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj"] {
+        for m in
+            ["input_layernorm", "post_attention_layernorm", "self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj"]
+        {
             names.push(format!("model.layers.{i}.{m}.weight"));
         }
         for m in ["gate_proj", "up_proj", "down_proj"] {

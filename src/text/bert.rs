@@ -92,7 +92,12 @@ impl<B: Backend> BertModel<B> {
             bail!("{}: position_embedding_type '{}' is not supported (only 'absolute')", dir.display(), config.position_embedding_type);
         }
         if config.hidden_size % config.num_attention_heads != 0 {
-            bail!("{}: hidden_size {} is not divisible by num_attention_heads {}", dir.display(), config.hidden_size, config.num_attention_heads);
+            bail!(
+                "{}: hidden_size {} is not divisible by num_attention_heads {}",
+                dir.display(),
+                config.hidden_size,
+                config.num_attention_heads
+            );
         }
         let st = SafetensorFiles::open(dir)?;
         let prefix = if st.contains("bert.embeddings.word_embeddings.weight") { "bert." } else { "" };
@@ -114,8 +119,11 @@ impl<B: Backend> BertModel<B> {
             })
         };
         let word = tensor2(get("embeddings.word_embeddings.weight", &[config.vocab_size, d])?, [config.vocab_size, d], device);
-        let position =
-            tensor2(get("embeddings.position_embeddings.weight", &[config.max_position_embeddings, d])?, [config.max_position_embeddings, d], device);
+        let position = tensor2(
+            get("embeddings.position_embeddings.weight", &[config.max_position_embeddings, d])?,
+            [config.max_position_embeddings, d],
+            device,
+        );
         let types = get("embeddings.token_type_embeddings.weight", &[config.type_vocab_size, d])?;
         // Single-segment input: token type 0 everywhere.
         let token_type0 = tensor1(types[..d].to_vec(), device);
@@ -166,7 +174,14 @@ impl<B: Backend> BertModel<B> {
 
         for layer in &self.layers {
             let split = |l: &Linear<B>| l.forward(x.clone()).reshape([batch, seq, heads, hd]).swap_dims(1, 2);
-            let ctx = attention(split(&layer.query), split(&layer.key), split(&layer.value), Some(mask.clone()), None, AttentionModuleOptions::default());
+            let ctx = attention(
+                split(&layer.query),
+                split(&layer.key),
+                split(&layer.value),
+                Some(mask.clone()),
+                None,
+                AttentionModuleOptions::default(),
+            );
             let ctx = ctx.swap_dims(1, 2).reshape([batch * seq, d]);
             x = layer.attn_norm.forward(layer.attn_out.forward(ctx) + x);
             let h = layer.output.forward(gelu(layer.intermediate.forward(x.clone())));

@@ -190,9 +190,7 @@ impl GgufFile {
     /// A required array of strings (tokenizer vocabulary, merges).
     pub fn strings(&self, key: &str) -> anyhow::Result<Vec<&str>> {
         let arr = self.get(key).and_then(Value::as_array).ok_or_else(|| anyhow!("{}: metadata '{key}' is missing", self.path.display()))?;
-        arr.iter()
-            .map(|v| v.as_str().ok_or_else(|| anyhow!("{}: metadata '{key}' holds a non-string", self.path.display())))
-            .collect()
+        arr.iter().map(|v| v.as_str().ok_or_else(|| anyhow!("{}: metadata '{key}' holds a non-string", self.path.display()))).collect()
     }
 
     pub fn info(&self, name: &str) -> anyhow::Result<&TensorInfo> {

@@ -108,7 +108,10 @@ pub enum LlamaSource<'a> {
     Safetensors(&'a SafetensorFiles),
     /// `permuted_qk`: llama.cpp's converter permuted the Q/K rows (llama
     /// architecture; not qwen2, whose RoPE llama.cpp runs in NeoX order).
-    Gguf { file: &'a GgufFile, permuted_qk: bool },
+    Gguf {
+        file: &'a GgufFile,
+        permuted_qk: bool,
+    },
 }
 
 impl LlamaSource<'_> {

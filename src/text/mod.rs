@@ -60,7 +60,10 @@ impl EncoderSpec {
             Some((name, rel)) => {
                 let path = models_dir().join(rel);
                 if !path.exists() {
-                    bail!("built-in encoder '{name}' expects {}, which is missing: run scripts/fetch-models (or set ABLATE_MODELS)", path.display());
+                    bail!(
+                        "built-in encoder '{name}' expects {}, which is missing: run scripts/fetch-models (or set ABLATE_MODELS)",
+                        path.display()
+                    );
                 }
                 path
             }
@@ -191,17 +194,25 @@ impl<B: Backend> TextEncoder<B> {
     fn load_hf(spec: &EncoderSpec, dir: &Path, device: &B::Device) -> anyhow::Result<Self> {
         let config_path = dir.join("config.json");
         let text = std::fs::read_to_string(&config_path).with_context(|| format!("{}: missing config.json", dir.display()))?;
-        let config: serde_json::Value = serde_json::from_str(&text).with_context(|| format!("{} is not valid JSON", config_path.display()))?;
+        let config: serde_json::Value =
+            serde_json::from_str(&text).with_context(|| format!("{} is not valid JSON", config_path.display()))?;
         let model_type = config["model_type"].as_str().unwrap_or("");
         let tokenizer_path = dir.join("tokenizer.json");
         match model_type {
             "bert" => {
-                let cfg: BertConfig =
-                    serde_json::from_value(config.clone()).with_context(|| format!("{}: not a complete BERT config", config_path.display()))?;
+                let cfg: BertConfig = serde_json::from_value(config.clone())
+                    .with_context(|| format!("{}: not a complete BERT config", config_path.display()))?;
                 let tokenizer = TextTokenizer::bert(&tokenizer_path)?;
                 let dim = cfg.hidden_size;
                 let model = BertModel::load(dir, cfg, device)?;
-                Ok(TextEncoder { spec: spec.clone(), family: Family::Bert, dim, tokenizer, model: Model::Bert(model), device: device.clone() })
+                Ok(TextEncoder {
+                    spec: spec.clone(),
+                    family: Family::Bert,
+                    dim,
+                    tokenizer,
+                    model: Model::Bert(model),
+                    device: device.clone(),
+                })
             }
             "llama" | "qwen2" | "mistral" => {
                 let cfg = LlamaConfig::from_hf(&config, &config_path)?;
@@ -210,7 +221,14 @@ impl<B: Backend> TextEncoder<B> {
                 let st = SafetensorFiles::open(dir)?;
                 let dim = cfg.hidden_size;
                 let model = LlamaModel::load(cfg, &LlamaSource::Safetensors(&st), device)?;
-                Ok(TextEncoder { spec: spec.clone(), family: Family::Llama, dim, tokenizer, model: Model::Llama(model), device: device.clone() })
+                Ok(TextEncoder {
+                    spec: spec.clone(),
+                    family: Family::Llama,
+                    dim,
+                    tokenizer,
+                    model: Model::Llama(model),
+                    device: device.clone(),
+                })
             }
             other => {
                 let archs = config["architectures"].as_array().map(|a| a.iter().filter_map(|v| v.as_str()).collect::<Vec<_>>().join(", "));
@@ -286,7 +304,12 @@ impl<B: Backend> TextEncoder<B> {
     }
 
     /// As [`Self::embed`], calling `progress(done)` after every batch.
-    pub fn embed_with_progress(&self, texts: &[&str], opts: &EmbedOptions, mut progress: impl FnMut(usize)) -> anyhow::Result<Vec<EmbeddedText>> {
+    pub fn embed_with_progress(
+        &self,
+        texts: &[&str],
+        opts: &EmbedOptions,
+        mut progress: impl FnMut(usize),
+    ) -> anyhow::Result<Vec<EmbeddedText>> {
         if opts.batch_size == 0 {
             bail!("batch_size must be at least 1");
         }
@@ -306,7 +329,11 @@ impl<B: Backend> TextEncoder<B> {
             done += chunk.len();
             progress(done);
         }
-        Ok(tokens.into_iter().zip(embeddings).map(|(t, embedding)| EmbeddedText { tokens: t.ids, embedding, truncated: t.truncated }).collect())
+        Ok(tokens
+            .into_iter()
+            .zip(embeddings)
+            .map(|(t, embedding)| EmbeddedText { tokens: t.ids, embedding, truncated: t.truncated })
+            .collect())
     }
 }
 
@@ -330,7 +357,8 @@ fn eos_token_id(config: &serde_json::Value, dir: &Path) -> anyhow::Result<u32> {
         serde_json::Value::String(s) => s.clone(),
         v => v["content"].as_str().map(str::to_owned).ok_or_else(|| anyhow!("{}: no eos_token", tc_path.display()))?,
     };
-    let tok = tokenizers::Tokenizer::from_file(dir.join("tokenizer.json")).map_err(|e| anyhow!("{}: {e}", dir.join("tokenizer.json").display()))?;
+    let tok = tokenizers::Tokenizer::from_file(dir.join("tokenizer.json"))
+        .map_err(|e| anyhow!("{}: {e}", dir.join("tokenizer.json").display()))?;
     tok.token_to_id(&eos).ok_or_else(|| anyhow!("{}: eos token '{eos}' is not in the vocabulary", dir.display()))
 }
 

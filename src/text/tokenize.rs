@@ -115,10 +115,14 @@ impl TextTokenizer {
     pub fn encode(&self, texts: &[&str], max_tokens: usize) -> anyhow::Result<Vec<Tokens>> {
         check_max_tokens(max_tokens)?;
         let (add_specials, reserved) = match &self.policy {
-            Policy::PostProcessor => (true, self.inner.get_post_processor().map_or(0, |p| tokenizers::PostProcessor::added_tokens(p, false))),
-            Policy::AppendEos { bos, .. } => {
-                (true, 1 + bos.is_some() as usize + self.inner.get_post_processor().map_or(0, |p| tokenizers::PostProcessor::added_tokens(p, false)))
+            Policy::PostProcessor => {
+                (true, self.inner.get_post_processor().map_or(0, |p| tokenizers::PostProcessor::added_tokens(p, false)))
             }
+            Policy::AppendEos { bos, .. } => (
+                true,
+                1 + bos.is_some() as usize
+                    + self.inner.get_post_processor().map_or(0, |p| tokenizers::PostProcessor::added_tokens(p, false)),
+            ),
         };
         if reserved >= max_tokens {
             bail!("max_tokens = {max_tokens} leaves no room for text next to the {reserved} special tokens this encoder adds");

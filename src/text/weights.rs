@@ -62,7 +62,8 @@ impl SafetensorFiles {
 
     /// The tensor `name` as f32 with its shape.
     pub fn get(&self, name: &str) -> anyhow::Result<(Vec<usize>, Vec<f32>)> {
-        let &i = self.index.get(name).ok_or_else(|| anyhow!("{}: tensor '{name}' not found in the model's safetensors", self.dir.display()))?;
+        let &i =
+            self.index.get(name).ok_or_else(|| anyhow!("{}: tensor '{name}' not found in the model's safetensors", self.dir.display()))?;
         let (path, bytes) = &self.files[i];
         let st = SafeTensors::deserialize(bytes).with_context(|| format!("{} is not a valid safetensors file", path.display()))?;
         let view = st.tensor(name).with_context(|| format!("{}: tensor '{name}'", path.display()))?;
