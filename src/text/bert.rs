@@ -91,7 +91,7 @@ impl<B: Backend> BertModel<B> {
         if config.position_embedding_type != "absolute" {
             bail!("{}: position_embedding_type '{}' is not supported (only 'absolute')", dir.display(), config.position_embedding_type);
         }
-        if config.hidden_size % config.num_attention_heads != 0 {
+        if config.num_attention_heads == 0 || !config.hidden_size.is_multiple_of(config.num_attention_heads) {
             bail!(
                 "{}: hidden_size {} is not divisible by num_attention_heads {}",
                 dir.display(),

@@ -153,6 +153,9 @@ impl GgufFile {
             let n_dims = r.u32()? as usize;
             ensure!(n_dims <= 4, "tensor '{name}' has {n_dims} dimensions");
             let dims = (0..n_dims).map(|_| r.u64().map(|d| d as usize)).collect::<anyhow::Result<Vec<_>>>()?;
+            dims.iter()
+                .try_fold(1usize, |acc, &d| acc.checked_mul(d))
+                .ok_or_else(|| anyhow!("tensor '{name}' has an impossible size {dims:?}"))?;
             let ty = GgmlType::from_id(r.u32()?);
             let offset = r.u64()? as usize;
             tensors.insert(name, TensorInfo { dims, ty, offset });
@@ -164,8 +167,9 @@ impl GgufFile {
         let file = GgufFile { path, version, metadata, tensors, bytes, data_start };
         for (name, info) in &file.tensors {
             if let Some((block, size)) = info.ty.block() {
-                let end = file.data_start + info.offset + info.len().div_ceil(block) * size;
-                ensure!(end <= file.bytes.len(), "tensor '{name}' extends past the end of the file");
+                let end =
+                    info.len().div_ceil(block).checked_mul(size).and_then(|n| n.checked_add(file.data_start)?.checked_add(info.offset));
+                ensure!(end.is_some_and(|end| end <= file.bytes.len()), "tensor '{name}' extends past the end of the file");
             }
         }
         Ok(file)
@@ -367,7 +371,7 @@ mod tests {
         b.extend(2u64.to_le_bytes());
         b.extend(0u32.to_le_bytes());
         b.extend(32u64.to_le_bytes());
-        while b.len() % 32 != 0 {
+        while !b.len().is_multiple_of(32) {
             b.push(0);
         }
         // Q4_1 block: d = 0.5 (0x3800), m = -1.0 (0xBC00), nibbles j -> low = j % 16, high = 15 - j % 16

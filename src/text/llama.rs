@@ -93,10 +93,10 @@ impl LlamaConfig {
     }
 
     fn validate(&self) -> anyhow::Result<()> {
-        if self.num_heads == 0 || self.num_kv_heads == 0 || self.num_heads % self.num_kv_heads != 0 {
+        if self.num_heads == 0 || self.num_kv_heads == 0 || !self.num_heads.is_multiple_of(self.num_kv_heads) {
             bail!("attention heads {} are not a multiple of key/value heads {}", self.num_heads, self.num_kv_heads);
         }
-        if self.head_dim == 0 || self.head_dim % 2 != 0 {
+        if self.head_dim == 0 || !self.head_dim.is_multiple_of(2) {
             bail!("head dimension {} must be even for rotary embeddings", self.head_dim);
         }
         Ok(())

@@ -36,6 +36,10 @@ use weights::SafetensorFiles;
 /// The CPU backend the encoders run on by default.
 pub type Cpu = burn::backend::Flex;
 
+/// The NVIDIA GPU backend (`cuda` feature); devices are `burn::backend::cuda::CudaDevice::new(n)`.
+#[cfg(feature = "cuda")]
+pub type Cuda = burn::backend::Cuda;
+
 /// Built-in encoder names and where they live inside the models directory.
 pub const BUILTINS: &[(&str, &str)] = &[("minilm", "all-MiniLM-L6-v2"), ("smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf")];
 

@@ -85,7 +85,7 @@ impl TextTokenizer {
         let added: Vec<serde_json::Value> = types
             .iter()
             .enumerate()
-            .filter(|(_, t)| **t == 3 || **t == 4)
+            .filter(|(i, t)| (**t == 3 || **t == 4) && *i < tokens.len())
             .map(|(i, t)| {
                 json!({"id": i, "content": tokens[i], "single_word": false, "lstrip": false, "rstrip": false,
                        "normalized": *t == 4, "special": *t == 3})
