@@ -193,10 +193,19 @@ pub fn unpermute_rows(data: &[f32], heads: usize, head_dim: usize) -> Vec<f32> {
     out
 }
 
+/// One decoder layer. Two load-time rewrites keep the forward pass in
+/// contiguous `[tokens, heads * head_dim]` matrices, where the CPU backend's
+/// elementwise kernels are fast (strided 4-D views take a slow scalar path):
+/// - K/V weights are repeated per query head (grouped-query attention without
+///   expanding activations);
+/// - `q_rot`/`k_rot` hold the projections with RoPE's `rotate_half` folded in
+///   (rows permuted and negated per head), so RoPE is `q·cos + q_rot·sin`.
 struct Block<B: Backend> {
     attn_norm: Tensor<B, 1>,
     q: Linear<B>,
+    q_rot: Linear<B>,
     k: Linear<B>,
+    k_rot: Linear<B>,
     v: Linear<B>,
     o: Linear<B>,
     ffn_norm: Tensor<B, 1>,
@@ -211,8 +220,8 @@ pub struct LlamaModel<B: Backend> {
     blocks: Vec<Block<B>>,
     norm: Tensor<B, 1>,
     /// `[positions, head_dim]` tables, Hugging Face layout (the half-frequencies repeated).
-    cos: Tensor<B, 2>,
-    sin: Tensor<B, 2>,
+    cos: Vec<f32>,
+    sin: Vec<f32>,
 }
 
 impl<B: Backend> LlamaModel<B> {
@@ -220,6 +229,7 @@ impl<B: Backend> LlamaModel<B> {
         let c = &config;
         let (d, ff, hd) = (c.hidden_size, c.intermediate_size, c.head_dim);
         let (qd, kvd) = (c.num_heads * hd, c.num_kv_heads * hd);
+        let heads = c.num_heads;
         let get = |name: &str, want: &[usize]| src.get(name, want, c);
         let embed = tensor2(get("model.embed_tokens.weight", &[c.vocab_size, d])?, [c.vocab_size, d], device);
         let mut blocks = Vec::with_capacity(c.num_layers);
@@ -233,11 +243,30 @@ impl<B: Backend> LlamaModel<B> {
             let dense = |n: &str, out: usize, inp: usize, bias: Option<Vec<f32>>| -> anyhow::Result<Linear<B>> {
                 Ok(Linear::from_torch(out, inp, &w(&format!("{n}.weight"), &[out, inp])?, bias, device))
             };
+            // Q/K/V as [qd, d] torch-layout weights (K/V repeated per query head), then their rotations.
+            let proj = |n: &str, out: usize| -> anyhow::Result<(Vec<f32>, Option<Vec<f32>>)> {
+                let (wt, bs) = (w(&format!("self_attn.{n}_proj.weight"), &[out, d])?, bias(n, out)?);
+                let times = qd / out; // 1 for Q, the group size for K/V
+                Ok((repeat_heads(&wt, times, hd, d), bs.map(|b| repeat_heads(&b, times, hd, 1))))
+            };
+            let linear = |(wt, bs): &(Vec<f32>, Option<Vec<f32>>)| Linear::from_torch(qd, d, wt, bs.clone(), device);
+            let rotated = |(wt, bs): &(Vec<f32>, Option<Vec<f32>>)| {
+                Linear::from_torch(
+                    qd,
+                    d,
+                    &rotate_half_rows(wt, heads, hd, d),
+                    bs.as_ref().map(|b| rotate_half_rows(b, heads, hd, 1)),
+                    device,
+                )
+            };
+            let (q, k) = (proj("q", qd)?, proj("k", kvd)?);
             blocks.push(Block {
                 attn_norm: tensor1(w("input_layernorm.weight", &[d])?, device),
-                q: dense("self_attn.q_proj", qd, d, bias("q", qd)?)?,
-                k: dense("self_attn.k_proj", kvd, d, bias("k", kvd)?)?,
-                v: dense("self_attn.v_proj", kvd, d, bias("v", kvd)?)?,
+                q: linear(&q),
+                q_rot: rotated(&q),
+                k: linear(&k),
+                k_rot: rotated(&k),
+                v: linear(&proj("v", kvd)?),
                 o: dense("self_attn.o_proj", d, qd, None)?,
                 ffn_norm: tensor1(w("post_attention_layernorm.weight", &[d])?, device),
                 gate: dense("mlp.gate_proj", ff, d, None)?,
@@ -247,8 +276,6 @@ impl<B: Backend> LlamaModel<B> {
         }
         let norm = tensor1(get("model.norm.weight", &[d])?, device);
         let (cos, sin) = rope_tables(hd, c.rope_theta, MAX_TOKENS_LIMIT);
-        let cos = tensor2(cos, [MAX_TOKENS_LIMIT, hd], device);
-        let sin = tensor2(sin, [MAX_TOKENS_LIMIT, hd], device);
         Ok(LlamaModel { config, embed, blocks, norm, cos, sin })
     }
 
@@ -262,33 +289,27 @@ impl<B: Backend> LlamaModel<B> {
             bail!("sequence of {seq} tokens exceeds {MAX_TOKENS_LIMIT}");
         }
         let c = &self.config;
-        let (d, hd, heads, kv) = (c.hidden_size, c.head_dim, c.num_heads, c.num_kv_heads);
+        let (d, hd, heads) = (c.hidden_size, c.head_dim, c.num_heads);
         let qd = heads * hd;
-        let cos = self.cos.clone().narrow(0, 0, seq).reshape([1, 1, seq, hd]);
-        let sin = self.sin.clone().narrow(0, 0, seq).reshape([1, 1, seq, hd]);
-        let rope = |x: Tensor<B, 4>| -> Tensor<B, 4> {
-            let half = hd / 2;
-            let rotated = Tensor::cat(vec![x.clone().narrow(3, half, half).neg(), x.clone().narrow(3, 0, half)], 3);
-            x * cos.clone() + rotated * sin.clone()
+        let device = ids.device();
+        // RoPE tables laid out like the projections: row (b, s), every head gets position s.
+        let full = |table: &[f32]| {
+            let rows: Vec<f32> =
+                (0..batch * seq).flat_map(|r| (0..heads).flat_map(move |_| &table[(r % seq) * hd..(r % seq + 1) * hd])).copied().collect();
+            tensor2::<B>(rows, [batch * seq, qd], &device)
         };
+        let (cos, sin) = (full(&self.cos), full(&self.sin));
+        let heads_first = |t: Tensor<B, 2>| t.reshape([batch, seq, heads, hd]).swap_dims(1, 2);
         // Activations stay `[batch * seq, hidden]` so that every dense layer is one
         // large matmul (a 3-D input would become `batch` small ones).
         let mut x = self.embed.clone().select(0, ids.reshape([batch * seq]));
         let options = AttentionModuleOptions { is_causal: true, ..Default::default() };
         for b in &self.blocks {
             let h = rms_norm(x.clone(), &b.attn_norm, c.rms_norm_eps);
-            let q = b.q.forward(h.clone()).reshape([batch, seq, heads, hd]).swap_dims(1, 2);
-            let k = b.k.forward(h.clone()).reshape([batch, seq, kv, hd]).swap_dims(1, 2);
-            let v = b.v.forward(h).reshape([batch, seq, kv, hd]).swap_dims(1, 2);
-            let (q, k) = (rope(q), rope(k));
-            // Grouped-query attention: query head h reads key/value head h / (heads / kv).
-            let repeat = |t: Tensor<B, 4>| -> Tensor<B, 4> {
-                if kv == heads {
-                    return t;
-                }
-                t.unsqueeze_dim::<5>(2).expand([batch, kv, heads / kv, seq, hd]).reshape([batch, heads, seq, hd])
-            };
-            let ctx = attention(q, repeat(k), repeat(v), None, None, options);
+            let q = b.q.forward(h.clone()) * cos.clone() + b.q_rot.forward(h.clone()) * sin.clone();
+            let k = b.k.forward(h.clone()) * cos.clone() + b.k_rot.forward(h.clone()) * sin.clone();
+            let v = b.v.forward(h);
+            let ctx = attention(heads_first(q), heads_first(k), heads_first(v), None, None, options);
             x = x + b.o.forward(ctx.swap_dims(1, 2).reshape([batch * seq, qd]));
             let h = rms_norm(x.clone(), &b.ffn_norm, c.rms_norm_eps);
             let act = silu(b.gate.forward(h.clone())) * b.up.forward(h);
@@ -296,6 +317,27 @@ impl<B: Backend> LlamaModel<B> {
         }
         Ok(rms_norm(x, &self.norm, c.rms_norm_eps).reshape([batch, seq, d]))
     }
+}
+
+/// Repeats each key/value head's rows `group` times (`[kv * hd, row]` →
+/// `[kv * group * hd, row]`): query head `h` reads key/value head `h / group`.
+fn repeat_heads(rows: &[f32], group: usize, head_dim: usize, row: usize) -> Vec<f32> {
+    rows.chunks_exact(head_dim * row).flat_map(|head| std::iter::repeat_n(head, group).flatten()).copied().collect()
+}
+
+/// Rows of a per-head projection rearranged so that it outputs
+/// `rotate_half(y) = [-y[half..], y[..half]]` of the original output `y`.
+fn rotate_half_rows(rows: &[f32], heads: usize, head_dim: usize, row: usize) -> Vec<f32> {
+    let half = head_dim / 2;
+    let mut out = Vec::with_capacity(rows.len());
+    for h in 0..heads {
+        for j in 0..head_dim {
+            let (src, sign) = if j < half { (j + half, -1.0) } else { (j - half, 1.0) };
+            let start = (h * head_dim + src) * row;
+            out.extend(rows[start..start + row].iter().map(|x| sign * x));
+        }
+    }
+    out
 }
 
 /// RMSNorm over the last dimension of `[tokens, hidden]`.
@@ -344,6 +386,16 @@ mod tests {
         }
         assert_ne!(gguf, hf);
         assert_eq!(unpermute_rows(&gguf, heads, hd), hf);
+    }
+
+    #[test]
+    fn head_rewrites() {
+        // 2 heads of dim 4, rows of length 1: rotate_half per head.
+        let y = [1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0, 8.0];
+        assert_eq!(rotate_half_rows(&y, 2, 4, 1), [-3.0, -4.0, 1.0, 2.0, -7.0, -8.0, 5.0, 6.0]);
+        // 2 kv heads of dim 2 (rows of length 2), each repeated for 2 query heads.
+        let kv = [1.0, 1.0, 2.0, 2.0, 3.0, 3.0, 4.0, 4.0];
+        assert_eq!(repeat_heads(&kv, 2, 2, 2), [1.0, 1.0, 2.0, 2.0, 1.0, 1.0, 2.0, 2.0, 3.0, 3.0, 4.0, 4.0, 3.0, 3.0, 4.0, 4.0]);
     }
 
     #[test]
