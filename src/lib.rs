@@ -12,4 +12,5 @@ pub mod pipeline;
 pub mod pivot;
 pub mod stages;
 pub mod store;
+pub mod text;
 pub mod web;
