@@ -134,7 +134,11 @@ fn main() {
         let store = Store::open(&Workspace::new(metrics_dir.path())).await.expect("store");
         const ROWS: usize = 1_000_000;
         let metrics: Vec<MetricPoint> = (0..ROWS)
-            .map(|i| MetricPoint { name: ["loss", "lr", "grad_norm", "images_per_s"][i % 4].into(), step: Some((i / 4) as i64), value: i as f64 * 0.5 })
+            .map(|i| MetricPoint {
+                name: ["loss", "lr", "grad_norm", "images_per_s"][i % 4].into(),
+                step: Some((i / 4) as i64),
+                value: i as f64 * 0.5,
+            })
             .collect();
         let cpu = cpu_seconds();
         let (insert_s, ()) = best_of(3, || rt_block(&store, 1, &metrics));

@@ -8,6 +8,7 @@ pub mod dashboard;
 pub mod exec;
 pub mod filter;
 pub mod freshness;
+pub mod gpu;
 pub mod pipeline;
 pub mod pivot;
 pub mod stages;

@@ -5,20 +5,13 @@
 //! Tests that need the models skip, saying so, only when the models directory
 //! is absent; a present directory with a missing or broken file fails.
 
+mod common;
+
+use common::models_dir;
 use std::path::{Path, PathBuf};
 
 use ablate::text::{Cpu, EmbedOptions, EncoderSpec, Pooling, TextEncoder};
 use serde_json::Value;
-
-fn models_dir() -> Option<PathBuf> {
-    let dir = std::env::var_os("ABLATE_MODELS").map(PathBuf::from).unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("models"));
-    if dir.is_dir() {
-        Some(dir)
-    } else {
-        eprintln!("SKIPPED: models directory {} is absent; run scripts/fetch-models to enable this test", dir.display());
-        None
-    }
-}
 
 fn fixture(name: &str) -> Value {
     let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/text").join(name);

@@ -5,8 +5,11 @@
 //! The variant directories are written on the fly from the real models, so the
 //! tests that need them skip (saying so) only when the models directory is absent.
 
+mod common;
+
+use common::models_dir;
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use ablate::text::gguf::GgufFile;
 use ablate::text::llama::{gguf_name, unpermute_rows};
@@ -15,16 +18,6 @@ use ablate::text::weights::SafetensorFiles;
 use ablate::text::{Cpu, EmbedOptions, EncoderSpec, Pooling, TextEncoder};
 use safetensors::{Dtype, tensor::TensorView};
 use serde_json::{Value, json};
-
-fn models_dir() -> Option<PathBuf> {
-    let dir = std::env::var_os("ABLATE_MODELS").map(PathBuf::from).unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("models"));
-    if dir.is_dir() {
-        Some(dir)
-    } else {
-        eprintln!("SKIPPED: models directory {} is absent; run scripts/fetch-models to enable this test", dir.display());
-        None
-    }
-}
 
 fn load(dir: &Path) -> anyhow::Result<TextEncoder<Cpu>> {
     TextEncoder::load(&EncoderSpec::resolve(dir.to_str().unwrap())?, &Default::default())

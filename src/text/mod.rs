@@ -11,6 +11,7 @@
 //! `./models`).
 
 pub mod bert;
+pub mod device;
 pub mod gguf;
 pub mod llama;
 pub mod pooling;
@@ -93,6 +94,27 @@ impl EncoderSpec {
         }
     }
 
+    /// The architecture family, read from config.json (or implied by GGUF)
+    /// without loading weights: planning needs it to pick the default pooling.
+    pub fn family(&self) -> anyhow::Result<Family> {
+        match self {
+            EncoderSpec::Gguf(_) => Ok(Family::Llama),
+            EncoderSpec::HfDir(dir) => {
+                let path = dir.join("config.json");
+                let text = std::fs::read_to_string(&path).with_context(|| format!("{}: missing config.json", dir.display()))?;
+                let config: serde_json::Value =
+                    serde_json::from_str(&text).with_context(|| format!("{} is not valid JSON", path.display()))?;
+                match config["model_type"].as_str().unwrap_or("") {
+                    "bert" => Ok(Family::Bert),
+                    "llama" | "qwen2" | "mistral" => Ok(Family::Llama),
+                    other => {
+                        bail!("{}: unsupported architecture: model_type '{other}'; supported: bert, llama, qwen2, mistral", path.display())
+                    }
+                }
+            }
+        }
+    }
+
     /// The files whose bytes determine the encoder's output (weights, tokenizer, config).
     pub fn weight_files(&self) -> anyhow::Result<Vec<PathBuf>> {
         match self {
@@ -110,6 +132,28 @@ impl EncoderSpec {
                 Ok(files)
             }
         }
+    }
+
+    /// [`Self::fingerprint`], remembered for this process by the files' sizes
+    /// and modification times: a grid with many instances of one encoder
+    /// hashes its weights once per `plan` or `run`.
+    pub fn fingerprint_cached(&self) -> anyhow::Result<String> {
+        type Signature = Vec<(PathBuf, u64, Option<std::time::SystemTime>)>;
+        static CACHE: std::sync::Mutex<Vec<(Signature, String)>> = std::sync::Mutex::new(Vec::new());
+        let signature: Signature = self
+            .weight_files()?
+            .into_iter()
+            .map(|p| {
+                let meta = std::fs::metadata(&p).with_context(|| format!("cannot read {}", p.display()))?;
+                Ok((p, meta.len(), meta.modified().ok()))
+            })
+            .collect::<anyhow::Result<_>>()?;
+        if let Some((_, hash)) = CACHE.lock().expect("not poisoned").iter().find(|(s, _)| *s == signature) {
+            return Ok(hash.clone());
+        }
+        let hash = self.fingerprint()?;
+        CACHE.lock().expect("not poisoned").push((signature, hash.clone()));
+        Ok(hash)
     }
 
     /// SHA-256 over the weight files' names and contents: a cache key that
@@ -137,6 +181,16 @@ impl EncoderSpec {
 pub enum Family {
     Bert,
     Llama,
+}
+
+impl Family {
+    /// The pooling the family was trained for: mean for BERT sentence encoders, eos for decoders.
+    pub fn default_pooling(self) -> Pooling {
+        match self {
+            Family::Bert => Pooling::Mean,
+            Family::Llama => Pooling::Eos,
+        }
+    }
 }
 
 enum Model<B: Backend> {
@@ -257,10 +311,7 @@ impl<B: Backend> TextEncoder<B> {
     }
     /// The pooling the model was trained for: mean for BERT sentence encoders, eos for decoders.
     pub fn default_pooling(&self) -> Pooling {
-        match self.family {
-            Family::Bert => Pooling::Mean,
-            Family::Llama => Pooling::Eos,
-        }
+        self.family.default_pooling()
     }
 
     pub fn tokenize(&self, texts: &[&str], max_tokens: usize) -> anyhow::Result<Vec<Tokens>> {
@@ -304,15 +355,16 @@ impl<B: Backend> TextEncoder<B> {
     /// Tokenizes and embeds `texts`, in batches of similar length (less
     /// padding); results come back in input order.
     pub fn embed(&self, texts: &[&str], opts: &EmbedOptions) -> anyhow::Result<Vec<EmbeddedText>> {
-        self.embed_with_progress(texts, opts, |_| {})
+        self.embed_with_progress(texts, opts, |_| Ok(()))
     }
 
-    /// As [`Self::embed`], calling `progress(done)` after every batch.
+    /// As [`Self::embed`], calling `progress(done)` after every batch; an error
+    /// from it (an interrupted run, say) stops the work.
     pub fn embed_with_progress(
         &self,
         texts: &[&str],
         opts: &EmbedOptions,
-        mut progress: impl FnMut(usize),
+        mut progress: impl FnMut(usize) -> anyhow::Result<()>,
     ) -> anyhow::Result<Vec<EmbeddedText>> {
         if opts.batch_size == 0 {
             bail!("batch_size must be at least 1");
@@ -331,7 +383,7 @@ impl<B: Backend> TextEncoder<B> {
                 embeddings[i] = e;
             }
             done += chunk.len();
-            progress(done);
+            progress(done)?;
         }
         Ok(tokens
             .into_iter()
