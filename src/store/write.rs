@@ -203,12 +203,7 @@ impl Store {
                 let (id, h, pid, beat): (i64, String, i64, i64) = (row.get(0), row.get(1), row.get(2), row.get(3));
                 if is_stale(&host, cutoff, &h, pid, beat) {
                     if table == "attempts" {
-                        sqlx::query("UPDATE attempts SET status = 'lost', ended_at = ?, error = ? WHERE id = ? AND status = 'running'")
-                            .bind(now_text())
-                            .bind(format!("process {pid} on {h} stopped without finishing"))
-                            .bind(id)
-                            .execute(&mut *tx)
-                            .await?;
+                        mark_lost(&mut tx, id, &h, pid).await?;
                     } else {
                         sqlx::query("UPDATE runs SET status = 'lost', ended_at = ? WHERE id = ? AND status = 'running'")
                             .bind(now_text())
@@ -245,12 +240,7 @@ impl Store {
                 return Ok(Claim::Done { attempt_id: id });
             }
             if is_stale(&host, now_ms() - lease_ms(), &h, pid, beat) {
-                sqlx::query("UPDATE attempts SET status = 'lost', ended_at = ?, error = ? WHERE id = ?")
-                    .bind(now_text())
-                    .bind(format!("process {pid} on {h} stopped without finishing"))
-                    .bind(id)
-                    .execute(&mut *tx)
-                    .await?;
+                mark_lost(&mut tx, id, &h, pid).await?;
             } else {
                 tx.commit().await?;
                 return Ok(Claim::RunningElsewhere { run_id: other_run, host: h, pid });
@@ -438,6 +428,17 @@ async fn insert_metrics(
         .execute(&mut **tx)
         .await?;
     }
+    Ok(())
+}
+
+/// Marks a running attempt whose process is gone as lost.
+async fn mark_lost(tx: &mut sqlx::Transaction<'_, Sqlite>, attempt_id: i64, host: &str, pid: i64) -> anyhow::Result<()> {
+    sqlx::query("UPDATE attempts SET status = 'lost', ended_at = ?, error = ? WHERE id = ? AND status = 'running'")
+        .bind(now_text())
+        .bind(format!("process {pid} on {host} stopped without finishing"))
+        .bind(attempt_id)
+        .execute(&mut **tx)
+        .await?;
     Ok(())
 }
 
