@@ -5,6 +5,7 @@
 pub mod chart;
 pub mod cli;
 pub mod dashboard;
+pub mod eval;
 pub mod exec;
 pub mod filter;
 pub mod freshness;
