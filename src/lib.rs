@@ -10,6 +10,7 @@ pub mod exec;
 pub mod filter;
 pub mod freshness;
 pub mod gpu;
+pub mod loss;
 pub mod pipeline;
 pub mod pivot;
 pub mod stages;
