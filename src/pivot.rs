@@ -34,7 +34,7 @@ pub struct Cell {
 }
 
 impl Cell {
-    fn of(values: &[f64]) -> Cell {
+    pub fn of(values: &[f64]) -> Cell {
         let n = values.len();
         let mean = values.iter().sum::<f64>() / n as f64;
         let std = if n > 1 { (values.iter().map(|v| (v - mean).powi(2)).sum::<f64>() / (n - 1) as f64).sqrt() } else { 0.0 };
@@ -171,6 +171,60 @@ pub fn default_layout(axis_order: &[String], rows: &[&HistoryRow]) -> (Vec<Strin
     }
 }
 
+/// The metrics a study table shows when none are asked for: LIFT's headline
+/// numbers (compositional mean accuracy, zero-shot top-1, R@1 both ways).
+pub const HEADLINE_METRICS: &[&str] = &["compositional.mean", "zero_shot.top1", "retrieval.i2t.r1", "retrieval.t2i.r1"];
+
+/// One row of a study table: a combination of the grouping axes and, per
+/// metric, the mean ± std over the instances that share it.
+#[derive(Debug, Clone, Serialize)]
+pub struct SummaryRow {
+    pub axes: serde_json::Map<String, serde_json::Value>,
+    pub metrics: std::collections::BTreeMap<String, Cell>,
+}
+
+/// A study's results: the latest finished instances that have any of
+/// `metrics`, grouped by the `by` axes (in `axis_order`'s value order),
+/// aggregated over every other axis.
+pub fn summarize(
+    rows: &[HistoryRow],
+    metrics: &[String],
+    by: &[String],
+    axis_values: &[(String, Vec<serde_json::Value>)],
+) -> Vec<SummaryRow> {
+    let selected: Vec<&HistoryRow> = latest(rows).into_iter().filter(|r| metrics.iter().any(|m| r.metrics.contains_key(m))).collect();
+    let rank = |axis: &str, v: Option<&serde_json::Value>| -> usize {
+        let values = axis_values.iter().find(|(a, _)| a == axis).map(|(_, vs)| vs.as_slice()).unwrap_or(&[]);
+        v.and_then(|v| values.iter().position(|x| x == v)).unwrap_or(usize::MAX)
+    };
+    let mut groups: Vec<(Vec<usize>, serde_json::Map<String, serde_json::Value>, Vec<&HistoryRow>)> = Vec::new();
+    for r in selected {
+        let key: serde_json::Map<String, serde_json::Value> =
+            by.iter().map(|a| (a.clone(), r.axes.get(a).cloned().unwrap_or(serde_json::Value::Null))).collect();
+        match groups.iter_mut().find(|(_, k, _)| *k == key) {
+            Some((_, _, members)) => members.push(r),
+            None => {
+                let order = by.iter().map(|a| rank(a, r.axes.get(a))).collect();
+                groups.push((order, key, vec![r]));
+            }
+        }
+    }
+    groups.sort_by(|a, b| a.0.cmp(&b.0));
+    groups
+        .into_iter()
+        .map(|(_, axes, members)| {
+            let metrics = metrics
+                .iter()
+                .filter_map(|m| {
+                    let values: Vec<f64> = members.iter().filter_map(|r| r.metrics.get(m).copied()).filter(|v| v.is_finite()).collect();
+                    (!values.is_empty()).then(|| (m.clone(), Cell::of(&values)))
+                })
+                .collect();
+            SummaryRow { axes, metrics }
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use serde_json::json;
@@ -190,6 +244,22 @@ mod tests {
             run_id: 1,
             seen_at: seen.into(),
         }
+    }
+
+    #[test]
+    fn summary_groups_by_axes_in_file_order_and_aggregates_the_rest() {
+        let rows = vec![row("infonce", 0, 0.2, "1"), row("cosine", 0, 0.4, "1"), row("cosine", 1, 0.6, "1"), row("infonce", 1, 0.4, "1")];
+        let order = vec![("loss".to_owned(), vec![json!("cosine"), json!("infonce")])];
+        let table = summarize(&rows, &["top1".to_owned()], &["loss".to_owned()], &order);
+        assert_eq!(table.len(), 2);
+        assert_eq!(table[0].axes["loss"], json!("cosine"));
+        let c = table[0].metrics["top1"];
+        assert!((c.mean - 0.5).abs() < 1e-12 && c.n == 2 && (c.std - 0.141_421_356).abs() < 1e-6);
+        assert!((table[1].metrics["top1"].mean - 0.3).abs() < 1e-12);
+        let everything = summarize(&rows, &["top1".to_owned()], &[], &order);
+        assert_eq!(everything.len(), 1);
+        assert_eq!(everything[0].metrics["top1"].n, 4);
+        assert!(summarize(&rows, &["missing".to_owned()], &[], &order).is_empty());
     }
 
     #[test]

@@ -152,6 +152,23 @@ enum Command {
         #[arg(long)]
         csv: bool,
     },
+    /// A study's results table: the latest finished instances of a pipeline by its axes,
+    /// mean ± std (and n) over the axes left out (seeds).
+    Results {
+        /// The pipeline file (or its name in the store).
+        file: String,
+        /// A metric to show (repeatable; default: compositional.mean, zero_shot.top1,
+        /// retrieval.i2t.r1, retrieval.t2i.r1).
+        #[arg(long = "metric", value_name = "M")]
+        metrics: Vec<String>,
+        /// An axis to group by (repeatable; default: every axis that varies, except seeds).
+        #[arg(long = "by", value_name = "AXIS")]
+        by: Vec<String>,
+        #[arg(long, conflicts_with = "csv")]
+        json: bool,
+        #[arg(long)]
+        csv: bool,
+    },
     /// Two instances (keys) or two runs (ids) side by side: parameters that differ, metrics with deltas.
     Compare {
         a: String,
@@ -252,6 +269,9 @@ async fn dispatch(cli: Cli, bars: indicatif::MultiProgress) -> anyhow::Result<Ex
                 tabular::Format::from_flags(json, csv),
             )
             .await
+        }
+        Command::Results { file, metrics, by, json, csv } => {
+            results::results(&workspace, &file, &metrics, &by, tabular::Format::from_flags(json, csv)).await
         }
         Command::Compare { a, b, json } => results::compare(&workspace, &a, &b, json).await,
         Command::Sql { query, json, csv } => results::sql(&workspace, &query, tabular::Format::from_flags(json, csv)).await,

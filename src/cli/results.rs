@@ -13,6 +13,7 @@ use super::tabular::{self, Format};
 use super::{UsageError, print_json, resolve_instance};
 use crate::filter::{self, Field, value_text};
 use crate::pipeline::{SourceFile, parse::parse};
+use crate::pivot;
 use crate::store::{HistoryRow, Store, Workspace};
 
 /// A study named by its pipeline file or by its pipeline name; the name must be in the store.
@@ -315,4 +316,110 @@ async fn compare_runs(store: &Store, a: &str, b: &str) -> anyhow::Result<Value> 
     }
     let [only_a, only_b] = only;
     Ok(json!({"a": sides[0], "b": sides[1], "pairs": matched, "only_in_a": only_a, "only_in_b": only_b}))
+}
+
+/// `ablate results FILE`: the study's table — the latest finished instances
+/// by the `by` axes (default: every varying axis but seeds), mean ± std over
+/// the rest.
+pub async fn results(workspace: &Workspace, target: &str, metrics: &[String], by: &[String], format: Format) -> anyhow::Result<ExitCode> {
+    let store = open(workspace).await?;
+    let name = study_name(&store, target).await?;
+    let axis_values = study_axes(&store, &name).await?;
+    let rows = store.history(Some(&name)).await?;
+    match summary_table(&rows, metrics, by, &axis_values)? {
+        Some(table) => {
+            print_summary(&table, format);
+            Ok(ExitCode::SUCCESS)
+        }
+        None => {
+            let mut known: BTreeSet<&str> = BTreeSet::new();
+            rows.iter().for_each(|r| known.extend(r.metrics.keys().map(String::as_str)));
+            let known = if known.is_empty() {
+                "none yet: run the pipeline first".to_owned()
+            } else {
+                known.into_iter().collect::<Vec<_>>().join(", ")
+            };
+            Err(UsageError(format!("no finished instance of `{name}` has the metrics asked for (metrics: {known})")).into())
+        }
+    }
+}
+
+/// The axes of a stored study, in file order with their values.
+pub(super) async fn study_axes(store: &Store, name: &str) -> anyhow::Result<Vec<(String, Vec<Value>)>> {
+    let Some(source) = store.pipeline_source(name).await? else { return Ok(Vec::new()) };
+    let spec = parse(SourceFile { path: source.path.into(), text: source.text })
+        .map_err(|_| anyhow::anyhow!("the stored file of pipeline `{name}` no longer parses"))?;
+    Ok(spec.axes.into_iter().map(|a| (a.name, a.values)).collect())
+}
+
+/// The summary rows, or `None` when no instance has any of the metrics.
+pub(super) fn summary_table(
+    rows: &[HistoryRow],
+    metrics: &[String],
+    by: &[String],
+    axis_values: &[(String, Vec<Value>)],
+) -> anyhow::Result<Option<Summary>> {
+    if let Some(unknown) = by.iter().find(|a| !axis_values.iter().any(|(n, _)| n == *a)) {
+        let axes: Vec<&str> = axis_values.iter().map(|(n, _)| n.as_str()).collect();
+        return Err(UsageError(format!("--by {unknown}: not an axis of this study (axes: {})", axes.join(", "))).into());
+    }
+    let metrics: Vec<String> = if metrics.is_empty() {
+        let present: Vec<String> =
+            pivot::HEADLINE_METRICS.iter().filter(|m| rows.iter().any(|r| r.metrics.contains_key(**m))).map(|m| m.to_string()).collect();
+        if present.is_empty() {
+            return Ok(None);
+        }
+        present
+    } else {
+        metrics.to_vec()
+    };
+    let by: Vec<String> = if by.is_empty() {
+        let with_metric: Vec<&HistoryRow> =
+            pivot::latest(rows).into_iter().filter(|r| metrics.iter().any(|m| r.metrics.contains_key(m))).collect();
+        let varying = pivot::varying_axes(&with_metric);
+        axis_values.iter().map(|(n, _)| n.clone()).filter(|a| varying.contains(a) && !a.to_ascii_lowercase().contains("seed")).collect()
+    } else {
+        by.to_vec()
+    };
+    let rows = pivot::summarize(rows, &metrics, &by, axis_values);
+    Ok((!rows.is_empty()).then_some(Summary { by, metrics, rows }))
+}
+
+pub(super) struct Summary {
+    by: Vec<String>,
+    metrics: Vec<String>,
+    rows: Vec<pivot::SummaryRow>,
+}
+
+pub(super) fn print_summary(table: &Summary, format: Format) {
+    match format {
+        Format::Json => print_json(&json!(table.rows)),
+        Format::Csv => {
+            let mut header: Vec<String> = table.by.clone();
+            for m in &table.metrics {
+                header.extend([format!("{m}.mean"), format!("{m}.std"), format!("{m}.n")]);
+            }
+            println!("{}", header.iter().map(|h| tabular::csv_field(h)).collect::<Vec<_>>().join(","));
+            for r in &table.rows {
+                let mut cells: Vec<String> = table.by.iter().map(|a| r.axes.get(a).map_or_else(String::new, value_text)).collect();
+                for m in &table.metrics {
+                    match r.metrics.get(m) {
+                        Some(c) => cells.extend([c.mean.to_string(), c.std.to_string(), c.n.to_string()]),
+                        None => cells.extend([String::new(), String::new(), "0".to_owned()]),
+                    }
+                }
+                println!("{}", cells.iter().map(|c| tabular::csv_field(c)).collect::<Vec<_>>().join(","));
+            }
+        }
+        Format::Table => {
+            let header: Vec<&str> = table.by.iter().chain(&table.metrics).map(String::as_str).collect();
+            let mut out = Table::new(&header);
+            for r in &table.rows {
+                let mut cells: Vec<String> = table.by.iter().map(|a| r.axes.get(a).map_or_else(|| "-".to_owned(), value_text)).collect();
+                cells.extend(table.metrics.iter().map(|m| r.metrics.get(m).map_or_else(|| "-".to_owned(), |c| c.text())));
+                out.row(cells);
+            }
+            print!("{}", out.render());
+        }
+    }
 }

@@ -115,7 +115,7 @@ pub fn expand(spec: PipelineSpec) -> Result<Plan, Diagnostics> {
                 advance(&mut digits, &radix);
                 continue;
             };
-            let upstream: Vec<usize> = needs
+            let mut upstream: Vec<usize> = needs
                 .iter()
                 .map(|&u| {
                     // Index of the upstream instance with agreeing axis values.
@@ -127,6 +127,10 @@ pub fn expand(spec: PipelineSpec) -> Result<Plan, Diagnostics> {
                     stage_nodes[u][index]
                 })
                 .collect();
+            let mut upstream_stages = stage.needs.clone();
+            if stage.kind.sees_ancestors() {
+                add_ancestors(&nodes, &mut upstream, &mut upstream_stages);
+            }
             let upstream_keys: Vec<&StageKey> = upstream.iter().map(|&u| &nodes[u].key).collect();
             let key = StageKey::compute(stage.kind.name(), stage.kind.version(), &params.0, &upstream_keys);
             let binding = bindings.len();
@@ -134,15 +138,7 @@ pub fn expand(spec: PipelineSpec) -> Result<Plan, Diagnostics> {
                 Some(&n) => n,
                 None => {
                     let gpus = stage.resources.gpus.unwrap_or_else(|| stage.kind.resources(&params).gpus);
-                    nodes.push(Node {
-                        key: key.clone(),
-                        kind: stage.kind,
-                        params,
-                        upstream,
-                        upstream_stages: stage.needs.clone(),
-                        gpus,
-                        bindings: Vec::new(),
-                    });
+                    nodes.push(Node { key: key.clone(), kind: stage.kind, params, upstream, upstream_stages, gpus, bindings: Vec::new() });
                     by_key.insert(key, nodes.len() - 1);
                     nodes.len() - 1
                 }
@@ -300,5 +296,21 @@ fn stage_order(spec: &PipelineSpec) -> Result<Vec<usize>, Diagnostics> {
                 path.push(next);
             }
         }
+    }
+}
+
+/// Appends every ancestor of the nodes in `upstream` (with the stage name it
+/// was needed under) that is not already there, nearest first.
+fn add_ancestors(nodes: &[Node], upstream: &mut Vec<usize>, stages: &mut Vec<String>) {
+    let mut i = 0;
+    while i < upstream.len() {
+        let node = &nodes[upstream[i]];
+        for (&u, name) in node.upstream.iter().zip(&node.upstream_stages) {
+            if !upstream.contains(&u) {
+                upstream.push(u);
+                stages.push(name.clone());
+            }
+        }
+        i += 1;
     }
 }

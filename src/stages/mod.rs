@@ -9,10 +9,12 @@
 pub mod caption_ingest;
 pub mod command;
 pub mod context;
+pub mod evaluate;
 pub mod params;
 pub mod text_common;
 pub mod text_embed;
 pub mod text_similarity;
+pub mod train;
 
 pub use context::{CancelToken, Interrupted, MetricPoint, NoProgress, Progress, StageContext, StageOutputs, UpstreamOutputs};
 pub use params::{ParamDefault, ParamSpec, ParamType, Params};
@@ -57,6 +59,14 @@ pub trait StageKind: Send + Sync + 'static {
     fn derive(&self, _params: &Params) -> Result<Vec<(String, serde_json::Value)>, ParamError> {
         Ok(Vec::new())
     }
+    /// Whether the kind reads the artifacts of its upstream stages' own
+    /// upstream stages (all ancestors), not just of the stages it `needs`:
+    /// `evaluate` needs only `train` but scores with the ingest's images and
+    /// the frozen encoder's cache. The compiler then makes every ancestor a
+    /// direct input of the instance (and so of its key and lineage).
+    fn sees_ancestors(&self) -> bool {
+        false
+    }
     fn resources(&self, _params: &Params) -> Resources {
         Resources::default()
     }
@@ -64,8 +74,14 @@ pub trait StageKind: Send + Sync + 'static {
 }
 
 /// Every registered kind. Adding a kind: one module plus one line here.
-pub static KINDS: &[&dyn StageKind] =
-    &[&caption_ingest::CaptionIngest, &command::Command, &text_embed::TextEmbed, &text_similarity::TextSimilarity];
+pub static KINDS: &[&dyn StageKind] = &[
+    &caption_ingest::CaptionIngest,
+    &command::Command,
+    &text_embed::TextEmbed,
+    &text_similarity::TextSimilarity,
+    &train::Train,
+    &evaluate::Evaluate,
+];
 
 pub fn find(name: &str) -> Option<&'static dyn StageKind> {
     KINDS.iter().copied().find(|k| k.name() == name)

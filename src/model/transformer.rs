@@ -1,0 +1,61 @@
+//! The pre-norm transformer block both towers share: `x + attn(ln_1(x))`, then
+//! `x + mlp(ln_2(x))`. Activations stay 2-D, `[batch × tokens, width]`, so
+//! every dense layer is a single matmul; only attention sees 4-D heads.
+
+use burn::nn::{LayerNorm, LayerNormConfig, Linear, LinearConfig};
+use burn::prelude::*;
+use burn::tensor::activation::gelu;
+use burn::tensor::module::attention;
+use burn::tensor::ops::AttentionModuleOptions;
+
+#[derive(Module, Debug)]
+pub struct Attention<B: Backend> {
+    pub q: Linear<B>,
+    pub k: Linear<B>,
+    pub v: Linear<B>,
+    pub out: Linear<B>,
+    pub heads: usize,
+}
+
+#[derive(Module, Debug)]
+pub struct Mlp<B: Backend> {
+    pub fc: Linear<B>,
+    pub proj: Linear<B>,
+}
+
+#[derive(Module, Debug)]
+pub struct Block<B: Backend> {
+    pub ln_1: LayerNorm<B>,
+    pub attn: Attention<B>,
+    pub ln_2: LayerNorm<B>,
+    pub mlp: Mlp<B>,
+}
+
+impl<B: Backend> Block<B> {
+    pub fn new(width: usize, heads: usize, mlp_ratio: usize, device: &B::Device) -> Self {
+        let linear = |i, o| LinearConfig::new(i, o).init(device);
+        Block {
+            ln_1: LayerNormConfig::new(width).init(device),
+            attn: Attention { q: linear(width, width), k: linear(width, width), v: linear(width, width), out: linear(width, width), heads },
+            ln_2: LayerNormConfig::new(width).init(device),
+            mlp: Mlp { fc: linear(width, width * mlp_ratio), proj: linear(width * mlp_ratio, width) },
+        }
+    }
+
+    /// `x`: `[batch × tokens, width]`; `causal` masks attention to later tokens.
+    pub fn forward(&self, x: Tensor<B, 2>, batch: usize, tokens: usize, causal: bool) -> Tensor<B, 2> {
+        let x = x.clone() + self.attn.forward(self.ln_1.forward(x), batch, tokens, causal);
+        x.clone() + self.mlp.proj.forward(gelu(self.mlp.fc.forward(self.ln_2.forward(x))))
+    }
+}
+
+impl<B: Backend> Attention<B> {
+    fn forward(&self, x: Tensor<B, 2>, batch: usize, tokens: usize, causal: bool) -> Tensor<B, 2> {
+        let [_, width] = x.dims();
+        let head_dim = width / self.heads;
+        let split = |l: &Linear<B>| l.forward(x.clone()).reshape([batch, tokens, self.heads, head_dim]).swap_dims(1, 2);
+        let options = AttentionModuleOptions { is_causal: causal, ..Default::default() };
+        let ctx = attention(split(&self.q), split(&self.k), split(&self.v), None, None, options);
+        self.out.forward(ctx.swap_dims(1, 2).reshape([batch * tokens, width]))
+    }
+}

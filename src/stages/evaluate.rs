@@ -1,0 +1,320 @@
+//! `evaluate`: scores a `train` instance's encoders on the ingest's test
+//! split (OpenCLIP's `zero_shot.py` plus CLIP_benchmark and SugarCrepe):
+//!
+//! - `zero_shot`: classes embedded from the ingest's prompt templates
+//!   (averaged, re-normalised): `zero_shot.top1`, `zero_shot.top5`,
+//!   `zero_shot.mean_per_class_recall`;
+//! - `retrieval`: image↔caption Recall@1/5/10 over the test images' captions
+//!   of the trained length, every caption of an image a positive:
+//!   `retrieval.i2t.r1` … `retrieval.t2i.r10`;
+//! - `compositional`: SugarCrepe's strict positive-vs-hard-negative accuracy
+//!   of the test images' negatives (the shapes negatives, or SugarCrepe's own
+//!   with COCO images): `compositional.<subset>` and their unweighted
+//!   `compositional.mean`.
+//!
+//! The text side is the one training used: the frozen encoder's cached
+//! embeddings (the `text_embed` instance upstream of the `train` instance;
+//! the encoder does not run again) or the scratch tower with its tokenizer.
+//! The kind sees its `train` stage's upstream stages too
+//! ([`StageKind::sees_ancestors`]), so `needs = ["train"]` is enough.
+
+use std::collections::HashMap;
+
+use anyhow::{Context as _, bail};
+use burn::prelude::*;
+
+use super::caption_ingest::artifacts::{IngestImages, IngestText, SplitName};
+use super::{ParamDefault, ParamError, ParamSpec, ParamType, Params, Resources, StageContext, StageKind, UpstreamOutputs};
+use crate::eval::{compositional, retrieval, zero_shot};
+use crate::loss::l2_normalize;
+use crate::model::named::{HostTensor, Layout, load};
+use crate::model::{ClipConfig, ClipModel};
+use crate::tensor_file::TensorFile;
+use crate::text::device::DeviceRequest;
+use crate::train::data::eval_patches;
+use crate::train::pad_tokens;
+use crate::train::vocab::TextTokenizer;
+
+pub struct Evaluate;
+
+pub const SUITES: &[&str] = &["zero_shot", "retrieval", "compositional"];
+
+const PARAMS: &[ParamSpec] = &[
+    ParamSpec::new("suites", ParamType::ListOf(SUITES), ParamDefault::StrList(SUITES), "which suites to run"),
+    ParamSpec::new("split", ParamType::OneOf(&["test", "train"]), ParamDefault::Str("test"), "which ingest split to score"),
+    ParamSpec::new("batch_size", ParamType::Int, ParamDefault::Int(256), "images or texts per forward pass"),
+    ParamSpec::new("device", ParamType::Str, ParamDefault::Str("auto"), "auto | cpu | cuda:N"),
+];
+
+impl StageKind for Evaluate {
+    fn name(&self) -> &'static str {
+        "evaluate"
+    }
+    fn version(&self) -> u32 {
+        1
+    }
+    fn summary(&self) -> &'static str {
+        "zero-shot classification, image-text retrieval and SugarCrepe-style compositional accuracy of a trained model"
+    }
+    fn params(&self) -> &'static [ParamSpec] {
+        PARAMS
+    }
+    fn sees_ancestors(&self) -> bool {
+        true
+    }
+    fn check(&self, params: &Params) -> Result<(), ParamError> {
+        if params.int("batch_size") < 1 {
+            return Err(ParamError::new("batch_size", "must be at least 1"));
+        }
+        if params.str_list("suites").is_empty() {
+            return Err(ParamError::new("suites", format!("list at least one of {SUITES:?}")));
+        }
+        DeviceRequest::parse(params.str("device")).map_err(|e| ParamError::new("device", e))?;
+        Ok(())
+    }
+    fn resources(&self, params: &Params) -> Resources {
+        let gpu = DeviceRequest::parse(params.str("device")).is_ok_and(DeviceRequest::uses_gpu);
+        Resources { gpus: u32::from(gpu) }
+    }
+
+    fn run(&self, ctx: &mut StageContext) -> anyhow::Result<()> {
+        let params = ctx.params().clone();
+        let suites = params.str_list("suites");
+        let trained = ctx.upstream_of_kind("train")?;
+        let ingest = ctx.upstream_of_kind("caption_ingest")?;
+        let data = IngestText::read(ingest)?;
+        let images = IngestImages::read(ingest)?;
+        let model_json: serde_json::Value = serde_json::from_slice(&std::fs::read(trained.artifact("model.json")?)?)
+            .with_context(|| format!("train stage '{}': model.json is not JSON", trained.stage))?;
+        let config: ClipConfig = serde_json::from_value(model_json["config"].clone()).context("model.json has no model configuration")?;
+        let length = model_json["captions"].as_str().unwrap_or("short").to_owned();
+        let split = if params.str("split") == "train" { SplitName::Train } else { SplitName::Test };
+        let eval_images: Vec<usize> = data.records.iter().filter(|r| r.split == split).map(|r| r.index).collect();
+        if eval_images.is_empty() {
+            bail!("the ingest has no {} images to evaluate", params.str("split"));
+        }
+        let position: HashMap<usize, usize> = eval_images.iter().enumerate().map(|(p, &i)| (i, p)).collect();
+
+        // The texts to score: captions of the evaluated images, their negatives, class prompts.
+        let captions: Vec<(usize, &str)> =
+            eval_images.iter().flat_map(|&i| data.records[i].captions(&length).iter().map(move |c| (i, c.as_str()))).collect();
+        let negatives: Vec<(usize, usize)> =
+            data.negatives.iter().enumerate().filter(|(_, n)| position.contains_key(&n.index)).map(|(row, n)| (row, n.index)).collect();
+        let prompts = data.classes.prompts();
+
+        let device = DeviceRequest::parse(params.str("device")).map_err(anyhow::Error::msg)?;
+        let batch = params.int("batch_size") as usize;
+        let text_source = match config.text {
+            None => {
+                TextSource::Frozen(ctx.upstream_of_kind("text_embed").context("a frozen-text model is scored with its text_embed cache")?)
+            }
+            Some(_) => TextSource::Scratch(trained),
+        };
+        let job = EmbedJob {
+            config: &config,
+            trained,
+            text: text_source,
+            images: &images,
+            eval_images: &eval_images,
+            captions: &captions,
+            negatives: &negatives,
+            negative_texts: negatives
+                .iter()
+                .map(|&(row, _)| (data.negatives[row].positive.as_str(), data.negatives[row].negative.as_str()))
+                .collect(),
+            prompts: &prompts,
+            batch,
+        };
+        let e = embed_on_device(device, &job)?;
+
+        if suites.iter().any(|s| s == "zero_shot") {
+            let labelled: Vec<(usize, usize)> =
+                eval_images.iter().enumerate().filter_map(|(p, &i)| data.records[i].label.map(|l| (p, l))).collect();
+            let classes = zero_shot::class_embeddings(&e.prompts, data.classes.templates.len());
+            let imgs: Vec<Vec<f32>> = labelled.iter().map(|&(p, _)| e.images[p].clone()).collect();
+            let labels: Vec<usize> = labelled.iter().map(|&(_, l)| l).collect();
+            if let Some(l) = labels.iter().find(|&&l| l >= classes.len()) {
+                bail!("an image has label {l} but the ingest lists {} classes", classes.len());
+            }
+            if let Some(z) = zero_shot::evaluate(&imgs, &labels, &classes) {
+                ctx.metric("zero_shot.top1", z.top1);
+                ctx.metric("zero_shot.top5", z.top5);
+                ctx.metric("zero_shot.mean_per_class_recall", z.mean_per_class_recall);
+            }
+        }
+        if suites.iter().any(|s| s == "retrieval") {
+            let owner: Vec<usize> = captions.iter().map(|(i, _)| position[i]).collect();
+            if let Some(r) = retrieval::evaluate(&e.images, &e.captions, &owner) {
+                for (k, (i2t, t2i)) in retrieval::KS.iter().zip(r.i2t.iter().zip(&r.t2i)) {
+                    ctx.metric(&format!("retrieval.i2t.r{k}"), *i2t);
+                    ctx.metric(&format!("retrieval.t2i.r{k}"), *t2i);
+                }
+            }
+        }
+        if suites.iter().any(|s| s == "compositional") {
+            let examples = negatives.iter().enumerate().map(|(j, &(row, image))| compositional::Example {
+                subset: &data.negatives[row].subset,
+                image: &e.images[position[&image]],
+                positive: &e.negative_positive[j],
+                negative: &e.negative_negative[j],
+            });
+            let c = compositional::evaluate(examples);
+            for (subset, acc) in &c.per_subset {
+                ctx.metric(&format!("compositional.{subset}"), *acc);
+            }
+            if let Some(mean) = c.mean {
+                ctx.metric("compositional.mean", mean);
+            }
+        }
+        ctx.metric("eval.images", eval_images.len() as f64);
+        Ok(())
+    }
+}
+
+enum TextSource<'a> {
+    Frozen(&'a UpstreamOutputs),
+    Scratch(&'a UpstreamOutputs),
+}
+
+struct EmbedJob<'a> {
+    config: &'a ClipConfig,
+    trained: &'a UpstreamOutputs,
+    text: TextSource<'a>,
+    images: &'a IngestImages,
+    eval_images: &'a [usize],
+    captions: &'a [(usize, &'a str)],
+    /// (row in negatives.jsonl, image index).
+    negatives: &'a [(usize, usize)],
+    /// (positive, negative) caption of each of `negatives`.
+    negative_texts: Vec<(&'a str, &'a str)>,
+    prompts: &'a [String],
+    batch: usize,
+}
+
+/// L2-normalised embeddings of everything the suites score.
+struct Embedded {
+    images: Vec<Vec<f32>>,
+    captions: Vec<Vec<f32>>,
+    negative_positive: Vec<Vec<f32>>,
+    negative_negative: Vec<Vec<f32>>,
+    prompts: Vec<Vec<f32>>,
+}
+
+fn embed_on_device(device: DeviceRequest, job: &EmbedJob<'_>) -> anyhow::Result<Embedded> {
+    let gpu = match device {
+        DeviceRequest::Cpu => None,
+        DeviceRequest::Cuda(n) => Some(n),
+        DeviceRequest::Auto => device.uses_gpu().then_some(0),
+    };
+    match gpu {
+        None => embed::<crate::text::Cpu>(job, &Default::default()),
+        #[cfg(feature = "cuda")]
+        Some(n) => embed::<crate::text::Cuda>(job, &burn::backend::cuda::CudaDevice::new(n)),
+        #[cfg(not(feature = "cuda"))]
+        Some(n) => bail!("device cuda:{n} needs a build with `--features cuda`"),
+    }
+}
+
+fn read_weights(upstream: &UpstreamOutputs, artifact: &str, into: &mut HashMap<String, HostTensor>) -> anyhow::Result<()> {
+    let file = TensorFile::open(upstream.artifact(artifact)?)?;
+    for name in file.names() {
+        let (shape, values) = file.f32(&name)?;
+        into.insert(name, HostTensor { shape, values });
+    }
+    Ok(())
+}
+
+fn rows<B: Backend>(t: Tensor<B, 2>) -> Vec<Vec<f32>> {
+    let [_, dim] = t.dims();
+    let values: Vec<f32> = l2_normalize(t).into_data().convert::<f32>().into_vec().expect("f32 data");
+    values.chunks_exact(dim.max(1)).map(<[f32]>::to_vec).collect()
+}
+
+fn embed<B: Backend>(job: &EmbedJob<'_>, device: &B::Device) -> anyhow::Result<Embedded> {
+    let mut weights = HashMap::new();
+    read_weights(job.trained, "image_encoder.safetensors", &mut weights)?;
+    if job.config.text.is_some() {
+        read_weights(job.trained, "text_encoder.safetensors", &mut weights)?;
+    }
+    let model: ClipModel<B> = load(job.config.init::<B>(device), Layout::PyTorch, weights)
+        .with_context(|| format!("loading the weights of train stage '{}'", job.trained.stage))?;
+    let vit = &job.config.vit;
+    let mut images = Vec::with_capacity(job.eval_images.len());
+    for chunk in job.eval_images.chunks(job.batch) {
+        let pixels = eval_patches(job.images, chunk, vit.image_size, vit.patch_size);
+        let x = Tensor::<B, 2>::from_data(TensorData::new(pixels, [chunk.len() * vit.patches(), vit.patch_dim()]), device);
+        images.extend(rows(model.encode_images(x, chunk.len())));
+    }
+    let (captions, negative_positive, negative_negative, prompts) = match job.text {
+        TextSource::Frozen(cache) => frozen_texts(cache, job)?,
+        TextSource::Scratch(trained) => {
+            let tokenizer_path = trained.artifact("vocab.json").or_else(|_| trained.artifact("tokenizer.json"))?;
+            let tokenizer = TextTokenizer::load(tokenizer_path)?;
+            let tower = model.text.as_ref().expect("scratch models have a text tower");
+            let context = job.config.text.as_ref().expect("scratch").context;
+            let embed_texts = |texts: Vec<&str>| -> anyhow::Result<Vec<Vec<f32>>> {
+                let mut out = Vec::with_capacity(texts.len());
+                for chunk in texts.chunks(job.batch) {
+                    let ids: Vec<Vec<u32>> = chunk.iter().map(|t| tokenizer.encode(t, context)).collect::<anyhow::Result<_>>()?;
+                    let (data, eos) = pad_tokens(ids.iter().map(Vec::as_slice));
+                    out.extend(rows(tower.forward(Tensor::from_data(data, device), &eos)));
+                }
+                Ok(out)
+            };
+            (
+                embed_texts(job.captions.iter().map(|(_, c)| *c).collect())?,
+                embed_texts(job.negative_texts.iter().map(|(p, _)| *p).collect())?,
+                embed_texts(job.negative_texts.iter().map(|(_, n)| *n).collect())?,
+                embed_texts(job.prompts.iter().map(String::as_str).collect())?,
+            )
+        }
+    };
+    Ok(Embedded { images, captions, negative_positive, negative_negative, prompts })
+}
+
+/// The cached embeddings of a frozen encoder, picked and ordered like the job's texts.
+type TextRows = (Vec<Vec<f32>>, Vec<Vec<f32>>, Vec<Vec<f32>>, Vec<Vec<f32>>);
+
+fn frozen_texts(cache: &UpstreamOutputs, job: &EmbedJob<'_>) -> anyhow::Result<TextRows> {
+    let file = TensorFile::open(cache.artifact("embeddings.safetensors")?)?;
+    let normalize = |rows: Vec<Vec<f32>>| -> Vec<Vec<f32>> {
+        rows.into_iter()
+            .map(|r| {
+                let norm = r.iter().map(|v| v * v).sum::<f32>().sqrt().max(f32::MIN_POSITIVE);
+                r.into_iter().map(|v| v / norm).collect()
+            })
+            .collect()
+    };
+    let all = file.f32_rows("captions")?;
+    let owner = file.i64("caption_image")?;
+    let mut by_image: HashMap<usize, Vec<usize>> = HashMap::new();
+    for (row, &i) in owner.iter().enumerate() {
+        by_image.entry(i as usize).or_default().push(row);
+    }
+    let mut captions = Vec::with_capacity(job.captions.len());
+    let mut next: HashMap<usize, usize> = HashMap::new();
+    for &(image, text) in job.captions {
+        let k = next.entry(image).or_default();
+        let row = by_image.get(&image).and_then(|rows| rows.get(*k)).with_context(|| {
+            format!("text_embed stage '{}' has no embedding for caption {text:?} of image {image}: it embedded other captions", cache.stage)
+        })?;
+        *k += 1;
+        captions.push(all[*row].clone());
+    }
+    let positives = file.f32_rows("negative_positive")?;
+    let negatives = file.f32_rows("negative_negative")?;
+    let cached_row: HashMap<i64, usize> = file.i64("negative_row")?.into_iter().enumerate().map(|(j, r)| (r, j)).collect();
+    let (mut pos, mut neg) = (Vec::new(), Vec::new());
+    for &(row, _) in job.negatives {
+        let j = cached_row.get(&(row as i64)).with_context(|| {
+            format!("text_embed stage '{}' holds the hard negatives of test images only; evaluate with split = \"test\"", cache.stage)
+        })?;
+        pos.push(positives[*j].clone());
+        neg.push(negatives[*j].clone());
+    }
+    let prompts = file.f32_rows("class_prompts")?;
+    if prompts.len() != job.prompts.len() {
+        bail!("text_embed stage '{}' has {} class prompts, the ingest lists {}", cache.stage, prompts.len(), job.prompts.len());
+    }
+    Ok((normalize(captions), normalize(pos), normalize(neg), normalize(prompts)))
+}

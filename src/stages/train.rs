@@ -1,0 +1,364 @@
+//! `train`: the image tower (ViT + LIFT's projection head) against the cached
+//! embeddings of a frozen text encoder (`text = "frozen"`, LIFT), or jointly
+//! with a text tower from scratch (`text = "scratch"`, the CLIP baseline).
+//! The loop itself is `crate::train`; this kind gathers its inputs, picks the
+//! device and writes the outputs:
+//!
+//! - `image_encoder.safetensors`: the ViT (`visual.*`) and head
+//!   (`projector.*`), plus `logit_scale`/`logit_bias` when the loss has them,
+//!   in PyTorch's layout: Linear weights `[out, in]`; LayerNorms `weight`,
+//!   `bias`; `visual.patch_embed.weight` `[width, 3·p·p]` reshapes to a
+//!   `Conv2d(3, width, p, stride=p)` kernel `[width, 3, p, p]`;
+//!   `visual.pos_embed` `[tokens, width]`; attention as separate
+//!   `attn.{q,k,v,out}` Linears. Inputs are normalised with CLIP's mean/std.
+//! - `text_encoder.safetensors` (`text.*`) and `vocab.json` or
+//!   `tokenizer.json`: the scratch tower and its tokenizer.
+//! - `model.json`: the configuration (presets, dims, loss) to rebuild it.
+//! - `curve.csv`: step, loss, lr, logit scale, gradient norm, images/s.
+//! - `checkpoint.safetensors`: the final training state (model, AdamW
+//!   moments, step), to continue training elsewhere.
+
+use std::fmt::Write as _;
+use std::path::PathBuf;
+
+use anyhow::{Context as _, bail};
+use serde_json::{Value, json};
+
+use super::caption_ingest::artifacts::{IngestImages, IngestText, SplitName};
+use super::{Interrupted, ParamDefault, ParamError, ParamSpec, ParamType, Params, Resources, StageContext, StageKind};
+use crate::loss::Loss;
+use crate::model::{ClipConfig, TextPreset, VitPreset};
+use crate::tensor_file::{self, RawTensor, TensorFile};
+use crate::text::device::DeviceRequest;
+use crate::train::checkpoint::StepRecord;
+use crate::train::data::Pairs;
+use crate::train::vocab::{TextTokenizer, WordVocab};
+use crate::train::{self, Observer, Stopped, TextSide, TrainInputs, TrainSpec};
+
+pub struct Train;
+
+/// Steps when neither `steps` nor `epochs` is given: the CPU demo's size.
+pub const DEFAULT_STEPS: i64 = 300;
+
+const PARAMS: &[ParamSpec] = &[
+    ParamSpec::new(
+        "text",
+        ParamType::OneOf(&["frozen", "scratch"]),
+        ParamDefault::Required,
+        "frozen (LIFT: cached embeddings) or scratch (CLIP: a text tower trained jointly)",
+    ),
+    ParamSpec::new("model", ParamType::OneOf(VitPreset::NAMES), ParamDefault::Str("vit-micro"), "image tower preset"),
+    ParamSpec::new(
+        "pooling",
+        ParamType::OneOf(&["avg", "cls"]),
+        ParamDefault::Str("avg"),
+        "ViT pooling: mean of patch tokens (LIFT) or a class token",
+    ),
+    ParamSpec::new("text_model", ParamType::OneOf(TextPreset::NAMES), ParamDefault::Str("text-micro"), "scratch text tower preset"),
+    ParamSpec::new("captions", ParamType::OneOf(&["short", "long"]), ParamDefault::Str("short"), "which captions to train on"),
+    ParamSpec::new("loss", ParamType::OneOf(Loss::NAMES), ParamDefault::Str("infonce"), "infonce | siglip | cosine"),
+    ParamSpec::new("projector_layers", ParamType::Int, ParamDefault::Int(2), "head depth: 2 = Linear-GELU-Linear (LIFT), 1 = Linear"),
+    ParamSpec::new("batch_size", ParamType::Int, ParamDefault::Int(64), "pairs per step"),
+    ParamSpec::new("steps", ParamType::Int, ParamDefault::Absent, "optimizer steps (default 300 unless `epochs` is given)"),
+    ParamSpec::new("epochs", ParamType::Int, ParamDefault::Absent, "passes over the training images, instead of `steps`"),
+    ParamSpec::new("lr", ParamType::Float, ParamDefault::Float(5e-4), "peak learning rate"),
+    ParamSpec::new("warmup_steps", ParamType::Int, ParamDefault::Int(30), "linear warmup steps before cosine decay"),
+    ParamSpec::new(
+        "weight_decay",
+        ParamType::Float,
+        ParamDefault::Float(0.2),
+        "AdamW decoupled weight decay (not on gains, biases, logit scale)",
+    ),
+    ParamSpec::new("grad_clip", ParamType::Float, ParamDefault::Absent, "clip the global gradient norm to this (default: no clipping)"),
+    ParamSpec::new("seed", ParamType::Int, ParamDefault::Int(0), "initialisation, data order and augmentation"),
+    ParamSpec::new(
+        "checkpoint_every",
+        ParamType::Int,
+        ParamDefault::Int(100),
+        "steps between checkpoints (0: only at the end and on Ctrl-C)",
+    ),
+    ParamSpec::new("device", ParamType::Str, ParamDefault::Str("auto"), "auto | cpu | cuda:N"),
+    ParamSpec::new(
+        "tokenizer",
+        ParamType::Str,
+        ParamDefault::Absent,
+        "scratch only: a tokenizer.json (default: word vocabulary of the training captions)",
+    ),
+];
+
+impl StageKind for Train {
+    fn name(&self) -> &'static str {
+        "train"
+    }
+    fn version(&self) -> u32 {
+        1
+    }
+    fn summary(&self) -> &'static str {
+        "trains a ViT + projection head against cached text embeddings (LIFT) or with a scratch text tower (CLIP)"
+    }
+    fn params(&self) -> &'static [ParamSpec] {
+        PARAMS
+    }
+
+    fn check(&self, params: &Params) -> Result<(), ParamError> {
+        let positive = |name: &str, min: i64| -> Result<(), ParamError> {
+            match params.opt_int(name) {
+                Some(v) if v < min => Err(ParamError::new(name, format!("must be at least {min}, found {v}"))),
+                _ => Ok(()),
+            }
+        };
+        positive("batch_size", 2)?;
+        positive("steps", 1)?;
+        positive("epochs", 1)?;
+        positive("warmup_steps", 0)?;
+        positive("checkpoint_every", 0)?;
+        positive("seed", 0)?;
+        if !(1..=2).contains(&params.int("projector_layers")) {
+            return Err(ParamError::new("projector_layers", "must be 1 or 2"));
+        }
+        if params.get("steps").is_some() && params.get("epochs").is_some() {
+            return Err(ParamError::new("epochs", "give `steps` or `epochs`, not both"));
+        }
+        let lr = params.float("lr");
+        if !(lr.is_finite() && lr > 0.0) {
+            return Err(ParamError::new("lr", format!("must be a positive number, found {lr}")));
+        }
+        let wd = params.float("weight_decay");
+        if !(wd.is_finite() && wd >= 0.0) {
+            return Err(ParamError::new("weight_decay", format!("must be zero or positive, found {wd}")));
+        }
+        if let Some(clip) = params.get("grad_clip").and_then(Value::as_f64)
+            && !(clip.is_finite() && clip > 0.0)
+        {
+            return Err(ParamError::new("grad_clip", format!("must be a positive number, found {clip}")));
+        }
+        DeviceRequest::parse(params.str("device")).map_err(|e| ParamError::new("device", e))?;
+        if let Some(path) = params.opt_str("tokenizer") {
+            if params.str("text") != "scratch" {
+                return Err(ParamError::new("tokenizer", "only the scratch text tower has a tokenizer (text = \"scratch\")"));
+            }
+            TextTokenizer::from_file(std::path::Path::new(path)).map_err(|e| ParamError::new("tokenizer", format!("{e:#}")))?;
+        }
+        Ok(())
+    }
+
+    fn derive(&self, params: &Params) -> Result<Vec<(String, Value)>, ParamError> {
+        let mut derived = Vec::new();
+        if params.get("steps").is_none() && params.get("epochs").is_none() {
+            derived.push(("steps".to_owned(), Value::from(DEFAULT_STEPS)));
+        }
+        if let Some(path) = params.opt_str("tokenizer") {
+            let bytes = std::fs::read(path).map_err(|e| ParamError::new("tokenizer", format!("reading {path}: {e}")))?;
+            derived.push(("tokenizer_sha256".to_owned(), Value::from(hex::encode(<sha2::Sha256 as sha2::Digest>::digest(&bytes)))));
+        }
+        Ok(derived)
+    }
+
+    fn resources(&self, params: &Params) -> Resources {
+        let gpu = DeviceRequest::parse(params.str("device")).is_ok_and(DeviceRequest::uses_gpu);
+        Resources { gpus: u32::from(gpu) }
+    }
+
+    fn run(&self, ctx: &mut StageContext) -> anyhow::Result<()> {
+        let params = ctx.params().clone();
+        let ingest = ctx.upstream_of_kind("caption_ingest")?;
+        let text_data = IngestText::read(ingest)?;
+        let images = IngestImages::read(ingest)?;
+        let length = params.str("captions");
+        let frozen = params.str("text") == "frozen";
+
+        // Caption rows: the frozen cache's rows, or every caption of the chosen length.
+        let (caption_image, text, embed_dim, tokenizer) = if frozen {
+            let cache = ctx.upstream_of_kind("text_embed").context("text = \"frozen\" trains against a text_embed stage")?;
+            let cached_length = cache.params.opt_str("captions").unwrap_or("short");
+            if cached_length != length {
+                bail!("captions = \"{length}\" but text_embed stage '{}' embedded the {cached_length} captions", cache.stage);
+            }
+            let file = TensorFile::open(cache.artifact("embeddings.safetensors")?)?;
+            let rows = file.f32_rows("captions")?;
+            let owners: Vec<usize> = file.i64("caption_image")?.into_iter().map(|i| i as usize).collect();
+            let dim = rows.first().map_or(0, Vec::len);
+            (owners, TextSide::Frozen(rows), dim, None)
+        } else {
+            let preset = TextPreset::named(params.str("text_model")).expect("checked preset");
+            let tokenizer = match params.opt_str("tokenizer") {
+                Some(path) => TextTokenizer::from_file(std::path::Path::new(path))?,
+                None => TextTokenizer::Words(WordVocab::build(
+                    text_data.records.iter().filter(|r| r.split == SplitName::Train).flat_map(|r| r.captions(length)).map(String::as_str),
+                )),
+            };
+            let mut owners = Vec::new();
+            let mut tokens = Vec::new();
+            for r in &text_data.records {
+                for c in r.captions(length) {
+                    owners.push(r.index);
+                    tokens.push(tokenizer.encode(c, preset.context)?);
+                }
+            }
+            (owners, TextSide::Scratch(tokens), preset.width, Some(tokenizer))
+        };
+        let mut per_image: Vec<Vec<usize>> = vec![Vec::new(); text_data.records.len()];
+        for (row, &img) in caption_image.iter().enumerate() {
+            per_image.get_mut(img).with_context(|| format!("caption row {row} names image {img}, beyond the ingest's images"))?.push(row);
+        }
+        let train_images: Vec<usize> =
+            text_data.records.iter().filter(|r| r.split == SplitName::Train && !per_image[r.index].is_empty()).map(|r| r.index).collect();
+        let batch_size = params.int("batch_size") as usize;
+        if train_images.len() < batch_size {
+            bail!("{} training images with {length} captions, fewer than batch_size = {batch_size}", train_images.len());
+        }
+        if images.n != text_data.records.len() {
+            bail!("the ingest has {} images but {} records", images.n, text_data.records.len());
+        }
+        let pairs = Pairs { captions: train_images.iter().map(|&i| per_image[i].clone()).collect(), images: train_images };
+
+        let loss = Loss::from_name(params.str("loss")).expect("checked loss");
+        let steps = match params.opt_int("epochs") {
+            Some(e) => e as usize * pairs.steps_per_epoch(batch_size),
+            None => params.int("steps") as usize,
+        };
+        let config = ClipConfig {
+            vit: VitPreset::named(params.str("model"), params.str("pooling")).expect("checked preset"),
+            projector_layers: params.int("projector_layers") as usize,
+            embed_dim,
+            text: (!frozen).then(|| TextPreset::named(params.str("text_model")).expect("checked preset")),
+            vocab_size: tokenizer.as_ref().map_or(0, TextTokenizer::vocab_size),
+            logit_scale: loss.initial_log_scale(),
+            logit_bias: loss.initial_bias(),
+        };
+        let spec = TrainSpec {
+            model: config.clone(),
+            loss: params.str("loss").to_owned(),
+            batch_size,
+            steps,
+            lr: params.float("lr"),
+            warmup_steps: params.int("warmup_steps") as usize,
+            weight_decay: params.float("weight_decay"),
+            grad_clip: params.get("grad_clip").and_then(Value::as_f64),
+            seed: params.int("seed") as u64,
+            checkpoint_every: params.int("checkpoint_every") as usize,
+        };
+        let inputs = TrainInputs { images, pairs, text };
+        let checkpoint_path = ctx.state_dir()?.join("checkpoint.safetensors");
+        let device = DeviceRequest::parse(params.str("device")).map_err(anyhow::Error::msg)?;
+
+        let mut observer = StageObserver { ctx: &mut *ctx, started: std::time::Instant::now() };
+        let trained = match run_on_device(device, &spec, &inputs, &checkpoint_path, &mut observer) {
+            Ok(t) => t,
+            Err(e) => {
+                return match e.downcast_ref::<Stopped>() {
+                    Some(Stopped::Interrupted(_)) => Err(Interrupted.into()),
+                    _ => Err(e),
+                };
+            }
+        };
+
+        // Outputs.
+        let meta = |extra: &[(&str, String)]| {
+            let mut m: std::collections::HashMap<String, String> =
+                [("format", "ablate-clip".to_owned()), ("config", serde_json::to_string(&config).expect("serialisable"))]
+                    .into_iter()
+                    .map(|(k, v)| (k.to_owned(), v))
+                    .collect();
+            m.extend(extra.iter().map(|(k, v)| (k.to_string(), v.clone())));
+            m
+        };
+        let raw = |t: &[(String, crate::model::named::HostTensor)]| -> Vec<(String, RawTensor)> {
+            t.iter().map(|(n, h)| (n.clone(), RawTensor::f32(h.shape.clone(), &h.values))).collect()
+        };
+        let norm = format!("mean {:?} std {:?}", train::data::MEAN, train::data::STD);
+        tensor_file::write(&ctx.output("image_encoder.safetensors")?, &raw(&trained.image), meta(&[("normalize", norm)]))?;
+        if let Some(tokenizer) = &tokenizer {
+            tensor_file::write(&ctx.output("text_encoder.safetensors")?, &raw(&trained.text), meta(&[]))?;
+            tokenizer.save(|name| ctx.output(name))?;
+        }
+        let model_json = json!({
+            "config": config,
+            "loss": spec.loss,
+            "text": params.str("text"),
+            "captions": length,
+            "steps": steps,
+            "batch_size": batch_size,
+            "seed": spec.seed,
+        });
+        std::fs::write(ctx.output("model.json")?, serde_json::to_vec_pretty(&model_json)?)?;
+        write_curve(&ctx.output("curve.csv")?, &trained.history)?;
+        std::fs::copy(&checkpoint_path, ctx.output("checkpoint.safetensors")?).context("copying the final checkpoint")?;
+
+        let measured: Vec<f64> = trained.history.iter().skip(1).map(|r| r.images_per_s).collect();
+        if !measured.is_empty() {
+            ctx.metric("train.images_per_s", measured.iter().sum::<f64>() / measured.len() as f64);
+        }
+        let tail: Vec<f64> = trained.history.iter().rev().take(10).map(|r| r.loss).collect();
+        ctx.metric("train.final_loss", tail.iter().sum::<f64>() / tail.len().max(1) as f64);
+        ctx.metric("train.steps", steps as f64);
+        ctx.metric("train.image_params", trained.image.iter().map(|(_, h)| h.values.len()).sum::<usize>() as f64);
+        if let Some(from) = trained.resumed_from {
+            ctx.metric("train.resumed_from_step", from as f64);
+        }
+        Ok(())
+    }
+}
+
+fn run_on_device(
+    device: DeviceRequest,
+    spec: &TrainSpec,
+    inputs: &TrainInputs,
+    checkpoint: &std::path::Path,
+    observer: &mut StageObserver<'_>,
+) -> anyhow::Result<train::Trained> {
+    type CpuTrain = burn::backend::Autodiff<crate::text::Cpu>;
+    let gpu = match device {
+        DeviceRequest::Cpu => None,
+        DeviceRequest::Cuda(n) => Some(n),
+        DeviceRequest::Auto => device.uses_gpu().then_some(0),
+    };
+    match gpu {
+        None => train::run::<CpuTrain>(spec, inputs, &Default::default(), checkpoint, observer),
+        #[cfg(feature = "cuda")]
+        Some(n) => {
+            type GpuTrain = burn::backend::Autodiff<crate::text::Cuda>;
+            train::run::<GpuTrain>(spec, inputs, &burn::backend::cuda::CudaDevice::new(n), checkpoint, observer)
+        }
+        #[cfg(not(feature = "cuda"))]
+        Some(n) => bail!("device cuda:{n} needs a build with `--features cuda`"),
+    }
+}
+
+/// Progress bar, per-step metrics and Ctrl-C for the loop.
+struct StageObserver<'a> {
+    ctx: &'a mut StageContext,
+    started: std::time::Instant,
+}
+
+impl Observer for StageObserver<'_> {
+    fn on_step(&mut self, r: &StepRecord, total: usize) {
+        let step = r.step as i64 + 1;
+        self.ctx.metric_at("train.loss", step, r.loss);
+        self.ctx.metric_at("train.lr", step, r.lr);
+        self.ctx.metric_at("train.grad_norm", step, r.grad_norm);
+        self.ctx.metric_at("train.images_per_s", step, r.images_per_s);
+        if let Some(s) = r.logit_scale {
+            self.ctx.metric_at("train.logit_scale", step, s);
+        }
+        let progress = self.ctx.progress();
+        progress.set_length(total as u64);
+        progress.set_position(step as u64);
+        let done = step as f64 / total as f64;
+        let elapsed = self.started.elapsed().as_secs_f64();
+        let eta = if done > 0.0 { elapsed * (1.0 - done) / done } else { 0.0 };
+        progress.set_message(format!("step {step}/{total} · loss {:.4} · {:.0} img/s · eta {:.0}s", r.loss, r.images_per_s, eta));
+    }
+    fn cancelled(&self) -> bool {
+        self.ctx.cancel_token().is_cancelled()
+    }
+}
+
+fn write_curve(path: &PathBuf, history: &[StepRecord]) -> anyhow::Result<()> {
+    let mut out = String::from("step,loss,lr,logit_scale,grad_norm,images_per_s\n");
+    for r in history {
+        let scale = r.logit_scale.map(|s| s.to_string()).unwrap_or_default();
+        writeln!(out, "{},{},{},{},{},{}", r.step + 1, r.loss, r.lr, scale, r.grad_norm, r.images_per_s).expect("string write");
+    }
+    std::fs::write(path, out).with_context(|| format!("writing {}", path.display()))
+}

@@ -1,0 +1,168 @@
+//! Training batches on the host: which (image, caption) pairs make up step
+//! `s`, and the image tensor for them (random resized crop, CLIP's
+//! normalisation, cut into patches).
+//!
+//! Every draw is keyed by (seed, epoch, step, slot) through [`Rng::keyed`], so
+//! batch `s` is a pure function of the seed and `s`: the data-order cursor of
+//! a checkpoint is its step.
+
+use crate::rng::Rng;
+use crate::stages::caption_ingest::artifacts::IngestImages;
+
+/// CLIP's (OpenAI's) per-channel image mean and standard deviation.
+pub const MEAN: [f32; 3] = [0.481_454_66, 0.457_827_5, 0.408_210_73];
+pub const STD: [f32; 3] = [0.268_629_54, 0.261_302_58, 0.275_777_1];
+
+/// OpenCLIP's training crop: a random area fraction and aspect ratio.
+const CROP_SCALE: (f64, f64) = (0.9, 1.0);
+const CROP_RATIO: (f64, f64) = (3.0 / 4.0, 4.0 / 3.0);
+
+/// Which training images there are and which caption rows each has.
+pub struct Pairs {
+    /// Image indices (into the ingest images) of the training split.
+    pub images: Vec<usize>,
+    /// Per training image, the rows of its captions in the text table.
+    pub captions: Vec<Vec<usize>>,
+}
+
+/// The pairs of one step: image indices and caption rows.
+pub struct BatchPlan {
+    pub images: Vec<usize>,
+    pub captions: Vec<usize>,
+    /// Per slot, the crop's random stream.
+    pub crops: Vec<Rng>,
+}
+
+impl Pairs {
+    /// Whole batches per epoch (the last partial batch is dropped, as CLIP does).
+    pub fn steps_per_epoch(&self, batch: usize) -> usize {
+        (self.images.len() / batch).max(1)
+    }
+
+    /// The pairs of step `step`: epoch `step / steps_per_epoch` shuffles the
+    /// images with its own stream; each image picks one of its captions.
+    pub fn batch(&self, seed: u64, step: usize, batch: usize) -> BatchPlan {
+        let per_epoch = self.steps_per_epoch(batch);
+        let (epoch, pos) = (step / per_epoch, step % per_epoch);
+        let order = Rng::keyed(seed, &[Rng::key_of("order"), epoch as u64]).permutation(self.images.len());
+        let slots: Vec<usize> = (0..batch).map(|i| order[(pos * batch + i) % order.len()]).collect();
+        let captions = slots
+            .iter()
+            .map(|&t| {
+                let rows = &self.captions[t];
+                rows[Rng::keyed(seed, &[Rng::key_of("caption"), epoch as u64, t as u64]).below(rows.len())]
+            })
+            .collect();
+        let crops = (0..batch).map(|i| Rng::keyed(seed, &[Rng::key_of("crop"), step as u64, i as u64])).collect();
+        BatchPlan { images: slots.iter().map(|&t| self.images[t]).collect(), captions, crops }
+    }
+}
+
+/// A crop rectangle in source pixels: x, y, width, height.
+type Rect = (f64, f64, f64, f64);
+
+fn random_crop(rng: &mut Rng, side: usize) -> Rect {
+    let s = side as f64;
+    for _ in 0..10 {
+        let area = s * s * (CROP_SCALE.0 + rng.uniform() * (CROP_SCALE.1 - CROP_SCALE.0));
+        let log_ratio = CROP_RATIO.0.ln() + rng.uniform() * (CROP_RATIO.1.ln() - CROP_RATIO.0.ln());
+        let (w, h) = ((area * log_ratio.exp()).sqrt(), (area / log_ratio.exp()).sqrt());
+        if w <= s && h <= s {
+            return (rng.uniform() * (s - w), rng.uniform() * (s - h), w, h);
+        }
+    }
+    (0.0, 0.0, s, s)
+}
+
+/// Writes image `pixels` (`side`² HWC u8) cropped to `rect`, resized
+/// bilinearly to `size`², normalised, as `(size/patch)²` patches of
+/// `3·patch²` values (channel-major, then rows, then columns: a conv kernel's
+/// order), appended to `out`.
+fn push_patches(pixels: &[u8], side: usize, rect: Rect, size: usize, patch: usize, out: &mut Vec<f32>) {
+    let (x0, y0, w, h) = rect;
+    let identity = side == size && w == side as f64 && h == side as f64 && x0 == 0.0 && y0 == 0.0;
+    let mut image = vec![0f32; size * size * 3];
+    for oy in 0..size {
+        for ox in 0..size {
+            for c in 0..3 {
+                let v = if identity {
+                    f32::from(pixels[(oy * side + ox) * 3 + c])
+                } else {
+                    let sy = (y0 + (oy as f64 + 0.5) * h / size as f64 - 0.5).clamp(0.0, (side - 1) as f64);
+                    let sx = (x0 + (ox as f64 + 0.5) * w / size as f64 - 0.5).clamp(0.0, (side - 1) as f64);
+                    let (y, x) = (sy.floor() as usize, sx.floor() as usize);
+                    let (y1, x1) = ((y + 1).min(side - 1), (x + 1).min(side - 1));
+                    let (fy, fx) = ((sy - y as f64) as f32, (sx - x as f64) as f32);
+                    let p = |yy: usize, xx: usize| f32::from(pixels[(yy * side + xx) * 3 + c]);
+                    (p(y, x) * (1.0 - fx) + p(y, x1) * fx) * (1.0 - fy) + (p(y1, x) * (1.0 - fx) + p(y1, x1) * fx) * fy
+                };
+                image[(oy * size + ox) * 3 + c] = (v / 255.0 - MEAN[c]) / STD[c];
+            }
+        }
+    }
+    let grid = size / patch;
+    for py in 0..grid {
+        for px in 0..grid {
+            for c in 0..3 {
+                for y in 0..patch {
+                    for x in 0..patch {
+                        out.push(image[((py * patch + y) * size + px * patch + x) * 3 + c]);
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Patches `[images × patches, 3·patch²]` (flattened) of training images,
+/// each with its random resized crop.
+pub fn train_patches(images: &IngestImages, plan: &mut BatchPlan, size: usize, patch: usize) -> Vec<f32> {
+    let mut out = Vec::with_capacity(plan.images.len() * size * size * 3);
+    for (&i, rng) in plan.images.iter().zip(&mut plan.crops) {
+        let rect = random_crop(rng, images.side);
+        push_patches(images.image(i), images.side, rect, size, patch, &mut out);
+    }
+    out
+}
+
+/// Patches of whole images, resized (evaluation).
+pub fn eval_patches(images: &IngestImages, indices: &[usize], size: usize, patch: usize) -> Vec<f32> {
+    let mut out = Vec::with_capacity(indices.len() * size * size * 3);
+    let full = (0.0, 0.0, images.side as f64, images.side as f64);
+    for &i in indices {
+        push_patches(images.image(i), images.side, full, size, patch, &mut out);
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn batches_are_a_pure_function_of_seed_and_step() {
+        let pairs = Pairs { images: (0..10).collect(), captions: (0..10).map(|i| vec![2 * i, 2 * i + 1]).collect() };
+        let a = pairs.batch(5, 7, 4);
+        let b = pairs.batch(5, 7, 4);
+        assert_eq!((a.images, a.captions), (b.images, b.captions));
+        // One epoch (2 steps of 4 of 10 images) draws no image twice.
+        let mut seen: Vec<usize> = (0..2).flat_map(|s| pairs.batch(5, s, 4).images).collect();
+        seen.sort_unstable();
+        seen.dedup();
+        assert_eq!(seen.len(), 8);
+        assert_ne!(pairs.batch(5, 0, 4).images, pairs.batch(6, 0, 4).images);
+    }
+
+    #[test]
+    fn patches_are_channel_major_like_a_conv_kernel() {
+        // A 4×4 image where pixel (y, x) has value 10y + x in every channel.
+        let pixels: Vec<u8> = (0..4).flat_map(|y| (0..4).flat_map(move |x| [10 * y + x; 3])).collect();
+        let images = IngestImages { n: 1, side: 4, pixels };
+        let out = eval_patches(&images, &[0], 4, 2);
+        assert_eq!(out.len(), 4 * 12);
+        let raw = |v: f32, c: usize| ((v * STD[c] + MEAN[c]) * 255.0).round();
+        // Second patch (py 0, px 1), channel 0: pixels (0,2) (0,3) (1,2) (1,3).
+        let second: Vec<f32> = out[12..16].iter().map(|&v| raw(v, 0)).collect();
+        assert_eq!(second, vec![2.0, 3.0, 12.0, 13.0]);
+    }
+}

@@ -1,0 +1,210 @@
+//! Training (OpenCLIP's `training/`): the image tower and head against cached
+//! text embeddings (LIFT) or jointly with a scratch text tower (CLIP).
+//!
+//! `run` is the loop: batches from [`data`], the loss from `crate::loss`,
+//! [`optim::AdamW`] with the [`schedule`] and global-norm clipping, a
+//! checkpoint every `checkpoint_every` steps and on interruption
+//! ([`checkpoint`]). Everything random is keyed by (seed, step), so a run
+//! resumed from a checkpoint computes exactly what an uninterrupted run
+//! would: on the CPU the final weights are bit-identical.
+
+pub mod checkpoint;
+pub mod data;
+pub mod optim;
+pub mod schedule;
+pub mod vocab;
+
+use std::path::Path;
+use std::time::Instant;
+
+use anyhow::bail;
+use burn::prelude::*;
+use burn::tensor::backend::AutodiffBackend;
+use sha2::{Digest, Sha256};
+
+use crate::loss::{self, Loss};
+use crate::model::named::{self, HostTensor, Layout};
+use crate::model::{ClipConfig, ClipModel};
+use crate::stages::caption_ingest::artifacts::IngestImages;
+use checkpoint::{CheckpointMeta, StepRecord};
+use data::Pairs;
+use optim::{AdamW, AdamWConfig};
+
+/// A run's settings, resolved from the stage parameters.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct TrainSpec {
+    pub model: ClipConfig,
+    pub loss: String,
+    pub batch_size: usize,
+    pub steps: usize,
+    pub lr: f64,
+    pub warmup_steps: usize,
+    pub weight_decay: f64,
+    pub grad_clip: Option<f64>,
+    pub seed: u64,
+    pub checkpoint_every: usize,
+}
+
+impl TrainSpec {
+    /// What a checkpoint must match to be resumed.
+    pub fn fingerprint(&self) -> String {
+        hex::encode(Sha256::digest(serde_json::to_vec(self).expect("serialisable")))
+    }
+}
+
+/// The text side of the training pairs.
+pub enum TextSide {
+    /// LIFT: one cached embedding per caption row.
+    Frozen(Vec<Vec<f32>>),
+    /// CLIP: token ids per caption row, for the scratch tower.
+    Scratch(Vec<Vec<u32>>),
+}
+
+pub struct TrainInputs {
+    pub images: IngestImages,
+    pub pairs: Pairs,
+    pub text: TextSide,
+}
+
+/// What the loop reports to (and asks of) whoever runs it.
+pub trait Observer {
+    fn on_step(&mut self, record: &StepRecord, total: usize);
+    fn cancelled(&self) -> bool;
+}
+
+/// How a run ended without finishing.
+#[derive(Debug, thiserror::Error)]
+pub enum Stopped {
+    #[error("interrupted at step {0}; the checkpoint keeps it")]
+    Interrupted(usize),
+    #[error("the {what} became {value} at step {step}{}", last_finite(.last))]
+    NonFinite { what: &'static str, step: usize, value: f64, last: Option<StepRecord> },
+}
+
+fn last_finite(last: &Option<StepRecord>) -> String {
+    match last {
+        Some(r) => format!(" (last finite step {}: loss {}, gradient norm {}, lr {})", r.step, r.loss, r.grad_norm, r.lr),
+        None => " (the first step)".to_owned(),
+    }
+}
+
+/// A finished run: exported weights (PyTorch layout) and the curve.
+pub struct Trained {
+    pub image: Vec<(String, HostTensor)>,
+    pub text: Vec<(String, HostTensor)>,
+    pub history: Vec<StepRecord>,
+    pub resumed_from: Option<usize>,
+}
+
+const LOGIT_SCALE_MAX: f64 = 4.605_170_185_988_091; // ln 100
+
+pub fn run<B: AutodiffBackend>(
+    spec: &TrainSpec,
+    inputs: &TrainInputs,
+    device: &B::Device,
+    checkpoint_path: &Path,
+    observer: &mut dyn Observer,
+) -> anyhow::Result<Trained> {
+    let loss_kind = Loss::from_name(&spec.loss).ok_or_else(|| anyhow::anyhow!("unknown loss {}", spec.loss))?;
+    let fingerprint = spec.fingerprint();
+    let model = spec.model.init::<B>(device);
+    let mut model = named::initialize(model, spec.seed, |p| p.starts_with("logit_"))?;
+    let mut optim = AdamW::<B>::new(AdamWConfig { weight_decay: spec.weight_decay, ..Default::default() });
+    let mut history: Vec<StepRecord> = Vec::new();
+    let mut start = 0;
+    let mut resumed_from = None;
+    if let Some(ck) = checkpoint::load(checkpoint_path)? {
+        if ck.meta.fingerprint != fingerprint {
+            bail!("{} belongs to another training configuration; delete it to start over", checkpoint_path.display());
+        }
+        model = named::load(model, Layout::Burn, ck.model)?;
+        optim.import(ck.meta.optimizer_steps, ck.moments, device);
+        history = ck.meta.history;
+        history.truncate(ck.meta.step);
+        start = ck.meta.step;
+        resumed_from = Some(start);
+    }
+    let clamp = move |path: &str| (loss_kind == Loss::InfoNce && path == "logit_scale").then_some((0.0, LOGIT_SCALE_MAX));
+    let vit = &spec.model.vit;
+    let (batch, patches, patch_dim) = (spec.batch_size, vit.patches(), vit.patch_dim());
+    let save = |model: &ClipModel<B>, optim: &AdamW<B>, step: usize, history: &[StepRecord]| -> anyhow::Result<()> {
+        let per_epoch = inputs.pairs.steps_per_epoch(batch);
+        let meta = CheckpointMeta {
+            step,
+            optimizer_steps: optim.steps,
+            epoch: step / per_epoch,
+            position_in_epoch: step % per_epoch,
+            fingerprint: fingerprint.clone(),
+            history: history.to_vec(),
+        };
+        checkpoint::save(checkpoint_path, &meta, &named::collect(model, Layout::Burn), &optim.export())
+    };
+
+    for step in start..spec.steps {
+        if observer.cancelled() {
+            save(&model, &optim, step, &history)?;
+            return Err(Stopped::Interrupted(step).into());
+        }
+        let began = Instant::now();
+        let mut plan = inputs.pairs.batch(spec.seed, step, batch);
+        let pixels = data::train_patches(&inputs.images, &mut plan, vit.image_size, vit.patch_size);
+        let images = Tensor::<B, 2>::from_data(TensorData::new(pixels, [batch * patches, patch_dim]), device);
+        let image_emb = model.encode_images(images, batch);
+        let text_emb = match &inputs.text {
+            TextSide::Frozen(rows) => {
+                let dim = rows[0].len();
+                let values: Vec<f32> = plan.captions.iter().flat_map(|&r| rows[r].iter().copied()).collect();
+                Tensor::<B, 2>::from_data(TensorData::new(values, [batch, dim]), device)
+            }
+            TextSide::Scratch(tokens) => {
+                let tower = model.text.as_ref().expect("scratch runs have a text tower");
+                let (ids, eos) = pad_tokens(plan.captions.iter().map(|&r| tokens[r].as_slice()));
+                tower.forward(Tensor::from_data(ids, device), &eos)
+            }
+        };
+        let scale = || model.logit_scale.as_ref().expect("this loss has a logit scale").val();
+        let loss = match loss_kind {
+            Loss::InfoNce => loss::infonce::loss(image_emb, text_emb, scale()),
+            Loss::SigLip => loss::siglip::loss(image_emb, text_emb, scale(), model.logit_bias.as_ref().expect("siglip has a bias").val()),
+            Loss::Cosine => loss::cosine::loss(image_emb, text_emb),
+        };
+        let value: f64 = loss.clone().into_scalar().elem();
+        let grads = loss.backward();
+        let grad_norm = AdamW::grad_norm(&model, &grads);
+        if !value.is_finite() || !grad_norm.is_finite() {
+            let what = if value.is_finite() { "gradient norm" } else { "loss" };
+            let value = if value.is_finite() { grad_norm } else { value };
+            return Err(Stopped::NonFinite { what, step, value, last: history.last().cloned() }.into());
+        }
+        // torch.nn.utils.clip_grad_norm_: scale by max / (norm + 1e-6) when that is below 1.
+        let grad_scale = spec.grad_clip.map_or(1.0, |max| (max / (grad_norm + 1e-6)).min(1.0));
+        let lr = schedule::lr_at(step, spec.steps, spec.warmup_steps, spec.lr);
+        model = optim.step(model, &grads, lr, grad_scale, &clamp);
+        let logit_scale = model.logit_scale.as_ref().map(|p| p.val().into_scalar().elem::<f64>().exp());
+        let record =
+            StepRecord { step, loss: value, lr, logit_scale, grad_norm, images_per_s: batch as f64 / began.elapsed().as_secs_f64() };
+        observer.on_step(&record, spec.steps);
+        history.push(record);
+        let done = step + 1;
+        if spec.checkpoint_every > 0 && done % spec.checkpoint_every == 0 && done < spec.steps {
+            save(&model, &optim, done, &history)?;
+        }
+    }
+    save(&model, &optim, spec.steps, &history)?;
+    let (text, image) = named::collect(&model, Layout::PyTorch).into_iter().partition(|(p, _)| p.starts_with("text."));
+    Ok(Trained { image, text, history, resumed_from })
+}
+
+/// Token rows padded to the longest, and each row's last (pooling) position.
+pub fn pad_tokens<'a>(rows: impl Iterator<Item = &'a [u32]>) -> (TensorData, Vec<usize>) {
+    let rows: Vec<&[u32]> = rows.collect();
+    let len = rows.iter().map(|r| r.len()).max().unwrap_or(1).max(1);
+    let mut ids = vec![vocab::PAD as i64; rows.len() * len];
+    for (b, r) in rows.iter().enumerate() {
+        for (j, &t) in r.iter().enumerate() {
+            ids[b * len + j] = i64::from(t);
+        }
+    }
+    let eos = rows.iter().map(|r| r.len().saturating_sub(1)).collect();
+    (TensorData::new(ids, [rows.len(), len]), eos)
+}
