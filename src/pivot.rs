@@ -105,7 +105,12 @@ fn label(row: &HistoryRow, axes: &[String]) -> String {
     if axes.is_empty() {
         return "all".into();
     }
-    axes.iter().map(|a| row.axes.get(a).map_or_else(|| "-".to_owned(), value_text)).collect::<Vec<_>>().join(" / ")
+    let text = |a: &String| match row.axes.get(a) {
+        Some(v) => value_text(v),
+        None if a == "stage" => row.stage.clone(),
+        None => "-".to_owned(),
+    };
+    axes.iter().map(text).collect::<Vec<_>>().join(" / ")
 }
 
 /// Pivots the latest rows matching the spec's pipeline, stage and metric.
@@ -179,6 +184,10 @@ pub const HEADLINE_METRICS: &[&str] = &["compositional.mean", "zero_shot.top1", 
 /// metric, the mean ± std over the instances that share it.
 #[derive(Debug, Clone, Serialize)]
 pub struct SummaryRow {
+    /// The stage, when the metrics come from several stages (LIFT and CLIP
+    /// branches evaluated by two `evaluate` stages, say).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub stage: Option<String>,
     pub axes: serde_json::Map<String, serde_json::Value>,
     pub metrics: std::collections::BTreeMap<String, Cell>,
 }
@@ -197,22 +206,32 @@ pub fn summarize(
         let values = axis_values.iter().find(|(a, _)| a == axis).map(|(_, vs)| vs.as_slice()).unwrap_or(&[]);
         v.and_then(|v| values.iter().position(|x| x == v)).unwrap_or(usize::MAX)
     };
-    let mut groups: Vec<(Vec<usize>, serde_json::Map<String, serde_json::Value>, Vec<&HistoryRow>)> = Vec::new();
+    let mut stages: Vec<&str> = Vec::new();
+    for r in &selected {
+        if !stages.contains(&r.stage.as_str()) {
+            stages.push(&r.stage);
+        }
+    }
+    let by_stage = stages.len() > 1;
+    type Group<'a> = (Vec<usize>, Option<String>, serde_json::Map<String, serde_json::Value>, Vec<&'a HistoryRow>);
+    let mut groups: Vec<Group<'_>> = Vec::new();
     for r in selected {
+        let stage = by_stage.then(|| r.stage.clone());
         let key: serde_json::Map<String, serde_json::Value> =
             by.iter().map(|a| (a.clone(), r.axes.get(a).cloned().unwrap_or(serde_json::Value::Null))).collect();
-        match groups.iter_mut().find(|(_, k, _)| *k == key) {
-            Some((_, _, members)) => members.push(r),
+        match groups.iter_mut().find(|(_, s, k, _)| *s == stage && *k == key) {
+            Some((_, _, _, members)) => members.push(r),
             None => {
-                let order = by.iter().map(|a| rank(a, r.axes.get(a))).collect();
-                groups.push((order, key, vec![r]));
+                let stage_rank = stages.iter().position(|s| *s == r.stage).unwrap_or(0);
+                let order = std::iter::once(stage_rank).chain(by.iter().map(|a| rank(a, r.axes.get(a)))).collect();
+                groups.push((order, stage, key, vec![r]));
             }
         }
     }
     groups.sort_by(|a, b| a.0.cmp(&b.0));
     groups
         .into_iter()
-        .map(|(_, axes, members)| {
+        .map(|(_, stage, axes, members)| {
             let metrics = metrics
                 .iter()
                 .filter_map(|m| {
@@ -220,7 +239,7 @@ pub fn summarize(
                     (!values.is_empty()).then(|| (m.clone(), Cell::of(&values)))
                 })
                 .collect();
-            SummaryRow { axes, metrics }
+            SummaryRow { stage, axes, metrics }
         })
         .collect()
 }

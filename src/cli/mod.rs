@@ -457,6 +457,16 @@ async fn run(
             report.skipped.len(),
             if report.interrupted { " (interrupted)" } else { "" }
         );
+        // A study with evaluation results ends with its table (`ablate results`).
+        if !report.interrupted {
+            let axis_values: Vec<(String, Vec<serde_json::Value>)> =
+                plan.spec.axes.iter().map(|a| (a.name.clone(), a.values.clone())).collect();
+            let rows = store.history(Some(&plan.spec.name)).await?;
+            if let Ok(Some(table)) = results::summary_table(&rows, &[], &[], &axis_values) {
+                println!();
+                results::print_summary(&table, tabular::Format::Table);
+            }
+        }
     }
     store.close().await;
     Ok(match status {

@@ -395,13 +395,16 @@ pub(super) fn print_summary(table: &Summary, format: Format) {
     match format {
         Format::Json => print_json(&json!(table.rows)),
         Format::Csv => {
-            let mut header: Vec<String> = table.by.clone();
+            let staged = table.rows.iter().any(|r| r.stage.is_some());
+            let mut header: Vec<String> = if staged { vec!["stage".to_owned()] } else { Vec::new() };
+            header.extend(table.by.iter().cloned());
             for m in &table.metrics {
                 header.extend([format!("{m}.mean"), format!("{m}.std"), format!("{m}.n")]);
             }
             println!("{}", header.iter().map(|h| tabular::csv_field(h)).collect::<Vec<_>>().join(","));
             for r in &table.rows {
-                let mut cells: Vec<String> = table.by.iter().map(|a| r.axes.get(a).map_or_else(String::new, value_text)).collect();
+                let mut cells: Vec<String> = r.stage.iter().cloned().collect();
+                cells.extend(table.by.iter().map(|a| r.axes.get(a).map_or_else(String::new, value_text)));
                 for m in &table.metrics {
                     match r.metrics.get(m) {
                         Some(c) => cells.extend([c.mean.to_string(), c.std.to_string(), c.n.to_string()]),
@@ -412,10 +415,13 @@ pub(super) fn print_summary(table: &Summary, format: Format) {
             }
         }
         Format::Table => {
-            let header: Vec<&str> = table.by.iter().chain(&table.metrics).map(String::as_str).collect();
+            let staged = table.rows.iter().any(|r| r.stage.is_some());
+            let header: Vec<&str> =
+                staged.then_some("stage").into_iter().chain(table.by.iter().chain(&table.metrics).map(String::as_str)).collect();
             let mut out = Table::new(&header);
             for r in &table.rows {
-                let mut cells: Vec<String> = table.by.iter().map(|a| r.axes.get(a).map_or_else(|| "-".to_owned(), value_text)).collect();
+                let mut cells: Vec<String> = r.stage.iter().cloned().collect();
+                cells.extend(table.by.iter().map(|a| r.axes.get(a).map_or_else(|| "-".to_owned(), value_text)));
                 cells.extend(table.metrics.iter().map(|m| r.metrics.get(m).map_or_else(|| "-".to_owned(), |c| c.text())));
                 out.row(cells);
             }

@@ -1,0 +1,181 @@
+//! The `train` and `evaluate` kinds through the real binary: exact resume
+//! after kill -9, NaN detection, parameter errors, exported weights and the
+//! evaluation metric names. The scratch (CLIP) text tower needs no model
+//! files, so these run everywhere.
+
+mod common;
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use common::*;
+use serde_json::Value;
+
+fn pipeline(train_extra: &str) -> String {
+    format!(
+        r#"
+[pipeline]
+name = "tiny"
+
+[stages.data]
+kind = "caption_ingest"
+source = "builtin:shapes"
+images = 240
+resolution = 32
+
+[stages.train]
+kind = "train"
+needs = ["data"]
+text = "scratch"
+batch_size = 32
+{train_extra}
+
+[stages.eval]
+kind = "evaluate"
+needs = ["train"]
+"#
+    )
+}
+
+fn artifact(ws: &Ws, show: &Value, name: &str) -> (String, PathBuf) {
+    let a =
+        show["artifacts"].as_array().unwrap().iter().find(|a| a["name"] == name).unwrap_or_else(|| panic!("no artifact {name}: {show}"));
+    (a["hash"].as_str().unwrap().to_owned(), ws.store().join(a["path"].as_str().unwrap()))
+}
+
+fn metric(show: &Value, name: &str) -> Option<f64> {
+    show["metrics"].as_array().unwrap().iter().find(|m| m["name"] == name && m["step"].is_null()).and_then(|m| m["value"].as_f64())
+}
+
+fn checkpoints(ws: &Ws) -> usize {
+    let state = ws.store().join("state");
+    std::fs::read_dir(&state).map_or(0, |dirs| dirs.flatten().filter(|d| d.path().join("checkpoint.safetensors").is_file()).count())
+}
+
+#[test]
+fn kill_9_during_training_then_rerun_gives_bit_identical_weights() {
+    let text = pipeline("steps = 40\ncheckpoint_every = 4");
+    let straight = Ws::new();
+    let file = straight.write("p.toml", &text);
+    straight.run(&["run", file.to_str().unwrap()]).ok();
+
+    let killed = Ws::new();
+    let file = killed.write("p.toml", &text);
+    let run = killed.spawn(&["run", file.to_str().unwrap()]);
+    wait_until(Duration::from_secs(120), "a training checkpoint", || checkpoints(&killed) > 0);
+    assert_eq!(run.kill9().code, None, "killed by a signal");
+    let rerun = killed.run(&["run", file.to_str().unwrap()]).ok();
+    assert!(rerun.stdout.contains("executed"), "{}", rerun.describe());
+
+    let key = key_of(&straight.plan(&file), "train");
+    let (a, b) = (straight.show(&key), killed.show(&key));
+    let resumed = metric(&b, "train.resumed_from_step").expect("the rerun resumed from a checkpoint");
+    assert!(resumed >= 4.0 && resumed < 40.0, "resumed from step {resumed}");
+    assert_eq!(metric(&a, "train.resumed_from_step"), None);
+    for name in ["image_encoder.safetensors", "text_encoder.safetensors", "vocab.json"] {
+        assert_eq!(artifact(&straight, &a, name).0, artifact(&killed, &b, name).0, "{name} differs after resuming");
+    }
+    // The curve is whole: one loss per step, the resumed steps included.
+    let losses = b["metrics"].as_array().unwrap().iter().filter(|m| m["name"] == "train.loss").count();
+    assert!(losses >= 1);
+    let curve = std::fs::read_to_string(artifact(&killed, &b, "curve.csv").1).unwrap();
+    assert_eq!(curve.lines().count(), 41, "{curve}");
+}
+
+#[test]
+fn a_loss_that_becomes_nan_fails_the_stage_with_the_step() {
+    let ws = Ws::new();
+    let file = ws.write("p.toml", &pipeline("steps = 30\nlr = 1e9\nweight_decay = 0.0"));
+    let out = ws.run(&["run", file.to_str().unwrap()]).expect_code(1);
+    assert!(out.stdout.contains("became NaN at step") || out.stdout.contains("became inf"), "{}", out.describe());
+    let show = ws.show(&key_of(&ws.plan(&file), "train"));
+    let error = show["attempts"][0]["error"].as_str().unwrap_or_default();
+    assert!(error.contains("at step") && error.contains("last finite step"), "{show}");
+    // The finite steps before it are kept as the curve of the failed attempt.
+    let kept = ws.run(&["sql", "SELECT count(*) AS n FROM metrics WHERE name = 'train.loss'", "--json"]).ok().json();
+    assert!(kept[0]["n"].as_i64().unwrap() > 0, "{kept}");
+}
+
+#[test]
+fn training_parameter_mistakes_are_located_errors() {
+    let ws = Ws::new();
+    for (extra, key, says) in [
+        ("steps = 10\nepochs = 2", "stages.train.epochs", "not both"),
+        ("model = \"vit-huge\"", "stages.train.model", "vit-micro"),
+        ("projector_layers = 3", "stages.train.projector_layers", "1 or 2"),
+        ("lr = -1.0", "stages.train.lr", "positive"),
+        ("warmup_steps = -1", "stages.train.warmup_steps", "at least 0"),
+        ("device = \"tpu\"", "stages.train.device", "cuda:N"),
+        ("tokenizer = \"/nonexistent/tokenizer.json\"", "stages.train.tokenizer", "nonexistent"),
+    ] {
+        let file = ws.write("bad.toml", &pipeline(extra));
+        let out = ws.run(&["run", file.to_str().unwrap()]).expect_code(2);
+        assert!(out.stderr.contains("bad.toml:") && out.stderr.contains(key) && out.stderr.contains(says), "{extra}\n{}", out.describe());
+    }
+    assert!(!ws.db().exists() || ws.runs().is_empty(), "nothing is recorded for a bad file");
+    let text = pipeline("").replace("text = \"scratch\"", "text = \"frozen\"");
+    let file = ws.write("frozen.toml", &text);
+    let out = ws.run(&["run", file.to_str().unwrap()]).expect_code(1);
+    assert!(out.stdout.contains("text_embed"), "frozen training names the missing cache\n{}", out.describe());
+}
+
+#[test]
+fn exported_weights_evaluation_metrics_and_results_table() {
+    let ws = Ws::new();
+    let file = ws.write("p.toml", &pipeline("steps = 12\nloss = \"siglip\"\nprojector_layers = 1\npooling = \"cls\""));
+    let run = ws.run(&["run", file.to_str().unwrap()]).ok();
+    assert!(run.stdout.contains("compositional.mean"), "the run ends with the results table\n{}", run.describe());
+    let plan = ws.plan(&file);
+    assert!(rows(&plan, "eval")[0]["status"] == "cached");
+    let train = ws.show(&key_of(&plan, "train"));
+
+    // PyTorch-layout names and shapes: Linear [out, in], conv-shaped patch embedding.
+    let bytes = std::fs::read(artifact(&ws, &train, "image_encoder.safetensors").1).unwrap();
+    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    let shape = |n: &str| st.tensor(n).unwrap_or_else(|_| panic!("no tensor {n}")).shape().to_vec();
+    assert_eq!(shape("visual.patch_embed.weight"), vec![64, 48]);
+    assert_eq!(shape("visual.class_token"), vec![64]);
+    assert_eq!(shape("visual.pos_embed"), vec![65, 64]);
+    assert_eq!(shape("visual.blocks.2.mlp.fc.weight"), vec![256, 64]);
+    assert_eq!(shape("visual.blocks.0.ln_1.weight"), vec![64]);
+    assert_eq!(shape("projector.fc1.weight"), vec![64, 64]);
+    assert!(st.tensor("projector.fc2.weight").is_err());
+    assert_eq!(shape("logit_scale"), vec![1]);
+    assert_eq!(shape("logit_bias"), vec![1]);
+    assert!(!st.names().iter().any(|n| n.starts_with("text.")));
+    for m in ["train.loss", "train.lr", "train.logit_scale", "train.grad_norm", "train.images_per_s"] {
+        assert!(train["metrics"].as_array().unwrap().iter().any(|x| x["name"] == m && x["step"].as_i64() == Some(12)), "{m}: {train}");
+    }
+
+    let eval = ws.show(&key_of(&plan, "eval"));
+    let mut names = vec!["zero_shot.top1", "zero_shot.top5", "zero_shot.mean_per_class_recall", "compositional.mean"];
+    let retrieval: Vec<String> = ["i2t", "t2i"].iter().flat_map(|d| [1, 5, 10].map(|k| format!("retrieval.{d}.r{k}"))).collect();
+    let subsets: Vec<String> = ["add_att", "add_obj", "replace_att", "replace_obj", "replace_rel", "swap_att", "swap_obj"]
+        .iter()
+        .map(|s| format!("compositional.{s}"))
+        .collect();
+    names.extend(retrieval.iter().map(String::as_str));
+    names.extend(subsets.iter().map(String::as_str));
+    for name in names {
+        let v = metric(&eval, name).unwrap_or_else(|| panic!("no metric {name}: {eval}"));
+        assert!((0.0..=1.0).contains(&v), "{name} = {v}");
+    }
+    // Recall grows with K.
+    assert!(metric(&eval, "retrieval.i2t.r1").unwrap() <= metric(&eval, "retrieval.i2t.r10").unwrap());
+
+    // `results`: the table, JSON and CSV; a suite subset runs only that suite.
+    let json = ws.run(&["results", file.to_str().unwrap(), "--json", "--metric", "zero_shot.top1"]).ok().json();
+    assert_eq!(json[0]["metrics"]["zero_shot.top1"]["n"], 1);
+    let csv = ws.run(&["results", file.to_str().unwrap(), "--csv"]).ok().stdout;
+    assert!(csv.starts_with("compositional.mean.mean,compositional.mean.std,compositional.mean.n"), "{csv}");
+    let bad = ws.run(&["results", file.to_str().unwrap(), "--by", "nope"]).expect_code(2);
+    assert!(bad.stderr.contains("not an axis"), "{}", bad.describe());
+
+    let only = ws.write(
+        "p.toml",
+        &(pipeline("steps = 12\nloss = \"siglip\"\nprojector_layers = 1\npooling = \"cls\"") + "suites = [\"retrieval\"]\n"),
+    );
+    ws.run(&["run", only.to_str().unwrap()]).ok();
+    let eval = ws.show(&key_of(&ws.plan(&only), "eval"));
+    assert!(metric(&eval, "retrieval.t2i.r5").is_some() && metric(&eval, "zero_shot.top1").is_none(), "{eval}");
+}
