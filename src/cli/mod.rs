@@ -108,6 +108,25 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Training throughput of a model preset on synthetic data (images/s, achieved GFLOP/s).
+    BenchTrain {
+        #[arg(long, default_value = "vit-micro")]
+        model: String,
+        #[arg(long, default_value = "infonce")]
+        loss: String,
+        #[arg(long, default_value_t = 64)]
+        batch: usize,
+        /// Measured steps, after `--warmup` unmeasured ones.
+        #[arg(long, default_value_t = 20)]
+        steps: usize,
+        #[arg(long, default_value_t = 3)]
+        warmup: usize,
+        /// auto | cpu | cuda:N
+        #[arg(long, default_value = "auto")]
+        device: String,
+        #[arg(long)]
+        json: bool,
+    },
     /// Embed texts with a frozen text encoder, to check an encoder without a pipeline.
     Embed {
         /// A model directory, a .gguf file, or a built-in name (minilm, smollm2).
@@ -256,6 +275,7 @@ async fn dispatch(cli: Cli, bars: indicatif::MultiProgress) -> anyhow::Result<Ex
         Command::Lineage { id, json } => history::lineage(&workspace, &id, json).await,
         Command::Gc { dry_run, json } => history::gc(&workspace, dry_run, json).await,
         Command::Kinds { json } => kinds(json),
+        Command::BenchTrain { model, loss, batch, steps, warmup, device, json } => bench_train(&model, &loss, batch, steps, warmup, &device, json),
         Command::Embed { encoder, pooling, max_tokens, device, json, texts } => {
             embed(&encoder, pooling.as_deref(), max_tokens, &device, json, &texts)
         }
@@ -541,6 +561,38 @@ async fn exec_one(workspace: &Workspace, key: &str, json: bool, bars: indicatif:
         println!("{} {} {}", &instance.key[..12], instance.kind, outcome["status"].as_str().unwrap_or(""));
     }
     Ok(code)
+}
+
+fn bench_train(model: &str, loss: &str, batch: usize, steps: usize, warmup: usize, device: &str, json: bool) -> anyhow::Result<ExitCode> {
+    use crate::text::device::DeviceRequest;
+    let request = DeviceRequest::parse(device).map_err(UsageError)?;
+    if batch < 2 || steps < 1 {
+        return Err(UsageError("--batch must be at least 2 and --steps at least 1".into()).into());
+    }
+    let gpu = match request {
+        DeviceRequest::Cpu => None,
+        DeviceRequest::Cuda(n) => Some(n),
+        DeviceRequest::Auto => request.uses_gpu().then_some(0),
+    };
+    let (result, device_name) = match gpu {
+        None => (crate::train::bench::run::<burn::backend::Autodiff<crate::text::Cpu>>(model, loss, batch, warmup, steps, &Default::default())?, "cpu".to_owned()),
+        #[cfg(feature = "cuda")]
+        Some(n) => (
+            crate::train::bench::run::<burn::backend::Autodiff<crate::text::Cuda>>(model, loss, batch, warmup, steps, &burn::backend::cuda::CudaDevice::new(n))?,
+            format!("cuda:{n}"),
+        ),
+        #[cfg(not(feature = "cuda"))]
+        Some(n) => return Err(UsageError(format!("device cuda:{n} needs a build with `--features cuda`")).into()),
+    };
+    if json {
+        print_json(&json!({"device": device_name, "result": result}));
+    } else {
+        println!(
+            "{} {} batch {} on {device_name}: {:.1} images/s, {:.1} GFLOP/s (image tower fwd+bwd) over {} steps",
+            result.model, result.loss, result.batch, result.images_per_s, result.gflops, result.steps
+        );
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 fn embed(encoder: &str, pooling: Option<&str>, max_tokens: usize, device: &str, json: bool, texts: &[String]) -> anyhow::Result<ExitCode> {

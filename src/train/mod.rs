@@ -8,6 +8,7 @@
 //! resumed from a checkpoint computes exactly what an uninterrupted run
 //! would: on the CPU the final weights are bit-identical.
 
+pub mod bench;
 pub mod checkpoint;
 pub mod data;
 pub mod optim;

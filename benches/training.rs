@@ -1,0 +1,98 @@
+//! Training benchmarks on the CPU (burn Flex), numbers in docs/BENCHMARKS.md:
+//!
+//!     cargo bench --bench training                    # throughput + memory
+//!     cargo bench --bench training -- throughput      # images/s, GFLOP/s
+//!     cargo bench --bench training -- memory          # peak RSS vs batch, infonce vs cosine
+//!
+//! Throughput runs the real training loop (`ablate::train::bench`) for
+//! vit-micro (batch 64) and vit-tiny (batch 16); the PyTorch side is
+//! `scripts/bench-train-reference.py` with the same settings. Memory runs each
+//! (loss, batch) in a child process and reads its peak resident set: once for
+//! the loss alone on random [B, 384] embeddings (forward + backward), where
+//! InfoNCE's B×B logits grow quadratically and the cosine loss linearly, and
+//! once for a whole vit-micro training step.
+
+use std::process::Command;
+
+use ablate::loss;
+use burn::prelude::*;
+
+type Train = burn::backend::Autodiff<ablate::text::Cpu>;
+
+fn throughput() -> anyhow::Result<()> {
+    println!("| model | loss | batch | images/s | GFLOP/s (fwd+bwd) |");
+    println!("|---|---|---|---|---|");
+    for (model, batch, steps) in [("vit-micro", 64, 30), ("vit-micro", 256, 8), ("vit-tiny", 16, 4)] {
+        let r = ablate::train::bench::run::<Train>(model, "infonce", batch, 2, steps, &Default::default())?;
+        println!("| {model} | infonce | {batch} | {:.1} | {:.1} |", r.images_per_s, r.gflops);
+    }
+    Ok(())
+}
+
+fn peak_rss_kib() -> i64 {
+    // SAFETY: getrusage fills the struct it is given.
+    unsafe {
+        let mut usage: libc::rusage = std::mem::zeroed();
+        libc::getrusage(libc::RUSAGE_SELF, &mut usage);
+        usage.ru_maxrss
+    }
+}
+
+/// In the child: one measurement, printed as `peak_kib`.
+fn memory_one(what: &str, loss_name: &str, batch: usize) -> anyhow::Result<()> {
+    let before = peak_rss_kib();
+    match what {
+        "loss" => {
+            let device = Default::default();
+            let x = Tensor::<Train, 2>::random([batch, 384], burn::tensor::Distribution::Normal(0.0, 1.0), &device).require_grad();
+            let y = Tensor::<Train, 2>::random([batch, 384], burn::tensor::Distribution::Normal(0.0, 1.0), &device);
+            let t = Tensor::<Train, 1>::from_floats([2.659_26], &device).require_grad();
+            let l = match loss_name {
+                "infonce" => loss::infonce::loss(x.clone(), y, t),
+                _ => loss::cosine::loss(x.clone(), y),
+            };
+            let grads = l.backward();
+            let g = x.grad(&grads).expect("gradient");
+            let _: f32 = g.sum().into_scalar();
+        }
+        _ => {
+            ablate::train::bench::run::<Train>("vit-micro", loss_name, batch, 1, 1, &Default::default())?;
+        }
+    }
+    println!("{} {}", peak_rss_kib(), before);
+    Ok(())
+}
+
+fn memory() -> anyhow::Result<()> {
+    let exe = std::env::current_exe()?;
+    for what in ["loss", "step"] {
+        let batches: &[usize] = if what == "loss" { &[512, 1024, 2048, 4096, 8192] } else { &[64, 128, 256, 512] };
+        println!("\n{what}: peak resident memory (MiB) by batch size");
+        println!("| batch | infonce | cosine |");
+        println!("|---|---|---|");
+        for &b in batches {
+            let mut cells = Vec::new();
+            for l in ["infonce", "cosine"] {
+                let out = Command::new(&exe).args(["memory-one", what, l, &b.to_string()]).output()?;
+                let text = String::from_utf8_lossy(&out.stdout);
+                let peak: f64 = text.split_whitespace().next().and_then(|v| v.parse().ok()).unwrap_or(f64::NAN);
+                cells.push(format!("{:.0}", peak / 1024.0));
+            }
+            println!("| {b} | {} | {} |", cells[0], cells[1]);
+        }
+    }
+    Ok(())
+}
+
+fn main() -> anyhow::Result<()> {
+    let args: Vec<String> = std::env::args().skip(1).filter(|a| !a.starts_with("--")).collect();
+    match args.first().map(String::as_str) {
+        Some("memory-one") => memory_one(&args[1], &args[2], args[3].parse()?),
+        Some("throughput") => throughput(),
+        Some("memory") => memory(),
+        _ => {
+            throughput()?;
+            memory()
+        }
+    }
+}

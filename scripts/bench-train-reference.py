@@ -1,0 +1,137 @@
+#!/usr/bin/env python3
+"""The PyTorch side of the training benchmark (docs/BENCHMARKS.md): the same
+image tower, head, loss and optimizer as ablate's `train` kind, on the same
+kind of synthetic data, timed the same way (steps after a warm-up).
+
+    python3 scripts/bench-train-reference.py --model vit-micro --batch 64 --threads 2
+    python3 scripts/bench-train-reference.py --model vit-b16 --batch 256 --device cuda
+
+Model: pre-norm ViT (patch embedding as a strided conv, learned positions,
+separate q/k/v/out projections, exact GELU, mean pooling over patches, final
+LayerNorm), projector Linear-GELU-Linear into D = 384, InfoNCE with a
+learnable logit scale (or the cosine loss), AdamW(β=(0.9, 0.98), ε=1e-6,
+weight decay 0.2 on matrices only). Batches are assembled on the host like
+ablate's (uint8 images normalised per step).
+"""
+import argparse
+import json
+import math
+import time
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+PRESETS = {  # image size, patch, width, depth, heads
+    "vit-micro": (32, 4, 64, 3, 4),
+    "vit-tiny": (224, 16, 192, 12, 3),
+    "vit-small": (224, 16, 384, 12, 6),
+    "vit-b16": (224, 16, 768, 12, 12),
+}
+
+
+class Block(nn.Module):
+    def __init__(self, width, heads):
+        super().__init__()
+        self.heads = heads
+        self.ln_1 = nn.LayerNorm(width)
+        self.q, self.k, self.v, self.out = (nn.Linear(width, width) for _ in range(4))
+        self.ln_2 = nn.LayerNorm(width)
+        self.fc = nn.Linear(width, 4 * width)
+        self.proj = nn.Linear(4 * width, width)
+
+    def forward(self, x):
+        b, t, w = x.shape
+        h = self.ln_1(x)
+        split = lambda l: l(h).view(b, t, self.heads, w // self.heads).transpose(1, 2)
+        a = F.scaled_dot_product_attention(split(self.q), split(self.k), split(self.v))
+        x = x + self.out(a.transpose(1, 2).reshape(b, t, w))
+        return x + self.proj(F.gelu(self.fc(self.ln_2(x))))
+
+
+class Tower(nn.Module):
+    def __init__(self, size, patch, width, depth, heads, dim):
+        super().__init__()
+        self.patch_embed = nn.Conv2d(3, width, patch, stride=patch)
+        self.pos_embed = nn.Parameter(torch.randn((size // patch) ** 2, width) * 0.02)
+        self.blocks = nn.ModuleList(Block(width, heads) for _ in range(depth))
+        self.ln_post = nn.LayerNorm(width)
+        self.fc1 = nn.Linear(width, dim)
+        self.fc2 = nn.Linear(dim, dim)
+        self.logit_scale = nn.Parameter(torch.tensor([math.log(1 / 0.07)]))
+
+    def forward(self, images):
+        x = self.patch_embed(images).flatten(2).transpose(1, 2) + self.pos_embed
+        for block in self.blocks:
+            x = block(x)
+        x = self.ln_post(x).mean(1)
+        return self.fc2(F.gelu(self.fc1(x)))
+
+
+def forward_flops(size, patch, width, depth, heads):
+    t = (size // patch) ** 2
+    per_block = 2 * t * width * width * (4 + 8) + 4 * t * t * width
+    return 2 * t * 3 * patch * patch * width + depth * per_block
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--model", default="vit-micro", choices=PRESETS)
+    ap.add_argument("--loss", default="infonce", choices=["infonce", "cosine"])
+    ap.add_argument("--batch", type=int, default=64)
+    ap.add_argument("--steps", type=int, default=20)
+    ap.add_argument("--warmup", type=int, default=3)
+    ap.add_argument("--threads", type=int, default=0, help="torch.set_num_threads (0: leave)")
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--json", action="store_true")
+    args = ap.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+    size, patch, width, depth, heads = PRESETS[args.model]
+    dim, dev = 384, torch.device(args.device)
+    model = Tower(size, patch, width, depth, heads, dim).to(dev)
+    decay = [p for n, p in model.named_parameters() if p.ndim >= 2]
+    no_decay = [p for n, p in model.named_parameters() if p.ndim < 2]
+    opt = torch.optim.AdamW([{"params": decay, "weight_decay": 0.2}, {"params": no_decay, "weight_decay": 0.0}],
+                            lr=1e-4, betas=(0.9, 0.98), eps=1e-6)
+    n = args.batch * 2
+    pixels = torch.randint(0, 256, (n, 3, size, size), dtype=torch.uint8)
+    texts = torch.randn(n, dim)
+    mean = torch.tensor([0.48145466, 0.4578275, 0.40821073]).view(1, 3, 1, 1)
+    std = torch.tensor([0.26862954, 0.26130258, 0.27577711]).view(1, 3, 1, 1)
+    labels = torch.arange(args.batch, device=dev)
+    start = None
+    for step in range(args.warmup + args.steps):
+        if step == args.warmup:
+            if dev.type == "cuda":
+                torch.cuda.synchronize()
+            start = time.perf_counter()
+        idx = torch.randperm(n)[: args.batch]
+        images = ((pixels[idx].float() / 255 - mean) / std).to(dev, non_blocking=True)
+        x = F.normalize(model(images), dim=-1)
+        y = F.normalize(texts[idx].to(dev, non_blocking=True), dim=-1)
+        if args.loss == "infonce":
+            logits = model.logit_scale.exp() * x @ y.t()
+            loss = (F.cross_entropy(logits, labels) + F.cross_entropy(logits.t(), labels)) / 2
+        else:
+            loss = (1 - (x * y).sum(-1)).mean()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        with torch.no_grad():
+            model.logit_scale.clamp_(0, math.log(100))
+        loss.item()  # one host sync per step, as ablate records the loss
+    if dev.type == "cuda":
+        torch.cuda.synchronize()
+    seconds = time.perf_counter() - start
+    ips = args.steps * args.batch / seconds
+    gflops = ips * 3 * forward_flops(size, patch, width, depth, heads) / 1e9
+    result = {"model": args.model, "loss": args.loss, "batch": args.batch, "steps": args.steps,
+              "images_per_s": ips, "gflops": gflops, "torch": torch.__version__, "threads": torch.get_num_threads()}
+    print(json.dumps(result) if args.json else
+          f"pytorch {args.model} {args.loss} batch {args.batch} on {args.device}: {ips:.1f} images/s, {gflops:.1f} GFLOP/s")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,100 @@
+//! Training throughput on synthetic data (random images at the preset's
+//! resolution, random frozen caption embeddings): what `cargo bench --bench
+//! training`, `ablate bench-train` and `scripts/gpu-check` measure. The
+//! real loop (`super::run`) does the work, so the numbers include batch
+//! assembly, the optimizer and the per-step synchronisation.
+
+use std::time::Instant;
+
+use burn::tensor::backend::AutodiffBackend;
+
+use super::checkpoint::StepRecord;
+use super::data::Pairs;
+use super::{Observer, TextSide, TrainInputs, TrainSpec};
+use crate::loss::Loss;
+use crate::model::{ClipConfig, VitPreset};
+use crate::rng::Rng;
+use crate::stages::caption_ingest::artifacts::IngestImages;
+
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct BenchResult {
+    pub model: String,
+    pub loss: String,
+    pub batch: usize,
+    /// Measured steps (after the warm-up steps).
+    pub steps: usize,
+    pub images_per_s: f64,
+    /// Forward + backward FLOPs of the image tower per second (3 × forward).
+    pub gflops: f64,
+}
+
+struct Timer {
+    warmup: usize,
+    started: Option<Instant>,
+    last: Option<Instant>,
+}
+
+impl Observer for Timer {
+    fn on_step(&mut self, record: &StepRecord, _: usize) {
+        if record.step + 1 == self.warmup {
+            self.started = Some(Instant::now());
+        }
+        self.last = Some(Instant::now());
+    }
+    fn cancelled(&self) -> bool {
+        false
+    }
+}
+
+/// Trains `model` with `loss` at `batch` for `warmup + steps` steps on `device`.
+pub fn run<B: AutodiffBackend>(model: &str, loss: &str, batch: usize, warmup: usize, steps: usize, device: &B::Device) -> anyhow::Result<BenchResult> {
+    let vit = VitPreset::named(model, "avg").ok_or_else(|| anyhow::anyhow!("unknown model preset {model}"))?;
+    let loss_kind = Loss::from_name(loss).ok_or_else(|| anyhow::anyhow!("unknown loss {loss}"))?;
+    let (n, dim, side) = (batch * 2, 384, vit.image_size);
+    let mut rng = Rng::keyed(0, &[Rng::key_of("bench")]);
+    let pixels = (0..n * side * side * 3).map(|_| (rng.next_u64() & 0xff) as u8).collect();
+    let text: Vec<Vec<f32>> = (0..n).map(|_| (0..dim).map(|_| rng.normal() as f32).collect()).collect();
+    let inputs = TrainInputs {
+        images: IngestImages { n, side, pixels },
+        pairs: Pairs { images: (0..n).collect(), captions: (0..n).map(|i| vec![i]).collect() },
+        text: TextSide::Frozen(text),
+    };
+    let flops = 3.0 * vit.forward_flops();
+    let spec = TrainSpec {
+        model: ClipConfig {
+            vit,
+            projector_layers: 2,
+            embed_dim: dim,
+            text: None,
+            vocab_size: 0,
+            logit_scale: loss_kind.initial_log_scale(),
+            logit_bias: loss_kind.initial_bias(),
+        },
+        loss: loss.to_owned(),
+        batch_size: batch,
+        steps: warmup + steps,
+        lr: 1e-4,
+        warmup_steps: 0,
+        weight_decay: 0.2,
+        grad_clip: None,
+        seed: 0,
+        checkpoint_every: 0,
+    };
+    let dir = tempfile_dir()?;
+    let mut timer = Timer { warmup: warmup.max(1), started: None, last: None };
+    super::run::<B>(&spec, &inputs, device, &dir.join("checkpoint.safetensors"), &mut timer)?;
+    let _ = std::fs::remove_dir_all(&dir);
+    let measured = warmup + steps - warmup.max(1);
+    let seconds = match (timer.started, timer.last) {
+        (Some(a), Some(b)) => (b - a).as_secs_f64(),
+        _ => anyhow::bail!("no steps measured"),
+    };
+    let images_per_s = (measured * batch) as f64 / seconds;
+    Ok(BenchResult { model: model.to_owned(), loss: loss.to_owned(), batch, steps: measured, images_per_s, gflops: images_per_s * flops / 1e9 })
+}
+
+fn tempfile_dir() -> anyhow::Result<std::path::PathBuf> {
+    let dir = std::env::temp_dir().join(format!("ablate-bench-{}", std::process::id()));
+    std::fs::create_dir_all(&dir)?;
+    Ok(dir)
+}
