@@ -27,6 +27,11 @@ pub struct Node {
     /// The `needs` stage name under which each upstream node is seen.
     pub upstream_stages: Vec<String>,
     pub gpus: u32,
+    /// CPU cores (at least 1): the local scheduler's `--cpus` budget and Slurm's `--cpus-per-task`.
+    pub cpus: u32,
+    /// Memory and time limit as Slurm writes them (`64G`, `04:00:00`); only the Slurm executor uses them.
+    pub mem: Option<String>,
+    pub time: Option<String>,
     /// Indices into [`Plan::bindings`]: where this node appears in the file.
     pub bindings: Vec<usize>,
 }
@@ -133,7 +138,9 @@ pub fn expand(spec: PipelineSpec) -> Result<Plan, Diagnostics> {
             let node = match by_key.get(&key) {
                 Some(&n) => n,
                 None => {
-                    let gpus = stage.resources.gpus.unwrap_or_else(|| stage.kind.resources(&params).gpus);
+                    let defaults = stage.kind.resources(&params);
+                    let gpus = stage.resources.gpus.unwrap_or(defaults.gpus);
+                    let cpus = stage.resources.cpus.unwrap_or(defaults.cpus).max(1);
                     nodes.push(Node {
                         key: key.clone(),
                         kind: stage.kind,
@@ -141,6 +148,9 @@ pub fn expand(spec: PipelineSpec) -> Result<Plan, Diagnostics> {
                         upstream,
                         upstream_stages: stage.needs.clone(),
                         gpus,
+                        cpus,
+                        mem: stage.resources.mem.clone(),
+                        time: stage.resources.time.clone(),
                         bindings: Vec::new(),
                     });
                     by_key.insert(key, nodes.len() - 1);

@@ -14,10 +14,13 @@ pub mod params;
 pub use context::{CancelToken, Interrupted, MetricPoint, NoProgress, Progress, StageContext, StageOutputs, UpstreamOutputs};
 pub use params::{ParamDefault, ParamSpec, ParamType, Params};
 
-/// Resources an instance asks the scheduler for.
+/// Resources an instance asks the scheduler for, by default (a stage's
+/// `[stages.X.resources]` overrides them).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct Resources {
     pub gpus: u32,
+    /// CPU cores; 0 means 1.
+    pub cpus: u32,
 }
 
 /// A parameter-level problem found by a kind's own checks; the pipeline
