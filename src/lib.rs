@@ -10,6 +10,7 @@ pub mod filter;
 pub mod freshness;
 pub mod pipeline;
 pub mod pivot;
+pub mod slurm;
 pub mod stages;
 pub mod store;
 pub mod web;

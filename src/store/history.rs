@@ -302,6 +302,14 @@ impl Store {
         if let Some(word) = words.iter().find(|w| REFUSED.contains(&w.as_str())) {
             anyhow::bail!("refused: {word} can write files, and queries on the store are read-only");
         }
+        if self.sql.user_query_as_json.is_some()
+            && !words.first().is_some_and(|w| ["SELECT", "WITH", "VALUES", "TABLE"].contains(&w.as_str()))
+        {
+            anyhow::bail!(
+                "refused: on {} the store answers one read-only query (SELECT, WITH, VALUES or TABLE), and this is not one",
+                self.sql.name
+            );
+        }
         let wrapped = self.sql.user_query_as_json.map(|w| w.replace("{query}", sql.trim().trim_end_matches(';')));
         let mut query = sqlx::query(wrapped.as_deref().unwrap_or(&sql));
         for name in &names {

@@ -8,7 +8,7 @@ use super::write::SlurmTask;
 use super::{Store, now_ms, now_text};
 
 /// A submitted job (or array task) as recorded.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SlurmJobRow {
     pub id: i64,
     pub run_id: i64,

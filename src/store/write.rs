@@ -33,7 +33,7 @@ pub enum Claim {
 
 /// The Slurm job (or array task) this process runs in, from the variables
 /// Slurm sets: a requeued job starts again under the same identity.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct SlurmTask {
     /// The job id; for an array task, the array's job id.
     pub job_id: String,
