@@ -74,7 +74,7 @@ enum Command {
         /// GPUs available to stages that declare them (default: as many as `nvidia-smi -L` lists).
         #[arg(long)]
         gpus: Option<u32>,
-        /// CPU cores the running stages may use together, by their `resources.cpus` (default: this machine's).
+        /// CPU cores that running stages declaring `resources.cpus` may use together (default: this machine's).
         #[arg(long)]
         cpus: Option<u32>,
         /// After a failure, keep running branches that do not depend on it.

@@ -306,7 +306,8 @@ impl<'a> Scheduler<'a> {
             if self.gpus_in_use + node.gpus > self.options.gpus {
                 continue;
             }
-            // An instance asking for more CPUs than the budget runs alone.
+            // Instances that ask for CPUs share the --cpus budget; one asking
+            // for more than the whole budget runs alone.
             if self.running > 0 && self.cpus_in_use + node.cpus > self.options.cpus.max(1) {
                 continue;
             }

@@ -27,7 +27,8 @@ pub struct Node {
     /// The `needs` stage name under which each upstream node is seen.
     pub upstream_stages: Vec<String>,
     pub gpus: u32,
-    /// CPU cores (at least 1): the local scheduler's `--cpus` budget and Slurm's `--cpus-per-task`.
+    /// CPU cores asked for (0: not said): counted against the local
+    /// scheduler's `--cpus` budget; Slurm's `--cpus-per-task` (at least 1).
     pub cpus: u32,
     /// Memory and time limit as Slurm writes them (`64G`, `04:00:00`); only the Slurm executor uses them.
     pub mem: Option<String>,
@@ -140,7 +141,7 @@ pub fn expand(spec: PipelineSpec) -> Result<Plan, Diagnostics> {
                 None => {
                     let defaults = stage.kind.resources(&params);
                     let gpus = stage.resources.gpus.unwrap_or(defaults.gpus);
-                    let cpus = stage.resources.cpus.unwrap_or(defaults.cpus).max(1);
+                    let cpus = stage.resources.cpus.unwrap_or(defaults.cpus);
                     nodes.push(Node {
                         key: key.clone(),
                         kind: stage.kind,

@@ -19,7 +19,8 @@ pub use params::{ParamDefault, ParamSpec, ParamType, Params};
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct Resources {
     pub gpus: u32,
-    /// CPU cores; 0 means 1.
+    /// CPU cores; 0 leaves it unsaid (the local `--cpus` budget does not
+    /// count the instance; Slurm gives it one core).
     pub cpus: u32,
 }
 

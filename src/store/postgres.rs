@@ -10,7 +10,7 @@
 use anyhow::Context as _;
 use sqlx::AnyPool;
 use sqlx::any::{AnyConnectOptions, AnyPoolOptions};
-use sqlx::{Executor as _, Row as _};
+use sqlx::{Connection as _, Executor as _, Row as _};
 
 use super::backend::Dialect;
 
@@ -55,6 +55,11 @@ pub(super) async fn connect(url: &str, read_only: bool) -> anyhow::Result<AnyPoo
     super::install_drivers();
     let options: AnyConnectOptions = url.parse().with_context(|| format!("parsing the database URL {}", redacted(url)))?;
     let setup = if read_only { "SET SESSION CHARACTERISTICS AS TRANSACTION READ ONLY" } else { "SET client_min_messages = warning" };
+    // One plain connection first: a wrong host, port or password fails at
+    // once with the server's reason, where the pool would retry for its
+    // whole acquire timeout.
+    let probe = sqlx::AnyConnection::connect_with(&options).await.with_context(|| format!("connecting to {}", redacted(url)))?;
+    probe.close().await?;
     AnyPoolOptions::new()
         .max_connections(4)
         .after_connect(move |conn, _| {
