@@ -272,7 +272,7 @@ async fn dispatch(cli: Cli, bars: indicatif::MultiProgress) -> anyhow::Result<Ex
                 force,
                 only,
             };
-            let slurm = (executor == Executor::Slurm).then(|| SlurmOptions {
+            let slurm = (executor == Executor::Slurm).then_some(SlurmOptions {
                 partition: slurm.partition,
                 account: slurm.account,
                 qos: slurm.qos,

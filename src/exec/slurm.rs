@@ -95,7 +95,16 @@ pub async fn run_plan_on_slurm(
     let mut follower = Follower::new(store, plan, ids, run_id, options, slurm_options, observer)?;
     follower.select(freshness).await?;
     follower.adopt().await?;
-    follower.submit_ready().await?;
+    if let Err(e) = follower.submit_ready().await {
+        let submitted = follower.summary.jobs_submitted;
+        if submitted > 0 {
+            return Err(e.context(format!(
+                "{submitted} job(s) were submitted before this and keep running: `ablate cancel {run_id}` cancels them, \
+                 rerunning the command follows them"
+            )));
+        }
+        return Err(e);
+    }
     if slurm_options.detach {
         follower.summary.detached = true;
         follower.summary.jobs_left = follower.live_count();
@@ -111,8 +120,9 @@ pub async fn run_plan_on_slurm(
 pub async fn cancel_run(store: &Store, run_id: i64) -> anyhow::Result<usize> {
     let open = store.open_slurm_jobs_of_run(run_id).await?;
     let ids: Vec<String> = open.iter().map(|j| j.task.to_string()).collect();
-    slurm::scancel(&ids).await?;
+    // Noted first, so whoever records the jobs' end knows it was asked for.
     store.mark_slurm_cancelled(&open.iter().map(|j| j.id).collect::<Vec<_>>()).await?;
+    slurm::scancel(&ids).await?;
     // Give Slurm its KillWait to stop them, then record what it did.
     let mut pending: Vec<SlurmJobRow> = open
         .iter()
@@ -344,12 +354,12 @@ impl<'a> Follower<'a> {
         let mut adopted = Vec::new();
         for job in &open {
             let i = by_instance[&job.instance_id];
-            if let Some(info) = live.get(&job.id) {
-                if self.state[i] == State::Waiting {
-                    adopted.push(job.id);
-                    self.observer.waiting(&node_label(self.plan, i), &format!("adopting Slurm job {} ({})", job.task, info.state));
-                    self.state[i] = State::Live(Live { row: job.clone(), seen: info.state.clone() });
-                }
+            if let Some(info) = live.get(&job.id)
+                && self.state[i] == State::Waiting
+            {
+                adopted.push(job.id);
+                self.observer.waiting(&node_label(self.plan, i), &format!("adopting Slurm job {} ({})", job.task, info.state));
+                self.state[i] = State::Live(Live { row: job.clone(), seen: info.state.clone() });
             }
         }
         self.store.adopt_slurm_jobs(&adopted, self.run_id).await?;
@@ -521,12 +531,11 @@ impl<'a> Follower<'a> {
         let open = self.store.open_slurm_jobs_of_run(self.run_id).await?;
         let by_task: HashMap<(i64, SlurmTask), SlurmJobRow> = open.into_iter().map(|j| ((j.instance_id, j.task.clone()), j)).collect();
         for (i, state) in self.state.iter_mut().enumerate() {
-            if let State::Live(live) = state {
-                if live.row.id == 0 {
-                    if let Some(row) = by_task.get(&(self.ids[i], live.row.task.clone())) {
-                        live.row.id = row.id;
-                    }
-                }
+            if let State::Live(live) = state
+                && live.row.id == 0
+                && let Some(row) = by_task.get(&(self.ids[i], live.row.task.clone()))
+            {
+                live.row.id = row.id;
             }
         }
         Ok(())
@@ -571,10 +580,23 @@ impl<'a> Follower<'a> {
         let max =
             Duration::from_secs(std::env::var("ABLATE_SLURM_POLL_MAX_SECS").ok().and_then(|s| s.parse::<u64>().ok()).unwrap_or(30).max(1));
         let mut interval = min;
+        let mut poll_errors = 0;
         loop {
-            let changed = self.poll_once().await?;
+            // A busy controller may time out a poll now and then: try again later.
+            let changed = match self.poll_once().await {
+                Ok(changed) => {
+                    poll_errors = 0;
+                    changed
+                }
+                Err(e) if poll_errors < 10 => {
+                    poll_errors += 1;
+                    tracing::warn!("polling Slurm failed ({poll_errors} in a row), trying again: {e:#}");
+                    false
+                }
+                Err(e) => return Err(e.context("polling Slurm failed 10 times in a row")),
+            };
             self.submit_ready().await?;
-            let elsewhere = self.state.iter().any(|s| *s == State::Elsewhere);
+            let elsewhere = self.state.contains(&State::Elsewhere);
             if self.live_count() == 0 && !elsewhere {
                 return Ok(());
             }
