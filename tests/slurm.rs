@@ -366,3 +366,30 @@ fn a_requeued_job_resumes_from_its_checkpoint() {
         assert_eq!(a["slurm_job"], job.as_str(), "both incarnations are the same job: {a}");
     }
 }
+
+#[test]
+fn slurm_jobs_write_to_a_postgresql_store() {
+    if !slurm() {
+        return;
+    }
+    let Some(cluster) = Ws::postgres() else { return };
+    let local = Ws::new();
+    let file_local = local.write("small.toml", STUDY);
+    let (code, _, out) = local.run_json(&file_local, &["--jobs", "2"]);
+    assert_eq!(code, Some(0), "{}", out.describe());
+
+    // The jobs get the database URL from the submitter's environment, not their command line.
+    let file = cluster.write("small.toml", STUDY);
+    let (code, summary, out) = run_slurm(&cluster, &file, &[]);
+    assert_eq!(code, Some(0), "{}", out.describe());
+    assert_eq!(summary["slurm"]["jobs_submitted"], 9, "{summary}");
+    assert_eq!(metrics(&cluster), metrics(&local), "the same metrics");
+    let url = cluster.db_url().unwrap();
+    let password = url.split(':').nth(2).and_then(|rest| rest.split('@').next()).unwrap();
+    for script in std::fs::read_dir(cluster.store().join("slurm").join("run-1")).unwrap() {
+        let text = std::fs::read_to_string(script.unwrap().path()).unwrap();
+        assert!(!text.contains(password), "no password in batch scripts or logs:\n{text}");
+    }
+    assert_eq!(cluster.psql("SELECT COUNT(*) FROM attempts WHERE status = 'done' AND slurm_job_id IS NOT NULL").trim(), "9");
+    assert!(!cluster.db().exists(), "no SQLite file next to a PostgreSQL store");
+}

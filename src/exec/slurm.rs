@@ -815,6 +815,52 @@ mod tests {
         assert_eq!(none, Dependencies { task_ids: None, dependency: None });
     }
 
+    fn row(cancelled: bool) -> SlurmJobRow {
+        SlurmJobRow {
+            id: 1,
+            run_id: 1,
+            follower_id: 1,
+            instance_id: 1,
+            task: task("12", Some(3)),
+            log_path: "/ws/slurm/run-1/001-train-12_3.log".into(),
+            state: "RUNNING".into(),
+            cancelled,
+        }
+    }
+
+    fn info(state: &str, reason: Option<&str>, node: Option<&str>) -> JobInfo {
+        JobInfo {
+            task: task("12", Some(3)),
+            state: state.into(),
+            reason: reason.map(str::to_owned),
+            node: node.map(str::to_owned),
+            exit_code: Some("0:15".into()),
+        }
+    }
+
+    #[test]
+    fn ended_jobs_are_described_with_slurms_reason() {
+        let cases = [
+            ("NODE_FAIL", "the node on n1 failed under Slurm job 12_3 (NODE_FAIL)", true),
+            ("TIMEOUT", "Slurm job 12_3 reached its time limit on n1 (TIMEOUT)", true),
+            ("PREEMPTED", "Slurm job 12_3 was preempted on n1 (PREEMPTED)", true),
+            ("FAILED", "Slurm job 12_3 failed on n1, exit code 0:15", true),
+            ("CANCELLED", "Slurm job 12_3 was cancelled on n1 (scancel or an administrator)", false),
+        ];
+        for (state, text, retry) in cases {
+            let end = job_end(&row(false), Some(&info(state, None, Some("n1"))));
+            assert!(end.message.starts_with(text), "{state}: {}", end.message);
+            assert!(end.message.ends_with("log: /ws/slurm/run-1/001-train-12_3.log"));
+            assert_eq!(retryable(&end), retry, "{state}");
+            assert!(!end.never_started);
+        }
+        let end = job_end(&row(true), Some(&info("CANCELLED", Some("DependencyNeverSatisfied"), None)));
+        assert!(end.never_started && end.message.contains("cancelled by ablate"), "{end:?}");
+        let gone = job_end(&row(false), None);
+        assert_eq!(gone.state, "GONE");
+        assert!(retryable(&gone));
+    }
+
     #[test]
     fn many_tasks_of_one_array_become_the_array() {
         let refs: Vec<Vec<SlurmTask>> = vec![(0..100).map(|t| task("9", Some(t))).collect()];
