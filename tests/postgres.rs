@@ -4,6 +4,8 @@
 //! `ABLATE_TEST_BACKEND=postgres` (see `.ci/run`).
 
 mod common;
+#[path = "common/study.rs"]
+mod study;
 
 use std::collections::BTreeSet;
 use std::time::Duration;
@@ -102,28 +104,6 @@ fn sixteen_concurrent_execs_lose_nothing_and_run_nothing_twice() {
     assert_eq!(curve.json()[0]["hi"], STEPS - 1);
 }
 
-const STUDY: &str = r#"
-[pipeline]
-name = "twin"
-
-[axes]
-loss = ["infonce", "cosine"]
-seed = [0, 1]
-
-[stages.data]
-kind = "command"
-run = "echo data > $ABLATE_OUT/data.txt"
-
-[stages.train]
-kind = "command"
-needs = ["data"]
-run = """
-for s in 0 1 2; do echo "ablate:metric loss $(awk "BEGIN{print 1 / ($s + 1) + ${seed} * 0.1}") $s"; done
-echo "ablate:metric top1 $(awk "BEGIN{print 0.5 + ${seed} * 0.01}")"
-echo ${loss} > $ABLATE_OUT/model.txt
-"""
-"#;
-
 /// Views and listings with their column names, on one store.
 fn views(ws: &Ws) -> Vec<(String, BTreeSet<String>)> {
     ["v_runs", "v_instances", "v_metrics", "v_results", "v_done"]
@@ -145,12 +125,12 @@ fn postgres_store_answers_like_sqlite() {
     }
     let mut results = Vec::new();
     for ws in [&lite, &pg] {
-        let file = ws.write("twin.toml", STUDY);
+        let file = ws.write("small.toml", study::SMALL);
         let (code, summary, out) = ws.run_json(&file, &["--jobs", "2"]);
         assert_eq!(code, Some(0), "{}", out.describe());
-        assert_eq!(keys_in(&summary, "executed").len(), 5);
+        assert_eq!(keys_in(&summary, "executed").len(), 9);
         let (_, again, _) = ws.run_json(&file, &[]);
-        assert_eq!(keys_in(&again, "cached").len(), 5, "rerun on {:?}: all cached", ws.db_url());
+        assert_eq!(keys_in(&again, "cached").len(), 9, "rerun on {:?}: all cached", ws.db_url());
         let history = ws.run(&["history", "--json", "--sort", "key"]).ok().json();
         let rows: Vec<_> = history
             .as_array()
@@ -188,7 +168,7 @@ fn postgres_store_answers_like_sqlite() {
 #[test]
 fn a_bad_database_url_is_named_without_its_password() {
     let ws = Ws::new();
-    let file = ws.write("twin.toml", STUDY);
+    let file = ws.write("small.toml", study::SMALL);
     let out = ws.run(&["--db", "mysql://u:hunter2@h/db", "run", file.to_str().unwrap()]);
     assert_eq!(out.code, Some(2), "{}", out.describe());
     assert!(out.stderr.contains("postgres://"), "{}", out.describe());

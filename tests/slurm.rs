@@ -5,6 +5,8 @@
 //! `ablate cancel`, and a requeued job resuming from its checkpoint.
 
 mod common;
+#[path = "common/study.rs"]
+mod study;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::process::Command;
@@ -54,38 +56,6 @@ fn jobs_by_key(ws: &Ws, run: i64) -> BTreeMap<String, Vec<Value>> {
     out
 }
 
-const STUDY: &str = r#"
-[pipeline]
-name = "small"
-
-[axes]
-loss = ["infonce", "cosine"]
-seed = [0, 1]
-
-[stages.data]
-kind = "command"
-run = "echo data > $ABLATE_OUT/data.txt"
-
-[stages.train]
-kind = "command"
-needs = ["data"]
-run = """
-for s in 0 1 2; do echo "ablate:metric loss $(awk "BEGIN{print 1 / ($s + 1) + ${seed} * 0.1}") $s"; done
-echo "ablate:metric top1 $(awk "BEGIN{print 0.5 + ${seed} * 0.01}")"
-echo ${loss} ${seed} > $ABLATE_OUT/model.txt
-"""
-
-[stages.train.resources]
-cpus = 1
-mem = "100M"
-time = "00:05:00"
-
-[stages.eval]
-kind = "command"
-needs = ["train"]
-run = "echo \"ablate:metric acc $(wc -c < $ABLATE_INPUT_TRAIN/model.txt)\"; cat $ABLATE_INPUT_TRAIN/model.txt > $ABLATE_OUT/score.txt"
-"#;
-
 /// Final metrics per key, from `history --json`.
 fn metrics(ws: &Ws) -> BTreeMap<String, Value> {
     let history = ws.run(&["history", "--json"]).ok().json();
@@ -99,8 +69,8 @@ fn slurm_study_matches_a_local_run_one_job_per_instance() {
     }
     let local = Ws::new();
     let cluster = Ws::new();
-    let file_local = local.write("small.toml", STUDY);
-    let file_cluster = cluster.write("small.toml", STUDY);
+    let file_local = local.write("small.toml", study::SMALL);
+    let file_cluster = cluster.write("small.toml", study::SMALL);
     let (code, _, out) = local.run_json(&file_local, &["--jobs", "2"]);
     assert_eq!(code, Some(0), "{}", out.describe());
 
@@ -374,12 +344,12 @@ fn slurm_jobs_write_to_a_postgresql_store() {
     }
     let Some(cluster) = Ws::postgres() else { return };
     let local = Ws::new();
-    let file_local = local.write("small.toml", STUDY);
+    let file_local = local.write("small.toml", study::SMALL);
     let (code, _, out) = local.run_json(&file_local, &["--jobs", "2"]);
     assert_eq!(code, Some(0), "{}", out.describe());
 
     // The jobs get the database URL from the submitter's environment, not their command line.
-    let file = cluster.write("small.toml", STUDY);
+    let file = cluster.write("small.toml", study::SMALL);
     let (code, summary, out) = run_slurm(&cluster, &file, &[]);
     assert_eq!(code, Some(0), "{}", out.describe());
     assert_eq!(summary["slurm"]["jobs_submitted"], 9, "{summary}");

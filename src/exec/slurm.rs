@@ -309,6 +309,16 @@ impl<'a> Follower<'a> {
         self.state.iter().filter(|s| matches!(s, State::Live(_))).count()
     }
 
+    fn live_jobs(&self) -> Vec<SlurmJobRow> {
+        self.state
+            .iter()
+            .filter_map(|s| match s {
+                State::Live(live) => Some(live.row.clone()),
+                _ => None,
+            })
+            .collect()
+    }
+
     /// Initial states, as the local scheduler chooses them (`--only`, `--force`, cached).
     async fn select(&mut self, freshness: Vec<Freshness>) -> anyhow::Result<()> {
         let n = self.plan.nodes.len();
@@ -613,14 +623,7 @@ impl<'a> Follower<'a> {
 
     /// One poll: new states of live jobs, and ended jobs closed. Returns whether anything changed.
     async fn poll_once(&mut self) -> anyhow::Result<bool> {
-        let jobs: Vec<SlurmJobRow> = self
-            .state
-            .iter()
-            .filter_map(|s| match s {
-                State::Live(live) => Some(live.row.clone()),
-                _ => None,
-            })
-            .collect();
+        let jobs = self.live_jobs();
         let mut changed = false;
         let by_row: HashMap<i64, usize> = self
             .state
@@ -702,14 +705,7 @@ impl<'a> Follower<'a> {
     /// Ctrl-C while following: offer to cancel the study's jobs.
     async fn interrupted(&mut self) -> anyhow::Result<()> {
         self.report.interrupted = true;
-        let live: Vec<SlurmJobRow> = self
-            .state
-            .iter()
-            .filter_map(|s| match s {
-                State::Live(live) => Some(live.row.clone()),
-                _ => None,
-            })
-            .collect();
+        let live = self.live_jobs();
         self.summary.jobs_left = live.len();
         if live.is_empty() || !self.observer.confirm_cancel(self.run_id, live.len()) {
             return Ok(());

@@ -317,8 +317,17 @@ impl Store {
         }
         let mut conn = self.pool.acquire().await?;
         let fetched = query.fetch_all(&mut *conn).await.map_err(|e| sql_error(self.sql.name, e))?;
+        use sqlx::Executor as _;
         let (mut columns, rows): (Vec<String>, Vec<Vec<Value>>) = if wrapped.is_some() {
             // One JSON object per row: names from the first, values in order.
+            // JSON writes 9.0 as 9: the statement's column types (where the
+            // driver can name them) keep floats floats, as on SQLite.
+            let floats: Vec<bool> = match conn.describe(&sql).await {
+                Ok(d) => {
+                    d.columns().iter().map(|c| matches!(c.type_info().kind(), AnyTypeInfoKind::Real | AnyTypeInfoKind::Double)).collect()
+                }
+                Err(_) => Vec::new(),
+            };
             let mut columns = Vec::new();
             let mut rows = Vec::with_capacity(fetched.len());
             for r in &fetched {
@@ -326,7 +335,11 @@ impl Store {
                 if columns.is_empty() {
                     columns = cells.iter().map(|(name, _)| name.clone()).collect();
                 }
-                rows.push(cells.into_iter().map(|(_, v)| v).collect());
+                let values = cells.into_iter().enumerate().map(|(i, (_, v))| match v.as_i64() {
+                    Some(n) if floats.get(i) == Some(&true) => serde_json::Number::from_f64(n as f64).map_or(v, Value::Number),
+                    _ => v,
+                });
+                rows.push(values.collect());
             }
             (columns, rows)
         } else {
@@ -335,7 +348,6 @@ impl Store {
         };
         if fetched.is_empty() {
             // No rows: ask the engine for the column names of the statement.
-            use sqlx::Executor as _;
             columns = match conn.describe(&sql).await {
                 Ok(d) => d.columns().iter().map(|c| c.name().to_owned()).collect(),
                 Err(_) => Vec::new(),
