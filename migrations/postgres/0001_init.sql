@@ -104,7 +104,7 @@ CREATE TABLE metrics (
     step        BIGINT,
     value       DOUBLE PRECISION
 );
-CREATE INDEX metrics_attempt ON metrics(attempt_id, name);
+CREATE INDEX metrics_attempt ON metrics(attempt_id);
 
 CREATE VIEW v_done AS
 SELECT instance_id, MAX(id) AS attempt_id, MAX(ended_at) AS done_at
