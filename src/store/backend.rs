@@ -49,8 +49,8 @@ impl Backend {
 }
 
 /// Statements whose text differs between the engines. Bulk statements take
-/// their rows as one JSON array in `$1` (the engine unpacks it, which is far
-/// faster than binding every value, and needs no placeholder syntax of its own).
+/// their rows as one JSON array (the engine unpacks it: for numeric rows such
+/// as metrics that is far faster than binding every value).
 pub(super) struct Dialect {
     pub name: &'static str,
     /// Starts a transaction that writes: SQLite takes the write lock at once
@@ -62,12 +62,6 @@ pub(super) struct Dialect {
     /// Run first in a claim, with the instance id in `$1`: serializes claims
     /// of one instance (the partial unique index on running attempts backs it).
     pub lock_instance: Option<&'static str>,
-    /// `[[key, kind, kind_version, params], ...]` in `$1`, created_at in `$2`.
-    pub insert_instances: &'static str,
-    /// `[[stage, axes, instance_id], ...]` in `$1`; pipeline name `$2`, pipeline id `$3`, seen_at `$4`.
-    pub insert_bindings: &'static str,
-    /// `[[upstream_id, downstream_id, stage], ...]` in `$1`.
-    pub insert_edges: &'static str,
     /// `[[name, step, value], ...]` in `$3`; instance `$1`, attempt `$2`.
     pub insert_metrics: &'static str,
     /// Keys as a JSON array in `$1` → one JSON text `[[key, id], ...]`.
@@ -78,7 +72,8 @@ pub(super) struct Dialect {
     pub done_attempts: &'static str,
     /// An expression ordering metric rows of `metrics m` by insertion.
     pub metric_insertion_order: &'static str,
-    /// How `:name` parameters of user SQL are numbered (`?1` or `$1`).
+    /// How generated placeholders are numbered (`?1` or `$1`): `:name`
+    /// parameters of user SQL and multi-row VALUES lists.
     pub param_prefix: char,
     /// User SQL (`ablate sql`, dashboards) is run wrapped in this, with
     /// `{query}` replaced, where the `Any` driver cannot decode every column

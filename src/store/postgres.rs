@@ -22,17 +22,6 @@ pub(super) const DIALECT: Dialect = Dialect {
     // The key is arbitrary: "ablate" plus the plan registration's number.
     serialize_writers: Some("SELECT 1 FROM pg_advisory_xact_lock(6443339090310590465)"),
     lock_instance: Some("SELECT id FROM stage_instances WHERE id = $1 FOR UPDATE"),
-    insert_instances: "INSERT INTO stage_instances (key, kind, kind_version, params, created_at)
-         SELECT j ->> 0, j ->> 1, (j ->> 2)::bigint, j ->> 3, $2
-         FROM jsonb_array_elements($1::jsonb) WITH ORDINALITY AS t(j, n) ORDER BY n
-         ON CONFLICT (key) DO NOTHING",
-    insert_bindings:
-        "INSERT INTO instance_bindings (pipeline_name, stage, axes, instance_id, pipeline_id, seen_at)
-         SELECT $2, j ->> 0, j ->> 1, (j ->> 2)::bigint, $3, $4 FROM jsonb_array_elements($1::jsonb) AS t(j)
-         ON CONFLICT (pipeline_name, stage, axes, instance_id) DO UPDATE SET pipeline_id = excluded.pipeline_id, seen_at = excluded.seen_at",
-    insert_edges: "INSERT INTO edges (upstream_id, downstream_id, stage)
-         SELECT (j ->> 0)::bigint, (j ->> 1)::bigint, j ->> 2 FROM jsonb_array_elements($1::jsonb) AS t(j)
-         ON CONFLICT DO NOTHING",
     insert_metrics: "INSERT INTO metrics (instance_id, attempt_id, name, step, value)
          SELECT $1, $2, j ->> 0, (j ->> 1)::bigint, (j ->> 2)::double precision
          FROM jsonb_array_elements($3::jsonb) WITH ORDINALITY AS t(j, n) ORDER BY n",

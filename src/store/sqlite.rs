@@ -23,16 +23,6 @@ pub(super) const DIALECT: Dialect = Dialect {
     begin_write: "BEGIN IMMEDIATE",
     serialize_writers: None,
     lock_instance: None,
-    insert_instances: "INSERT INTO stage_instances (key, kind, kind_version, params, created_at)
-         SELECT j.value ->> 0, j.value ->> 1, j.value ->> 2, j.value ->> 3, $2 FROM json_each($1) j WHERE true
-         ON CONFLICT (key) DO NOTHING",
-    insert_bindings:
-        "INSERT INTO instance_bindings (pipeline_name, stage, axes, instance_id, pipeline_id, seen_at)
-         SELECT $2, j.value ->> 0, j.value ->> 1, j.value ->> 2, $3, $4 FROM json_each($1) j WHERE true
-         ON CONFLICT (pipeline_name, stage, axes, instance_id) DO UPDATE SET pipeline_id = excluded.pipeline_id, seen_at = excluded.seen_at",
-    insert_edges: "INSERT INTO edges (upstream_id, downstream_id, stage)
-         SELECT j.value ->> 0, j.value ->> 1, j.value ->> 2 FROM json_each($1) j WHERE true
-         ON CONFLICT DO NOTHING",
     insert_metrics: "INSERT INTO metrics (instance_id, attempt_id, name, step, value)
          SELECT $1, $2, j.value ->> 0, j.value ->> 1, j.value ->> 2 FROM json_each($3) j",
     instance_ids: "SELECT json_group_array(json_array(i.key, i.id)) FROM json_each($1) k JOIN stage_instances i ON i.key = k.value",

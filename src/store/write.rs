@@ -194,25 +194,42 @@ impl Store {
         if let Some(lock) = self.sql.serialize_writers {
             sqlx::query(lock).execute(&mut *tx).await?;
         }
-        // Rows go in as JSON arrays, 1000 at a time (see `Dialect`).
+        // Multi-row VALUES with bound values, 1000 rows a statement: text
+        // columns (parameters, axes) go in faster bound than unpacked from JSON.
         for chunk in plan.nodes.chunks(1000) {
-            let rows: Vec<(&str, &str, u32, String)> = chunk
-                .iter()
-                .map(|n| (n.key.as_str(), n.kind.name(), n.kind.version(), serde_json::Value::Object(n.params.0.clone()).to_string()))
-                .collect();
-            sqlx::query(self.sql.insert_instances).bind(serde_json::to_string(&rows)?).bind(&now).execute(&mut *tx).await?;
+            let sql = format!(
+                "INSERT INTO stage_instances (key, kind, kind_version, params, created_at) VALUES {} ON CONFLICT (key) DO NOTHING",
+                values_list(self.sql.param_prefix, chunk.len(), 5)
+            );
+            let mut q = sqlx::query(&sql);
+            for n in chunk {
+                q = q
+                    .bind(n.key.as_str())
+                    .bind(n.kind.name())
+                    .bind(i64::from(n.kind.version()))
+                    .bind(serde_json::Value::Object(n.params.0.clone()).to_string())
+                    .bind(&now);
+            }
+            q.execute(&mut *tx).await?;
         }
         let ids = instance_ids(self.sql, &mut tx, plan).await?;
-        let bindings: Vec<(&str, String, i64)> =
-            plan.bindings.iter().map(|b| (plan.stage_name(b), Plan::axes_json(b).to_string(), ids[b.node])).collect();
-        for chunk in bindings.chunks(1000) {
-            sqlx::query(self.sql.insert_bindings)
-                .bind(serde_json::to_string(chunk)?)
-                .bind(&plan.spec.name)
-                .bind(pipeline_id)
-                .bind(&now)
-                .execute(&mut *tx)
-                .await?;
+        for chunk in plan.bindings.chunks(1000) {
+            let sql = format!(
+                "INSERT INTO instance_bindings (pipeline_name, stage, axes, instance_id, pipeline_id, seen_at) VALUES {}
+                 ON CONFLICT (pipeline_name, stage, axes, instance_id) DO UPDATE SET pipeline_id = excluded.pipeline_id, seen_at = excluded.seen_at",
+                values_list(self.sql.param_prefix, chunk.len(), 6)
+            );
+            let mut q = sqlx::query(&sql);
+            for b in chunk {
+                q = q
+                    .bind(&plan.spec.name)
+                    .bind(plan.stage_name(b))
+                    .bind(Plan::axes_json(b).to_string())
+                    .bind(ids[b.node])
+                    .bind(pipeline_id)
+                    .bind(&now);
+            }
+            q.execute(&mut *tx).await?;
         }
         let edges: Vec<(i64, i64, &str)> = plan
             .nodes
@@ -222,7 +239,15 @@ impl Store {
             .map(|(u, d, s)| (ids[u], ids[d], s))
             .collect();
         for chunk in edges.chunks(1000) {
-            sqlx::query(self.sql.insert_edges).bind(serde_json::to_string(chunk)?).execute(&mut *tx).await?;
+            let sql = format!(
+                "INSERT INTO edges (upstream_id, downstream_id, stage) VALUES {} ON CONFLICT DO NOTHING",
+                values_list(self.sql.param_prefix, chunk.len(), 3)
+            );
+            let mut q = sqlx::query(&sql);
+            for (u, d, stage) in chunk {
+                q = q.bind(*u).bind(*d).bind(*stage);
+            }
+            q.execute(&mut *tx).await?;
         }
         sqlx::query("UPDATE pipelines SET plan_hash = $1 WHERE id = $2").bind(&plan_hash).bind(pipeline_id).execute(&mut *tx).await?;
         tx.commit().await?;
@@ -511,6 +536,30 @@ async fn insert_metrics(
     Ok(())
 }
 
+/// Placeholders for a multi-row VALUES of `rows` rows of `width` values:
+/// `($1, $2), ($3, $4)` on PostgreSQL, `(?, ?), (?, ?)` on SQLite (prefix
+/// `?`). SQLite keeps numbered and named parameters in a list that sqlx
+/// searches once per bound value, which is quadratic in a statement with
+/// thousands of them (10 s instead of 0.2 s to register 100,000 instances);
+/// anonymous `?` are bound by position.
+fn values_list(prefix: char, rows: usize, width: usize) -> String {
+    let mut out = String::with_capacity(rows * width * 5);
+    for r in 0..rows {
+        out.push_str(if r == 0 { "(" } else { ", (" });
+        for c in 0..width {
+            if c > 0 {
+                out.push_str(", ");
+            }
+            out.push(prefix);
+            if prefix != '?' {
+                out.push_str(&(r * width + c + 1).to_string());
+            }
+        }
+        out.push(')');
+    }
+    out
+}
+
 fn is_stale(this_host: &str, cutoff_ms: i64, host: &str, pid: i64, heartbeat_ms: i64) -> bool {
     (host == this_host && !pid_alive(pid)) || heartbeat_ms < cutoff_ms
 }
@@ -518,4 +567,13 @@ fn is_stale(this_host: &str, cutoff_ms: i64, host: &str, pid: i64, heartbeat_ms:
 fn git_revision() -> Option<String> {
     let out = std::process::Command::new("git").args(["rev-parse", "HEAD"]).stderr(std::process::Stdio::null()).output().ok()?;
     out.status.success().then(|| String::from_utf8_lossy(&out.stdout).trim().to_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn values_lists_are_numbered_in_row_order() {
+        assert_eq!(super::values_list('$', 2, 3), "($1, $2, $3), ($4, $5, $6)");
+        assert_eq!(super::values_list('?', 2, 1), "(?), (?)");
+    }
 }
