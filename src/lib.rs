@@ -5,12 +5,16 @@
 pub mod chart;
 pub mod cli;
 pub mod dashboard;
+pub mod eval;
 pub mod exec;
 pub mod filter;
 pub mod freshness;
+pub mod gpu;
+pub mod loss;
 pub mod pipeline;
 pub mod pivot;
 pub mod slurm;
 pub mod stages;
 pub mod store;
+pub mod text;
 pub mod web;

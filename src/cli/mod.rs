@@ -68,9 +68,9 @@ enum Command {
     /// Run what is not done yet.
     Run {
         file: PathBuf,
-        /// Instances run at the same time.
-        #[arg(long, short = 'j', default_value_t = 1)]
-        jobs: usize,
+        /// Instances run at the same time (default: the number of CPU cores).
+        #[arg(long, short = 'j')]
+        jobs: Option<usize>,
         /// GPUs available to stages that declare them (default: as many as `nvidia-smi -L` lists).
         #[arg(long)]
         gpus: Option<u32>,
@@ -136,6 +136,26 @@ enum Command {
         dry_run: bool,
         #[arg(long)]
         json: bool,
+    },
+    /// Embed texts with a frozen text encoder, to check an encoder without a pipeline.
+    Embed {
+        /// A model directory, a .gguf file, or a built-in name (minilm, smollm2).
+        #[arg(long)]
+        encoder: String,
+        /// mean | cls | eos (default: the encoder family's own: mean for BERT, eos for decoders).
+        #[arg(long)]
+        pooling: Option<String>,
+        /// Texts longer than this many tokens are truncated (2 to 256).
+        #[arg(long, default_value_t = 77)]
+        max_tokens: usize,
+        /// auto | cpu | cuda:N.
+        #[arg(long, default_value = "cpu")]
+        device: String,
+        /// Print one JSON array: {"text", "tokens", "embedding"} per text, in order.
+        #[arg(long)]
+        json: bool,
+        #[arg(required = true)]
+        texts: Vec<String>,
     },
     /// List the registered stage kinds and their parameters.
     Kinds {
@@ -265,8 +285,8 @@ async fn dispatch(cli: Cli, bars: indicatif::MultiProgress) -> anyhow::Result<Ex
         Command::Plan { file, format, json } => plan(&workspace, &file, if json { PlanFormat::Json } else { format }).await,
         Command::Run { file, jobs, gpus, cpus, keep_going, force, only, json, executor, slurm } => {
             let options = RunOptions {
-                jobs,
-                gpus: gpus.unwrap_or_else(detected_gpus),
+                jobs: jobs.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get())),
+                gpus: gpus.unwrap_or_else(crate::gpu::count),
                 cpus: cpus.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get() as u32)),
                 keep_going,
                 force,
@@ -290,6 +310,9 @@ async fn dispatch(cli: Cli, bars: indicatif::MultiProgress) -> anyhow::Result<Ex
         Command::Lineage { id, json } => history::lineage(&workspace, &id, json).await,
         Command::Gc { dry_run, json } => history::gc(&workspace, dry_run, json).await,
         Command::Kinds { json } => kinds(json),
+        Command::Embed { encoder, pooling, max_tokens, device, json, texts } => {
+            embed(&encoder, pooling.as_deref(), max_tokens, &device, json, &texts)
+        }
         Command::History { pipeline, filter, sort, limit, json, csv } => {
             results::history(
                 &workspace,
@@ -307,17 +330,6 @@ async fn dispatch(cli: Cli, bars: indicatif::MultiProgress) -> anyhow::Result<Ex
         Command::Serve { port, bind, dashboards } => serve::serve(&workspace, bind, port, dashboards).await,
         Command::Report { file, html } => serve::report(&workspace, &file, &html).await,
     }
-}
-
-/// GPUs on this machine, by `nvidia-smi -L` (0 where it is absent).
-fn detected_gpus() -> u32 {
-    std::process::Command::new("nvidia-smi")
-        .arg("-L")
-        .stderr(std::process::Stdio::null())
-        .output()
-        .ok()
-        .filter(|o| o.status.success())
-        .map_or(0, |o| String::from_utf8_lossy(&o.stdout).lines().filter(|l| l.starts_with("GPU ")).count() as u32)
 }
 
 fn compile(file: &Path) -> anyhow::Result<Plan> {
@@ -678,6 +690,39 @@ async fn cancel(workspace: &Workspace, run_id: i64) -> anyhow::Result<ExitCode> 
         bail!("cannot signal process {pid} of run {run_id}: {}", std::io::Error::last_os_error());
     }
     println!("run {run_id}: sent SIGINT to process {pid}; it stops its stages and records them interrupted");
+    Ok(ExitCode::SUCCESS)
+}
+
+fn embed(encoder: &str, pooling: Option<&str>, max_tokens: usize, device: &str, json: bool, texts: &[String]) -> anyhow::Result<ExitCode> {
+    use crate::text::device::{DeviceRequest, LoadedEncoder};
+    use crate::text::{EmbedOptions, EncoderSpec, MAX_TOKENS_LIMIT, Pooling};
+    let usage = |e: anyhow::Error| UsageError(format!("{e:#}"));
+    let spec = EncoderSpec::resolve(encoder).map_err(usage)?;
+    let pooling: Pooling = match pooling {
+        Some(p) => p.parse().map_err(usage)?,
+        None => spec.family().map_err(usage)?.default_pooling(),
+    };
+    if !(2..=MAX_TOKENS_LIMIT).contains(&max_tokens) {
+        return Err(UsageError(format!("--max-tokens must be between 2 and {MAX_TOKENS_LIMIT}")).into());
+    }
+    let device = DeviceRequest::parse(device).map_err(UsageError)?;
+    let loaded = LoadedEncoder::load(&spec, device)?;
+    let refs: Vec<&str> = texts.iter().map(String::as_str).collect();
+    let options = EmbedOptions { pooling, max_tokens, batch_size: 64, normalize: true };
+    let embedded = loaded.embed_with_progress(&refs, &options, |_| Ok(()))?;
+    if json {
+        let rows: Vec<_> =
+            texts.iter().zip(&embedded).map(|(t, e)| json!({"text": t, "tokens": e.tokens, "embedding": e.embedding})).collect();
+        print_json(&serde_json::Value::Array(rows));
+        return Ok(ExitCode::SUCCESS);
+    }
+    println!("encoder {} ({} dims, {} pooling, {})", spec.path().display(), loaded.dim(), pooling.name(), loaded.device_name());
+    let mut table = render::Table::new(&["TEXT", "TOKENS", "TRUNCATED", "FIRST DIMS"]);
+    for (t, e) in texts.iter().zip(&embedded) {
+        let head: Vec<String> = e.embedding.iter().take(4).map(|v| format!("{v:+.4}")).collect();
+        table.row(vec![t.clone(), e.tokens.len().to_string(), e.truncated.to_string(), format!("{} …", head.join(" "))]);
+    }
+    print!("{}", table.render());
     Ok(ExitCode::SUCCESS)
 }
 

@@ -261,13 +261,19 @@ fn resolve_params<'v>(
     if !ok {
         return None;
     }
-    let params = Params(map);
-    if let Err(e) = stage.kind.check(&params) {
-        let span = stage.params.iter().find(|p| p.name == e.param).and_then(|p| p.value_span.clone()).or(stage.span.clone());
-        errors.push(file.error(span, &dotted(&e.param), e.message));
-        return None;
+    let mut params = Params(map);
+    let derived = stage.kind.check(&params).and_then(|()| stage.kind.derive(&params));
+    match derived {
+        Ok(extra) => {
+            params.0.extend(extra);
+            Some(params)
+        }
+        Err(e) => {
+            let span = stage.params.iter().find(|p| p.name == e.param).and_then(|p| p.value_span.clone()).or(stage.span.clone());
+            errors.push(file.error(span, &dotted(&e.param), e.message));
+            None
+        }
     }
-    Some(params)
 }
 
 /// Stages in dependency order, or the cycle that prevents one.

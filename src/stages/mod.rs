@@ -10,6 +10,9 @@ pub mod caption_ingest;
 pub mod command;
 pub mod context;
 pub mod params;
+pub mod text_common;
+pub mod text_embed;
+pub mod text_similarity;
 
 pub use context::{CancelToken, Interrupted, MetricPoint, NoProgress, Progress, StageContext, StageOutputs, UpstreamOutputs};
 pub use params::{ParamDefault, ParamSpec, ParamType, Params};
@@ -51,6 +54,13 @@ pub trait StageKind: Send + Sync + 'static {
     fn check(&self, _params: &Params) -> Result<(), ParamError> {
         Ok(())
     }
+    /// Parameters derived from the declared ones at compile time and added to
+    /// them, so they become part of the stage key: the hash of an input file
+    /// the kind reads (model weights, a benchmark's JSON), or a default that
+    /// depends on another parameter. Errors are located at `ParamError::param`.
+    fn derive(&self, _params: &Params) -> Result<Vec<(String, serde_json::Value)>, ParamError> {
+        Ok(Vec::new())
+    }
     fn resources(&self, _params: &Params) -> Resources {
         Resources::default()
     }
@@ -58,7 +68,8 @@ pub trait StageKind: Send + Sync + 'static {
 }
 
 /// Every registered kind. Adding a kind: one module plus one line here.
-pub static KINDS: &[&dyn StageKind] = &[&caption_ingest::CaptionIngest, &command::Command];
+pub static KINDS: &[&dyn StageKind] =
+    &[&caption_ingest::CaptionIngest, &command::Command, &text_embed::TextEmbed, &text_similarity::TextSimilarity];
 
 pub fn find(name: &str) -> Option<&'static dyn StageKind> {
     KINDS.iter().copied().find(|k| k.name() == name)

@@ -268,12 +268,7 @@ impl Store {
         for row in attempts {
             let (id, h, pid, beat): (i64, String, i64, i64) = (row.get(0), row.get(1), row.get(2), row.get(3));
             if is_stale(&host, cutoff, &h, pid, beat) {
-                sqlx::query("UPDATE attempts SET status = 'lost', ended_at = $1, error = $2 WHERE id = $3 AND status = 'running'")
-                    .bind(now_text())
-                    .bind(format!("process {pid} on {h} stopped without finishing"))
-                    .bind(id)
-                    .execute(&mut *tx)
-                    .await?;
+                mark_lost(&mut tx, id, format!("process {pid} on {h} stopped without finishing")).await?;
                 recovered += 1;
             }
         }
@@ -338,12 +333,7 @@ impl Store {
                     Some(s) if same_job => format!("Slurm requeued job {s}; process {pid} on {h} was stopped"),
                     _ => format!("process {pid} on {h} stopped without finishing"),
                 };
-                sqlx::query("UPDATE attempts SET status = 'lost', ended_at = $1, error = $2 WHERE id = $3")
-                    .bind(now_text())
-                    .bind(why)
-                    .bind(id)
-                    .execute(&mut *tx)
-                    .await?;
+                mark_lost(&mut tx, id, why).await?;
             } else {
                 tx.commit().await?;
                 return Ok(Claim::RunningElsewhere { run_id: other_run, host: h, pid });
@@ -558,6 +548,17 @@ fn values_list(prefix: char, rows: usize, width: usize) -> String {
         out.push(')');
     }
     out
+}
+
+/// Marks a running attempt whose process is gone as lost, with the reason.
+async fn mark_lost(tx: &mut sqlx::Transaction<'static, Any>, attempt_id: i64, why: String) -> anyhow::Result<()> {
+    sqlx::query("UPDATE attempts SET status = 'lost', ended_at = $1, error = $2 WHERE id = $3 AND status = 'running'")
+        .bind(now_text())
+        .bind(why)
+        .bind(attempt_id)
+        .execute(&mut **tx)
+        .await?;
+    Ok(())
 }
 
 fn is_stale(this_host: &str, cutoff_ms: i64, host: &str, pid: i64, heartbeat_ms: i64) -> bool {

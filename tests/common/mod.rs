@@ -233,6 +233,11 @@ impl Ws {
             Some((url, _)) => cmd.env("ABLATE_DB", url),
             None => cmd.env_remove("ABLATE_DB"),
         };
+        // Built-in encoder names resolve in the repository's models/ (the
+        // binary runs in a temporary directory).
+        if std::env::var_os("ABLATE_MODELS").is_none() {
+            cmd.env("ABLATE_MODELS", Path::new(env!("CARGO_MANIFEST_DIR")).join("models"));
+        }
         cmd
     }
 
@@ -340,4 +345,18 @@ pub fn wait_until(limit: Duration, what: &str, mut cond: impl FnMut() -> bool) {
         assert!(start.elapsed() < limit, "timed out after {limit:?} waiting for {what}");
         std::thread::sleep(Duration::from_millis(25));
     }
+}
+
+/// The models directory filled by `scripts/fetch-models` (`$ABLATE_MODELS`,
+/// else `models/` in the repository). Absent, tests that need it skip with a
+/// message — except in CI (`CI=true`), whose `.ci/run` fetches the models, so
+/// there an absent directory fails.
+pub fn models_dir() -> Option<PathBuf> {
+    let dir = std::env::var_os("ABLATE_MODELS").map(PathBuf::from).unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("models"));
+    if dir.is_dir() {
+        return Some(dir);
+    }
+    assert!(std::env::var("CI").is_err(), "models directory {} is absent in CI: .ci/run must run scripts/fetch-models", dir.display());
+    eprintln!("SKIPPED: models directory {} is absent; run scripts/fetch-models to enable this test", dir.display());
+    None
 }

@@ -55,6 +55,7 @@
 //! `ingest.skipped` (images, or SugarCrepe entries, dropped under `on_error =
 //! "skip"`), and for SugarCrepe `ingest.missing_subsets`.
 
+pub mod artifacts;
 mod coco;
 mod dataset;
 mod fashion;
@@ -62,7 +63,7 @@ mod imageio;
 mod jsonl;
 mod rng;
 mod shapes;
-mod sugarcrepe;
+pub mod sugarcrepe;
 
 use std::path::PathBuf;
 

@@ -14,7 +14,46 @@ use super::dataset::{Dataset, Negative, Options, Record, resolve};
 use super::imageio;
 use crate::stages::StageContext;
 
-pub(super) const SUBSETS: [&str; 7] = ["add_att", "add_obj", "replace_att", "replace_obj", "replace_rel", "swap_att", "swap_obj"];
+pub const SUBSETS: [&str; 7] = ["add_att", "add_obj", "replace_att", "replace_obj", "replace_rel", "swap_att", "swap_obj"];
+
+/// One entry of a SugarCrepe subset file, fields trimmed (possibly empty).
+#[derive(Debug, Clone)]
+pub struct Entry {
+    pub key: String,
+    pub filename: String,
+    pub caption: String,
+    pub negative: String,
+}
+
+/// Reads `{dir}/{subset}.json`, entries by numeric key; `Ok(None)` when the
+/// file is absent (benchmark copies often hold only some subsets).
+pub fn read_subset(dir: &Path, subset: &str) -> anyhow::Result<Option<Vec<Entry>>> {
+    let path = dir.join(format!("{subset}.json"));
+    if !path.is_file() {
+        return Ok(None);
+    }
+    let text = std::fs::read_to_string(&path).with_context(|| format!("cannot read {}", path.display()))?;
+    let json: Value = serde_json::from_str(&text).with_context(|| format!("{} is not valid JSON", path.display()))?;
+    let Value::Object(entries) = json else {
+        bail!("{}: expected an object keyed \"0\", \"1\", ...", path.display());
+    };
+    let mut keys: Vec<&String> = entries.keys().collect();
+    keys.sort_by_key(|k| (k.parse::<u64>().unwrap_or(u64::MAX), k.as_str()));
+    keys.into_iter()
+        .map(|key| {
+            let entry = &entries[key.as_str()];
+            let field = |name: &str| {
+                entry
+                    .get(name)
+                    .and_then(Value::as_str)
+                    .map(|s| s.trim().to_owned())
+                    .ok_or_else(|| anyhow!("{} key {key:?}: missing string field {name:?}", path.display()))
+            };
+            Ok(Entry { key: key.clone(), filename: field("filename")?, caption: field("caption")?, negative: field("negative_caption")? })
+        })
+        .collect::<anyhow::Result<Vec<_>>>()
+        .map(Some)
+}
 
 struct Group {
     filename: String,
@@ -32,31 +71,15 @@ pub(super) fn ingest(ctx: &StageContext, opts: &Options, dir: &Path, image_root:
     let mut by_name: HashMap<String, usize> = HashMap::new();
     let mut missing = 0;
     for subset in SUBSETS {
-        let path = dir.join(format!("{subset}.json"));
-        if !path.is_file() {
-            tracing::warn!(target: "ablate::caption_ingest", "SugarCrepe subset file {} not found; skipped", path.display());
+        ctx.check_cancelled()?;
+        let Some(entries) = read_subset(dir, subset)? else {
+            tracing::warn!(target: "ablate::caption_ingest", "SugarCrepe subset file {} not found; skipped", dir.join(format!("{subset}.json")).display());
             missing += 1;
             continue;
-        }
-        ctx.check_cancelled()?;
-        let text = std::fs::read_to_string(&path).with_context(|| format!("cannot read {}", path.display()))?;
-        let json: Value = serde_json::from_str(&text).with_context(|| format!("{} is not valid JSON", path.display()))?;
-        let Value::Object(entries) = json else {
-            bail!("{}: expected an object keyed \"0\", \"1\", ...", path.display());
         };
-        let mut keys: Vec<&String> = entries.keys().collect();
-        keys.sort_by_key(|k| (k.parse::<u64>().unwrap_or(u64::MAX), k.as_str()));
-        for key in keys {
-            let entry = &entries[key.as_str()];
-            let field = |name: &str| {
-                entry
-                    .get(name)
-                    .and_then(Value::as_str)
-                    .map(|s| s.trim().to_owned())
-                    .ok_or_else(|| anyhow!("{} key {key:?}: missing string field {name:?}", path.display()))
-            };
-            let (filename, caption, negative) = (field("filename")?, field("caption")?, field("negative_caption")?);
+        for Entry { key, filename, caption, negative } in entries {
             if filename.is_empty() || caption.is_empty() || negative.is_empty() {
+                let path = dir.join(format!("{subset}.json"));
                 let err = anyhow!("{} key {key:?}: empty filename, caption or negative_caption", path.display());
                 data.problem(opts, err)?;
                 continue;

@@ -1,0 +1,66 @@
+//! Image–text retrieval Recall@K, CLIP_benchmark's convention: every caption
+//! of an image counts as a positive for it (image → text), and a caption's
+//! query is correct when its own image is in the top K (text → image).
+
+use super::{dot, ranking};
+
+pub const KS: [usize; 3] = [1, 5, 10];
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Retrieval {
+    /// Recall@1, @5, @10, image → text.
+    pub i2t: [f64; 3],
+    /// Recall@1, @5, @10, text → image.
+    pub t2i: [f64; 3],
+}
+
+/// `text_image[j]` is the image caption `j` belongs to. `None` without images or texts.
+pub fn evaluate(images: &[Vec<f32>], texts: &[Vec<f32>], text_image: &[usize]) -> Option<Retrieval> {
+    if images.is_empty() || texts.is_empty() {
+        return None;
+    }
+    let scores: Vec<Vec<f32>> = images.iter().map(|i| texts.iter().map(|t| dot(i, t)).collect()).collect();
+    let mut i2t = [0usize; 3];
+    for (i, row) in scores.iter().enumerate() {
+        let order = ranking(row);
+        for (slot, k) in KS.iter().enumerate() {
+            i2t[slot] += usize::from(order.iter().take(*k).any(|&j| text_image[j] == i));
+        }
+    }
+    let mut t2i = [0usize; 3];
+    for (j, &owner) in text_image.iter().enumerate() {
+        let column: Vec<f32> = scores.iter().map(|row| row[j]).collect();
+        let order = ranking(&column);
+        for (slot, k) in KS.iter().enumerate() {
+            t2i[slot] += usize::from(order.iter().take(*k).any(|&i| i == owner));
+        }
+    }
+    let (ni, nt) = (images.len() as f64, texts.len() as f64);
+    Some(Retrieval { i2t: i2t.map(|c| c as f64 / ni), t2i: t2i.map(|c| c as f64 / nt) })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn several_captions_per_image_and_ties() {
+        // Image 0 has captions 0 and 1, image 1 has caption 2.
+        let images = vec![vec![1.0, 0.0], vec![0.0, 1.0]];
+        let texts = vec![vec![0.0, 1.0], vec![1.0, 0.0], vec![0.6, 0.8]];
+        let owner = vec![0, 0, 1];
+        let r = evaluate(&images, &texts, &owner).unwrap();
+        // i2t: image 0 ranks caption 1 first (its own) → hit; image 1 ranks
+        // caption 0 (image 0's) first → miss at 1, but its caption 2 is second.
+        assert_eq!(r.i2t, [0.5, 1.0, 1.0]);
+        // t2i: caption 0 → image 1 first (miss); caption 1 → image 0 (hit);
+        // caption 2 → image 1 (0.8 > 0.6, hit).
+        assert!((r.t2i[0] - 2.0 / 3.0).abs() < 1e-12);
+        assert_eq!(r.t2i[1], 1.0);
+
+        // A tie goes to the lower index: both images score the caption equally.
+        let r = evaluate(&[vec![1.0, 0.0], vec![1.0, 0.0]], &[vec![1.0, 0.0]], &[1]).unwrap();
+        assert_eq!(r.t2i[0], 0.0, "image 0 wins the tie, caption belongs to image 1");
+        assert!(evaluate(&[], &texts, &owner).is_none());
+    }
+}

@@ -1,0 +1,94 @@
+//! Where an encoder runs (`device = "auto" | "cpu" | "cuda:N"`), and an
+//! encoder loaded on whichever backend that picked.
+
+use anyhow::bail;
+
+use super::{Cpu, EmbedOptions, EmbeddedText, EncoderSpec, TextEncoder};
+
+/// A device as written in a pipeline file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DeviceRequest {
+    /// The first GPU when built with `--features cuda` and one is present, else the CPU.
+    Auto,
+    Cpu,
+    Cuda(usize),
+}
+
+impl DeviceRequest {
+    pub fn parse(text: &str) -> Result<DeviceRequest, String> {
+        match text {
+            "auto" => Ok(DeviceRequest::Auto),
+            "cpu" => Ok(DeviceRequest::Cpu),
+            _ => match text.strip_prefix("cuda:").map(str::parse::<usize>) {
+                Some(Ok(n)) => Ok(DeviceRequest::Cuda(n)),
+                _ => Err(format!("unknown device \"{text}\" (expected \"auto\", \"cpu\" or \"cuda:N\")")),
+            },
+        }
+    }
+
+    /// Whether this request occupies a GPU (what the stage declares to the scheduler).
+    pub fn uses_gpu(self) -> bool {
+        match self {
+            DeviceRequest::Cpu => false,
+            DeviceRequest::Cuda(_) => true,
+            DeviceRequest::Auto => cfg!(feature = "cuda") && crate::gpu::count() > 0,
+        }
+    }
+}
+
+/// A text encoder on a concrete backend.
+pub enum LoadedEncoder {
+    Cpu(TextEncoder<Cpu>),
+    #[cfg(feature = "cuda")]
+    Cuda(TextEncoder<super::Cuda>, usize),
+}
+
+impl LoadedEncoder {
+    pub fn load(spec: &EncoderSpec, device: DeviceRequest) -> anyhow::Result<LoadedEncoder> {
+        let gpu = match device {
+            DeviceRequest::Cpu => None,
+            DeviceRequest::Cuda(n) => Some(n),
+            DeviceRequest::Auto => device.uses_gpu().then_some(0),
+        };
+        match gpu {
+            None => Ok(LoadedEncoder::Cpu(TextEncoder::load(spec, &Default::default())?)),
+            #[cfg(feature = "cuda")]
+            Some(n) => Ok(LoadedEncoder::Cuda(TextEncoder::load(spec, &burn::backend::cuda::CudaDevice::new(n))?, n)),
+            #[cfg(not(feature = "cuda"))]
+            Some(n) => bail!("device cuda:{n} needs a build with `--features cuda`"),
+        }
+    }
+
+    /// The device, as recorded on the attempt.
+    pub fn device_name(&self) -> String {
+        match self {
+            LoadedEncoder::Cpu(_) => "cpu".into(),
+            #[cfg(feature = "cuda")]
+            LoadedEncoder::Cuda(_, n) => format!("cuda:{n}"),
+        }
+    }
+
+    pub fn dim(&self) -> usize {
+        match self {
+            LoadedEncoder::Cpu(e) => e.dim(),
+            #[cfg(feature = "cuda")]
+            LoadedEncoder::Cuda(e, _) => e.dim(),
+        }
+    }
+
+    pub fn embed_with_progress(
+        &self,
+        texts: &[&str],
+        opts: &EmbedOptions,
+        progress: impl FnMut(usize) -> anyhow::Result<()>,
+    ) -> anyhow::Result<Vec<EmbeddedText>> {
+        if opts.batch_size == 0 {
+            bail!("batch_size must be at least 1");
+        }
+        match self {
+            LoadedEncoder::Cpu(e) => e.embed_with_progress(texts, opts, progress),
+            #[cfg(feature = "cuda")]
+            LoadedEncoder::Cuda(e, _) => e.embed_with_progress(texts, opts, progress),
+        }
+    }
+}

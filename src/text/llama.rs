@@ -1,0 +1,408 @@
+//! Llama-family decoders (Llama, SmolLM2, Qwen2, Mistral) used as frozen text
+//! encoders: RMSNorm, rotary positions, grouped-query causal attention, SwiGLU.
+//!
+//! Weights come from a GGUF file (dequantized to f32) or a Hugging Face
+//! safetensors directory. Internally everything uses Hugging Face conventions
+//! (tensor names, `rotate_half` RoPE); the GGUF loader maps llama.cpp's names
+//! and undoes the Q/K row permutation that llama.cpp's converter applies for
+//! its interleaved RoPE, so both sources produce identical models.
+
+use std::path::Path;
+
+use anyhow::{Context as _, anyhow, bail};
+use burn::prelude::*;
+use burn::tensor::activation::silu;
+use burn::tensor::module::attention;
+use burn::tensor::ops::AttentionModuleOptions;
+
+use super::gguf::GgufFile;
+use super::tokenize::MAX_TOKENS_LIMIT;
+use super::weights::{Linear, SafetensorFiles, expect_shape, tensor1, tensor2};
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct LlamaConfig {
+    pub hidden_size: usize,
+    pub intermediate_size: usize,
+    pub num_layers: usize,
+    pub num_heads: usize,
+    pub num_kv_heads: usize,
+    pub head_dim: usize,
+    pub vocab_size: usize,
+    pub rms_norm_eps: f64,
+    pub rope_theta: f64,
+    /// Q/K/V projections carry biases (Qwen2).
+    pub qkv_bias: bool,
+}
+
+impl LlamaConfig {
+    /// From a Hugging Face config.json of `model_type` llama, qwen2 or mistral.
+    pub fn from_hf(config: &serde_json::Value, origin: &Path) -> anyhow::Result<Self> {
+        let at = origin.display();
+        let int = |k: &str| config[k].as_u64().map(|v| v as usize).ok_or_else(|| anyhow!("{at}: '{k}' is missing or not an integer"));
+        let act = config["hidden_act"].as_str().unwrap_or("silu");
+        if act != "silu" {
+            bail!("{at}: hidden_act '{act}' is not supported (only 'silu')");
+        }
+        if !config["rope_scaling"].is_null() {
+            bail!("{at}: rope_scaling is not supported (found {})", config["rope_scaling"]);
+        }
+        let (hidden_size, num_heads) = (int("hidden_size")?, int("num_attention_heads")?);
+        let model_type = config["model_type"].as_str().unwrap_or("");
+        let cfg = LlamaConfig {
+            hidden_size,
+            intermediate_size: int("intermediate_size")?,
+            num_layers: int("num_hidden_layers")?,
+            num_heads,
+            num_kv_heads: config["num_key_value_heads"].as_u64().map_or(num_heads, |v| v as usize),
+            head_dim: config["head_dim"].as_u64().map_or(hidden_size / num_heads.max(1), |v| v as usize),
+            vocab_size: int("vocab_size")?,
+            rms_norm_eps: config["rms_norm_eps"].as_f64().unwrap_or(1e-6),
+            rope_theta: config["rope_theta"].as_f64().unwrap_or(10_000.0),
+            qkv_bias: model_type == "qwen2" || config["attention_bias"].as_bool().unwrap_or(false),
+        };
+        cfg.validate().with_context(|| format!("{at}"))?;
+        Ok(cfg)
+    }
+
+    /// From GGUF metadata (`{arch}.block_count`, `{arch}.attention.head_count`, ...).
+    pub fn from_gguf(gguf: &GgufFile, arch: &str) -> anyhow::Result<Self> {
+        let int = |k: &str| gguf.u64(&format!("{arch}.{k}")).map(|v| v as usize);
+        let float = |k: &str| gguf.get(&format!("{arch}.{k}")).and_then(|v| v.as_f64());
+        if let Some(kind) = gguf.get(&format!("{arch}.rope.scaling.type")).and_then(|v| v.as_str())
+            && kind != "none"
+        {
+            bail!("{}: RoPE scaling '{kind}' is not supported", gguf.path.display());
+        }
+        let (hidden_size, num_heads) = (int("embedding_length")?, int("attention.head_count")?);
+        let head_dim = int("rope.dimension_count").unwrap_or(hidden_size / num_heads.max(1));
+        let vocab_size = gguf.info("token_embd.weight")?.dims.get(1).copied().unwrap_or(0);
+        let cfg = LlamaConfig {
+            hidden_size,
+            intermediate_size: int("feed_forward_length")?,
+            num_layers: int("block_count")?,
+            num_heads,
+            num_kv_heads: int("attention.head_count_kv").unwrap_or(num_heads),
+            head_dim,
+            vocab_size,
+            rms_norm_eps: float("attention.layer_norm_rms_epsilon").unwrap_or(1e-5),
+            rope_theta: float("rope.freq_base").unwrap_or(10_000.0),
+            qkv_bias: gguf.tensors.contains_key("blk.0.attn_q.bias"),
+        };
+        cfg.validate().with_context(|| format!("{}", gguf.path.display()))?;
+        Ok(cfg)
+    }
+
+    fn validate(&self) -> anyhow::Result<()> {
+        if self.num_heads == 0 || self.num_kv_heads == 0 || !self.num_heads.is_multiple_of(self.num_kv_heads) {
+            bail!("attention heads {} are not a multiple of key/value heads {}", self.num_heads, self.num_kv_heads);
+        }
+        if self.head_dim == 0 || !self.head_dim.is_multiple_of(2) {
+            bail!("head dimension {} must be even for rotary embeddings", self.head_dim);
+        }
+        Ok(())
+    }
+}
+
+/// Where the weights come from; every request uses Hugging Face tensor names.
+pub enum LlamaSource<'a> {
+    Safetensors(&'a SafetensorFiles),
+    /// `permuted_qk`: llama.cpp's converter permuted the Q/K rows (llama
+    /// architecture; not qwen2, whose RoPE llama.cpp runs in NeoX order).
+    Gguf {
+        file: &'a GgufFile,
+        permuted_qk: bool,
+    },
+}
+
+impl LlamaSource<'_> {
+    fn get(&self, name: &str, want: &[usize], cfg: &LlamaConfig) -> anyhow::Result<Vec<f32>> {
+        match self {
+            LlamaSource::Safetensors(st) => {
+                let (shape, data) = st.get(name)?;
+                expect_shape(name, &shape, want)?;
+                Ok(data)
+            }
+            LlamaSource::Gguf { file, permuted_qk } => {
+                let gname = gguf_name(name).ok_or_else(|| anyhow!("no GGUF name for tensor '{name}'"))?;
+                let info = file.info(&gname)?;
+                // ggml dims are reversed relative to PyTorch's.
+                let shape: Vec<usize> = info.dims.iter().rev().copied().collect();
+                expect_shape(&gname, &shape, want).with_context(|| format!("{}", file.path.display()))?;
+                let data = file.dequantize(&gname)?;
+                let heads = if name.contains("q_proj") {
+                    cfg.num_heads
+                } else if name.contains("k_proj") {
+                    cfg.num_kv_heads
+                } else {
+                    return Ok(data);
+                };
+                Ok(if *permuted_qk { unpermute_rows(&data, heads, cfg.head_dim) } else { data })
+            }
+        }
+    }
+
+    fn has(&self, name: &str) -> bool {
+        match self {
+            LlamaSource::Safetensors(st) => st.contains(name),
+            LlamaSource::Gguf { file, .. } => gguf_name(name).is_some_and(|g| file.tensors.contains_key(&g)),
+        }
+    }
+}
+
+/// Hugging Face tensor name → llama.cpp tensor name.
+pub fn gguf_name(hf: &str) -> Option<String> {
+    match hf {
+        "model.embed_tokens.weight" => return Some("token_embd.weight".into()),
+        "model.norm.weight" => return Some("output_norm.weight".into()),
+        _ => {}
+    }
+    let rest = hf.strip_prefix("model.layers.")?;
+    let (layer, part) = rest.split_once('.')?;
+    let (module, kind) = part.rsplit_once('.')?;
+    let g = match module {
+        "input_layernorm" => "attn_norm",
+        "post_attention_layernorm" => "ffn_norm",
+        "self_attn.q_proj" => "attn_q",
+        "self_attn.k_proj" => "attn_k",
+        "self_attn.v_proj" => "attn_v",
+        "self_attn.o_proj" => "attn_output",
+        "mlp.gate_proj" => "ffn_gate",
+        "mlp.up_proj" => "ffn_up",
+        "mlp.down_proj" => "ffn_down",
+        _ => return None,
+    };
+    Some(format!("blk.{layer}.{g}.{kind}"))
+}
+
+/// Undoes llama.cpp's Q/K permutation: within each head, GGUF row `2i + j`
+/// holds Hugging Face row `j * head_dim/2 + i`. Works for weights (rows of
+/// any length) and biases (rows of length 1).
+pub fn unpermute_rows(data: &[f32], heads: usize, head_dim: usize) -> Vec<f32> {
+    let row = data.len() / (heads * head_dim);
+    let half = head_dim / 2;
+    let mut out = vec![0.0; data.len()];
+    for h in 0..heads {
+        for i in 0..half {
+            for j in 0..2 {
+                let src = (h * head_dim + 2 * i + j) * row;
+                let dst = (h * head_dim + j * half + i) * row;
+                out[dst..dst + row].copy_from_slice(&data[src..src + row]);
+            }
+        }
+    }
+    out
+}
+
+/// One decoder layer. Two load-time rewrites keep the forward pass in
+/// contiguous `[tokens, heads * head_dim]` matrices, where the CPU backend's
+/// elementwise kernels are fast (strided 4-D views take a slow scalar path):
+/// - K/V weights are repeated per query head (grouped-query attention without
+///   expanding activations);
+/// - `q_rot`/`k_rot` hold the projections with RoPE's `rotate_half` folded in
+///   (rows permuted and negated per head), so RoPE is `q·cos + q_rot·sin`.
+struct Block<B: Backend> {
+    attn_norm: Tensor<B, 1>,
+    q: Linear<B>,
+    q_rot: Linear<B>,
+    k: Linear<B>,
+    k_rot: Linear<B>,
+    v: Linear<B>,
+    o: Linear<B>,
+    ffn_norm: Tensor<B, 1>,
+    gate: Linear<B>,
+    up: Linear<B>,
+    down: Linear<B>,
+}
+
+pub struct LlamaModel<B: Backend> {
+    pub config: LlamaConfig,
+    embed: Tensor<B, 2>,
+    blocks: Vec<Block<B>>,
+    norm: Tensor<B, 1>,
+    /// `[positions, head_dim]` tables, Hugging Face layout (the half-frequencies repeated).
+    cos: Vec<f32>,
+    sin: Vec<f32>,
+}
+
+impl<B: Backend> LlamaModel<B> {
+    pub fn load(config: LlamaConfig, src: &LlamaSource, device: &B::Device) -> anyhow::Result<Self> {
+        let c = &config;
+        let (d, ff, hd) = (c.hidden_size, c.intermediate_size, c.head_dim);
+        let (qd, kvd) = (c.num_heads * hd, c.num_kv_heads * hd);
+        let heads = c.num_heads;
+        let get = |name: &str, want: &[usize]| src.get(name, want, c);
+        let embed = tensor2(get("model.embed_tokens.weight", &[c.vocab_size, d])?, [c.vocab_size, d], device);
+        let mut blocks = Vec::with_capacity(c.num_layers);
+        for i in 0..c.num_layers {
+            let p = format!("model.layers.{i}");
+            let w = |n: &str, want: &[usize]| get(&format!("{p}.{n}"), want);
+            let bias = |n: &str, len: usize| -> anyhow::Result<Option<Vec<f32>>> {
+                let name = format!("{p}.self_attn.{n}_proj.bias");
+                if c.qkv_bias || src.has(&name) { Ok(Some(get(&name, &[len])?)) } else { Ok(None) }
+            };
+            let dense = |n: &str, out: usize, inp: usize, bias: Option<Vec<f32>>| -> anyhow::Result<Linear<B>> {
+                Ok(Linear::from_torch(out, inp, &w(&format!("{n}.weight"), &[out, inp])?, bias, device))
+            };
+            // Q/K/V as [qd, d] torch-layout weights (K/V repeated per query head), then their rotations.
+            let proj = |n: &str, out: usize| -> anyhow::Result<(Vec<f32>, Option<Vec<f32>>)> {
+                let (wt, bs) = (w(&format!("self_attn.{n}_proj.weight"), &[out, d])?, bias(n, out)?);
+                let times = qd / out; // 1 for Q, the group size for K/V
+                Ok((repeat_heads(&wt, times, hd, d), bs.map(|b| repeat_heads(&b, times, hd, 1))))
+            };
+            let linear = |(wt, bs): &(Vec<f32>, Option<Vec<f32>>)| Linear::from_torch(qd, d, wt, bs.clone(), device);
+            let rotated = |(wt, bs): &(Vec<f32>, Option<Vec<f32>>)| {
+                Linear::from_torch(
+                    qd,
+                    d,
+                    &rotate_half_rows(wt, heads, hd, d),
+                    bs.as_ref().map(|b| rotate_half_rows(b, heads, hd, 1)),
+                    device,
+                )
+            };
+            let (q, k) = (proj("q", qd)?, proj("k", kvd)?);
+            blocks.push(Block {
+                attn_norm: tensor1(w("input_layernorm.weight", &[d])?, device),
+                q: linear(&q),
+                q_rot: rotated(&q),
+                k: linear(&k),
+                k_rot: rotated(&k),
+                v: linear(&proj("v", kvd)?),
+                o: dense("self_attn.o_proj", d, qd, None)?,
+                ffn_norm: tensor1(w("post_attention_layernorm.weight", &[d])?, device),
+                gate: dense("mlp.gate_proj", ff, d, None)?,
+                up: dense("mlp.up_proj", ff, d, None)?,
+                down: dense("mlp.down_proj", d, ff, None)?,
+            });
+        }
+        let norm = tensor1(get("model.norm.weight", &[d])?, device);
+        let (cos, sin) = rope_tables(hd, c.rope_theta, MAX_TOKENS_LIMIT);
+        Ok(LlamaModel { config, embed, blocks, norm, cos, sin })
+    }
+
+    /// Hidden states after the final RMSNorm, `[batch, seq, hidden]`, for
+    /// right-padded `ids`. Causal attention alone keeps every real token from
+    /// seeing the padding that follows it, so no padding mask is needed; the
+    /// padded positions' outputs are never read by pooling.
+    pub fn forward(&self, ids: Tensor<B, 2, Int>) -> anyhow::Result<Tensor<B, 3>> {
+        let [batch, seq] = ids.dims();
+        if seq > MAX_TOKENS_LIMIT {
+            bail!("sequence of {seq} tokens exceeds {MAX_TOKENS_LIMIT}");
+        }
+        let c = &self.config;
+        let (d, hd, heads) = (c.hidden_size, c.head_dim, c.num_heads);
+        let qd = heads * hd;
+        let device = ids.device();
+        // RoPE tables laid out like the projections: row (b, s), every head gets position s.
+        let full = |table: &[f32]| {
+            let rows: Vec<f32> =
+                (0..batch * seq).flat_map(|r| (0..heads).flat_map(move |_| &table[(r % seq) * hd..(r % seq + 1) * hd])).copied().collect();
+            tensor2::<B>(rows, [batch * seq, qd], &device)
+        };
+        let (cos, sin) = (full(&self.cos), full(&self.sin));
+        let heads_first = |t: Tensor<B, 2>| t.reshape([batch, seq, heads, hd]).swap_dims(1, 2);
+        // Activations stay `[batch * seq, hidden]` so that every dense layer is one
+        // large matmul (a 3-D input would become `batch` small ones).
+        let mut x = self.embed.clone().select(0, ids.reshape([batch * seq]));
+        let options = AttentionModuleOptions { is_causal: true, ..Default::default() };
+        for b in &self.blocks {
+            let h = rms_norm(x.clone(), &b.attn_norm, c.rms_norm_eps);
+            let q = b.q.forward(h.clone()) * cos.clone() + b.q_rot.forward(h.clone()) * sin.clone();
+            let k = b.k.forward(h.clone()) * cos.clone() + b.k_rot.forward(h.clone()) * sin.clone();
+            let v = b.v.forward(h);
+            let ctx = attention(heads_first(q), heads_first(k), heads_first(v), None, None, options);
+            x = x + b.o.forward(ctx.swap_dims(1, 2).reshape([batch * seq, qd]));
+            let h = rms_norm(x.clone(), &b.ffn_norm, c.rms_norm_eps);
+            let act = silu(b.gate.forward(h.clone())) * b.up.forward(h);
+            x = x + b.down.forward(act);
+        }
+        Ok(rms_norm(x, &self.norm, c.rms_norm_eps).reshape([batch, seq, d]))
+    }
+}
+
+/// Repeats each key/value head's rows `group` times (`[kv * hd, row]` →
+/// `[kv * group * hd, row]`): query head `h` reads key/value head `h / group`.
+fn repeat_heads(rows: &[f32], group: usize, head_dim: usize, row: usize) -> Vec<f32> {
+    rows.chunks_exact(head_dim * row).flat_map(|head| std::iter::repeat_n(head, group).flatten()).copied().collect()
+}
+
+/// Rows of a per-head projection rearranged so that it outputs
+/// `rotate_half(y) = [-y[half..], y[..half]]` of the original output `y`.
+fn rotate_half_rows(rows: &[f32], heads: usize, head_dim: usize, row: usize) -> Vec<f32> {
+    let half = head_dim / 2;
+    let mut out = Vec::with_capacity(rows.len());
+    for h in 0..heads {
+        for j in 0..head_dim {
+            let (src, sign) = if j < half { (j + half, -1.0) } else { (j - half, 1.0) };
+            let start = (h * head_dim + src) * row;
+            out.extend(rows[start..start + row].iter().map(|x| sign * x));
+        }
+    }
+    out
+}
+
+/// RMSNorm over the last dimension of `[tokens, hidden]`.
+fn rms_norm<B: Backend>(x: Tensor<B, 2>, weight: &Tensor<B, 1>, eps: f64) -> Tensor<B, 2> {
+    let rms = (x.clone().powi_scalar(2).mean_dim(1) + eps).sqrt();
+    x / rms * weight.clone().unsqueeze::<2>()
+}
+
+/// cos/sin tables in f32 the way Hugging Face computes them
+/// (`inv_freq = theta^(-2i/d)`, angles `pos * inv_freq`, halves repeated).
+fn rope_tables(head_dim: usize, theta: f64, positions: usize) -> (Vec<f32>, Vec<f32>) {
+    let half = head_dim / 2;
+    let inv_freq: Vec<f32> = (0..half).map(|i| (1.0 / theta.powf((2 * i) as f64 / head_dim as f64)) as f32).collect();
+    let mut cos = Vec::with_capacity(positions * head_dim);
+    let mut sin = Vec::with_capacity(positions * head_dim);
+    for p in 0..positions {
+        for _ in 0..2 {
+            for f in &inv_freq {
+                let angle = p as f32 * f;
+                cos.push(angle.cos());
+                sin.push(angle.sin());
+            }
+        }
+    }
+    (cos, sin)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unpermute_inverts_llama_cpp_permutation() {
+        // llama.cpp: reshape(heads, 2, hd/2, row).swapaxes(1, 2) — build it and invert.
+        let (heads, hd, row) = (3, 4, 2);
+        let hf: Vec<f32> = (0..heads * hd * row).map(|x| x as f32).collect();
+        let mut gguf = vec![0.0; hf.len()];
+        for h in 0..heads {
+            for j in 0..2 {
+                for i in 0..hd / 2 {
+                    let src = (h * hd + j * hd / 2 + i) * row;
+                    let dst = (h * hd + i * 2 + j) * row;
+                    gguf[dst..dst + row].copy_from_slice(&hf[src..src + row]);
+                }
+            }
+        }
+        assert_ne!(gguf, hf);
+        assert_eq!(unpermute_rows(&gguf, heads, hd), hf);
+    }
+
+    #[test]
+    fn head_rewrites() {
+        // 2 heads of dim 4, rows of length 1: rotate_half per head.
+        let y = [1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0, 8.0];
+        assert_eq!(rotate_half_rows(&y, 2, 4, 1), [-3.0, -4.0, 1.0, 2.0, -7.0, -8.0, 5.0, 6.0]);
+        // 2 kv heads of dim 2 (rows of length 2), each repeated for 2 query heads.
+        let kv = [1.0, 1.0, 2.0, 2.0, 3.0, 3.0, 4.0, 4.0];
+        assert_eq!(repeat_heads(&kv, 2, 2, 2), [1.0, 1.0, 2.0, 2.0, 1.0, 1.0, 2.0, 2.0, 3.0, 3.0, 4.0, 4.0, 3.0, 3.0, 4.0, 4.0]);
+    }
+
+    #[test]
+    fn gguf_names() {
+        assert_eq!(gguf_name("model.layers.12.self_attn.k_proj.bias").as_deref(), Some("blk.12.attn_k.bias"));
+        assert_eq!(gguf_name("model.layers.0.mlp.down_proj.weight").as_deref(), Some("blk.0.ffn_down.weight"));
+        assert_eq!(gguf_name("model.norm.weight").as_deref(), Some("output_norm.weight"));
+        assert_eq!(gguf_name("lm_head.weight"), None);
+    }
+}

@@ -1,0 +1,150 @@
+//! The text encoders against independent references (tests/fixtures/text,
+//! made by scripts/make-text-references.py with sentence-transformers and
+//! transformers), on the real models fetched by scripts/fetch-models.
+//!
+//! Tests that need the models skip, saying so, only when the models directory
+//! is absent; a present directory with a missing or broken file fails.
+
+mod common;
+
+use common::models_dir;
+use std::path::{Path, PathBuf};
+
+use ablate::text::{Cpu, EmbedOptions, EncoderSpec, Pooling, TextEncoder};
+use serde_json::Value;
+
+fn fixture(name: &str) -> Value {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/text").join(name);
+    serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap()
+}
+
+fn floats(v: &Value) -> Vec<f32> {
+    v.as_array().unwrap().iter().map(|x| x.as_f64().unwrap() as f32).collect()
+}
+
+fn ids(v: &Value) -> Vec<u32> {
+    v.as_array().unwrap().iter().map(|x| x.as_u64().unwrap() as u32).collect()
+}
+
+fn cosine(a: &[f32], b: &[f32]) -> f64 {
+    assert_eq!(a.len(), b.len(), "embedding widths differ");
+    let dot: f64 = a.iter().zip(b).map(|(x, y)| *x as f64 * *y as f64).sum();
+    let na: f64 = a.iter().map(|x| (*x as f64).powi(2)).sum::<f64>().sqrt();
+    let nb: f64 = b.iter().map(|x| (*x as f64).powi(2)).sum::<f64>().sqrt();
+    dot / (na * nb)
+}
+
+fn load(path: PathBuf) -> TextEncoder<Cpu> {
+    let spec = EncoderSpec::resolve(path.to_str().unwrap()).unwrap();
+    TextEncoder::load(&spec, &Default::default()).unwrap()
+}
+
+#[test]
+fn minilm_matches_sentence_transformers() {
+    let Some(models) = models_dir() else { return };
+    let encoder = load(models.join("all-MiniLM-L6-v2"));
+    assert_eq!(encoder.dim(), 384);
+    assert_eq!(encoder.default_pooling(), Pooling::Mean);
+    let reference = fixture("minilm.json");
+    let items = reference["items"].as_array().unwrap();
+    let mut checked = 0;
+    let (mut worst, mut max_diff) = (f64::INFINITY, 0f32);
+    // Untruncated lengths: the 256-token run only cuts the one very long text.
+    let full_len = |text: &str| encoder.tokenize(&[text], 256).unwrap()[0].ids.len();
+    for max_tokens in [256usize, 16] {
+        let group: Vec<&Value> = items.iter().filter(|it| it["max_tokens"].as_u64() == Some(max_tokens as u64)).collect();
+        assert!(group.len() >= 20, "fixture has {} texts for max_tokens {max_tokens}", group.len());
+        let texts: Vec<&str> = group.iter().map(|it| it["text"].as_str().unwrap()).collect();
+        // Batches of 5 mix lengths, so padding and masking are exercised.
+        let opts = EmbedOptions { pooling: Pooling::Mean, max_tokens, batch_size: 5, normalize: true };
+        let got = encoder.embed(&texts, &opts).unwrap();
+        for (it, out) in group.iter().zip(&got) {
+            let text = it["text"].as_str().unwrap();
+            let want_ids = ids(&it["tokens"]);
+            assert_eq!(out.tokens, want_ids, "token ids differ for {text:?}");
+            let expect_truncated = if max_tokens == 256 { text.len() > 500 } else { full_len(text) > 16 };
+            assert_eq!(out.truncated, expect_truncated, "truncation flag for {text:?} at {max_tokens}");
+            let want = floats(&it["embedding"]);
+            let cos = cosine(&out.embedding, &want);
+            worst = worst.min(cos);
+            max_diff = out.embedding.iter().zip(&want).map(|(a, b)| (a - b).abs()).fold(max_diff, f32::max);
+            assert!(cos >= 0.9999, "cosine {cos} < 0.9999 for {text:?} (max_tokens {max_tokens})");
+            let norm: f32 = out.embedding.iter().map(|x| x * x).sum::<f32>().sqrt();
+            assert!((norm - 1.0).abs() < 1e-4, "not L2-normalised: {norm}");
+            checked += 1;
+        }
+    }
+    eprintln!("minilm: {checked} embeddings vs sentence-transformers: worst cosine {worst:.9}, max |diff| {max_diff:.2e}");
+}
+
+#[test]
+fn smollm2_matches_transformers_gguf() {
+    let Some(models) = models_dir() else { return };
+    let encoder = load(models.join("SmolLM2-135M-Instruct.Q4_1.gguf"));
+    assert_eq!(encoder.dim(), 576);
+    assert_eq!(encoder.default_pooling(), Pooling::Eos);
+    let reference = fixture("smollm2.json");
+    let items = reference["items"].as_array().unwrap();
+    assert!(items.len() >= 5);
+    let texts: Vec<&str> = items.iter().map(|it| it["text"].as_str().unwrap()).collect();
+    for (pooling, key) in [(Pooling::Eos, "eos"), (Pooling::Mean, "mean")] {
+        // One padded batch: every prompt against a reference computed alone.
+        let opts = EmbedOptions { pooling, max_tokens: 64, batch_size: 64, normalize: false };
+        let got = encoder.embed(&texts, &opts).unwrap();
+        let (mut worst, mut max_rel) = (f64::INFINITY, 0f32);
+        for (it, out) in items.iter().zip(&got) {
+            let text = it["text"].as_str().unwrap();
+            assert_eq!(out.tokens, ids(&it["tokens"]), "token ids differ for {text:?}");
+            assert_eq!(*out.tokens.last().unwrap(), 2, "<eos> is appended");
+            let want = floats(&it[key]);
+            let cos = cosine(&out.embedding, &want);
+            worst = worst.min(cos);
+            let scale = want.iter().fold(0f32, |m, x| m.max(x.abs()));
+            max_rel = out.embedding.iter().zip(&want).map(|(a, b)| (a - b).abs() / scale).fold(max_rel, f32::max);
+            assert!(cos >= 0.999, "{key}: cosine {cos} < 0.999 for {text:?}");
+        }
+        eprintln!("smollm2 {key}: {} prompts vs transformers: worst cosine {worst:.9}, max |diff| / max |ref| {max_rel:.2e}", items.len());
+    }
+}
+
+#[test]
+fn truncation_keeps_eos_for_decoders() {
+    let Some(models) = models_dir() else { return };
+    let encoder = load(models.join("SmolLM2-135M-Instruct.Q4_1.gguf"));
+    let long = "word ".repeat(100);
+    let tokens = encoder.tokenize(&[long.as_str(), "short"], 8).unwrap();
+    assert_eq!(tokens[0].ids.len(), 8);
+    assert!(tokens[0].truncated);
+    assert_eq!(*tokens[0].ids.last().unwrap(), 2);
+    assert!(!tokens[1].truncated);
+    assert!(encoder.tokenize(&["x"], 1).is_err(), "max_tokens 1 leaves no room");
+    assert!(encoder.tokenize(&["x"], 257).is_err(), "max_tokens is capped at 256");
+}
+
+#[test]
+fn builtin_names_resolve_to_the_models_dir() {
+    let Some(models) = models_dir() else { return };
+    if std::env::var_os("ABLATE_MODELS").is_none() {
+        // Built-in names resolve against ./models, and cargo runs tests in the package root.
+        assert_eq!(EncoderSpec::resolve("minilm").unwrap(), EncoderSpec::HfDir(PathBuf::from("models/all-MiniLM-L6-v2")));
+        assert_eq!(EncoderSpec::resolve("smollm2").unwrap(), EncoderSpec::Gguf(PathBuf::from("models/SmolLM2-135M-Instruct.Q4_1.gguf")));
+    }
+    let spec = EncoderSpec::resolve(models.join("all-MiniLM-L6-v2").to_str().unwrap()).unwrap();
+    let files: Vec<String> = spec.weight_files().unwrap().iter().map(|p| p.file_name().unwrap().to_string_lossy().into_owned()).collect();
+    assert_eq!(files, ["config.json", "model.safetensors", "tokenizer.json"]);
+    assert_eq!(spec.fingerprint().unwrap().len(), 64);
+}
+
+#[test]
+fn library_embed_entry_point() {
+    let Some(models) = models_dir() else { return };
+    let spec = models.join("all-MiniLM-L6-v2");
+    let texts = vec!["a red cube".to_string(), "a blue sphere".to_string()];
+    let out = ablate::text::embed(spec.to_str().unwrap(), Pooling::Cls, 32, &texts).unwrap();
+    assert_eq!(out.len(), 2);
+    assert_eq!(out[0].tokens.first(), Some(&101));
+    // cls pooling differs from the mean pooling of the same text.
+    let mean = ablate::text::embed(spec.to_str().unwrap(), Pooling::Mean, 32, &texts).unwrap();
+    assert!(cosine(&out[0].embedding, &mean[0].embedding) < 0.99);
+    assert!(ablate::text::embed("no-such-encoder", Pooling::Mean, 32, &texts).is_err());
+}

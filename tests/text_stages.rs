@@ -1,0 +1,171 @@
+//! The text-embedding cache and the text-pair similarity analysis, through
+//! the binary, on the real MiniLM (and SmolLM2) from scripts/fetch-models.
+
+mod common;
+
+use std::collections::BTreeSet;
+
+use common::*;
+use serde_json::Value;
+
+/// Two encoders × two caption lengths of text_embed under a grid that also
+/// varies loss and seed downstream: each (encoder, captions) is embedded once.
+const GRID: &str = r#"
+[pipeline]
+name = "embed-grid"
+
+[axes]
+encoder = ["minilm", "@SMOL@"]
+captions = ["short", "long"]
+loss = ["infonce", "cosine"]
+seed = [0, 1, 2]
+
+[stages.data]
+kind = "caption_ingest"
+source = "builtin:shapes"
+images = 6
+resolution = 8
+
+[stages.text]
+kind = "text_embed"
+needs = ["data"]
+encoder = "${encoder}"
+captions = "${captions}"
+device = "cpu"
+
+[stages.train]
+kind = "command"
+needs = ["text"]
+run = "ls $ABLATE_INPUT_TEXT > $ABLATE_OUT/inputs.txt; echo ${loss} ${seed} >> $ABLATE_OUT/inputs.txt"
+"#;
+
+/// Reads a safetensors file's header: tensor name → (dtype, shape), and the metadata.
+fn safetensors_header(path: &std::path::Path) -> (serde_json::Map<String, Value>, serde_json::Map<String, Value>) {
+    let bytes = std::fs::read(path).unwrap();
+    let n = u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
+    let mut header: serde_json::Map<String, Value> = serde_json::from_slice(&bytes[8..8 + n]).unwrap();
+    let meta = header.remove("__metadata__").and_then(|m| m.as_object().cloned()).unwrap_or_default();
+    (header, meta)
+}
+
+#[test]
+fn each_encoder_and_caption_set_is_embedded_once_for_the_whole_grid() {
+    let Some(models) = models_dir() else { return };
+    let ws = Ws::new();
+    let smol = models.join("SmolLM2-135M-Instruct.Q4_1.gguf");
+    let file = ws.write("grid.toml", &GRID.replace("@SMOL@", smol.to_str().unwrap()));
+    let plan = ws.plan(&file);
+    assert_eq!(rows(&plan, "text").len(), 4);
+    assert_eq!(rows(&plan, "train").len(), 24);
+    let (code, summary, out) = ws.run_json(&file, &["-j", "2"]);
+    assert_eq!(code, Some(0), "{}", out.describe());
+    let executed = keys_in(&summary, "executed");
+    let text_keys = stage_keys(&plan, "text");
+    assert_eq!(executed.intersection(&text_keys).count(), 4, "one encoder run per (encoder, captions): {summary}");
+    assert_eq!(executed.len(), 1 + 4 + 24);
+
+    // The cache's layout and metadata.
+    let short_minilm =
+        rows(&plan, "text").into_iter().find(|r| r["axes"]["encoder"] == "minilm" && r["axes"]["captions"] == "short").unwrap();
+    let show = ws.show(short_minilm["key"].as_str().unwrap());
+    assert_eq!(show["instance"]["params"]["pooling"], "mean", "BERT encoders default to mean pooling");
+    assert_eq!(show["instance"]["params"]["encoder_sha256"].as_str().unwrap().len(), 64);
+    let artifact = show["artifacts"].as_array().unwrap().iter().find(|a| a["name"] == "embeddings.safetensors").unwrap();
+    let (tensors, meta) = safetensors_header(&ws.store().join(artifact["path"].as_str().unwrap()));
+    assert_eq!(meta["pooling"], "mean");
+    assert_eq!(meta["dim"], "384");
+    assert_eq!(tensors["captions"]["shape"], serde_json::json!([6, 384]), "one short caption per builtin image");
+    assert_eq!(tensors["captions"]["dtype"], "F32");
+    assert_eq!(tensors["caption_image"]["dtype"], "I64");
+    assert_eq!(tensors["negative_positive"]["shape"], tensors["negative_negative"]["shape"]);
+    assert_eq!(tensors["class_prompts"]["shape"][0], 5 * 4, "5 shape classes × 4 templates");
+    let metrics: BTreeSet<String> = show["metrics"].as_array().unwrap().iter().map(|m| m["name"].as_str().unwrap().to_owned()).collect();
+    for m in ["embed.texts", "embed.unique_texts", "embed.truncated", "embed.texts_per_s"] {
+        assert!(metrics.contains(m), "{m} missing: {metrics:?}");
+    }
+    let smol_row = rows(&plan, "text").into_iter().find(|r| r["axes"]["encoder"] != "minilm").unwrap();
+    assert_eq!(ws.show(smol_row["key"].as_str().unwrap())["instance"]["params"]["pooling"], "eos", "decoders default to <eos> pooling");
+
+    // A rerun encodes nothing.
+    let (code, summary, _) = ws.run_json(&file, &[]);
+    assert_eq!(code, Some(0));
+    assert!(keys_in(&summary, "executed").is_empty());
+}
+
+#[test]
+fn the_cache_key_follows_the_model_files() {
+    let Some(models) = models_dir() else { return };
+    let ws = Ws::new();
+    // A copy of MiniLM whose weights then change: the text_embed key must change.
+    let copy = ws.root().join("minilm-copy");
+    std::fs::create_dir_all(&copy).unwrap();
+    for entry in std::fs::read_dir(models.join("all-MiniLM-L6-v2")).unwrap() {
+        let entry = entry.unwrap();
+        if entry.file_type().unwrap().is_file() {
+            std::fs::copy(entry.path(), copy.join(entry.file_name())).unwrap();
+        }
+    }
+    let text = format!(
+        "[pipeline]\nname = \"k\"\n\n[stages.data]\nkind = \"caption_ingest\"\nsource = \"builtin:shapes\"\nimages = 4\n\n\
+         [stages.text]\nkind = \"text_embed\"\nneeds = [\"data\"]\nencoder = \"{}\"\n",
+        copy.display()
+    );
+    let file = ws.write("k.toml", &text);
+    let before = key_of(&ws.plan(&file), "text");
+    let config = copy.join("config.json");
+    let edited = std::fs::read_to_string(&config).unwrap().replace("\"hidden_act\"", "\"_ablate_note\": 1, \"hidden_act\"");
+    std::fs::write(&config, edited).unwrap();
+    let after = key_of(&ws.plan(&file), "text");
+    assert_ne!(before, after, "a changed model file must change the cache key");
+}
+
+#[test]
+fn a_missing_encoder_is_a_located_error() {
+    let ws = Ws::new();
+    let file = ws.write(
+        "bad.toml",
+        "[pipeline]\nname = \"bad\"\n\n[stages.data]\nkind = \"caption_ingest\"\nsource = \"builtin:shapes\"\n\n\
+         [stages.text]\nkind = \"text_embed\"\nneeds = [\"data\"]\nencoder = \"/nonexistent/model\"\n",
+    );
+    let out = ws.run(&["plan", file.to_str().unwrap()]).expect_code(2);
+    assert!(out.stderr.contains("bad.toml:11:11") && out.stderr.contains("stages.text.encoder"), "{}", out.describe());
+    assert!(out.stderr.contains("/nonexistent/model"), "{}", out.describe());
+}
+
+#[test]
+fn text_similarity_on_sugarcrepe_and_ingest_negatives() {
+    if models_dir().is_none() {
+        return;
+    }
+    let sugarcrepe = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/data/sugarcrepe");
+    let ws = Ws::new();
+    let text = format!(
+        "[pipeline]\nname = \"sim\"\n\n[stages.data]\nkind = \"caption_ingest\"\nsource = \"builtin:shapes\"\nimages = 20\nresolution = 8\n\n\
+         [stages.sim]\nkind = \"text_similarity\"\nneeds = [\"data\"]\nencoder = \"minilm\"\nsugarcrepe = \"{}\"\nmax_pairs = 10\ndevice = \"cpu\"\n",
+        sugarcrepe.display()
+    );
+    let file = ws.write("sim.toml", &text);
+    let (code, _, out) = ws.run_json(&file, &[]);
+    assert_eq!(code, Some(0), "{}", out.describe());
+    let show = ws.show(&key_of(&ws.plan(&file), "sim"));
+    let metric = |name: &str| {
+        show["metrics"].as_array().unwrap().iter().find(|m| m["name"] == name).unwrap_or_else(|| panic!("no metric {name}"))["value"]
+            .as_f64()
+            .unwrap()
+    };
+    for subset in ["add_att", "add_obj", "replace_att", "replace_obj", "replace_rel", "swap_att", "swap_obj"] {
+        assert_eq!(metric(&format!("similarity.sugarcrepe.{subset}.pairs")), 10.0);
+        let mean = metric(&format!("similarity.sugarcrepe.{subset}.mean"));
+        assert!((-1.0..=1.0).contains(&mean) && mean > 0.3, "{subset}: alike captions are similar ({mean})");
+        let share = metric(&format!("similarity.sugarcrepe.{subset}.above_0.9"));
+        assert!((0.0..=1.0).contains(&share));
+    }
+    assert_eq!(metric("similarity.sugarcrepe.all.pairs"), 70.0);
+    assert!(metric("similarity.ingest.all.pairs") > 0.0);
+    // Swapping words keeps the bag of words: MiniLM's mean pooling finds
+    // swap pairs more alike than replacements (the homogeneity LIFT measures).
+    assert!(metric("similarity.sugarcrepe.swap_att.mean") > metric("similarity.sugarcrepe.replace_obj.mean"));
+    let artifact = show["artifacts"].as_array().unwrap().iter().find(|a| a["name"] == "similarities.jsonl").unwrap();
+    let lines = std::fs::read_to_string(ws.store().join(artifact["path"].as_str().unwrap())).unwrap();
+    assert_eq!(lines.lines().filter(|l| l.contains("\"sugarcrepe\"")).count(), 70);
+}
