@@ -15,6 +15,7 @@ pub mod model;
 pub mod pipeline;
 pub mod pivot;
 pub mod rng;
+pub mod slurm;
 pub mod stages;
 pub mod store;
 pub mod tensor_file;

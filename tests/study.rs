@@ -34,7 +34,8 @@ fn long_run(ws: &Ws, args: &[&str]) -> Out {
 }
 
 fn training_checkpoints(ws: &Ws) -> usize {
-    std::fs::read_dir(ws.store().join("state")).map_or(0, |d| d.flatten().filter(|e| e.path().join("checkpoint.safetensors").is_file()).count())
+    std::fs::read_dir(ws.store().join("state"))
+        .map_or(0, |d| d.flatten().filter(|e| e.path().join("checkpoint.safetensors").is_file()).count())
 }
 
 #[test]

@@ -50,8 +50,9 @@ pub async fn show(workspace: &Workspace, id: &str, json: bool) -> anyhow::Result
             return Err(UsageError(format!("no run {run_id} in this workspace")).into());
         };
         let attempts = store.attempts_of_run(run_id).await?;
+        let jobs = store.slurm_jobs_of_run(run_id).await?;
         if json {
-            print_json(&json!({"run": run, "attempts": attempts}));
+            print_json(&json!({"run": run, "attempts": attempts, "slurm_jobs": jobs}));
             return Ok(ExitCode::SUCCESS);
         }
         println!(
@@ -64,19 +65,41 @@ pub async fn show(workspace: &Workspace, id: &str, json: bool) -> anyhow::Result
             run.host
         );
         println!("started {}  ended {}", run.started_at, run.ended_at.as_deref().unwrap_or("-"));
-        let mut table = Table::new(&["ATTEMPT", "KEY", "KIND", "STATUS", "STARTED", "ENDED", "ERROR"]);
+        let slurm = attempts.iter().any(|a| a.slurm_job.is_some());
+        let mut headers = vec!["ATTEMPT", "KEY", "KIND", "STATUS", "STARTED", "ENDED"];
+        if slurm {
+            headers.extend(["SLURM JOB", "NODE", "EXIT", "LOG"]);
+        }
+        headers.push("ERROR");
+        let mut table = Table::new(&headers);
         for a in attempts {
-            table.row(vec![
-                a.id.to_string(),
-                a.key[..12].to_owned(),
-                a.kind,
-                a.status,
-                a.started_at,
-                a.ended_at.unwrap_or_default(),
-                a.error.unwrap_or_default(),
-            ]);
+            let mut row = vec![a.id.to_string(), a.key[..12].to_owned(), a.kind, a.status, a.started_at, a.ended_at.unwrap_or_default()];
+            if slurm {
+                row.extend([a.slurm_job.unwrap_or_default(), a.host, a.exit_state.unwrap_or_default(), a.log_path.unwrap_or_default()]);
+            }
+            row.push(a.error.unwrap_or_default());
+            table.row(row);
         }
         print!("{}", table.render());
+        let open: Vec<_> = jobs.into_iter().filter(|j| j.open).collect();
+        if !open.is_empty() {
+            println!(
+                "\nSlurm jobs not finished yet (`ablate run FILE --executor slurm` follows them, `ablate cancel {run_id}` cancels them):"
+            );
+            let mut table = Table::new(&["SLURM JOB", "KEY", "KIND", "STATE", "REASON", "NODE", "LOG"]);
+            for j in open {
+                table.row(vec![
+                    j.job,
+                    j.key[..12].to_owned(),
+                    j.kind,
+                    j.state,
+                    j.reason.unwrap_or_default(),
+                    j.node.unwrap_or_default(),
+                    j.log_path,
+                ]);
+            }
+            print!("{}", table.render());
+        }
         return Ok(ExitCode::SUCCESS);
     }
     let instance = resolve_instance(&store, id).await?;
@@ -111,17 +134,27 @@ pub async fn show(workspace: &Workspace, id: &str, json: bool) -> anyhow::Result
     for d in &downstream {
         println!("used by  {} ({})", &d.key[..12], d.kind);
     }
-    let mut table = Table::new(&["ATTEMPT", "RUN", "STATUS", "STARTED", "ENDED", "HOST", "ERROR"]);
+    let slurm = attempts.iter().any(|a| a.slurm_job.is_some());
+    let mut headers = vec!["ATTEMPT", "RUN", "STATUS", "STARTED", "ENDED", "HOST"];
+    if slurm {
+        headers.extend(["SLURM JOB", "EXIT", "LOG"]);
+    }
+    headers.push("ERROR");
+    let mut table = Table::new(&headers);
     for a in attempts {
-        table.row(vec![
+        let mut row = vec![
             a.id.to_string(),
             a.run_id.to_string(),
             a.status,
             a.started_at,
             a.ended_at.unwrap_or_default(),
             format!("{}:{}", a.host, a.pid),
-            a.error.unwrap_or_default(),
-        ]);
+        ];
+        if slurm {
+            row.extend([a.slurm_job.unwrap_or_default(), a.exit_state.unwrap_or_default(), a.log_path.unwrap_or_default()]);
+        }
+        row.push(a.error.unwrap_or_default());
+        table.row(row);
     }
     println!();
     print!("{}", table.render());

@@ -16,11 +16,12 @@ use anyhow::bail;
 use clap::{Parser, Subcommand, ValueEnum};
 use serde_json::json;
 
+use crate::exec::slurm::SlurmOptions;
 use crate::exec::{self, NodeOutcome, Observer, RunOptions, node_label};
 use crate::freshness;
 use crate::pipeline::{self, Diagnostics, Plan};
 use crate::stages::{self, CancelToken, NoProgress, Progress};
-use crate::store::{Claim, RunStatus, Store, Workspace};
+use crate::store::{Claim, RunStatus, SlurmTask, Store, Workspace};
 
 #[derive(Parser)]
 #[command(name = "ablate", version, about = "Declarative ablation pipelines for language–image alignment research")]
@@ -28,8 +29,20 @@ pub struct Cli {
     /// Workspace directory holding ablate.db and objects/.
     #[arg(long, global = true, env = "ABLATE_WORKSPACE", default_value = ".ablate")]
     workspace: PathBuf,
+    /// Keep the store in this PostgreSQL database (postgres://USER:PASSWORD@HOST:PORT/DB) instead of
+    /// the workspace's SQLite file; artifacts stay in the workspace. Needed when jobs run on several nodes.
+    #[arg(long, global = true, env = "ABLATE_DB", value_name = "URL", hide_env_values = true)]
+    db: Option<String>,
     #[command(subcommand)]
     command: Command,
+}
+
+#[derive(Clone, Copy, ValueEnum, PartialEq, Eq)]
+enum Executor {
+    /// Run stages here, in this process.
+    Local,
+    /// Submit each instance as a Slurm job (sbatch), with dependencies on its upstream jobs.
+    Slurm,
 }
 
 #[derive(Clone, Copy, ValueEnum, PartialEq, Eq)]
@@ -61,6 +74,9 @@ enum Command {
         /// GPUs available to stages that declare them (default: as many as `nvidia-smi -L` lists).
         #[arg(long)]
         gpus: Option<u32>,
+        /// CPU cores that running stages declaring `resources.cpus` may use together (default: this machine's).
+        #[arg(long)]
+        cpus: Option<u32>,
         /// After a failure, keep running branches that do not depend on it.
         #[arg(long)]
         keep_going: bool,
@@ -73,6 +89,11 @@ enum Command {
         /// Print the summary as JSON.
         #[arg(long)]
         json: bool,
+        /// Where stages run: here, or as Slurm jobs (see docs/cluster.md).
+        #[arg(long, value_enum, default_value = "local")]
+        executor: Executor,
+        #[command(flatten)]
+        slurm: SlurmArgs,
     },
     /// Run one planned instance by itself (its upstream instances must be done).
     Exec {
@@ -80,7 +101,15 @@ enum Command {
         key: String,
         #[arg(long)]
         json: bool,
+        /// Record the attempt under this run (what the Slurm executor's jobs do) instead of a run of its own.
+        #[arg(long, value_name = "RUN_ID")]
+        run: Option<i64>,
+        /// Run it even if it is done (`ablate run --force` on Slurm).
+        #[arg(long)]
+        force: bool,
     },
+    /// Cancel a run: a Slurm run's jobs (scancel), or a local run on this host (SIGINT).
+    Cancel { run_id: i64 },
     /// List runs, newest first.
     Runs {
         #[arg(long, default_value_t = 50)]
@@ -227,6 +256,32 @@ enum Command {
     },
 }
 
+/// `ablate run --executor slurm` options.
+#[derive(clap::Args)]
+struct SlurmArgs {
+    /// Slurm partition for the jobs.
+    #[arg(long, help_heading = "Slurm")]
+    partition: Option<String>,
+    /// Slurm account to charge.
+    #[arg(long, help_heading = "Slurm")]
+    account: Option<String>,
+    /// Slurm quality of service.
+    #[arg(long, help_heading = "Slurm")]
+    qos: Option<String>,
+    /// Extra sbatch option, passed as is (repeatable), e.g. --sbatch-arg=--requeue.
+    #[arg(long = "sbatch-arg", value_name = "ARG", allow_hyphen_values = true, help_heading = "Slurm")]
+    sbatch_args: Vec<String>,
+    /// Submit (or adopt) the jobs and return instead of following them.
+    #[arg(long, help_heading = "Slurm")]
+    detach: bool,
+    /// Resubmit an instance whose job failed (node failure, time limit, preemption, error) up to N times.
+    #[arg(long, value_name = "N", default_value_t = 0, help_heading = "Slurm")]
+    retries: u32,
+    /// Most tasks in one job array (one sbatch call).
+    #[arg(long, value_name = "N", default_value_t = 1000, help_heading = "Slurm")]
+    array_limit: usize,
+}
+
 /// Exit codes: 0 success, 1 a stage or command failed, 2 bad input, 130 interrupted.
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -261,21 +316,39 @@ pub fn main() -> ExitCode {
 pub struct UsageError(String);
 
 async fn dispatch(cli: Cli, bars: indicatif::MultiProgress) -> anyhow::Result<ExitCode> {
-    let workspace = Workspace::new(cli.workspace);
+    let workspace = Workspace::new(cli.workspace).with_db(cli.db).map_err(|e| UsageError(format!("{e:#}")))?;
     match cli.command {
         Command::Plan { file, format, json } => plan(&workspace, &file, if json { PlanFormat::Json } else { format }).await,
-        Command::Run { file, jobs, gpus, keep_going, force, only, json } => {
-            let jobs = jobs.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
-            let options = RunOptions { jobs, gpus: gpus.unwrap_or_else(crate::gpu::count), keep_going, force, only };
-            run(&workspace, &file, options, json, bars).await
+        Command::Run { file, jobs, gpus, cpus, keep_going, force, only, json, executor, slurm } => {
+            let options = RunOptions {
+                jobs: jobs.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get())),
+                gpus: gpus.unwrap_or_else(crate::gpu::count),
+                cpus: cpus.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get() as u32)),
+                keep_going,
+                force,
+                only,
+            };
+            let slurm = (executor == Executor::Slurm).then_some(SlurmOptions {
+                partition: slurm.partition,
+                account: slurm.account,
+                qos: slurm.qos,
+                sbatch_args: slurm.sbatch_args,
+                detach: slurm.detach,
+                retries: slurm.retries,
+                array_limit: slurm.array_limit,
+            });
+            run(&workspace, &file, options, slurm, json, bars).await
         }
-        Command::Exec { key, json } => exec_one(&workspace, &key, json, bars).await,
+        Command::Exec { key, json, run, force } => exec_one(&workspace, &key, json, run, force, bars).await,
+        Command::Cancel { run_id } => cancel(&workspace, run_id).await,
         Command::Runs { limit, json } => history::runs(&workspace, limit, json).await,
         Command::Show { id, json } => history::show(&workspace, &id, json).await,
         Command::Lineage { id, json } => history::lineage(&workspace, &id, json).await,
         Command::Gc { dry_run, json } => history::gc(&workspace, dry_run, json).await,
         Command::Kinds { json } => kinds(json),
-        Command::BenchTrain { model, loss, batch, steps, warmup, device, json } => bench_train(&model, &loss, batch, steps, warmup, &device, json),
+        Command::BenchTrain { model, loss, batch, steps, warmup, device, json } => {
+            bench_train(&model, &loss, batch, steps, warmup, &device, json)
+        }
         Command::Embed { encoder, pooling, max_tokens, device, json, texts } => {
             embed(&encoder, pooling.as_deref(), max_tokens, &device, json, &texts)
         }
@@ -412,6 +485,7 @@ async fn run(
     workspace: &Workspace,
     file: &Path,
     options: RunOptions,
+    slurm: Option<SlurmOptions>,
     json: bool,
     bars: indicatif::MultiProgress,
 ) -> anyhow::Result<ExitCode> {
@@ -421,6 +495,13 @@ async fn run(
             let names: Vec<&str> = plan.spec.stages.iter().map(|s| s.name.as_str()).collect();
             return Err(UsageError(format!("no stage named `{name}` in {} (stages: {})", file.display(), names.join(", "))).into());
         }
+    }
+    if slurm.is_some() && workspace.db.is_none() {
+        tracing::warn!(
+            "the store is SQLite ({}): fine when the jobs run on this machine, unsafe on a network file system; \
+             multi-node studies use --db postgres://... (see docs/cluster.md)",
+            workspace.db_path().display()
+        );
     }
     let store = Store::open(workspace).await?;
     let recovered = store.recover_stale().await?;
@@ -435,14 +516,22 @@ async fn run(
     let cancel = CancelToken::default();
     install_interrupt(cancel.clone());
     let observer: Arc<dyn Observer> = progress::Bars::new(bars);
-    let report = exec::run_plan(&store, &plan, freshness, &ids, run_id, &options, &cancel, observer).await;
-    let report = match report {
+    let outcome = match &slurm {
+        None => exec::run_plan(&store, &plan, freshness, &ids, run_id, &options, &cancel, observer).await.map(|r| (r, None)),
+        Some(slurm) => exec::slurm::run_plan_on_slurm(&store, &plan, freshness, &ids, run_id, &options, slurm, &cancel, observer)
+            .await
+            .map(|(r, s)| (r, Some(s))),
+    };
+    let (report, slurm_summary) = match outcome {
         Ok(r) => r,
         Err(e) => {
             store.finish_run(run_id, RunStatus::Failed).await?;
             return Err(e);
         }
     };
+    // A Slurm run whose jobs still run (detached, or Ctrl-C without cancelling
+    // them) stays `running`: rerunning the command follows it again.
+    let jobs_left = slurm_summary.as_ref().map_or(0, |s| s.jobs_left);
     let status = if report.interrupted {
         RunStatus::Interrupted
     } else if report.failed.is_empty() {
@@ -450,7 +539,9 @@ async fn run(
     } else {
         RunStatus::Failed
     };
-    store.finish_run(run_id, status).await?;
+    if jobs_left == 0 {
+        store.finish_run(run_id, status).await?;
+    }
     let keys = |nodes: &[usize]| {
         nodes.iter().map(|&i| json!({"label": node_label(&plan, i), "key": plan.nodes[i].key.as_str()})).collect::<Vec<_>>()
     };
@@ -463,6 +554,12 @@ async fn run(
             "done_elsewhere": keys(&report.done_elsewhere),
             "failed": report.failed.iter().map(|(i, e)| json!({"label": node_label(&plan, *i), "key": plan.nodes[*i].key.as_str(), "error": e})).collect::<Vec<_>>(),
             "skipped": keys(&report.skipped),
+            "slurm": slurm_summary.as_ref().map(|s| json!({
+                "jobs_submitted": s.jobs_submitted,
+                "jobs_adopted": s.jobs_adopted,
+                "jobs_left": s.jobs_left,
+                "detached": s.detached,
+            })),
         }));
     } else {
         for (i, error) in &report.failed {
@@ -485,6 +582,12 @@ async fn run(
             if let Ok(Some(table)) = results::summary_table(&rows, &[], &[], &axis_values) {
                 println!();
                 results::print_summary(&table, tabular::Format::Table);
+            }
+        }
+        if let Some(s) = &slurm_summary {
+            println!("slurm: {} job(s) submitted, {} adopted, {} still pending or running", s.jobs_submitted, s.jobs_adopted, s.jobs_left);
+            if s.jobs_left > 0 {
+                println!("follow them: rerun this command; cancel them: ablate cancel {run_id}; list them: ablate show {run_id}");
             }
         }
     }
@@ -513,12 +616,22 @@ async fn resolve_instance(store: &Store, prefix: &str) -> anyhow::Result<crate::
     }
 }
 
-async fn exec_one(workspace: &Workspace, key: &str, json: bool, bars: indicatif::MultiProgress) -> anyhow::Result<ExitCode> {
-    if !workspace.db_path().exists() {
-        return Err(
-            UsageError(format!("no ablate store in {} (run `ablate run FILE` or pass --workspace)", workspace.root.display())).into()
-        );
-    }
+async fn exec_one(
+    workspace: &Workspace,
+    key: &str,
+    json: bool,
+    run: Option<i64>,
+    force: bool,
+    bars: indicatif::MultiProgress,
+) -> anyhow::Result<ExitCode> {
+    let Some(existing) = Store::open_read_only(workspace).await? else {
+        return Err(UsageError(format!(
+            "no ablate store in {} (run `ablate plan FILE` or `ablate run FILE` first, or pass --workspace/--db)",
+            workspace.db_display()
+        ))
+        .into());
+    };
+    existing.close().await;
     let store = Store::open(workspace).await?;
     store.recover_stale().await?;
     let instance = resolve_instance(&store, key).await?;
@@ -528,29 +641,64 @@ async fn exec_one(workspace: &Workspace, key: &str, json: bool, bars: indicatif:
         store.invalidate(up.done.attempt_id, &format!("artifact {} missing or corrupt", broken.artifact)).await?;
         bail!("input artifact {} of upstream `{}` ({}) is missing or corrupt: rerun it first", broken.artifact, up.stage, &up.key[..12]);
     }
-    let argv: Vec<String> = std::env::args().collect();
-    let run_id = store.start_run(None, "exec", &argv).await?;
-    let claim = store.claim(instance.id, run_id, false).await?;
+    // Inside a Slurm job of a run, the attempt belongs to that run; alone, exec is a run of its own.
+    let run_id = match run {
+        Some(id) => {
+            if store.run_executor(id).await?.is_none() {
+                return Err(UsageError(format!("no run {id} in this store")).into());
+            }
+            id
+        }
+        None => {
+            let argv: Vec<String> = std::env::args().collect();
+            store.start_run(None, "exec", &argv).await?
+        }
+    };
+    let own_run = run.is_none();
+    let slurm_task = SlurmTask::from_env();
+    let claim = store.claim_as(instance.id, run_id, force, slurm_task.as_ref()).await?;
     let (outcome, code) = match claim {
-        Claim::Done { attempt_id } => (json!({"status": "cached", "attempt_id": attempt_id}), ExitCode::SUCCESS),
+        Claim::Done { attempt_id } => {
+            if own_run {
+                store.finish_run(run_id, RunStatus::Done).await?;
+            }
+            (json!({"status": "cached", "attempt_id": attempt_id}), ExitCode::SUCCESS)
+        }
         Claim::RunningElsewhere { run_id: other, host, pid } => {
-            store.finish_run(run_id, RunStatus::Failed).await?;
+            if own_run {
+                store.finish_run(run_id, RunStatus::Failed).await?;
+            }
             bail!("instance {} is being run by run {other} (pid {pid} on {host})", &instance.key[..12]);
         }
         Claim::Claimed { attempt_id } => {
             let cancel = CancelToken::default();
             install_interrupt(cancel.clone());
+            // Keep the claim's lease fresh: other hosts judge liveness by it.
+            let heartbeat = {
+                let store = store.clone();
+                tokio::spawn(async move {
+                    loop {
+                        tokio::time::sleep(std::time::Duration::from_millis(crate::store::HEARTBEAT_MS)).await;
+                        if let Err(e) = store.heartbeat(run_id).await {
+                            tracing::warn!("heartbeat failed: {e:#}");
+                        }
+                    }
+                })
+            };
             let observer = progress::Bars::new(bars);
             let label = format!("{} {}", instance.kind, &instance.key[..12]);
             let progress: Arc<dyn Progress> = if json { Arc::new(NoProgress) } else { observer.started(&label, &instance.key) };
-            let end = exec::run_job(&store, &job, attempt_id, cancel, progress).await?;
-            let (status, outcome, code, run_status) = match end {
+            let end = exec::run_job(&store, &job, attempt_id, cancel, progress).await;
+            heartbeat.abort();
+            let (status, outcome, code, run_status) = match end? {
                 exec::JobEnd::Done => ("done", NodeOutcome::Done, ExitCode::SUCCESS, RunStatus::Done),
                 exec::JobEnd::Interrupted => ("interrupted", NodeOutcome::Interrupted, ExitCode::from(130), RunStatus::Interrupted),
                 exec::JobEnd::Failed(e) => ("failed", NodeOutcome::Failed(e), ExitCode::from(1), RunStatus::Failed),
             };
             observer.finished(&label, &instance.key, &outcome);
-            store.finish_run(run_id, run_status).await?;
+            if own_run {
+                store.finish_run(run_id, run_status).await?;
+            }
             let error = if let NodeOutcome::Failed(e) = &outcome { json!(e) } else { json!(null) };
             (json!({"status": status, "attempt_id": attempt_id, "error": error}), code)
         }
@@ -575,10 +723,20 @@ fn bench_train(model: &str, loss: &str, batch: usize, steps: usize, warmup: usiz
         DeviceRequest::Auto => request.uses_gpu().then_some(0),
     };
     let (result, device_name) = match gpu {
-        None => (crate::train::bench::run::<burn::backend::Autodiff<crate::text::Cpu>>(model, loss, batch, warmup, steps, &Default::default())?, "cpu".to_owned()),
+        None => (
+            crate::train::bench::run::<burn::backend::Autodiff<crate::text::Cpu>>(model, loss, batch, warmup, steps, &Default::default())?,
+            "cpu".to_owned(),
+        ),
         #[cfg(feature = "cuda")]
         Some(n) => (
-            crate::train::bench::run::<burn::backend::Autodiff<crate::text::Cuda>>(model, loss, batch, warmup, steps, &burn::backend::cuda::CudaDevice::new(n))?,
+            crate::train::bench::run::<burn::backend::Autodiff<crate::text::Cuda>>(
+                model,
+                loss,
+                batch,
+                warmup,
+                steps,
+                &burn::backend::cuda::CudaDevice::new(n),
+            )?,
             format!("cuda:{n}"),
         ),
         #[cfg(not(feature = "cuda"))]
@@ -592,6 +750,40 @@ fn bench_train(model: &str, loss: &str, batch: usize, steps: usize, warmup: usiz
             result.model, result.loss, result.batch, result.images_per_s, result.gflops, result.steps
         );
     }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `ablate cancel RUN_ID`.
+async fn cancel(workspace: &Workspace, run_id: i64) -> anyhow::Result<ExitCode> {
+    let Some(store) = Store::open_read_only(workspace).await? else {
+        return Err(UsageError(format!("no ablate store in {}", workspace.db_display())).into());
+    };
+    store.close().await;
+    let store = Store::open(workspace).await?;
+    let Some((executor, host, pid, status)) = store.run_executor(run_id).await? else {
+        return Err(UsageError(format!("no run {run_id} in this store")).into());
+    };
+    if executor == "slurm" {
+        let cancelled = exec::slurm::cancel_run(&store, run_id).await?;
+        if status == "running" {
+            store.finish_run(run_id, RunStatus::Interrupted).await?;
+        }
+        println!("run {run_id}: cancelled {cancelled} Slurm job(s)");
+        return Ok(ExitCode::SUCCESS);
+    }
+    if status != "running" {
+        println!("run {run_id} is not running ({status}): nothing to cancel");
+        return Ok(ExitCode::SUCCESS);
+    }
+    if host != crate::store::host_name() {
+        return Err(UsageError(format!("run {run_id} runs on {host} (pid {pid}): cancel it there (Ctrl-C, or kill -INT {pid})")).into());
+    }
+    let Ok(pid_t) = libc::pid_t::try_from(pid) else { bail!("run {run_id} has no valid pid ({pid})") };
+    // SAFETY: sending SIGINT to a process id; the run's own handler stops it cleanly.
+    if unsafe { libc::kill(pid_t, libc::SIGINT) } != 0 {
+        bail!("cannot signal process {pid} of run {run_id}: {}", std::io::Error::last_os_error());
+    }
+    println!("run {run_id}: sent SIGINT to process {pid}; it stops its stages and records them interrupted");
     Ok(ExitCode::SUCCESS)
 }
 

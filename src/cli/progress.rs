@@ -104,4 +104,32 @@ impl Observer for Bars {
     fn waiting(&self, label: &str, note: &str) {
         tracing::info!("wait  {label}: {note}");
     }
+
+    /// Asks on the terminal; never waits for an answer that cannot come
+    /// (stdin not a terminal: a script, CI, a job): it keeps the jobs and says
+    /// what to run instead.
+    fn confirm_cancel(&self, run_id: i64, jobs: usize) -> bool {
+        use std::io::{BufRead as _, IsTerminal as _};
+        let keep = || {
+            tracing::warn!(
+                "{jobs} Slurm job(s) of run {run_id} keep running: cancel them with `ablate cancel {run_id}`, \
+                 or follow them again by running the same command"
+            )
+        };
+        if !std::io::stdin().is_terminal() {
+            keep();
+            return false;
+        }
+        let answer = self.bars.suspend(|| {
+            eprint!("Cancel the {jobs} Slurm job(s) of run {run_id}? [y/N] ");
+            let _ = std::io::stderr().flush();
+            let mut line = String::new();
+            std::io::stdin().lock().read_line(&mut line).map(|_| line)
+        });
+        let yes = answer.is_ok_and(|a| matches!(a.trim(), "y" | "Y" | "yes" | "YES" | "Yes"));
+        if !yes {
+            keep();
+        }
+        yes
+    }
 }

@@ -13,7 +13,7 @@ use crate::store::Workspace;
 use crate::web::{self, AppState};
 
 pub async fn serve(workspace: &Workspace, bind: IpAddr, port: u16, dashboards: PathBuf) -> anyhow::Result<ExitCode> {
-    if !workspace.db_path().exists() {
+    if !workspace.store_may_exist() {
         tracing::warn!("no ablate store in {} yet: pages fill in once a run starts there", workspace.root.display());
     }
     if !bind.is_loopback() {

@@ -6,6 +6,7 @@
 //! budget, and waits on instances another live process has claimed.
 
 mod job;
+pub mod slurm;
 
 use std::collections::{BTreeSet, HashSet};
 use std::sync::Arc;
@@ -25,6 +26,8 @@ use crate::store::{Claim, DoneAttempt, HEARTBEAT_MS, Store};
 pub struct RunOptions {
     pub jobs: usize,
     pub gpus: u32,
+    /// CPU cores the running instances may use together (their `resources.cpus`).
+    pub cpus: u32,
     pub keep_going: bool,
     /// Stage names whose instances run even when cached.
     pub force: Vec<String>,
@@ -37,6 +40,11 @@ pub trait Observer: Send + Sync {
     fn started(&self, label: &str, key: &str) -> Arc<dyn Progress>;
     fn finished(&self, label: &str, key: &str, outcome: &NodeOutcome);
     fn waiting(&self, _label: &str, _note: &str) {}
+    /// Asked once when a run that follows Slurm jobs is interrupted: whether
+    /// to cancel its `jobs` jobs. The default (no one to ask) keeps them.
+    fn confirm_cancel(&self, _run_id: i64, _jobs: usize) -> bool {
+        false
+    }
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -133,6 +141,7 @@ struct Scheduler<'a> {
     elsewhere: BTreeSet<usize>,
     running: usize,
     gpus_in_use: u32,
+    cpus_in_use: u32,
     stop_launching: bool,
     /// Forced nodes already rerun once in this run.
     forced_done: HashSet<usize>,
@@ -164,6 +173,7 @@ impl<'a> Scheduler<'a> {
             elsewhere: BTreeSet::new(),
             running: 0,
             gpus_in_use: 0,
+            cpus_in_use: 0,
             stop_launching: false,
             forced_done: HashSet::new(),
             verified: HashSet::new(),
@@ -192,15 +202,8 @@ impl<'a> Scheduler<'a> {
             self.state.push(state);
         }
         let targets: Vec<bool> = (0..n).map(|i| self.options.only.is_empty() || self.in_stages(i, &self.options.only)).collect();
-        let mut needed = vec![false; n];
-        for i in (0..n).rev() {
-            if targets[i] || (needed[i] && matches!(self.state[i], State::Pending)) {
-                needed[i] = true;
-                for &u in &self.plan.nodes[i].upstream {
-                    needed[u] = true;
-                }
-            }
-        }
+        let pending: Vec<bool> = self.state.iter().map(|s| matches!(s, State::Pending)).collect();
+        let needed = needed_nodes(self.plan, &pending, &targets);
         for i in 0..n {
             match self.state[i] {
                 State::Pending if !needed[i] => self.state[i] = State::NotSelected,
@@ -303,6 +306,11 @@ impl<'a> Scheduler<'a> {
             if self.gpus_in_use + node.gpus > self.options.gpus {
                 continue;
             }
+            // Instances that ask for CPUs share the --cpus budget; one asking
+            // for more than the whole budget runs alone.
+            if self.running > 0 && self.cpus_in_use + node.cpus > self.options.cpus.max(1) {
+                continue;
+            }
             let job = build_job(self.plan, &self.state, self.ids, i);
             if let Some(broken) = verify_inputs(self.store, &job, &mut self.verified).await? {
                 // A cached upstream output rotted: recompute that producer first.
@@ -324,6 +332,7 @@ impl<'a> Scheduler<'a> {
                     self.state[i] = State::Running;
                     self.running += 1;
                     self.gpus_in_use += node.gpus;
+                    self.cpus_in_use += node.cpus;
                     let progress = self.observer.started(&label, node.key.as_str());
                     let (store, tx, cancel) = (self.store.clone(), tx.clone(), cancel.clone());
                     tokio::spawn(async move {
@@ -349,6 +358,7 @@ impl<'a> Scheduler<'a> {
     async fn finish(&mut self, i: usize, end: anyhow::Result<JobEnd>) -> anyhow::Result<()> {
         self.running -= 1;
         self.gpus_in_use -= self.plan.nodes[i].gpus;
+        self.cpus_in_use -= self.plan.nodes[i].cpus;
         let label = node_label(self.plan, i);
         let key = self.plan.nodes[i].key.as_str();
         match end.with_context(|| format!("recording the outcome of {label}"))? {
@@ -392,6 +402,22 @@ impl<'a> Scheduler<'a> {
         self.report.skipped.sort_unstable();
         Ok(())
     }
+}
+
+/// The nodes a run needs: its targets, and the upstream work that targets
+/// still to run (`pending`) cannot do without. Shared by both executors.
+pub(crate) fn needed_nodes(plan: &Plan, pending: &[bool], targets: &[bool]) -> Vec<bool> {
+    let n = plan.nodes.len();
+    let mut needed = vec![false; n];
+    for i in (0..n).rev() {
+        if targets[i] || (needed[i] && pending[i]) {
+            needed[i] = true;
+            for &u in &plan.nodes[i].upstream {
+                needed[u] = true;
+            }
+        }
+    }
+    needed
 }
 
 fn build_job(plan: &Plan, state: &[State], ids: &[i64], i: usize) -> Job {

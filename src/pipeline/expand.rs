@@ -27,6 +27,12 @@ pub struct Node {
     /// The `needs` stage name under which each upstream node is seen.
     pub upstream_stages: Vec<String>,
     pub gpus: u32,
+    /// CPU cores asked for (0: not said): counted against the local
+    /// scheduler's `--cpus` budget; Slurm's `--cpus-per-task` (at least 1).
+    pub cpus: u32,
+    /// Memory and time limit as Slurm writes them (`64G`, `04:00:00`); only the Slurm executor uses them.
+    pub mem: Option<String>,
+    pub time: Option<String>,
     /// Indices into [`Plan::bindings`]: where this node appears in the file.
     pub bindings: Vec<usize>,
 }
@@ -137,8 +143,21 @@ pub fn expand(spec: PipelineSpec) -> Result<Plan, Diagnostics> {
             let node = match by_key.get(&key) {
                 Some(&n) => n,
                 None => {
-                    let gpus = stage.resources.gpus.unwrap_or_else(|| stage.kind.resources(&params).gpus);
-                    nodes.push(Node { key: key.clone(), kind: stage.kind, params, upstream, upstream_stages, gpus, bindings: Vec::new() });
+                    let defaults = stage.kind.resources(&params);
+                    let gpus = stage.resources.gpus.unwrap_or(defaults.gpus);
+                    let cpus = stage.resources.cpus.unwrap_or(defaults.cpus);
+                    nodes.push(Node {
+                        key: key.clone(),
+                        kind: stage.kind,
+                        params,
+                        upstream,
+                        upstream_stages,
+                        gpus,
+                        cpus,
+                        mem: stage.resources.mem.clone(),
+                        time: stage.resources.time.clone(),
+                        bindings: Vec::new(),
+                    });
                     by_key.insert(key, nodes.len() - 1);
                     nodes.len() - 1
                 }

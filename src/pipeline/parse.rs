@@ -338,6 +338,24 @@ fn parse_stage(
     Some(StageSpec { name: name.to_owned(), kind: kind?, needs, needs_span, params, resources, span })
 }
 
+/// A memory size as Slurm's `--mem` takes it: digits, then an optional unit.
+fn is_slurm_memory(s: &str) -> bool {
+    let digits = s.trim_end_matches(['K', 'M', 'G', 'T', 'k', 'm', 'g', 't']);
+    s.len() - digits.len() <= 1 && !digits.is_empty() && digits.bytes().all(|b| b.is_ascii_digit())
+}
+
+/// A time limit as Slurm's `--time` takes it: `M`, `M:S`, `H:M:S`, `D-H`, `D-H:M`, `D-H:M:S`.
+fn is_slurm_time(s: &str) -> bool {
+    let numbers = |part: &str, max_fields: usize| {
+        let fields: Vec<&str> = part.split(':').collect();
+        fields.len() <= max_fields && fields.iter().all(|f| !f.is_empty() && f.bytes().all(|b| b.is_ascii_digit()))
+    };
+    match s.split_once('-') {
+        Some((days, rest)) => numbers(days, 1) && numbers(rest, 3),
+        None => numbers(s, 3),
+    }
+}
+
 fn parse_resources(file: &SourceFile, stage: &str, stage_table: &Table, item: &Item, errors: &mut Vec<Diagnostic>) -> ResourceSpec {
     let mut spec = ResourceSpec::default();
     let Some(table) =
@@ -364,12 +382,16 @@ fn parse_resources(file: &SourceFile, stage: &str, stage_table: &Table, item: &I
                 _ => errors.push(file.error(span, &dotted, "expected a positive integer")),
             },
             "mem" => match value.as_str() {
-                Some(s) => spec.mem = Some(s.to_owned()),
-                None => errors.push(file.error(span, &dotted, "expected a string such as \"64G\"")),
+                Some(s) if is_slurm_memory(s) => spec.mem = Some(s.to_owned()),
+                _ => errors.push(file.error(span, &dotted, "expected a memory size such as \"64G\" (a number with K, M, G or T)")),
             },
             "time" => match value.as_str() {
-                Some(s) => spec.time = Some(s.to_owned()),
-                None => errors.push(file.error(span, &dotted, "expected a string such as \"04:00:00\"")),
+                Some(s) if is_slurm_time(s) => spec.time = Some(s.to_owned()),
+                _ => errors.push(file.error(
+                    span,
+                    &dotted,
+                    "expected a time limit such as \"04:00:00\" (MINUTES, HH:MM:SS, D-HH, D-HH:MM or D-HH:MM:SS)",
+                )),
             },
             _ => errors.push(file.error(span, &dotted, "unknown resource (expected gpus, cpus, mem, time)")),
         }

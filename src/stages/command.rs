@@ -49,7 +49,7 @@ impl StageKind for Command {
         Ok(())
     }
     fn resources(&self, params: &Params) -> Resources {
-        Resources { gpus: params.int("gpus").max(0) as u32 }
+        Resources { gpus: params.int("gpus").max(0) as u32, cpus: 0 }
     }
 
     fn run(&self, ctx: &mut StageContext) -> anyhow::Result<()> {

@@ -73,8 +73,7 @@ impl StageKind for Evaluate {
         Ok(())
     }
     fn resources(&self, params: &Params) -> Resources {
-        let gpu = DeviceRequest::parse(params.str("device")).is_ok_and(DeviceRequest::uses_gpu);
-        Resources { gpus: u32::from(gpu) }
+        super::device_resources(params)
     }
 
     fn run(&self, ctx: &mut StageContext) -> anyhow::Result<()> {

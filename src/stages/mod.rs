@@ -19,10 +19,14 @@ pub mod train;
 pub use context::{CancelToken, Interrupted, MetricPoint, NoProgress, Progress, StageContext, StageOutputs, UpstreamOutputs};
 pub use params::{ParamDefault, ParamSpec, ParamType, Params};
 
-/// Resources an instance asks the scheduler for.
+/// Resources an instance asks the scheduler for, by default (a stage's
+/// `[stages.X.resources]` overrides them).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct Resources {
     pub gpus: u32,
+    /// CPU cores; 0 leaves it unsaid (the local `--cpus` budget does not
+    /// count the instance; Slurm gives it one core).
+    pub cpus: u32,
 }
 
 /// A parameter-level problem found by a kind's own checks; the pipeline
@@ -71,6 +75,13 @@ pub trait StageKind: Send + Sync + 'static {
         Resources::default()
     }
     fn run(&self, ctx: &mut StageContext) -> anyhow::Result<()>;
+}
+
+/// What a kind with a `device` parameter (`auto | cpu | cuda:N`) asks for:
+/// one GPU when it will run on one.
+pub fn device_resources(params: &Params) -> Resources {
+    let gpu = crate::text::device::DeviceRequest::parse(params.str("device")).is_ok_and(crate::text::device::DeviceRequest::uses_gpu);
+    Resources { gpus: u32::from(gpu), ..Resources::default() }
 }
 
 /// Every registered kind. Adding a kind: one module plus one line here.

@@ -57,8 +57,7 @@ pub fn derive(params: &Params) -> Result<Vec<(String, Value)>, ParamError> {
 }
 
 pub fn resources(params: &Params) -> Resources {
-    let gpu = DeviceRequest::parse(params.str("device")).is_ok_and(DeviceRequest::uses_gpu);
-    Resources { gpus: u32::from(gpu) }
+    super::device_resources(params)
 }
 
 /// An encoder loaded for a stage, with its options.

@@ -6,8 +6,8 @@ use std::collections::{BTreeMap, HashMap};
 use anyhow::Context as _;
 use serde::Serialize;
 use serde_json::{Map, Value};
-use sqlx::sqlite::{SqliteRow, SqliteValueRef};
-use sqlx::{Column as _, Row as _, TypeInfo as _, ValueRef as _};
+use sqlx::any::{AnyRow, AnyTypeInfoKind};
+use sqlx::{Column as _, Row as _, ValueRef as _};
 
 use super::Store;
 
@@ -73,37 +73,61 @@ fn json_object(text: &str) -> Map<String, Value> {
     }
 }
 
-fn sql_error(e: sqlx::Error) -> anyhow::Error {
+fn sql_error(engine: &str, e: sqlx::Error) -> anyhow::Error {
     if let sqlx::Error::Database(db) = &e {
         let message = db.message();
         if message.contains("readonly") || message.contains("read-only") || message.contains("query_only") {
-            return anyhow::anyhow!("refused: the store is opened read-only, so queries cannot change it (SQLite: {message})");
+            return anyhow::anyhow!("refused: the store is opened read-only, so queries cannot change it ({engine}: {message})");
         }
         return anyhow::anyhow!("SQL error: {message}");
     }
     anyhow::Error::new(e).context("running the query")
 }
 
-/// A cell as JSON, whatever SQLite type it holds (columns of views and
+/// A cell as JSON, whatever type it holds (on SQLite, columns of views and
 /// expressions have no declared type, so the value's own type decides).
-fn cell(row: &SqliteRow, i: usize) -> Value {
+fn cell(row: &AnyRow, i: usize) -> Value {
     let Ok(raw) = row.try_get_raw(i) else { return Value::Null };
     if raw.is_null() {
         return Value::Null;
     }
-    let type_name = raw.type_info().name().to_owned();
-    match type_name.as_str() {
-        "INTEGER" | "BOOLEAN" => row.try_get::<i64, _>(i).map(Value::from).unwrap_or(Value::Null),
-        "REAL" => {
+    let kind = raw.type_info().kind();
+    match kind {
+        AnyTypeInfoKind::Bool => row.try_get::<bool, _>(i).map(Value::from).unwrap_or(Value::Null),
+        AnyTypeInfoKind::SmallInt | AnyTypeInfoKind::Integer | AnyTypeInfoKind::BigInt => {
+            row.try_get::<i64, _>(i).map(Value::from).unwrap_or(Value::Null)
+        }
+        AnyTypeInfoKind::Real | AnyTypeInfoKind::Double => {
             row.try_get::<f64, _>(i).map(|v| serde_json::Number::from_f64(v).map_or(Value::Null, Value::Number)).unwrap_or(Value::Null)
         }
-        "BLOB" => row.try_get::<Vec<u8>, _>(i).map(|b| Value::from(format!("<{} bytes>", b.len()))).unwrap_or(Value::Null),
-        _ => row.try_get::<String, _>(i).map(Value::from).unwrap_or_else(|_| text_of(raw)),
+        AnyTypeInfoKind::Blob => row.try_get::<Vec<u8>, _>(i).map(|b| Value::from(format!("<{} bytes>", b.len()))).unwrap_or(Value::Null),
+        AnyTypeInfoKind::Text => row.try_get::<String, _>(i).map(Value::from).unwrap_or(Value::Null),
+        AnyTypeInfoKind::Null => Value::Null,
     }
 }
 
-fn text_of(raw: SqliteValueRef<'_>) -> Value {
-    Value::from(format!("<{}>", raw.type_info().name()))
+/// A row that came back as one JSON object (see `Dialect::user_query_as_json`),
+/// with its columns in their order: serde_json's maps would sort them.
+struct OrderedRow(Vec<(String, Value)>);
+
+impl<'de> serde::Deserialize<'de> for OrderedRow {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Columns;
+        impl<'de> serde::de::Visitor<'de> for Columns {
+            type Value = OrderedRow;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a JSON object")
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<OrderedRow, A::Error> {
+                let mut columns = Vec::new();
+                while let Some(entry) = map.next_entry::<String, Value>()? {
+                    columns.push(entry);
+                }
+                Ok(OrderedRow(columns))
+            }
+        }
+        deserializer.deserialize_map(Columns)
+    }
 }
 
 /// SQL prepared for a read-only run: `:name` parameters rewritten to sqlx's
@@ -122,6 +146,11 @@ const REFUSED: &[&str] = &["ATTACH", "VACUUM"];
 
 /// Scans SQL, skipping string literals, quoted identifiers and comments.
 pub fn prepare_sql(sql: &str) -> PreparedSql {
+    prepare_sql_for(sql, '?')
+}
+
+/// [`prepare_sql`] numbering parameters with `prefix` (`?` or `$`).
+fn prepare_sql_for(sql: &str, prefix: char) -> PreparedSql {
     let chars: Vec<char> = sql.chars().collect();
     let mut out = String::with_capacity(sql.len());
     let mut names: Vec<String> = Vec::new();
@@ -172,7 +201,8 @@ pub fn prepare_sql(sql: &str) -> PreparedSql {
                     names.len()
                 }
             };
-            out.push_str(&format!("?{n}"));
+            out.push(prefix);
+            out.push_str(&n.to_string());
         } else if c.is_ascii_alphabetic() || c == '_' {
             let start = i;
             while i < chars.len() && (chars[i].is_ascii_alphanumeric() || chars[i] == '_' || chars[i] == '$') {
@@ -199,7 +229,7 @@ impl Store {
              JOIN stage_instances i ON i.id = b.instance_id
              JOIN v_done d ON d.instance_id = i.id
              JOIN attempts a ON a.id = d.attempt_id
-             WHERE (?1 IS NULL OR b.pipeline_name = ?1)
+             WHERE ($1 IS NULL OR b.pipeline_name = $1)
              ORDER BY d.done_at, b.seen_at, b.pipeline_name, b.stage, b.axes",
         )
         .bind(pipeline)
@@ -241,15 +271,13 @@ impl Store {
     /// The stepped values `(step, value)` of one metric of an instance's done
     /// attempt (non-finite values, stored as NULL, are left out).
     pub async fn metric_curve(&self, key: &str, metric: &str) -> anyhow::Result<Vec<(i64, f64)>> {
-        let rows = sqlx::query(
+        let sql = format!(
             "SELECT m.step, m.value FROM metrics m JOIN v_done d ON d.attempt_id = m.attempt_id
              JOIN stage_instances i ON i.id = d.instance_id
-             WHERE i.key = ? AND m.name = ? AND m.step IS NOT NULL AND m.value IS NOT NULL ORDER BY m.step, m.rowid",
-        )
-        .bind(key)
-        .bind(metric)
-        .fetch_all(&self.pool)
-        .await?;
+             WHERE i.key = $1 AND m.name = $2 AND m.step IS NOT NULL AND m.value IS NOT NULL ORDER BY m.step, {}",
+            self.sql.metric_insertion_order
+        );
+        let rows = sqlx::query(&sql).bind(key).bind(metric).fetch_all(&self.pool).await?;
         Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())
     }
 
@@ -257,7 +285,7 @@ impl Store {
     pub async fn stepped_metrics(&self, key: &str) -> anyhow::Result<Vec<String>> {
         Ok(sqlx::query_scalar(
             "SELECT DISTINCT m.name FROM metrics m JOIN v_done d ON d.attempt_id = m.attempt_id
-             JOIN stage_instances i ON i.id = d.instance_id WHERE i.key = ? AND m.step IS NOT NULL ORDER BY m.name",
+             JOIN stage_instances i ON i.id = d.instance_id WHERE i.key = $1 AND m.step IS NOT NULL ORDER BY m.name",
         )
         .bind(key)
         .fetch_all(&self.pool)
@@ -270,31 +298,68 @@ impl Store {
     pub async fn read_only_query(&self, sql: &str, params: &HashMap<String, String>) -> anyhow::Result<QueryResult> {
         anyhow::ensure!(self.read_only, "arbitrary SQL runs only on a store opened read-only");
         anyhow::ensure!(!sql.trim().trim_matches(';').trim().is_empty(), "the query is empty");
-        let PreparedSql { sql, names, words } = prepare_sql(sql);
+        let PreparedSql { sql, names, words } = prepare_sql_for(sql, self.sql.param_prefix);
         if let Some(word) = words.iter().find(|w| REFUSED.contains(&w.as_str())) {
             anyhow::bail!("refused: {word} can write files, and queries on the store are read-only");
         }
-        let mut query = sqlx::query(&sql);
+        if self.sql.user_query_as_json.is_some()
+            && !words.first().is_some_and(|w| ["SELECT", "WITH", "VALUES", "TABLE"].contains(&w.as_str()))
+        {
+            anyhow::bail!(
+                "refused: on {} the store answers one read-only query (SELECT, WITH, VALUES or TABLE), and this is not one",
+                self.sql.name
+            );
+        }
+        let wrapped = self.sql.user_query_as_json.map(|w| w.replace("{query}", sql.trim().trim_end_matches(';')));
+        let mut query = sqlx::query(wrapped.as_deref().unwrap_or(&sql));
         for name in &names {
             query = query.bind(params.get(name).cloned());
         }
         let mut conn = self.pool.acquire().await?;
-        let rows = query.fetch_all(&mut *conn).await.map_err(sql_error)?;
-        let columns: Vec<String> = match rows.first() {
-            Some(r) => r.columns().iter().map(|c| c.name().to_owned()).collect(),
-            None => {
-                // No rows: ask SQLite for the column names of the statement.
-                use sqlx::Executor as _;
-                match conn.describe(&sql).await {
-                    Ok(d) => d.columns().iter().map(|c| c.name().to_owned()).collect(),
-                    Err(_) => Vec::new(),
+        let fetched = query.fetch_all(&mut *conn).await.map_err(|e| sql_error(self.sql.name, e))?;
+        use sqlx::Executor as _;
+        let (mut columns, rows): (Vec<String>, Vec<Vec<Value>>) = if wrapped.is_some() {
+            // One JSON object per row: names from the first, values in order.
+            // JSON writes 9.0 as 9: the statement's column types (where the
+            // driver can name them) keep floats floats, as on SQLite.
+            let floats: Vec<bool> = match conn.describe(&sql).await {
+                Ok(d) => {
+                    d.columns().iter().map(|c| matches!(c.type_info().kind(), AnyTypeInfoKind::Real | AnyTypeInfoKind::Double)).collect()
                 }
+                Err(_) => Vec::new(),
+            };
+            let mut columns = Vec::new();
+            let mut rows = Vec::with_capacity(fetched.len());
+            for r in &fetched {
+                let OrderedRow(cells) = serde_json::from_str(&r.try_get::<String, _>(0)?).context("reading a row of the result")?;
+                if columns.is_empty() {
+                    columns = cells.iter().map(|(name, _)| name.clone()).collect();
+                }
+                let values = cells.into_iter().enumerate().map(|(i, (_, v))| match v.as_i64() {
+                    Some(n) if floats.get(i) == Some(&true) => serde_json::Number::from_f64(n as f64).map_or(v, Value::Number),
+                    _ => v,
+                });
+                rows.push(values.collect());
             }
+            (columns, rows)
+        } else {
+            let columns = fetched.first().map(|r| r.columns().iter().map(|c| c.name().to_owned()).collect()).unwrap_or_default();
+            (columns, fetched.iter().map(|r| (0..r.columns().len()).map(|i| cell(r, i)).collect()).collect())
         };
+        if fetched.is_empty() {
+            // No rows: ask the engine for the column names of the statement.
+            columns = match conn.describe(&sql).await {
+                Ok(d) => d.columns().iter().map(|c| c.name().to_owned()).collect(),
+                Err(_) => Vec::new(),
+            };
+        }
         // Several statements may yield rows of different widths: fit each to the first's columns.
         let rows = rows
-            .iter()
-            .map(|r| (0..columns.len()).map(|i| if i < r.columns().len() { cell(r, i) } else { Value::Null }).collect())
+            .into_iter()
+            .map(|mut r| {
+                r.resize(columns.len(), Value::Null);
+                r
+            })
             .collect();
         Ok(QueryResult { columns, rows })
     }
@@ -304,12 +369,12 @@ impl Store {
     /// an `exec` run shows what it attempted.
     pub async fn run_graph(&self, run_id: i64) -> anyhow::Result<RunGraph> {
         let rows = sqlx::query(
-            "WITH r AS (SELECT id, pipeline_id FROM runs WHERE id = ?1),
+            "WITH r AS (SELECT id, pipeline_id FROM runs WHERE id = $1),
                   ids AS (SELECT b.instance_id AS id FROM instance_bindings b JOIN r ON b.pipeline_id = r.pipeline_id
-                          UNION SELECT a.instance_id FROM attempts a WHERE a.run_id = ?1)
+                          UNION SELECT a.instance_id FROM attempts a WHERE a.run_id = $1)
              SELECT i.id, i.key, i.kind,
-                    (SELECT a.status FROM attempts a WHERE a.instance_id = i.id AND a.run_id = ?1 ORDER BY a.id DESC LIMIT 1),
-                    EXISTS (SELECT 1 FROM v_done d WHERE d.instance_id = i.id)
+                    (SELECT a.status FROM attempts a WHERE a.instance_id = i.id AND a.run_id = $1 ORDER BY a.id DESC LIMIT 1),
+                    CASE WHEN EXISTS (SELECT 1 FROM v_done d WHERE d.instance_id = i.id) THEN 1 ELSE 0 END
              FROM stage_instances i JOIN ids ON ids.id = i.id ORDER BY i.id",
         )
         .bind(run_id)
@@ -319,16 +384,16 @@ impl Store {
         let mut nodes = Vec::with_capacity(rows.len());
         for r in &rows {
             let status: Option<String> = r.get(3);
-            let done_before: bool = r.get(4);
+            let done_before = r.get::<i64, _>(4) != 0;
             let status = status.unwrap_or_else(|| if done_before { "cached" } else { "pending" }.to_owned());
             index.insert(r.get(0), nodes.len());
             nodes.push(GraphNode { key: r.get(1), kind: r.get(2), stages: Vec::new(), axes: Map::new(), status });
         }
         let bindings = sqlx::query(
             "SELECT b.instance_id, b.pipeline_name, b.stage, b.axes FROM instance_bindings b
-             WHERE b.pipeline_name = (SELECT p.name FROM runs r JOIN pipelines p ON p.id = r.pipeline_id WHERE r.id = ?1)
-                OR (NOT EXISTS (SELECT 1 FROM runs r WHERE r.id = ?1 AND r.pipeline_id IS NOT NULL)
-                    AND b.instance_id IN (SELECT instance_id FROM attempts WHERE run_id = ?1))
+             WHERE b.pipeline_name = (SELECT p.name FROM runs r JOIN pipelines p ON p.id = r.pipeline_id WHERE r.id = $1)
+                OR (NOT EXISTS (SELECT 1 FROM runs r WHERE r.id = $1 AND r.pipeline_id IS NOT NULL)
+                    AND b.instance_id IN (SELECT instance_id FROM attempts WHERE run_id = $1))
              ORDER BY b.seen_at",
         )
         .bind(run_id)
@@ -351,7 +416,7 @@ impl Store {
 
     /// The latest stored source of a pipeline, by name.
     pub async fn pipeline_source(&self, name: &str) -> anyhow::Result<Option<PipelineSource>> {
-        let row = sqlx::query("SELECT name, path, source FROM pipelines WHERE name = ? ORDER BY id DESC LIMIT 1")
+        let row = sqlx::query("SELECT name, path, source FROM pipelines WHERE name = $1 ORDER BY id DESC LIMIT 1")
             .bind(name)
             .fetch_optional(&self.pool)
             .await
@@ -373,7 +438,7 @@ impl Store {
     /// Runs of one pipeline, newest first.
     pub async fn runs_of_pipeline(&self, name: &str) -> anyhow::Result<Vec<super::RunRecord>> {
         let ids: Vec<i64> =
-            sqlx::query_scalar("SELECT id FROM v_runs WHERE pipeline = ? ORDER BY id DESC").bind(name).fetch_all(&self.pool).await?;
+            sqlx::query_scalar("SELECT id FROM v_runs WHERE pipeline = $1 ORDER BY id DESC").bind(name).fetch_all(&self.pool).await?;
         let mut out = Vec::with_capacity(ids.len());
         for id in ids {
             out.extend(self.run_by_id(id).await?);

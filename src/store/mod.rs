@@ -1,32 +1,52 @@
-//! The store: the workspace's SQLite database and object directory.
+//! The store: the workspace's database and object directory.
 //!
 //! Only this module speaks SQL. Everything ablate knows about past work (runs,
-//! instances, lineage edges, attempts, artifacts, metrics) is here, so any
-//! question about history is a query, and several `ablate` processes can share
-//! one workspace: WAL, a busy timeout, and claims made in `BEGIN IMMEDIATE`
-//! transactions backed by a unique index on running attempts.
+//! instances, lineage edges, attempts, artifacts, metrics, Slurm jobs) is
+//! here, so any question about history is a query, and several `ablate`
+//! processes, on one machine or many, can share one store.
+//!
+//! Two backends sit behind one [`Store`]: the workspace's SQLite file (the
+//! embedded default: WAL, a busy timeout, claims in `BEGIN IMMEDIATE`
+//! transactions) and a PostgreSQL server (`--db postgres://...`, for studies
+//! whose jobs run on many nodes: claims lock the instance row). Both are
+//! reached through sqlx's `Any` driver, so every query method is written once;
+//! the statements whose text must differ (bulk JSON inserts and lookups,
+//! locking, insertion order) are fields of a [`Dialect`], one per backend, in
+//! `sqlite.rs` and `postgres.rs`. Schemas live in `migrations/sqlite/` and
+//! `migrations/postgres/`, with the same tables, columns and views.
 
+mod backend;
 mod history;
 pub mod objects;
+mod postgres;
 mod read;
+mod slurm;
+mod sqlite;
 mod write;
 
 use std::path::{Path, PathBuf};
-use std::str::FromStr;
-use std::time::Duration;
 
 use anyhow::Context as _;
-use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous};
+use sqlx::AnyPool;
 
+pub use backend::Backend;
+use backend::Dialect;
 pub use history::*;
 pub use objects::{ObjectStat, ObjectStore, PutObject, Verified};
 pub use read::*;
+pub use slurm::*;
 pub use write::*;
 
 /// Where a workspace keeps things; see ARCHITECTURE.md.
+///
+/// Artifacts, scratch and per-instance state are always files under `root`
+/// (on a cluster: a shared file system). The database is `root/ablate.db`
+/// unless `db` names a PostgreSQL server.
 #[derive(Debug, Clone)]
 pub struct Workspace {
     pub root: PathBuf,
+    /// A `postgres://` URL; `None` for the workspace's SQLite file.
+    pub db: Option<String>,
 }
 
 impl Workspace {
@@ -34,10 +54,37 @@ impl Workspace {
     /// processes `command` starts) must not depend on the current directory.
     pub fn new(root: impl Into<PathBuf>) -> Workspace {
         let root = root.into();
-        Workspace { root: std::path::absolute(&root).unwrap_or(root) }
+        Workspace { root: std::path::absolute(&root).unwrap_or(root), db: None }
+    }
+    /// The same workspace with its database on a PostgreSQL server. The URL
+    /// is checked here, so a typo is reported before anything runs.
+    pub fn with_db(mut self, url: Option<String>) -> anyhow::Result<Workspace> {
+        if let Some(url) = &url {
+            Backend::of_url(url)?;
+        }
+        self.db = url;
+        Ok(self)
+    }
+    pub fn backend(&self) -> Backend {
+        match &self.db {
+            Some(_) => Backend::Postgres,
+            None => Backend::Sqlite,
+        }
     }
     pub fn db_path(&self) -> PathBuf {
         self.root.join("ablate.db")
+    }
+    /// Whether a store may already exist: the SQLite file is there, or the
+    /// database is a server (which only connecting can tell).
+    pub fn store_may_exist(&self) -> bool {
+        self.db.is_some() || self.db_path().exists()
+    }
+    /// Where the database is, for messages (a server URL without its password).
+    pub fn db_display(&self) -> String {
+        match &self.db {
+            Some(url) => postgres::redacted(url),
+            None => self.db_path().display().to_string(),
+        }
     }
     /// Per-attempt scratch space (outputs are written here, then moved into objects/).
     pub fn attempt_dir(&self, attempt_id: i64) -> PathBuf {
@@ -47,6 +94,10 @@ impl Workspace {
     pub fn state_dir(&self, key: &str) -> PathBuf {
         self.root.join("state").join(key)
     }
+    /// Batch scripts and logs of Slurm jobs.
+    pub fn slurm_dir(&self) -> PathBuf {
+        self.root.join("slurm")
+    }
     pub fn objects(&self) -> ObjectStore {
         ObjectStore::new(&self.root)
     }
@@ -54,48 +105,60 @@ impl Workspace {
 
 #[derive(Clone)]
 pub struct Store {
-    pool: SqlitePool,
+    pool: AnyPool,
+    sql: &'static Dialect,
     workspace: Workspace,
     read_only: bool,
 }
 
-static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
-
 impl Store {
-    /// Opens (creating if needed) the workspace's store for writing.
+    /// Opens (creating and migrating if needed) the workspace's store for writing.
     pub async fn open(workspace: &Workspace) -> anyhow::Result<Store> {
         std::fs::create_dir_all(&workspace.root).with_context(|| format!("creating workspace {}", workspace.root.display()))?;
-        let options = connect_options(&workspace.db_path())?.create_if_missing(true);
-        let pool = SqlitePoolOptions::new()
-            .max_connections(4)
-            .connect_with(options)
-            .await
-            .with_context(|| format!("opening {}", workspace.db_path().display()))?;
-        // Two processes opening a fresh workspace at once must not both migrate.
-        let lock = FileLock::exclusive(&workspace.root.join("migrate.lock"))?;
-        MIGRATOR.run(&pool).await.context("applying store migrations")?;
+        let backend = workspace.backend();
+        let pool = match &workspace.db {
+            None => sqlite::connect(&workspace.db_path(), false).await?,
+            Some(url) => postgres::connect(url, false).await?,
+        };
+        // Two processes opening a fresh SQLite workspace at once must not both
+        // migrate (sqlx takes an advisory lock on PostgreSQL by itself).
+        let lock = match backend {
+            Backend::Sqlite => Some(FileLock::exclusive(&workspace.root.join("migrate.lock"))?),
+            Backend::Postgres => None,
+        };
+        backend.migrator().run(&pool).await.with_context(|| format!("applying store migrations to {}", workspace.db_display()))?;
         drop(lock);
-        Ok(Store { pool, workspace: workspace.clone(), read_only: false })
+        Ok(Store { pool, sql: backend.dialect(), workspace: workspace.clone(), read_only: false })
     }
 
     /// Opens an existing store read-only; `None` when the workspace has none yet.
     pub async fn open_read_only(workspace: &Workspace) -> anyhow::Result<Option<Store>> {
-        let path = workspace.db_path();
-        if !path.exists() {
-            return Ok(None);
-        }
-        // query_only as well: arbitrary SQL (`ablate sql`, dashboards) runs here.
-        let options = connect_options(&path)?.read_only(true).pragma("query_only", "ON");
-        let pool = SqlitePoolOptions::new()
-            .max_connections(4)
-            .connect_with(options)
-            .await
-            .with_context(|| format!("opening {}", path.display()))?;
-        Ok(Some(Store { pool, workspace: workspace.clone(), read_only: true }))
+        let backend = workspace.backend();
+        let pool = match &workspace.db {
+            None => {
+                let path = workspace.db_path();
+                if !path.exists() {
+                    return Ok(None);
+                }
+                sqlite::connect(&path, true).await?
+            }
+            Some(url) => {
+                let pool = postgres::connect(url, true).await?;
+                if !postgres::has_schema(&pool).await? {
+                    return Ok(None);
+                }
+                pool
+            }
+        };
+        Ok(Some(Store { pool, sql: backend.dialect(), workspace: workspace.clone(), read_only: true }))
     }
 
     pub fn workspace(&self) -> &Workspace {
         &self.workspace
+    }
+
+    pub fn backend(&self) -> Backend {
+        self.workspace.backend()
     }
 
     pub fn is_read_only(&self) -> bool {
@@ -107,17 +170,10 @@ impl Store {
     }
 }
 
-fn connect_options(path: &Path) -> anyhow::Result<SqliteConnectOptions> {
-    Ok(SqliteConnectOptions::from_str(&format!("sqlite://{}", path.display()))?
-        .journal_mode(SqliteJournalMode::Wal)
-        .synchronous(SqliteSynchronous::Normal)
-        .busy_timeout(Duration::from_secs(60))
-        .foreign_keys(true)
-        // A 64 MiB page cache and memory-mapped reads: checking a large plan
-        // touches every instance's rows, and SQLite's 2 MiB default turns that
-        // into a read syscall per page.
-        .pragma("cache_size", "-65536")
-        .pragma("mmap_size", "268435456"))
+/// Registers the SQLite and PostgreSQL drivers with sqlx's `Any` (once per process).
+fn install_drivers() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(sqlx::any::install_default_drivers);
 }
 
 /// An advisory `flock` held until dropped.

@@ -5,7 +5,7 @@ use std::collections::{HashMap, HashSet};
 use serde::Serialize;
 use serde_json::Value;
 use sqlx::Row;
-use sqlx::sqlite::SqliteRow;
+use sqlx::any::AnyRow;
 
 use super::Store;
 use super::objects::ObjectStat;
@@ -69,6 +69,11 @@ pub struct AttemptRecord {
     pub pid: i64,
     pub device: String,
     pub error: Option<String>,
+    /// The Slurm job it ran in (`JOB` or `ARRAYJOB_TASK`), if any.
+    pub slurm_job: Option<String>,
+    /// How that job ended (Slurm state and exit code).
+    pub exit_state: Option<String>,
+    pub log_path: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -95,7 +100,7 @@ pub struct MetricRecord {
     pub value: Option<f64>,
 }
 
-fn instance(row: &SqliteRow) -> InstanceRecord {
+fn instance(row: &AnyRow) -> InstanceRecord {
     InstanceRecord {
         id: row.get("id"),
         key: row.get("key"),
@@ -106,9 +111,10 @@ fn instance(row: &SqliteRow) -> InstanceRecord {
     }
 }
 
-const ATTEMPT_COLUMNS: &str = "a.id, a.run_id, i.key, i.kind, a.status, a.started_at, a.ended_at, a.host, a.pid, a.device, a.error";
+const ATTEMPT_COLUMNS: &str = "a.id, a.run_id, i.key, i.kind, a.status, a.started_at, a.ended_at, a.host, a.pid, a.device, a.error, \
+                               a.slurm_job_id, a.slurm_array_task, a.exit_state, a.log_path";
 
-fn attempt(row: &SqliteRow) -> AttemptRecord {
+fn attempt(row: &AnyRow) -> AttemptRecord {
     AttemptRecord {
         id: row.get(0),
         run_id: row.get(1),
@@ -121,6 +127,12 @@ fn attempt(row: &SqliteRow) -> AttemptRecord {
         pid: row.get(8),
         device: row.get(9),
         error: row.get(10),
+        slurm_job: row.get::<Option<String>, _>(11).map(|job| match row.get::<Option<i64>, _>(12) {
+            Some(task) => format!("{job}_{task}"),
+            None => job,
+        }),
+        exit_state: row.get(13),
+        log_path: row.get(14),
     }
 }
 
@@ -129,22 +141,13 @@ impl Store {
     /// (`None` where there is none), in the order of `keys`.
     ///
     /// The keys go in, and the rows come back, as one JSON value each way:
-    /// SQLite builds the array in C, which keeps checking a 100,000-instance
+    /// the engine builds the array itself, which keeps checking a 100,000-instance
     /// plan far from per-row driver overhead. Rows name their key by its
     /// position in `keys`.
     pub async fn done_attempts(&self, keys: &[&str]) -> anyhow::Result<Vec<Option<DoneAttempt>>> {
         type Row = (usize, i64, i64, Option<String>, Option<String>, Option<i64>, Option<i64>, Option<i64>);
-        let json: Option<String> = sqlx::query_scalar(
-            "SELECT json_group_array(json_array(k.key, i.id, a.id, ar.name, ar.hash, ar.bytes, o.bytes, o.mtime_ns))
-             FROM json_each(?) k
-             JOIN stage_instances i ON i.key = k.value
-             JOIN attempts a ON a.id = (SELECT MAX(id) FROM attempts WHERE instance_id = i.id AND status = 'done')
-             LEFT JOIN artifacts ar ON ar.attempt_id = a.id
-             LEFT JOIN objects o ON o.hash = ar.hash",
-        )
-        .bind(serde_json::to_string(keys)?)
-        .fetch_one(&self.pool)
-        .await?;
+        let json: Option<String> =
+            sqlx::query_scalar(self.sql.done_attempts).bind(serde_json::to_string(keys)?).fetch_one(&self.pool).await?;
         let rows: Vec<Row> = serde_json::from_str(json.as_deref().unwrap_or("[]"))?;
         let mut out: Vec<Option<DoneAttempt>> = vec![None; keys.len()];
         for (position, instance_id, attempt_id, name, hash, bytes, object_bytes, mtime_ns) in rows {
@@ -165,7 +168,7 @@ impl Store {
     pub async fn previous_bindings(&self, pipeline: &str) -> anyhow::Result<HashMap<(String, String), Vec<PreviousBinding>>> {
         let rows = sqlx::query(
             "SELECT b.stage, b.axes, i.key, i.kind_version, i.params FROM instance_bindings b JOIN stage_instances i ON i.id = b.instance_id
-             WHERE b.pipeline_name = ? ORDER BY b.seen_at DESC, i.id DESC",
+             WHERE b.pipeline_name = $1 ORDER BY b.seen_at DESC, i.id DESC",
         )
         .bind(pipeline)
         .fetch_all(&self.pool)
@@ -184,7 +187,7 @@ impl Store {
     /// Instances whose key starts with `prefix`.
     pub async fn instances_by_prefix(&self, prefix: &str) -> anyhow::Result<Vec<InstanceRecord>> {
         let rows = sqlx::query(
-            "SELECT id, key, kind, kind_version, params, created_at FROM stage_instances WHERE key >= ? AND key < ? ORDER BY key LIMIT 10",
+            "SELECT id, key, kind, kind_version, params, created_at FROM stage_instances WHERE key >= $1 AND key < $2 ORDER BY key LIMIT 10",
         )
         .bind(prefix)
         .bind(format!("{prefix}\u{10ffff}"))
@@ -194,7 +197,7 @@ impl Store {
     }
 
     pub async fn instance_by_id(&self, id: i64) -> anyhow::Result<InstanceRecord> {
-        let row = sqlx::query("SELECT id, key, kind, kind_version, params, created_at FROM stage_instances WHERE id = ?")
+        let row = sqlx::query("SELECT id, key, kind, kind_version, params, created_at FROM stage_instances WHERE id = $1")
             .bind(id)
             .fetch_one(&self.pool)
             .await?;
@@ -205,7 +208,7 @@ impl Store {
     pub async fn upstream_of(&self, instance_id: i64) -> anyhow::Result<Vec<(InstanceRecord, String)>> {
         let rows = sqlx::query(
             "SELECT i.id, i.key, i.kind, i.kind_version, i.params, i.created_at, e.stage FROM edges e JOIN stage_instances i ON i.id = e.upstream_id
-             WHERE e.downstream_id = ? ORDER BY e.stage",
+             WHERE e.downstream_id = $1 ORDER BY e.stage",
         )
         .bind(instance_id)
         .fetch_all(&self.pool)
@@ -216,7 +219,7 @@ impl Store {
     pub async fn downstream_of(&self, instance_id: i64) -> anyhow::Result<Vec<InstanceRecord>> {
         let rows = sqlx::query(
             "SELECT i.id, i.key, i.kind, i.kind_version, i.params, i.created_at FROM edges e JOIN stage_instances i ON i.id = e.downstream_id
-             WHERE e.upstream_id = ? ORDER BY i.key",
+             WHERE e.upstream_id = $1 ORDER BY i.key",
         )
         .bind(instance_id)
         .fetch_all(&self.pool)
@@ -226,7 +229,7 @@ impl Store {
 
     pub async fn bindings_of(&self, instance_id: i64) -> anyhow::Result<Vec<BindingRecord>> {
         let rows = sqlx::query(
-            "SELECT pipeline_name, stage, axes FROM instance_bindings WHERE instance_id = ? ORDER BY pipeline_name, stage, axes",
+            "SELECT pipeline_name, stage, axes FROM instance_bindings WHERE instance_id = $1 ORDER BY pipeline_name, stage, axes",
         )
         .bind(instance_id)
         .fetch_all(&self.pool)
@@ -243,14 +246,14 @@ impl Store {
 
     /// The latest done attempt of one instance, if any.
     pub async fn done_attempt_of(&self, instance_id: i64) -> anyhow::Result<Option<DoneAttempt>> {
-        let Some(attempt_id) = sqlx::query_scalar::<_, i64>("SELECT attempt_id FROM v_done WHERE instance_id = ?")
+        let Some(attempt_id) = sqlx::query_scalar::<_, i64>("SELECT attempt_id FROM v_done WHERE instance_id = $1")
             .bind(instance_id)
             .fetch_optional(&self.pool)
             .await?
         else {
             return Ok(None);
         };
-        let rows = sqlx::query("SELECT a.name, a.hash, a.bytes, a.path, o.bytes, o.mtime_ns FROM artifacts a LEFT JOIN objects o ON o.hash = a.hash WHERE a.attempt_id = ? ORDER BY a.name")
+        let rows = sqlx::query("SELECT a.name, a.hash, a.bytes, a.path, o.bytes, o.mtime_ns FROM artifacts a LEFT JOIN objects o ON o.hash = a.hash WHERE a.attempt_id = $1 ORDER BY a.name")
             .bind(attempt_id)
             .fetch_all(&self.pool)
             .await?;
@@ -272,7 +275,7 @@ impl Store {
 
     pub async fn attempts_of_instance(&self, instance_id: i64) -> anyhow::Result<Vec<AttemptRecord>> {
         let rows = sqlx::query(&format!(
-            "SELECT {ATTEMPT_COLUMNS} FROM attempts a JOIN stage_instances i ON i.id = a.instance_id WHERE a.instance_id = ? ORDER BY a.id"
+            "SELECT {ATTEMPT_COLUMNS} FROM attempts a JOIN stage_instances i ON i.id = a.instance_id WHERE a.instance_id = $1 ORDER BY a.id"
         ))
         .bind(instance_id)
         .fetch_all(&self.pool)
@@ -282,7 +285,7 @@ impl Store {
 
     pub async fn attempts_of_run(&self, run_id: i64) -> anyhow::Result<Vec<AttemptRecord>> {
         let rows = sqlx::query(&format!(
-            "SELECT {ATTEMPT_COLUMNS} FROM attempts a JOIN stage_instances i ON i.id = a.instance_id WHERE a.run_id = ? ORDER BY a.id"
+            "SELECT {ATTEMPT_COLUMNS} FROM attempts a JOIN stage_instances i ON i.id = a.instance_id WHERE a.run_id = $1 ORDER BY a.id"
         ))
         .bind(run_id)
         .fetch_all(&self.pool)
@@ -292,7 +295,7 @@ impl Store {
 
     /// The status of an instance's latest attempt (for waiting on another process's claim).
     pub async fn latest_attempt_status(&self, instance_id: i64) -> anyhow::Result<Option<String>> {
-        Ok(sqlx::query_scalar("SELECT status FROM attempts WHERE instance_id = ? ORDER BY id DESC LIMIT 1")
+        Ok(sqlx::query_scalar("SELECT status FROM attempts WHERE instance_id = $1 ORDER BY id DESC LIMIT 1")
             .bind(instance_id)
             .fetch_optional(&self.pool)
             .await?)
@@ -307,7 +310,7 @@ impl Store {
     }
 
     pub async fn metrics_of_attempt(&self, attempt_id: i64) -> anyhow::Result<Vec<MetricRecord>> {
-        let rows = sqlx::query("SELECT name, step, value FROM metrics WHERE attempt_id = ? ORDER BY name, step")
+        let rows = sqlx::query("SELECT name, step, value FROM metrics WHERE attempt_id = $1 ORDER BY name, step NULLS FIRST")
             .bind(attempt_id)
             .fetch_all(&self.pool)
             .await?;
@@ -315,7 +318,7 @@ impl Store {
     }
 
     pub async fn runs(&self, limit: i64) -> anyhow::Result<Vec<RunRecord>> {
-        let rows = sqlx::query("SELECT id, pipeline, command, status, host, user, started_at, ended_at, duration_s, done, failed, skipped FROM v_runs ORDER BY id DESC LIMIT ?")
+        let rows = sqlx::query("SELECT id, pipeline, command, status, host, \"user\", started_at, ended_at, duration_s, done, failed, skipped FROM v_runs ORDER BY id DESC LIMIT $1")
             .bind(limit)
             .fetch_all(&self.pool)
             .await?;
@@ -323,7 +326,7 @@ impl Store {
     }
 
     pub async fn run_by_id(&self, id: i64) -> anyhow::Result<Option<RunRecord>> {
-        let row = sqlx::query("SELECT id, pipeline, command, status, host, user, started_at, ended_at, duration_s, done, failed, skipped FROM v_runs WHERE id = ?")
+        let row = sqlx::query("SELECT id, pipeline, command, status, host, \"user\", started_at, ended_at, duration_s, done, failed, skipped FROM v_runs WHERE id = $1")
             .bind(id)
             .fetch_optional(&self.pool)
             .await?;
@@ -334,7 +337,7 @@ impl Store {
     pub async fn producers_of_hash(&self, prefix: &str) -> anyhow::Result<Vec<(InstanceRecord, String, String)>> {
         let rows = sqlx::query(
             "SELECT DISTINCT i.id, i.key, i.kind, i.kind_version, i.params, i.created_at, a.name, a.hash FROM artifacts a JOIN stage_instances i ON i.id = a.instance_id
-             WHERE a.hash >= ? AND a.hash < ? ORDER BY a.hash LIMIT 20",
+             WHERE a.hash >= $1 AND a.hash < $2 ORDER BY a.hash LIMIT 20",
         )
         .bind(prefix)
         .bind(format!("{prefix}\u{10ffff}"))
@@ -356,7 +359,7 @@ impl Store {
     }
 }
 
-fn run(row: &SqliteRow) -> RunRecord {
+fn run(row: &AnyRow) -> RunRecord {
     RunRecord {
         id: row.get(0),
         pipeline: row.get(1),

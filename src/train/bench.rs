@@ -47,7 +47,14 @@ impl Observer for Timer {
 }
 
 /// Trains `model` with `loss` at `batch` for `warmup + steps` steps on `device`.
-pub fn run<B: AutodiffBackend>(model: &str, loss: &str, batch: usize, warmup: usize, steps: usize, device: &B::Device) -> anyhow::Result<BenchResult> {
+pub fn run<B: AutodiffBackend>(
+    model: &str,
+    loss: &str,
+    batch: usize,
+    warmup: usize,
+    steps: usize,
+    device: &B::Device,
+) -> anyhow::Result<BenchResult> {
     let vit = VitPreset::named(model, "avg").ok_or_else(|| anyhow::anyhow!("unknown model preset {model}"))?;
     let loss_kind = Loss::from_name(loss).ok_or_else(|| anyhow::anyhow!("unknown loss {loss}"))?;
     let (n, dim, side) = (batch * 2, 384, vit.image_size);
@@ -90,7 +97,14 @@ pub fn run<B: AutodiffBackend>(model: &str, loss: &str, batch: usize, warmup: us
         _ => anyhow::bail!("no steps measured"),
     };
     let images_per_s = (measured * batch) as f64 / seconds;
-    Ok(BenchResult { model: model.to_owned(), loss: loss.to_owned(), batch, steps: measured, images_per_s, gflops: images_per_s * flops / 1e9 })
+    Ok(BenchResult {
+        model: model.to_owned(),
+        loss: loss.to_owned(),
+        batch,
+        steps: measured,
+        images_per_s,
+        gflops: images_per_s * flops / 1e9,
+    })
 }
 
 fn tempfile_dir() -> anyhow::Result<std::path::PathBuf> {

@@ -6,6 +6,8 @@
 
 #![allow(dead_code)]
 
+pub mod services;
+
 use std::collections::BTreeSet;
 use std::fs::File;
 use std::path::{Path, PathBuf};
@@ -114,6 +116,16 @@ impl Bg {
 pub struct Ws {
     tmp: tempfile::TempDir,
     logs: std::cell::Cell<usize>,
+    /// The store on the test PostgreSQL server: (URL, schema). `None`: the workspace's SQLite file.
+    pg: Option<(String, String)>,
+}
+
+impl Drop for Ws {
+    fn drop(&mut self) {
+        if let (Some((_, schema)), Ok(url)) = (&self.pg, services::postgres()) {
+            services::drop_schema(&url, schema);
+        }
+    }
 }
 
 impl Default for Ws {
@@ -123,11 +135,42 @@ impl Default for Ws {
 }
 
 impl Ws {
+    /// A scratch area whose store is the workspace's SQLite file, or, with
+    /// `ABLATE_TEST_BACKEND=postgres`, a fresh schema on the test PostgreSQL
+    /// server (how `.ci/run` runs part of the suite against PostgreSQL).
     pub fn new() -> Ws {
         let tmp = tempfile::Builder::new().prefix("ablate-it-").tempdir().expect("temp dir");
         std::fs::create_dir_all(tmp.path().join("counts")).unwrap();
         std::fs::create_dir_all(tmp.path().join("logs")).unwrap();
-        Ws { tmp, logs: std::cell::Cell::new(0) }
+        let mut ws = Ws { tmp, logs: std::cell::Cell::new(0), pg: None };
+        if std::env::var("ABLATE_TEST_BACKEND").as_deref() == Ok("postgres") {
+            let url = services::postgres().unwrap_or_else(|e| panic!("ABLATE_TEST_BACKEND=postgres, but {e}"));
+            ws.pg = Some(services::fresh_schema(&url));
+        }
+        ws
+    }
+
+    /// A scratch area whose store is on the test PostgreSQL server; `None`
+    /// (after saying why) when there is none outside CI.
+    #[track_caller]
+    pub fn postgres() -> Option<Ws> {
+        let url = services::require("PostgreSQL", services::postgres())?;
+        let mut ws = Ws::new();
+        if ws.pg.is_none() {
+            ws.pg = Some(services::fresh_schema(&url));
+        }
+        Some(ws)
+    }
+
+    /// The `--db` URL of this scratch area's store, when it is on PostgreSQL.
+    pub fn db_url(&self) -> Option<&str> {
+        self.pg.as_ref().map(|(url, _)| url.as_str())
+    }
+
+    /// Runs SQL on this scratch area's PostgreSQL schema with `psql`.
+    pub fn psql(&self, sql: &str) -> String {
+        let (_, schema) = self.pg.as_ref().expect("a PostgreSQL scratch area");
+        services::psql(&services::postgres().expect("PostgreSQL"), schema, sql)
     }
 
     pub fn root(&self) -> &Path {
@@ -183,7 +226,13 @@ impl Ws {
             .env_remove("ABLATE_WORKSPACE")
             .env_remove("ABLATE_LEASE_SECS")
             .env("NO_COLOR", "1")
+            // Slurm runs follow their jobs with a short poll ceiling.
+            .env("ABLATE_SLURM_POLL_MAX_SECS", "1")
             .stdin(Stdio::null());
+        match &self.pg {
+            Some((url, _)) => cmd.env("ABLATE_DB", url),
+            None => cmd.env_remove("ABLATE_DB"),
+        };
         // Built-in encoder names resolve in the repository's models/ (the
         // binary runs in a temporary directory).
         if std::env::var_os("ABLATE_MODELS").is_none() {

@@ -55,3 +55,38 @@ pub fn build(ws: &Ws) -> PathBuf {
     assert_eq!(code, Some(0), "{}", out.describe());
     file
 }
+
+/// A smaller study for the backend and cluster tests: 2 losses × 2 seeds of
+/// `train` (a loss curve and a final metric) below one `data`, and an `eval`
+/// per `train`: 9 instances.
+pub const SMALL: &str = r#"
+[pipeline]
+name = "small"
+
+[axes]
+loss = ["infonce", "cosine"]
+seed = [0, 1]
+
+[stages.data]
+kind = "command"
+run = "echo data > $ABLATE_OUT/data.txt"
+
+[stages.train]
+kind = "command"
+needs = ["data"]
+run = """
+for s in 0 1 2; do echo "ablate:metric loss $(awk "BEGIN{print 1 / ($s + 1) + ${seed} * 0.1}") $s"; done
+echo "ablate:metric top1 $(awk "BEGIN{print 0.5 + ${seed} * 0.01}")"
+echo ${loss} ${seed} > $ABLATE_OUT/model.txt
+"""
+
+[stages.train.resources]
+cpus = 1
+mem = "100M"
+time = "00:05:00"
+
+[stages.eval]
+kind = "command"
+needs = ["train"]
+run = "echo \"ablate:metric acc $(wc -c < $ABLATE_INPUT_TRAIN/model.txt)\"; cat $ABLATE_INPUT_TRAIN/model.txt > $ABLATE_OUT/score.txt"
+"#;

@@ -1,0 +1,68 @@
+//! The SQLite backend: the workspace's own `ablate.db`.
+//!
+//! Safe for any number of processes on one machine (WAL, a 60 s busy
+//! timeout, write transactions that take the lock up front). Not safe on a
+//! network file system, whose locks SQLite cannot trust: studies whose jobs
+//! run on several nodes use the PostgreSQL backend.
+
+use std::path::Path;
+use std::str::FromStr;
+
+use anyhow::Context as _;
+use sqlx::AnyPool;
+use sqlx::any::{AnyConnectOptions, AnyPoolOptions};
+use sqlx::sqlite::SqliteConnectOptions;
+use sqlx::{ConnectOptions as _, Executor as _};
+
+use super::backend::Dialect;
+
+pub(super) static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
+
+pub(super) const DIALECT: Dialect = Dialect {
+    name: "SQLite",
+    begin_write: "BEGIN IMMEDIATE",
+    serialize_writers: None,
+    lock_instance: None,
+    insert_metrics: "INSERT INTO metrics (instance_id, attempt_id, name, step, value)
+         SELECT $1, $2, j.value ->> 0, j.value ->> 1, j.value ->> 2 FROM json_each($3) j",
+    instance_ids: "SELECT json_group_array(json_array(i.key, i.id)) FROM json_each($1) k JOIN stage_instances i ON i.key = k.value",
+    done_attempts: "SELECT json_group_array(json_array(k.key, i.id, a.id, ar.name, ar.hash, ar.bytes, o.bytes, o.mtime_ns))
+         FROM json_each($1) k
+         JOIN stage_instances i ON i.key = k.value
+         JOIN attempts a ON a.id = (SELECT MAX(id) FROM attempts WHERE instance_id = i.id AND status = 'done')
+         LEFT JOIN artifacts ar ON ar.attempt_id = a.id
+         LEFT JOIN objects o ON o.hash = ar.hash",
+    metric_insertion_order: "m.rowid",
+    param_prefix: '?',
+    user_query_as_json: None,
+};
+
+/// A pool on the workspace's database file. Pragmas are set on every new
+/// connection, since the `Any` driver only carries what a URL can say.
+pub(super) async fn connect(path: &Path, read_only: bool) -> anyhow::Result<AnyPool> {
+    let options = SqliteConnectOptions::from_str(&format!("sqlite://{}", path.display()))?;
+    let options = if read_only { options.read_only(true) } else { options.create_if_missing(true) };
+    let url = options.to_url_lossy();
+    // A 64 MiB page cache and memory-mapped reads: checking a large plan
+    // touches every instance's rows, and SQLite's 2 MiB default turns that
+    // into a read syscall per page.
+    let pragmas = if read_only {
+        // query_only as well: arbitrary SQL (`ablate sql`, dashboards) runs here.
+        "PRAGMA busy_timeout = 60000; PRAGMA cache_size = -65536; PRAGMA mmap_size = 268435456; PRAGMA query_only = ON;"
+    } else {
+        "PRAGMA busy_timeout = 60000; PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; PRAGMA foreign_keys = ON; \
+         PRAGMA cache_size = -65536; PRAGMA mmap_size = 268435456;"
+    };
+    super::install_drivers();
+    AnyPoolOptions::new()
+        .max_connections(4)
+        .after_connect(move |conn, _| {
+            Box::pin(async move {
+                conn.execute(pragmas).await?;
+                Ok(())
+            })
+        })
+        .connect_with(AnyConnectOptions::from_url(&url)?)
+        .await
+        .with_context(|| format!("opening {}", path.display()))
+}

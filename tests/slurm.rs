@@ -1,0 +1,365 @@
+//! `ablate run --executor slurm` against a real Slurm cluster (the CI's
+//! single node, started by scripts/ci-services): same keys and metrics as a
+//! local run, one job or array task per instance, adoption after the
+//! submitter dies, cancelled jobs recorded failed and rerun, retries, Ctrl-C,
+//! `ablate cancel`, and a requeued job resuming from its checkpoint.
+
+mod common;
+#[path = "common/study.rs"]
+mod study;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::process::Command;
+use std::time::Duration;
+
+use common::services::{self, require};
+use common::*;
+use serde_json::Value;
+
+const LONG: Duration = Duration::from_secs(120);
+
+fn slurm() -> bool {
+    require("Slurm", services::slurm()).is_some()
+}
+
+fn tool(program: &str, args: &[&str]) -> String {
+    let out = Command::new(program).args(args).output().unwrap_or_else(|e| panic!("running {program}: {e}"));
+    assert!(out.status.success(), "{program} {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// The state Slurm reports for a job or array task (`JOB` or `JOB_TASK`).
+fn slurm_state(job: &str) -> String {
+    let out =
+        Command::new("squeue").args(["--noheader", "--array", "--states=all", "--format=%T", &format!("--jobs={job}")]).output().unwrap();
+    String::from_utf8_lossy(&out.stdout).trim().to_owned()
+}
+
+/// `run --executor slurm --json` in the foreground.
+#[track_caller]
+fn run_slurm(ws: &Ws, file: &std::path::Path, extra: &[&str]) -> (Option<i32>, Value, Out) {
+    let mut args = vec!["run", file.to_str().unwrap(), "--executor", "slurm", "--json"];
+    args.extend_from_slice(extra);
+    let out = ws.spawn(&args).wait(LONG);
+    assert_no_panic(&out);
+    let json = out.json();
+    (out.code, json, out)
+}
+
+/// Slurm jobs of a run by instance key, from `show RUN --json`.
+fn jobs_by_key(ws: &Ws, run: i64) -> BTreeMap<String, Vec<Value>> {
+    let show = ws.show(&run.to_string());
+    let mut out: BTreeMap<String, Vec<Value>> = BTreeMap::new();
+    for job in show["slurm_jobs"].as_array().unwrap() {
+        out.entry(job["key"].as_str().unwrap().to_owned()).or_default().push(job.clone());
+    }
+    out
+}
+
+/// Final metrics per key, from `history --json`.
+fn metrics(ws: &Ws) -> BTreeMap<String, Value> {
+    let history = ws.run(&["history", "--json"]).ok().json();
+    history.as_array().unwrap().iter().map(|r| (r["key"].as_str().unwrap().to_owned(), r["metrics"].clone())).collect()
+}
+
+#[test]
+fn slurm_study_matches_a_local_run_one_job_per_instance() {
+    if !slurm() {
+        return;
+    }
+    let local = Ws::new();
+    let cluster = Ws::new();
+    let file_local = local.write("small.toml", study::SMALL);
+    let file_cluster = cluster.write("small.toml", study::SMALL);
+    let (code, _, out) = local.run_json(&file_local, &["--jobs", "2"]);
+    assert_eq!(code, Some(0), "{}", out.describe());
+
+    let (code, summary, out) = run_slurm(&cluster, &file_cluster, &["--partition", "debug"]);
+    assert_eq!(code, Some(0), "{}", out.describe());
+    let plan = cluster.plan(&file_cluster);
+    assert_eq!(all_keys(&plan), all_keys(&local.plan(&file_local)), "the same stage keys");
+    assert_eq!(keys_in(&summary, "executed"), all_keys(&plan), "every instance ran as a job");
+    assert_eq!(summary["slurm"]["jobs_submitted"], 9);
+    assert_eq!(metrics(&cluster), metrics(&local), "the same metrics");
+
+    // One job (or array task) per instance; each stage's instances in one array.
+    let run = summary["run_id"].as_i64().unwrap();
+    let show = cluster.show(&run.to_string());
+    let attempts = show["attempts"].as_array().unwrap();
+    assert_eq!(attempts.len(), 9, "{show}");
+    let mut tasks = BTreeSet::new();
+    for a in attempts {
+        assert_eq!(a["status"], "done", "{a}");
+        assert!(a["exit_state"].as_str().unwrap().starts_with("COMPLETED"), "{a}");
+        assert!(std::path::Path::new(a["log_path"].as_str().unwrap()).is_file(), "{a}");
+        assert!(tasks.insert(a["slurm_job"].as_str().unwrap().to_owned()), "one job per instance: {a}");
+    }
+    let arrays: BTreeSet<&str> = tasks.iter().map(|t| t.split('_').next().unwrap()).collect();
+    assert_eq!(arrays.len(), 3, "one sbatch per stage: {tasks:?}");
+    let mut seen = 0;
+    for job in &arrays {
+        let text = tool("scontrol", &["--oneliner", "show", "job", job]);
+        for line in text.lines().filter(|l| !l.trim().is_empty()) {
+            assert!(line.contains("JobState=COMPLETED"), "{line}");
+            assert!(line.contains("JobName=ablate:small:"), "{line}");
+            seen += 1;
+        }
+    }
+    assert_eq!(seen, 9, "Slurm shows one job or array task per instance");
+    let train_key = stage_keys(&plan, "train").into_iter().next().unwrap();
+    let train_task = attempts.iter().find(|a| a["key"] == train_key.as_str()).unwrap()["slurm_job"].as_str().unwrap();
+    let train = tool("scontrol", &["--oneliner", "show", "job", train_task]);
+    assert!(train.contains("MinMemoryNode=100M") && train.contains("TimeLimit=00:05:00"), "resources reach sbatch: {train}");
+
+    // Everything is cached now: nothing is submitted.
+    let (code, again, out) = run_slurm(&cluster, &file_cluster, &[]);
+    assert_eq!(code, Some(0), "{}", out.describe());
+    assert_eq!(again["slurm"]["jobs_submitted"], 0);
+    assert_eq!(keys_in(&again, "cached"), all_keys(&plan));
+}
+
+/// `work` instances that announce they started, then wait for a go file.
+const WAITING: &str = r#"
+[pipeline]
+name = "waiting"
+
+[axes]
+seed = [0, 1]
+
+[stages.data]
+kind = "command"
+run = "echo data > $ABLATE_OUT/data.txt"
+
+[stages.work]
+kind = "command"
+needs = ["data"]
+run = """
+echo x >> @C@/work-${seed}
+while [ ! -f @R@/go ]; do sleep 0.2; done
+echo ${seed} > $ABLATE_OUT/out.txt
+"""
+"#;
+
+fn go(ws: &Ws) {
+    std::fs::write(ws.root().join("go"), "").unwrap();
+}
+
+#[test]
+fn killing_the_submitter_and_rerunning_adopts_running_jobs() {
+    if !slurm() {
+        return;
+    }
+    let ws = Ws::new();
+    let file = ws.write("waiting.toml", WAITING);
+    let submitter = ws.spawn(&["run", file.to_str().unwrap(), "--executor", "slurm", "--json"]);
+    wait_until(LONG, "both work jobs to start", || ws.count("work-0") == 1 && ws.count("work-1") == 1);
+    submitter.kill9();
+
+    let rerun = ws.spawn(&["run", file.to_str().unwrap(), "--executor", "slurm", "--json"]);
+    std::thread::sleep(Duration::from_millis(1500));
+    go(&ws);
+    let out = rerun.wait(LONG);
+    assert_eq!(out.code, Some(0), "{}", out.describe());
+    let summary = out.json();
+    assert_eq!(summary["slurm"]["jobs_adopted"], 2, "{summary}");
+    assert_eq!(summary["slurm"]["jobs_submitted"], 0, "no duplicate submission: {summary}");
+    assert_eq!(keys_in(&summary, "executed").len(), 2, "{summary}");
+    assert_eq!((ws.count("work-0"), ws.count("work-1")), (1, 1), "each instance ran once");
+    let plan = ws.plan(&file);
+    for key in stage_keys(&plan, "work") {
+        assert_eq!(attempt_statuses(&ws.show(&key)), vec!["done"]);
+    }
+    let runs = ws.runs();
+    let first = runs.iter().find(|r| r["id"] == 1).unwrap();
+    assert_eq!(first["status"], "done", "the adopted run is settled once its jobs are: {first}");
+}
+
+#[test]
+fn scancelled_job_is_recorded_failed_and_rerun_and_ctrl_c_keeps_jobs() {
+    if !slurm() {
+        return;
+    }
+    let ws = Ws::new();
+    let file = ws.write("waiting.toml", WAITING);
+    let follower = ws.spawn(&["run", file.to_str().unwrap(), "--executor", "slurm", "--json"]);
+    wait_until(LONG, "both work jobs to start", || ws.count("work-0") == 1 && ws.count("work-1") == 1);
+
+    // Ctrl-C without a terminal: nothing is asked, the jobs keep running, and it says what to run.
+    tool("kill", &["-INT", &follower.pid().to_string()]);
+    let out = follower.wait(LONG);
+    assert_eq!(out.code, Some(130), "{}", out.describe());
+    assert!(out.stderr.contains("ablate cancel 1"), "{}", out.describe());
+    let plan = ws.plan(&file);
+    let work0 = rows(&plan, "work").iter().find(|r| r["axes"]["seed"] == 0).unwrap()["key"].as_str().unwrap().to_owned();
+    let jobs = jobs_by_key(&ws, 1);
+    let job0 = jobs[&work0][0]["job"].as_str().unwrap().to_owned();
+    assert_eq!(slurm_state(&job0), "RUNNING", "Ctrl-C cancelled nothing");
+
+    // Killed behind ablate's back: recorded failed, and the next submission reruns it.
+    tool("scancel", &[&job0]);
+    wait_until(LONG, "the job to be cancelled", || slurm_state(&job0) == "CANCELLED");
+    go(&ws);
+    let (code, summary, out) = run_slurm(&ws, &file, &[]);
+    assert_eq!(code, Some(0), "{}", out.describe());
+    assert_eq!(summary["slurm"]["jobs_submitted"], 1, "only the cancelled instance: {summary}");
+    assert_eq!(summary["slurm"]["jobs_adopted"], 1, "{summary}");
+    let show = ws.show(&work0);
+    assert_eq!(attempt_statuses(&show), vec!["failed", "done"], "{show}");
+    let failed = &show["attempts"][0];
+    assert!(failed["error"].as_str().unwrap().contains("cancelled"), "{failed}");
+    assert!(failed["exit_state"].as_str().unwrap().starts_with("CANCELLED"), "{failed}");
+    assert_eq!(failed["slurm_job"], job0.as_str());
+    assert_eq!((ws.count("work-0"), ws.count("work-1")), (2, 1));
+}
+
+#[test]
+fn ablate_cancel_cancels_a_detached_run() {
+    if !slurm() {
+        return;
+    }
+    let ws = Ws::new();
+    let file = ws.write("waiting.toml", WAITING);
+    let (code, summary, out) = run_slurm(&ws, &file, &["--detach"]);
+    assert_eq!(code, Some(0), "{}", out.describe());
+    assert_eq!(summary["slurm"]["detached"], true);
+    assert_eq!(summary["slurm"]["jobs_left"], 3, "{summary}");
+    let run = summary["run_id"].as_i64().unwrap();
+    wait_until(LONG, "both work jobs to start", || ws.count("work-0") == 1 && ws.count("work-1") == 1);
+    assert_eq!(ws.runs()[0]["status"], "running", "a detached run runs on in Slurm");
+
+    let out = ws.run(&["cancel", &run.to_string()]).ok();
+    assert!(out.stdout.contains("cancelled 2 Slurm job(s)") || out.stdout.contains("cancelled 3 Slurm job(s)"), "{}", out.describe());
+    assert_eq!(ws.runs()[0]["status"], "interrupted");
+    let plan = ws.plan(&file);
+    for key in stage_keys(&plan, "work") {
+        let show = ws.show(&key);
+        assert_eq!(attempt_statuses(&show), vec!["failed"], "{show}");
+        assert!(show["attempts"][0]["error"].as_str().unwrap().contains("cancelled by ablate"), "{show}");
+    }
+    go(&ws);
+    let (code, summary, out) = run_slurm(&ws, &file, &[]);
+    assert_eq!(code, Some(0), "{}", out.describe());
+    assert_eq!(summary["slurm"]["jobs_submitted"], 2, "{summary}");
+}
+
+const FLAKY: &str = r#"
+[pipeline]
+name = "flaky"
+
+[stages.flaky]
+kind = "command"
+run = """
+echo x >> @C@/flaky
+if [ ! -f @R@/failed-once ]; then touch @R@/failed-once; echo 'broken' >&2; exit 3; fi
+echo ok > $ABLATE_OUT/ok.txt
+"""
+
+[stages.after]
+kind = "command"
+needs = ["flaky"]
+run = "echo x >> @C@/after; cat $ABLATE_INPUT_FLAKY/ok.txt > $ABLATE_OUT/after.txt"
+"#;
+
+#[test]
+fn a_failed_job_skips_its_downstream_and_retries_resubmit_it() {
+    if !slurm() {
+        return;
+    }
+    // Without retries: failed, and the job queued below it never runs.
+    let ws = Ws::new();
+    let file = ws.write("flaky.toml", FLAKY);
+    let (code, summary, out) = run_slurm(&ws, &file, &[]);
+    assert_eq!(code, Some(1), "{}", out.describe());
+    assert_eq!(summary["failed"].as_array().unwrap().len(), 1, "{summary}");
+    assert!(summary["failed"][0]["error"].as_str().unwrap().contains("exit"), "{summary}");
+    assert_eq!(summary["skipped"].as_array().unwrap().len(), 1, "{summary}");
+    assert_eq!(ws.count("after"), 0);
+
+    // With --retries 1 (on a fresh workspace): failed once, resubmitted, done, and its downstream too.
+    let ws = Ws::new();
+    let file = ws.write("flaky.toml", FLAKY);
+    let (code, summary, out) = run_slurm(&ws, &file, &["--retries", "1"]);
+    assert_eq!(code, Some(0), "{}", out.describe());
+    assert_eq!(keys_in(&summary, "executed").len(), 2, "{summary}");
+    assert_eq!((ws.count("flaky"), ws.count("after")), (2, 1));
+    let plan = ws.plan(&file);
+    let show = ws.show(&key_of(&plan, "flaky"));
+    assert_eq!(attempt_statuses(&show), vec!["failed", "done"], "{show}");
+    assert!(show["attempts"][0]["exit_state"].as_str().unwrap().starts_with("FAILED"), "{show}");
+}
+
+const RESUMABLE: &str = r#"
+[pipeline]
+name = "resumable"
+
+[stages.train]
+kind = "command"
+run = """
+n=$(cat $ABLATE_STATE/ckpt 2>/dev/null || echo 0)
+echo "start $n" >> @C@/starts
+while [ $n -lt 12 ]; do n=$((n + 1)); echo $n > $ABLATE_STATE/ckpt; sleep 0.25; done
+echo $n > $ABLATE_OUT/final.txt
+"""
+"#;
+
+#[test]
+fn a_requeued_job_resumes_from_its_checkpoint() {
+    if !slurm() {
+        return;
+    }
+    let ws = Ws::new();
+    let file = ws.write("resumable.toml", RESUMABLE);
+    let (code, summary, out) = run_slurm(&ws, &file, &["--detach", "--sbatch-arg=--requeue"]);
+    assert_eq!(code, Some(0), "{}", out.describe());
+    let run = summary["run_id"].as_i64().unwrap();
+    let key = key_of(&ws.plan(&file), "train");
+    let ckpt = ws.store().join("state").join(&key).join("ckpt");
+    wait_until(LONG, "a checkpoint", || std::fs::read_to_string(&ckpt).is_ok_and(|s| s.trim().parse::<u32>().is_ok_and(|n| n >= 3)));
+    let job = jobs_by_key(&ws, run)[&key][0]["job"].as_str().unwrap().to_owned();
+    tool("scontrol", &["requeue", &job]);
+    // Slurm holds a requeued batch job back for a while; let it start again now.
+    wait_until(LONG, "the job to run again", || {
+        let _ = Command::new("scontrol").args(["update", &format!("JobId={job}"), "StartTime=now"]).output();
+        ws.count("starts") == 2
+    });
+    let (code, summary, out) = run_slurm(&ws, &file, &[]);
+    assert_eq!(code, Some(0), "{}", out.describe());
+    assert_eq!(summary["slurm"]["jobs_submitted"], 0, "{summary}");
+    let starts = std::fs::read_to_string(ws.counts().join("starts")).unwrap();
+    let resumed_at: u32 = starts.lines().nth(1).unwrap().trim_start_matches("start ").parse().unwrap();
+    assert!(resumed_at >= 3, "the second incarnation resumed from the checkpoint: {starts}");
+    let show = ws.show(&key);
+    let statuses = attempt_statuses(&show);
+    assert_eq!(statuses.last().map(String::as_str), Some("done"), "{show}");
+    assert_eq!(statuses.len(), 2, "one attempt per incarnation: {show}");
+    for a in show["attempts"].as_array().unwrap() {
+        assert_eq!(a["slurm_job"], job.as_str(), "both incarnations are the same job: {a}");
+    }
+}
+
+#[test]
+fn slurm_jobs_write_to_a_postgresql_store() {
+    if !slurm() {
+        return;
+    }
+    let Some(cluster) = Ws::postgres() else { return };
+    let local = Ws::new();
+    let file_local = local.write("small.toml", study::SMALL);
+    let (code, _, out) = local.run_json(&file_local, &["--jobs", "2"]);
+    assert_eq!(code, Some(0), "{}", out.describe());
+
+    // The jobs get the database URL from the submitter's environment, not their command line.
+    let file = cluster.write("small.toml", study::SMALL);
+    let (code, summary, out) = run_slurm(&cluster, &file, &[]);
+    assert_eq!(code, Some(0), "{}", out.describe());
+    assert_eq!(summary["slurm"]["jobs_submitted"], 9, "{summary}");
+    assert_eq!(metrics(&cluster), metrics(&local), "the same metrics");
+    let url = cluster.db_url().unwrap();
+    let password = url.split(':').nth(2).and_then(|rest| rest.split('@').next()).unwrap();
+    for script in std::fs::read_dir(cluster.store().join("slurm").join("run-1")).unwrap() {
+        let text = std::fs::read_to_string(script.unwrap().path()).unwrap();
+        assert!(!text.contains(password), "no password in batch scripts or logs:\n{text}");
+    }
+    assert_eq!(cluster.psql("SELECT COUNT(*) FROM attempts WHERE status = 'done' AND slurm_job_id IS NOT NULL").trim(), "9");
+    assert!(!cluster.db().exists(), "no SQLite file next to a PostgreSQL store");
+}
