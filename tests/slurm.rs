@@ -317,7 +317,11 @@ fn a_requeued_job_resumes_from_its_checkpoint() {
     wait_until(LONG, "a checkpoint", || std::fs::read_to_string(&ckpt).is_ok_and(|s| s.trim().parse::<u32>().is_ok_and(|n| n >= 3)));
     let job = jobs_by_key(&ws, run)[&key][0]["job"].as_str().unwrap().to_owned();
     tool("scontrol", &["requeue", &job]);
-    // Slurm holds a requeued batch job back for a while; let it start again now.
+    // Slurm holds a requeued batch job back for a while; let it start again
+    // soon, but not within the second of the requeue: slurmd revokes the
+    // job's credential at the requeue and refuses ("Job credential revoked")
+    // an incarnation that starts in the same second.
+    std::thread::sleep(Duration::from_secs(3));
     wait_until(LONG, "the job to run again", || {
         let _ = Command::new("scontrol").args(["update", &format!("JobId={job}"), "StartTime=now"]).output();
         ws.count("starts") == 2

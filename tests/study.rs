@@ -76,3 +76,27 @@ fn default_study_runs_end_to_end_reruns_nothing_and_survives_a_kill() {
     long_run(&killed, &["run", file2.to_str().unwrap()]).ok();
     assert_eq!(results(&killed, &file2), table, "the interrupted study reproduces the same table");
 }
+
+#[test]
+fn sources_pipeline_ingests_trains_and_evaluates_every_file_format() {
+    let fashion = std::path::Path::new("/usr/share/datasets/fashion-mnist");
+    if !fashion.is_dir() {
+        assert!(std::env::var("CI").is_err(), "{} is absent in CI: .ci/run installs dataset-fashion-mnist", fashion.display());
+        eprintln!("SKIPPED: {} is absent (Debian package dataset-fashion-mnist)", fashion.display());
+        return;
+    }
+    let repo = env!("CARGO_MANIFEST_DIR");
+    let text = std::fs::read_to_string(format!("{repo}/pipelines/sources.toml"))
+        .unwrap()
+        .replace("pipelines/data", &format!("{repo}/pipelines/data"));
+    let ws = Ws::new();
+    let file = ws.write("sources.toml", &text);
+    let out = long_run(&ws, &["run", file.to_str().unwrap(), "--json"]).ok();
+    assert_eq!(out.json()["executed"].as_array().unwrap().len(), 9, "{}", out.describe());
+    let table = results(&ws, &file);
+    let rows = table.as_array().unwrap();
+    assert_eq!(rows.len(), 3, "{table:#}");
+    for row in rows {
+        assert!(row["metrics"]["retrieval.i2t.r1"]["n"] == 1, "{row}");
+    }
+}

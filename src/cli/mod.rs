@@ -717,11 +717,7 @@ fn bench_train(model: &str, loss: &str, batch: usize, steps: usize, warmup: usiz
     if batch < 2 || steps < 1 {
         return Err(UsageError("--batch must be at least 2 and --steps at least 1".into()).into());
     }
-    let gpu = match request {
-        DeviceRequest::Cpu => None,
-        DeviceRequest::Cuda(n) => Some(n),
-        DeviceRequest::Auto => request.uses_gpu().then_some(0),
-    };
+    let gpu = request.gpu_index();
     let (result, device_name) = match gpu {
         None => (
             crate::train::bench::run::<burn::backend::Autodiff<crate::text::Cpu>>(model, loss, batch, warmup, steps, &Default::default())?,

@@ -200,12 +200,7 @@ struct Embedded {
 }
 
 fn embed_on_device(device: DeviceRequest, job: &EmbedJob<'_>) -> anyhow::Result<Embedded> {
-    let gpu = match device {
-        DeviceRequest::Cpu => None,
-        DeviceRequest::Cuda(n) => Some(n),
-        DeviceRequest::Auto => device.uses_gpu().then_some(0),
-    };
-    match gpu {
+    match device.gpu_index() {
         None => embed::<crate::text::Cpu>(job, &Default::default()),
         #[cfg(feature = "cuda")]
         Some(n) => embed::<crate::text::Cuda>(job, &burn::backend::cuda::CudaDevice::new(n)),

@@ -307,12 +307,7 @@ fn run_on_device(
     observer: &mut StageObserver<'_>,
 ) -> anyhow::Result<train::Trained> {
     type CpuTrain = burn::backend::Autodiff<crate::text::Cpu>;
-    let gpu = match device {
-        DeviceRequest::Cpu => None,
-        DeviceRequest::Cuda(n) => Some(n),
-        DeviceRequest::Auto => device.uses_gpu().then_some(0),
-    };
-    match gpu {
+    match device.gpu_index() {
         None => train::run::<CpuTrain>(spec, inputs, &Default::default(), checkpoint, observer),
         #[cfg(feature = "cuda")]
         Some(n) => {

@@ -26,6 +26,15 @@ impl DeviceRequest {
         }
     }
 
+    /// The GPU this request runs on, if any (`auto`: the first, when there is one).
+    pub fn gpu_index(self) -> Option<usize> {
+        match self {
+            DeviceRequest::Cpu => None,
+            DeviceRequest::Cuda(n) => Some(n),
+            DeviceRequest::Auto => self.uses_gpu().then_some(0),
+        }
+    }
+
     /// Whether this request occupies a GPU (what the stage declares to the scheduler).
     pub fn uses_gpu(self) -> bool {
         match self {
@@ -45,12 +54,7 @@ pub enum LoadedEncoder {
 
 impl LoadedEncoder {
     pub fn load(spec: &EncoderSpec, device: DeviceRequest) -> anyhow::Result<LoadedEncoder> {
-        let gpu = match device {
-            DeviceRequest::Cpu => None,
-            DeviceRequest::Cuda(n) => Some(n),
-            DeviceRequest::Auto => device.uses_gpu().then_some(0),
-        };
-        match gpu {
+        match device.gpu_index() {
             None => Ok(LoadedEncoder::Cpu(TextEncoder::load(spec, &Default::default())?)),
             #[cfg(feature = "cuda")]
             Some(n) => Ok(LoadedEncoder::Cuda(TextEncoder::load(spec, &burn::backend::cuda::CudaDevice::new(n))?, n)),
