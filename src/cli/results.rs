@@ -404,7 +404,7 @@ pub(super) fn print_summary(table: &Summary, format: Format) {
             println!("{}", header.iter().map(|h| tabular::csv_field(h)).collect::<Vec<_>>().join(","));
             for r in &table.rows {
                 let mut cells: Vec<String> = r.stage.iter().cloned().collect();
-                cells.extend(table.by.iter().map(|a| r.axes.get(a).map_or_else(String::new, value_text)));
+                cells.extend(table.by.iter().map(|a| r.axes.get(a).filter(|v| !v.is_null()).map_or_else(String::new, value_text)));
                 for m in &table.metrics {
                     match r.metrics.get(m) {
                         Some(c) => cells.extend([c.mean.to_string(), c.std.to_string(), c.n.to_string()]),
@@ -421,7 +421,7 @@ pub(super) fn print_summary(table: &Summary, format: Format) {
             let mut out = Table::new(&header);
             for r in &table.rows {
                 let mut cells: Vec<String> = r.stage.iter().cloned().collect();
-                cells.extend(table.by.iter().map(|a| r.axes.get(a).map_or_else(|| "-".to_owned(), value_text)));
+                cells.extend(table.by.iter().map(|a| r.axes.get(a).filter(|v| !v.is_null()).map_or_else(|| "-".to_owned(), value_text)));
                 cells.extend(table.metrics.iter().map(|m| r.metrics.get(m).map_or_else(|| "-".to_owned(), |c| c.text())));
                 out.row(cells);
             }
