@@ -149,6 +149,7 @@ pub fn run<B: AutodiffBackend>(
         let began = Instant::now();
         let mut plan = inputs.pairs.batch(spec.seed, step, batch);
         let pixels = data::train_patches(&inputs.images, &mut plan, vit.image_size, vit.patch_size);
+        let t_data = began.elapsed();
         let images = Tensor::<B, 2>::from_data(TensorData::new(pixels, [batch * patches, patch_dim]), device);
         let image_emb = model.encode_images(images, batch);
         let text_emb = match &inputs.text {
@@ -170,8 +171,11 @@ pub fn run<B: AutodiffBackend>(
             Loss::Cosine => loss::cosine::loss(image_emb, text_emb),
         };
         let value: f64 = loss.clone().into_scalar().elem();
+        let t_forward = began.elapsed();
         let grads = loss.backward();
+        let t_backward = began.elapsed();
         let grad_norm = AdamW::grad_norm(&model, &grads);
+        let t_norm = began.elapsed();
         if !value.is_finite() || !grad_norm.is_finite() {
             let what = if value.is_finite() { "gradient norm" } else { "loss" };
             let value = if value.is_finite() { grad_norm } else { value };
@@ -182,6 +186,16 @@ pub fn run<B: AutodiffBackend>(
         let lr = schedule::lr_at(step, spec.steps, spec.warmup_steps, spec.lr);
         model = optim.step(model, &grads, lr, grad_scale, &clamp);
         let logit_scale = model.logit_scale.as_ref().map(|p| p.val().into_scalar().elem::<f64>().exp());
+        let ms = |d: std::time::Duration| d.as_secs_f64() * 1e3;
+        tracing::debug!(
+            step,
+            data_ms = ms(t_data),
+            forward_ms = ms(t_forward - t_data),
+            backward_ms = ms(t_backward - t_forward),
+            grad_norm_ms = ms(t_norm - t_backward),
+            optimizer_ms = ms(began.elapsed() - t_norm),
+            "step phases"
+        );
         let record =
             StepRecord { step, loss: value, lr, logit_scale, grad_norm, images_per_s: batch as f64 / began.elapsed().as_secs_f64() };
         observer.on_step(&record, spec.steps);
