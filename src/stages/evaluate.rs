@@ -12,6 +12,10 @@
 //!   with COCO images): `compositional.<subset>` and their unweighted
 //!   `compositional.mean`.
 //!
+//! Output `embeddings.safetensors`: the L2-normalised embeddings it scored,
+//! `images` `[N, D]` with `image_index` (i64, the ingest's image of each row)
+//! and `captions` `[Nc, D]` with `caption_image` (i64), for analysis outside.
+//!
 //! The text side is the one training used: the frozen encoder's cached
 //! embeddings (the `text_embed` instance upstream of the `train` instance;
 //! the encoder does not run again) or the scratch tower with its tokenizer.
@@ -29,7 +33,7 @@ use crate::eval::{compositional, retrieval, zero_shot};
 use crate::loss::l2_normalize;
 use crate::model::named::{HostTensor, Layout, load};
 use crate::model::{ClipConfig, ClipModel};
-use crate::tensor_file::TensorFile;
+use crate::tensor_file::{self, RawTensor, TensorFile};
 use crate::text::device::DeviceRequest;
 use crate::train::data::eval_patches;
 use crate::train::pad_tokens;
@@ -165,6 +169,14 @@ impl StageKind for Evaluate {
                 ctx.metric("compositional.mean", mean);
             }
         }
+        let dim = e.images.first().map_or(0, Vec::len);
+        let tensors = vec![
+            ("images".to_owned(), RawTensor::f32_rows(&e.images, dim)),
+            ("image_index".to_owned(), RawTensor::i64(&eval_images.iter().map(|&i| i as i64).collect::<Vec<_>>())),
+            ("captions".to_owned(), RawTensor::f32_rows(&e.captions, dim)),
+            ("caption_image".to_owned(), RawTensor::i64(&captions.iter().map(|&(i, _)| i as i64).collect::<Vec<_>>())),
+        ];
+        tensor_file::write(&ctx.output("embeddings.safetensors")?, &tensors, Default::default())?;
         ctx.metric("eval.images", eval_images.len() as f64);
         Ok(())
     }
