@@ -72,44 +72,50 @@ pub fn write(path: &Path, tensors: &[(String, RawTensor)], metadata: HashMap<Str
     Ok(())
 }
 
-/// A safetensors file read into memory.
+/// A safetensors file read into memory; its header is parsed once.
 pub struct TensorFile {
     path: String,
     bytes: Vec<u8>,
+    /// Where the data starts (after the 8-byte length and the header).
+    data_start: usize,
+    header: safetensors::tensor::Metadata,
 }
 
 impl TensorFile {
     pub fn open(path: &Path) -> anyhow::Result<TensorFile> {
         let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+        // `deserialize` also checks that every tensor's bytes are in the file.
         SafeTensors::deserialize(&bytes).with_context(|| format!("{} is not a safetensors file", path.display()))?;
-        Ok(TensorFile { path: path.display().to_string(), bytes })
+        let (header_len, header) = SafeTensors::read_metadata(&bytes).expect("checked by deserialize");
+        Ok(TensorFile { path: path.display().to_string(), bytes, data_start: 8 + header_len, header })
     }
 
-    fn parsed(&self) -> SafeTensors<'_> {
-        SafeTensors::deserialize(&self.bytes).expect("checked at open")
-    }
-
+    /// Tensor names, sorted.
     pub fn names(&self) -> Vec<String> {
-        self.parsed().names().into_iter().map(str::to_owned).collect()
-    }
-
-    pub fn contains(&self, name: &str) -> bool {
-        self.parsed().tensor(name).is_ok()
+        let mut names: Vec<String> = self.header.tensors().into_keys().collect();
+        names.sort();
+        names
     }
 
     pub fn metadata(&self) -> HashMap<String, String> {
-        SafeTensors::read_metadata(&self.bytes).ok().and_then(|(_, m)| m.metadata().clone()).unwrap_or_default()
+        self.header.metadata().clone().unwrap_or_default()
+    }
+
+    /// A tensor's dtype, shape and bytes.
+    fn raw(&self, name: &str) -> anyhow::Result<(Dtype, &[usize], &[u8])> {
+        let info = self.header.info(name).with_context(|| format!("{} has no tensor `{name}`", self.path))?;
+        let (start, end) = info.data_offsets;
+        Ok((info.dtype, &info.shape, &self.bytes[self.data_start + start..self.data_start + end]))
     }
 
     /// An f32 tensor: its shape and values.
     pub fn f32(&self, name: &str) -> anyhow::Result<(Vec<usize>, Vec<f32>)> {
-        let st = self.parsed();
-        let view = st.tensor(name).with_context(|| format!("{} has no tensor `{name}`", self.path))?;
-        if view.dtype() != Dtype::F32 {
-            bail!("{}: tensor `{name}` is {:?}, expected F32", self.path, view.dtype());
+        let (dtype, shape, data) = self.raw(name)?;
+        if dtype != Dtype::F32 {
+            bail!("{}: tensor `{name}` is {dtype:?}, expected F32", self.path);
         }
-        let values = view.data().chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect();
-        Ok((view.shape().to_vec(), values))
+        let values = data.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect();
+        Ok((shape.to_vec(), values))
     }
 
     /// A `[rows, dim]` f32 tensor as rows.
@@ -123,12 +129,11 @@ impl TensorFile {
 
     /// A 1-D i64 tensor.
     pub fn i64(&self, name: &str) -> anyhow::Result<Vec<i64>> {
-        let st = self.parsed();
-        let view = st.tensor(name).with_context(|| format!("{} has no tensor `{name}`", self.path))?;
-        if view.dtype() != Dtype::I64 || view.shape().len() != 1 {
-            bail!("{}: tensor `{name}` is {:?} {:?}, expected a 1-D I64", self.path, view.dtype(), view.shape());
+        let (dtype, shape, data) = self.raw(name)?;
+        if dtype != Dtype::I64 || shape.len() != 1 {
+            bail!("{}: tensor `{name}` is {dtype:?} {shape:?}, expected a 1-D I64", self.path);
         }
-        Ok(view.data().chunks_exact(8).map(|c| i64::from_le_bytes(c.try_into().expect("8 bytes"))).collect())
+        Ok(data.chunks_exact(8).map(|c| i64::from_le_bytes(c.try_into().expect("8 bytes"))).collect())
     }
 }
 

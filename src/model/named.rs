@@ -73,7 +73,8 @@ pub struct HostTensor {
     pub values: Vec<f32>,
 }
 
-fn to_host<B: Backend, const D: usize>(t: Tensor<B, D>) -> HostTensor {
+/// A tensor's values on the host.
+pub fn to_host<B: Backend, const D: usize>(t: Tensor<B, D>) -> HostTensor {
     let shape = t.dims().to_vec();
     HostTensor { shape, values: t.into_data().convert::<f32>().into_vec().expect("f32 data") }
 }

@@ -35,6 +35,7 @@ use crate::model::named::{HostTensor, Layout, load};
 use crate::model::{ClipConfig, ClipModel};
 use crate::tensor_file::{self, RawTensor, TensorFile};
 use crate::text::device::DeviceRequest;
+use crate::text::pooling;
 use crate::train::data::eval_patches;
 use crate::train::pad_tokens;
 use crate::train::vocab::TextTokenizer;
@@ -283,13 +284,9 @@ type TextRows = (Vec<Vec<f32>>, Vec<Vec<f32>>, Vec<Vec<f32>>, Vec<Vec<f32>>);
 
 fn frozen_texts(cache: &UpstreamOutputs, job: &EmbedJob<'_>) -> anyhow::Result<TextRows> {
     let file = TensorFile::open(cache.artifact("embeddings.safetensors")?)?;
-    let normalize = |rows: Vec<Vec<f32>>| -> Vec<Vec<f32>> {
-        rows.into_iter()
-            .map(|r| {
-                let norm = r.iter().map(|v| v * v).sum::<f32>().sqrt().max(f32::MIN_POSITIVE);
-                r.into_iter().map(|v| v / norm).collect()
-            })
-            .collect()
+    let normalize = |mut rows: Vec<Vec<f32>>| -> Vec<Vec<f32>> {
+        rows.iter_mut().for_each(|r| pooling::l2_normalize(r));
+        rows
     };
     let all = file.f32_rows("captions")?;
     let owner = file.i64("caption_image")?;

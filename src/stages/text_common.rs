@@ -8,7 +8,7 @@ use std::time::Instant;
 
 use serde_json::Value;
 
-use super::{ParamDefault, ParamError, ParamSpec, ParamType, Params, Resources, StageContext};
+use super::{ParamDefault, ParamError, ParamSpec, ParamType, Params, StageContext};
 use crate::text::device::{DeviceRequest, LoadedEncoder};
 use crate::text::{EmbedOptions, EncoderSpec, MAX_TOKENS_LIMIT, Pooling};
 
@@ -54,10 +54,6 @@ pub fn derive(params: &Params) -> Result<Vec<(String, Value)>, ParamError> {
         derived.push(("pooling".to_owned(), Value::from(family.default_pooling().name())));
     }
     Ok(derived)
-}
-
-pub fn resources(params: &Params) -> Resources {
-    super::device_resources(params)
 }
 
 /// An encoder loaded for a stage, with its options.

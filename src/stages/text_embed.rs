@@ -25,11 +25,10 @@
 
 use std::collections::HashMap;
 
-use anyhow::Context as _;
-
 use super::caption_ingest::artifacts::{IngestNegative, IngestText, SplitName};
 use super::text_common::{self, StageEncoder};
 use super::{ParamDefault, ParamError, ParamSpec, ParamType, Params, Resources, StageContext, StageKind};
+use crate::tensor_file::{self, RawTensor};
 
 pub struct TextEmbed;
 
@@ -68,7 +67,7 @@ impl StageKind for TextEmbed {
         text_common::derive(params)
     }
     fn resources(&self, params: &Params) -> Resources {
-        text_common::resources(params)
+        super::device_resources(params)
     }
 
     fn run(&self, ctx: &mut StageContext) -> anyhow::Result<()> {
@@ -115,34 +114,19 @@ impl StageKind for TextEmbed {
         .map(|(k, v)| (k.to_owned(), v))
         .collect();
         let tensors = [
-            ("captions", f32_tensor(captions, dim)),
-            ("caption_image", i64_tensor(&caption_image)),
-            ("negative_positive", f32_tensor(positives, dim)),
-            ("negative_negative", f32_tensor(negatives, dim)),
-            ("negative_row", i64_tensor(&negative_row)),
-            ("class_prompts", f32_tensor(class_prompts, dim)),
-        ];
-        let views = tensors
-            .iter()
-            .map(|(name, (dtype, shape, bytes))| Ok((*name, safetensors::tensor::TensorView::new(*dtype, shape.clone(), bytes)?)))
-            .collect::<anyhow::Result<Vec<_>>>()?;
-        let path = ctx.output("embeddings.safetensors")?;
-        safetensors::serialize_to_file(views, Some(metadata), &path).with_context(|| format!("writing {}", path.display()))?;
+            ("captions", RawTensor::f32_rows(captions, dim)),
+            ("caption_image", RawTensor::i64(&caption_image)),
+            ("negative_positive", RawTensor::f32_rows(positives, dim)),
+            ("negative_negative", RawTensor::f32_rows(negatives, dim)),
+            ("negative_row", RawTensor::i64(&negative_row)),
+            ("class_prompts", RawTensor::f32_rows(class_prompts, dim)),
+        ]
+        .map(|(name, t)| (name.to_owned(), t));
+        tensor_file::write(&ctx.output("embeddings.safetensors")?, &tensors, metadata)?;
 
         stats.record(ctx, "embed");
         ctx.metric("embed.dim", dim as f64);
         ctx.metric("embed.captions", n_captions as f64);
         Ok(())
     }
-}
-
-/// A vector as an i64 tensor's (dtype, shape, little-endian bytes).
-pub fn i64_tensor(values: &[i64]) -> (safetensors::Dtype, Vec<usize>, Vec<u8>) {
-    (safetensors::Dtype::I64, vec![values.len()], values.iter().flat_map(|v| v.to_le_bytes()).collect())
-}
-
-/// Rows of equal width as an f32 tensor's (dtype, shape, little-endian bytes).
-pub fn f32_tensor(rows: &[Vec<f32>], dim: usize) -> (safetensors::Dtype, Vec<usize>, Vec<u8>) {
-    let bytes = rows.iter().flat_map(|r| r.iter().flat_map(|v| v.to_le_bytes())).collect();
-    (safetensors::Dtype::F32, vec![rows.len(), dim], bytes)
 }

@@ -74,7 +74,7 @@ impl StageKind for TextSimilarity {
         Ok(derived)
     }
     fn resources(&self, params: &Params) -> Resources {
-        text_common::resources(params)
+        super::device_resources(params)
     }
 
     fn run(&self, ctx: &mut StageContext) -> anyhow::Result<()> {

@@ -11,7 +11,7 @@ use burn::module::{AutodiffModule, ModuleMapper, ModuleVisitor, Param};
 use burn::prelude::*;
 use burn::tensor::backend::AutodiffBackend;
 
-use crate::model::named::HostTensor;
+use crate::model::named::{HostTensor, to_host};
 
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct AdamWConfig {
@@ -81,11 +81,7 @@ impl<B: AutodiffBackend> AdamW<B> {
 
     /// The moments by parameter path (for checkpoints): `(m, v)`.
     pub fn export(&self) -> Vec<(String, HostTensor, HostTensor)> {
-        let host = |t: &Tensor<B::InnerBackend, 1>| HostTensor {
-            shape: t.dims().to_vec(),
-            values: t.clone().into_data().convert::<f32>().into_vec().expect("f32 data"),
-        };
-        let mut out: Vec<_> = self.moments.iter().map(|(p, mo)| (p.clone(), host(&mo.m), host(&mo.v))).collect();
+        let mut out: Vec<_> = self.moments.iter().map(|(p, mo)| (p.clone(), to_host(mo.m.clone()), to_host(mo.v.clone()))).collect();
         out.sort_by(|a, b| a.0.cmp(&b.0));
         out
     }
