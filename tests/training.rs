@@ -76,8 +76,12 @@ fn kill_9_during_training_then_rerun_gives_bit_identical_weights() {
         assert_eq!(artifact(&straight, &a, name).0, artifact(&killed, &b, name).0, "{name} differs after resuming");
     }
     // The curve is whole: one loss per step, the resumed steps included.
-    let losses = b["metrics"].as_array().unwrap().iter().filter(|m| m["name"] == "train.loss").count();
-    assert!(losses >= 1);
+    let sql = format!(
+        "SELECT count(DISTINCT m.step) AS n FROM metrics m JOIN v_done d ON d.attempt_id = m.attempt_id \
+         JOIN stage_instances i ON i.id = d.instance_id WHERE i.key = '{key}' AND m.name = 'train.loss'"
+    );
+    let losses = killed.run(&["sql", &sql, "--json"]).ok().json();
+    assert_eq!(losses[0]["n"], 40, "{losses}");
     let curve = std::fs::read_to_string(artifact(&killed, &b, "curve.csv").1).unwrap();
     assert_eq!(curve.lines().count(), 41, "{curve}");
 }

@@ -124,6 +124,11 @@ pub fn run<B: AutodiffBackend>(
         history.truncate(ck.meta.step);
         start = ck.meta.step;
         resumed_from = Some(start);
+        // The steps before the checkpoint belong to the curve too (the
+        // interrupted attempt's metrics were never committed).
+        for record in &history {
+            observer.on_step(record, spec.steps);
+        }
     }
     let clamp = move |path: &str| (loss_kind == Loss::InfoNce && path == "logit_scale").then_some((0.0, LOGIT_SCALE_MAX));
     let vit = &spec.model.vit;
