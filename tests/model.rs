@@ -44,3 +44,62 @@ fn burn_model_reproduces_pytorch_embeddings() {
     let scale = expected.iter().map(|v| v.abs()).fold(0f32, f32::max);
     assert!(max_diff <= 1e-4 * scale.max(1.0), "max abs difference {max_diff} (values up to {scale})");
 }
+
+/// The fused CPU block (`ablate-kernels`, used on Flex) against the same block
+/// as separate burn ops: outputs and the gradients of the input and all 16
+/// parameters, for the image tower's bidirectional and the text tower's
+/// causal attention.
+#[test]
+fn fused_block_matches_burn_ops_in_value_and_gradient() {
+    use ablate::model::transformer::Block;
+    use burn::module::Param;
+    use burn::tensor::Distribution;
+    type Train = burn::backend::Autodiff<Cpu>;
+
+    fn param_grads(b: &Block<Train>, g: &<Train as burn::tensor::backend::AutodiffBackend>::Gradients) -> Vec<Vec<f32>> {
+        let v = |p: &Param<Tensor<Train, 1>>| host(p.grad(g).unwrap().unsqueeze());
+        let w = |p: &Param<Tensor<Train, 2>>| host(p.grad(g).unwrap());
+        let lin = |l: &burn::nn::Linear<Train>| [w(&l.weight), v(l.bias.as_ref().unwrap())];
+        let norm = |n: &burn::nn::LayerNorm<Train>| [v(&n.gamma), v(n.beta.as_ref().unwrap())];
+        [norm(&b.ln_1), lin(&b.attn.q), lin(&b.attn.k), lin(&b.attn.v), lin(&b.attn.out), norm(&b.ln_2), lin(&b.mlp.fc), lin(&b.mlp.proj)]
+            .into_iter()
+            .flatten()
+            .collect()
+    }
+    fn host(t: Tensor<burn::backend::Flex, 2>) -> Vec<f32> {
+        t.into_data().convert::<f32>().into_vec().unwrap()
+    }
+    fn close(what: &str, ours: &[f32], reference: &[f32]) {
+        // The floor covers k's bias, whose gradient is exactly zero (softmax
+        // ignores a constant added to every score) and so only rounding noise.
+        let scale = reference.iter().fold(1e-2f32, |m, x| m.max(x.abs()));
+        let worst = ours.iter().zip(reference).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
+        assert!(worst <= 1e-4 * scale, "{what}: off by {worst} (scale {scale})");
+    }
+
+    let device = Default::default();
+    for causal in [false, true] {
+        let (batch, tokens, width) = (3, 7, 16);
+        let mut block = Block::<Train>::new(width, 4, 4, &device);
+        let random = |n| Param::from_tensor(Tensor::<Train, 1>::random([n], Distribution::Normal(0.5, 0.5), &device));
+        block.ln_1.gamma = random(width);
+        block.ln_1.beta = Some(random(width));
+        block.ln_2.gamma = random(width);
+        block.ln_2.beta = Some(random(width));
+        let x = Tensor::<Train, 2>::random([batch * tokens, width], Distribution::Normal(0.0, 1.0), &device);
+        let r = Tensor::<Train, 2>::random([batch * tokens, width], Distribution::Normal(0.0, 1.0), &device);
+
+        let run = |fused: bool| {
+            let x = x.clone().require_grad();
+            let y = if fused { block.forward(x.clone(), batch, tokens, causal) } else { block.forward_decomposed(x.clone(), batch, tokens, causal) };
+            let grads = (y.clone() * r.clone()).sum().backward();
+            let mut out = vec![host(y.inner()), host(x.grad(&grads).unwrap())];
+            out.extend(param_grads(&block, &grads));
+            out
+        };
+        let (fused, reference) = (run(true), run(false));
+        for (i, (a, b)) in fused.iter().zip(&reference).enumerate() {
+            close(&format!("causal={causal}, tensor {i} (0: output, 1: input grad, then parameters)"), a, b);
+        }
+    }
+}

@@ -153,6 +153,10 @@ enum Command {
         /// auto | cpu | cuda:N
         #[arg(long, default_value = "auto")]
         device: String,
+        /// Run the transformer blocks as separate burn ops instead of the
+        /// fused CPU kernels (to measure what the fusion buys).
+        #[arg(long)]
+        decomposed: bool,
         #[arg(long)]
         json: bool,
     },
@@ -346,7 +350,8 @@ async fn dispatch(cli: Cli, bars: indicatif::MultiProgress) -> anyhow::Result<Ex
         Command::Lineage { id, json } => history::lineage(&workspace, &id, json).await,
         Command::Gc { dry_run, json } => history::gc(&workspace, dry_run, json).await,
         Command::Kinds { json } => kinds(json),
-        Command::BenchTrain { model, loss, batch, steps, warmup, device, json } => {
+        Command::BenchTrain { model, loss, batch, steps, warmup, device, decomposed, json } => {
+            crate::model::fused::set_enabled(!decomposed);
             bench_train(&model, &loss, batch, steps, warmup, &device, json)
         }
         Command::Embed { encoder, pooling, max_tokens, device, json, texts } => {

@@ -6,6 +6,7 @@
 //! (`named.rs`). Everything is generic over a burn `Backend`: Flex on the CPU,
 //! CUDA with `--features cuda`, `Autodiff<_>` of either while training.
 
+pub mod fused;
 pub mod named;
 pub mod presets;
 pub mod projector;

@@ -8,6 +8,10 @@ use burn::tensor::activation::gelu;
 use burn::tensor::module::attention;
 use burn::tensor::ops::AttentionModuleOptions;
 
+/// LayerNorm's ε in every block (burn's and PyTorch's default); the fused
+/// kernels read it from here.
+pub const LAYER_NORM_EPS: f64 = 1e-5;
+
 #[derive(Module, Debug)]
 pub struct Attention<B: Backend> {
     pub q: Linear<B>,
@@ -35,15 +39,23 @@ impl<B: Backend> Block<B> {
     pub fn new(width: usize, heads: usize, mlp_ratio: usize, device: &B::Device) -> Self {
         let linear = |i, o| LinearConfig::new(i, o).init(device);
         Block {
-            ln_1: LayerNormConfig::new(width).init(device),
+            ln_1: LayerNormConfig::new(width).with_epsilon(LAYER_NORM_EPS).init(device),
             attn: Attention { q: linear(width, width), k: linear(width, width), v: linear(width, width), out: linear(width, width), heads },
-            ln_2: LayerNormConfig::new(width).init(device),
+            ln_2: LayerNormConfig::new(width).with_epsilon(LAYER_NORM_EPS).init(device),
             mlp: Mlp { fc: linear(width, width * mlp_ratio), proj: linear(width * mlp_ratio, width) },
         }
     }
 
-    /// `x`: `[batch × tokens, width]`; `causal` masks attention to later tokens.
+    /// `x`: `[batch × tokens, width]`; `causal` masks attention to later
+    /// tokens. One fused operation on the CPU backend (`super::fused`), burn's
+    /// separate ops elsewhere.
     pub fn forward(&self, x: Tensor<B, 2>, batch: usize, tokens: usize, causal: bool) -> Tensor<B, 2> {
+        super::fused::forward(self, x, batch, tokens, causal).unwrap_or_else(|x| self.forward_decomposed(x, batch, tokens, causal))
+    }
+
+    /// [`Block::forward`] as separate burn ops on any backend: the reference
+    /// the fused kernels are tested against.
+    pub fn forward_decomposed(&self, x: Tensor<B, 2>, batch: usize, tokens: usize, causal: bool) -> Tensor<B, 2> {
         let x = x.clone() + self.attn.forward(self.ln_1.forward(x), batch, tokens, causal);
         x.clone() + self.mlp.proj.forward(gelu(self.mlp.fc.forward(self.ln_2.forward(x))))
     }

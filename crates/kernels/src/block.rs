@@ -1,0 +1,256 @@
+//! One pre-norm transformer block, `x₁ = x + Attn(LN₁(x))`,
+//! `y = x₁ + Proj(GELU(Fc(LN₂(x₁))))`, as CLIP and LIFT's ViT use it:
+//! forward keeping its activations, and the backward pass by hand.
+
+use crate::attention::{self, Heads};
+use crate::layer_norm;
+use crate::math::{gelu, gelu_grad};
+use crate::matmul::{View, matmul};
+use crate::simd::add_column_sums;
+use rayon::prelude::*;
+
+/// The block's size. Activations are `[sequences × tokens, width]`, row-major.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct BlockShape {
+    pub sequences: usize,
+    pub tokens: usize,
+    pub width: usize,
+    pub heads: usize,
+    /// The MLP's hidden width.
+    pub hidden: usize,
+    /// Mask attention to later tokens (the text tower).
+    pub causal: bool,
+    /// LayerNorm's ε.
+    pub eps: f32,
+}
+
+impl BlockShape {
+    /// Whether the kernels cover this shape (head sizes 8, 16, 32, 64, 128).
+    pub fn supported(&self) -> bool {
+        self.heads > 0 && self.width % self.heads == 0 && crate::attention::HEAD_DIMS.contains(&(self.width / self.heads))
+    }
+
+    fn rows(&self) -> usize {
+        self.sequences * self.tokens
+    }
+
+    fn heads(&self) -> Heads {
+        Heads { tokens: self.tokens, width: self.width, heads: self.heads, causal: self.causal }
+    }
+}
+
+/// LayerNorm's gain and bias, `[width]` each.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Norm<T> {
+    pub gamma: T,
+    pub beta: T,
+}
+
+/// A dense layer `y = x·W + b`, with W `[in, out]` (burn's layout).
+#[derive(Clone, Debug, PartialEq)]
+pub struct Linear<T> {
+    pub weight: T,
+    pub bias: T,
+}
+
+/// The block's parameters (`&[f32]`), or their gradients (`Vec<f32>`).
+#[derive(Clone, Debug, PartialEq)]
+pub struct Block<T> {
+    pub ln_1: Norm<T>,
+    pub q: Linear<T>,
+    pub k: Linear<T>,
+    pub v: Linear<T>,
+    pub out: Linear<T>,
+    pub ln_2: Norm<T>,
+    pub fc: Linear<T>,
+    pub proj: Linear<T>,
+}
+
+pub type BlockWeights<'a> = Block<&'a [f32]>;
+
+/// Gradients with respect to the block's input and its parameters.
+pub struct BlockGrads {
+    pub x: Vec<f32>,
+    pub params: Block<Vec<f32>>,
+}
+
+/// The number of parameter tensors in a block, in [`Block::into_array`]'s order.
+pub const PARAMETERS: usize = 16;
+
+impl<T> Block<T> {
+    /// The parameters in a fixed order: ln_1 (γ, β), q, k, v, out (W, b),
+    /// ln_2 (γ, β), fc, proj (W, b).
+    pub fn into_array(self) -> [T; PARAMETERS] {
+        let Block { ln_1, q, k, v, out, ln_2, fc, proj } = self;
+        [
+            ln_1.gamma, ln_1.beta, q.weight, q.bias, k.weight, k.bias, v.weight, v.bias, out.weight, out.bias, ln_2.gamma, ln_2.beta, fc.weight, fc.bias,
+            proj.weight, proj.bias,
+        ]
+    }
+
+    /// The inverse of [`Block::into_array`].
+    pub fn from_array(p: [T; PARAMETERS]) -> Self {
+        let [g1, b1, qw, qb, kw, kb, vw, vb, ow, ob, g2, b2, fw, fb, pw, pb] = p;
+        Block {
+            ln_1: Norm { gamma: g1, beta: b1 },
+            q: Linear { weight: qw, bias: qb },
+            k: Linear { weight: kw, bias: kb },
+            v: Linear { weight: vw, bias: vb },
+            out: Linear { weight: ow, bias: ob },
+            ln_2: Norm { gamma: g2, beta: b2 },
+            fc: Linear { weight: fw, bias: fb },
+            proj: Linear { weight: pw, bias: pb },
+        }
+    }
+}
+
+impl BlockWeights<'_> {
+    /// Panics unless every tensor has the length `shape` implies (a caller's
+    /// bug, not user input: burn modules fix these sizes when built).
+    fn check(&self, s: &BlockShape) {
+        let (w, h) = (s.width, s.hidden);
+        let want = [w, w, w * w, w, w * w, w, w * w, w, w * w, w, w, w, w * h, h, h * w, w];
+        let have = self.clone().into_array().map(<[f32]>::len);
+        assert_eq!(have, want, "block parameters do not match {s:?}");
+        assert!(s.supported(), "no fused kernel for {s:?}");
+    }
+}
+
+/// What the backward pass reads, saved by [`forward`].
+#[derive(Clone, Debug)]
+pub struct BlockActivations {
+    xhat_1: Vec<f32>,
+    rstd_1: Vec<f32>,
+    ln_1: Vec<f32>,
+    q: Vec<f32>,
+    k: Vec<f32>,
+    v: Vec<f32>,
+    probs: Vec<f32>,
+    ctx: Vec<f32>,
+    xhat_2: Vec<f32>,
+    rstd_2: Vec<f32>,
+    ln_2: Vec<f32>,
+    fc: Vec<f32>,
+    gelu: Vec<f32>,
+}
+
+const ELEMENTS_PER_TASK: usize = 1 << 14;
+
+simd_fn! {
+    fn gelu_into(h: &[f32], g: &mut [f32]) {
+        for (g, h) in g.iter_mut().zip(h) {
+            *g = gelu(*h);
+        }
+    }
+}
+
+simd_fn! {
+    fn times_gelu_grad(h: &[f32], d: &mut [f32]) {
+        for (d, h) in d.iter_mut().zip(h) {
+            *d *= gelu_grad(*h);
+        }
+    }
+}
+
+simd_fn! {
+    fn plus_bias(x: &[f32], bias: &[f32], out: &mut [f32]) {
+        for (out, x) in out.chunks_exact_mut(bias.len()).zip(x.chunks_exact(bias.len())) {
+            for ((o, x), b) in out.iter_mut().zip(x).zip(bias) {
+                *o = x + b;
+            }
+        }
+    }
+}
+
+simd_fn! {
+    fn column_sums_into(m: &[f32], out: &mut [f32]) {
+        out.fill(0.0);
+        add_column_sums(out, m);
+    }
+}
+
+/// `x·W + b` (plus `residual` when given) into a new `[rows, out]` buffer.
+fn linear(x: &[f32], l: &Linear<&[f32]>, residual: Option<&[f32]>) -> Vec<f32> {
+    let (n_out, n_in) = (l.bias.len(), l.weight.len() / l.bias.len());
+    let rows = x.len() / n_in;
+    let mut y = vec![0f32; rows * n_out];
+    match residual {
+        Some(r) => plus_bias(r, l.bias, &mut y),
+        None => {
+            for row in y.chunks_exact_mut(n_out) {
+                row.copy_from_slice(l.bias);
+            }
+        }
+    }
+    matmul(&mut y, View::new(x, rows, n_in), View::new(l.weight, n_in, n_out), true);
+    y
+}
+
+/// Gradients of a dense layer `y = x·W + b` given dy: dW = xᵀ·dy, db = Σ dy,
+/// and dx = dy·Wᵀ (added into `dx` when `accumulate`).
+fn linear_backward(x: &[f32], l: &Linear<&[f32]>, dy: &[f32], dx: &mut [f32], accumulate: bool) -> Linear<Vec<f32>> {
+    let (n_out, n_in) = (l.bias.len(), l.weight.len() / l.bias.len());
+    let rows = dy.len() / n_out;
+    let mut weight = vec![0f32; n_in * n_out];
+    matmul(&mut weight, View::new(x, rows, n_in).t(), View::new(dy, rows, n_out), false);
+    let mut bias = vec![0f32; n_out];
+    column_sums_into(dy, &mut bias);
+    matmul(dx, View::new(dy, rows, n_out), View::new(l.weight, n_in, n_out).t(), accumulate);
+    Linear { weight, bias }
+}
+
+fn elementwise(a: &[f32], b: &mut [f32], f: fn(&[f32], &mut [f32])) {
+    a.par_chunks(ELEMENTS_PER_TASK).zip(b.par_chunks_mut(ELEMENTS_PER_TASK)).for_each(|(a, b)| f(a, b));
+}
+
+/// The block's output `[rows, width]` for input `x`, and the activations
+/// [`backward`] needs.
+pub fn forward(s: &BlockShape, p: &BlockWeights, x: &[f32]) -> (Vec<f32>, BlockActivations) {
+    p.check(s);
+    let (n, w) = (s.rows(), s.width);
+    assert_eq!(x.len(), n * w, "block input does not match {s:?}");
+    let (mut ln_1, mut xhat_1, mut rstd_1) = (vec![0f32; n * w], vec![0f32; n * w], vec![0f32; n]);
+    layer_norm::forward(x, p.ln_1.gamma, p.ln_1.beta, s.eps, &mut ln_1, &mut xhat_1, &mut rstd_1);
+    let (q, k, v) = (linear(&ln_1, &p.q, None), linear(&ln_1, &p.k, None), linear(&ln_1, &p.v, None));
+    let (mut probs, mut ctx) = (vec![0f32; s.sequences * s.heads * s.tokens * s.tokens], vec![0f32; n * w]);
+    attention::forward(s.heads(), &q, &k, &v, &mut probs, &mut ctx);
+    let x1 = linear(&ctx, &p.out, Some(x));
+    let (mut ln_2, mut xhat_2, mut rstd_2) = (vec![0f32; n * w], vec![0f32; n * w], vec![0f32; n]);
+    layer_norm::forward(&x1, p.ln_2.gamma, p.ln_2.beta, s.eps, &mut ln_2, &mut xhat_2, &mut rstd_2);
+    let fc = linear(&ln_2, &p.fc, None);
+    let mut gelu = vec![0f32; fc.len()];
+    elementwise(&fc, &mut gelu, gelu_into);
+    let y = linear(&gelu, &p.proj, Some(&x1));
+    (y, BlockActivations { xhat_1, rstd_1, ln_1, q, k, v, probs, ctx, xhat_2, rstd_2, ln_2, fc, gelu })
+}
+
+/// Gradients of [`forward`]'s output with respect to its input and every
+/// parameter, given the output's gradient `dy`.
+pub fn backward(s: &BlockShape, p: &BlockWeights, a: &BlockActivations, dy: &[f32]) -> BlockGrads {
+    p.check(s);
+    let (n, w) = (s.rows(), s.width);
+    assert_eq!(dy.len(), n * w, "block gradient does not match {s:?}");
+    // y = x₁ + Proj(GELU(Fc(LN₂(x₁)))).
+    let mut d_hidden = vec![0f32; n * s.hidden];
+    let proj = linear_backward(&a.gelu, &p.proj, dy, &mut d_hidden, false);
+    elementwise(&a.fc, &mut d_hidden, times_gelu_grad);
+    let mut d_ln_2 = vec![0f32; n * w];
+    let fc = linear_backward(&a.ln_2, &p.fc, &d_hidden, &mut d_ln_2, false);
+    drop(d_hidden);
+    let mut dx1 = dy.to_vec();
+    let mut ln_2 = Norm { gamma: vec![0f32; w], beta: vec![0f32; w] };
+    layer_norm::backward(&d_ln_2, &a.xhat_2, &a.rstd_2, p.ln_2.gamma, &mut dx1, true, &mut ln_2.gamma, &mut ln_2.beta);
+    // x₁ = x + Out(Attn(q, k, v)), q, k, v = Linear(LN₁(x)).
+    let mut d_ctx = d_ln_2;
+    let out = linear_backward(&a.ctx, &p.out, &dx1, &mut d_ctx, false);
+    let (mut dq, mut dk, mut dv) = (vec![0f32; n * w], vec![0f32; n * w], vec![0f32; n * w]);
+    attention::backward(s.heads(), &a.q, &a.k, &a.v, &a.probs, &d_ctx, &mut dq, &mut dk, &mut dv);
+    let mut d_ln_1 = d_ctx;
+    let q = linear_backward(&a.ln_1, &p.q, &dq, &mut d_ln_1, false);
+    let k = linear_backward(&a.ln_1, &p.k, &dk, &mut d_ln_1, true);
+    let v = linear_backward(&a.ln_1, &p.v, &dv, &mut d_ln_1, true);
+    let mut dx = dx1;
+    let mut ln_1 = Norm { gamma: vec![0f32; w], beta: vec![0f32; w] };
+    layer_norm::backward(&d_ln_1, &a.xhat_1, &a.rstd_1, p.ln_1.gamma, &mut dx, true, &mut ln_1.gamma, &mut ln_1.beta);
+    BlockGrads { x: dx, params: Block { ln_1, q, k, v, out, ln_2, fc, proj } }
+}

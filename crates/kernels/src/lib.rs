@@ -1,0 +1,27 @@
+//! Fused CPU kernels for the pre-norm transformer block that both of ablate's
+//! towers use, forward and backward, on plain `f32` slices.
+//!
+//! Why this crate exists: run as separate burn operations, one block's
+//! training step is ~35 small element-wise, reduction and layout ops plus
+//! per-head batched matmuls, and on a CPU those (not the matmuls) take most of
+//! the time (docs/BENCHMARKS.md). Here a block is a handful of large matmuls
+//! (the `gemm` crate, the one burn's Flex backend uses) with everything between
+//! them done in one pass each: LayerNorm with its statistics, bias + exact GELU,
+//! attention per image without head permutes. The backward pass is written out
+//! by hand against the saved activations.
+//!
+//! It knows nothing of burn: `ablate::model::fused` adapts it to burn's
+//! autodiff graph, and tests there compare it with the decomposed burn block.
+//! A separate crate so that the dev profile compiles it optimised, like the
+//! other dependencies (the test suite trains models).
+
+#[macro_use]
+mod simd;
+mod attention;
+mod block;
+mod layer_norm;
+mod math;
+mod matmul;
+
+pub use block::{BlockActivations, BlockGrads, BlockShape, BlockWeights, Block, Linear, Norm, PARAMETERS, backward, forward};
+pub use math::{erf, exp, gelu, gelu_grad};

@@ -1,0 +1,88 @@
+//! The one safe entry to `gemm`: row-major matrices, transposes as views.
+
+/// A row-major `[rows, cols]` matrix, or the transpose of one (no copy).
+#[derive(Clone, Copy)]
+pub(crate) struct View<'a> {
+    data: &'a [f32],
+    rows: usize,
+    cols: usize,
+    row_stride: isize,
+    col_stride: isize,
+}
+
+impl<'a> View<'a> {
+    pub(crate) fn new(data: &'a [f32], rows: usize, cols: usize) -> Self {
+        assert_eq!(data.len(), rows * cols, "matrix data does not match its shape");
+        View { data, rows, cols, row_stride: cols as isize, col_stride: 1 }
+    }
+
+    pub(crate) fn t(self) -> Self {
+        View { rows: self.cols, cols: self.rows, row_stride: self.col_stride, col_stride: self.row_stride, ..self }
+    }
+}
+
+/// Products below this many multiply-adds run on one thread (splitting them
+/// costs more than it saves).
+const PARALLEL_MACS: usize = 1 << 18;
+
+/// `dst = a·b`, or `dst += a·b` when `accumulate`; `dst` is row-major
+/// `[a.rows, b.cols]`.
+pub(crate) fn matmul(dst: &mut [f32], a: View, b: View, accumulate: bool) {
+    assert_eq!(a.cols, b.rows, "inner dimensions differ");
+    let (m, n, k) = (a.rows, b.cols, a.cols);
+    assert_eq!(dst.len(), m * n, "output does not match the product's shape");
+    if m == 0 || n == 0 {
+        return;
+    }
+    let parallelism = if m * n * k >= PARALLEL_MACS { gemm::Parallelism::Rayon(0) } else { gemm::Parallelism::None };
+    // SAFETY: every view's strides address only its own slice (checked by
+    // `View::new`, preserved by `t`), `dst` is exclusively borrowed and sized
+    // m × n, and `f32` is a type gemm dispatches on.
+    unsafe {
+        gemm::gemm(
+            m,
+            n,
+            k,
+            dst.as_mut_ptr(),
+            1,
+            n as isize,
+            accumulate,
+            a.data.as_ptr(),
+            a.col_stride,
+            a.row_stride,
+            b.data.as_ptr(),
+            b.col_stride,
+            b.row_stride,
+            1.0f32,
+            1.0f32,
+            false,
+            false,
+            false,
+            parallelism,
+        );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn products_with_transposed_views_match_the_definition() {
+        let a: Vec<f32> = (0..6).map(|x| x as f32).collect(); // 2×3
+        let b: Vec<f32> = (0..12).map(|x| (x as f32) * 0.5 - 2.0).collect(); // 3×4
+        let mut c = vec![1.0; 8];
+        matmul(&mut c, View::new(&a, 2, 3), View::new(&b, 3, 4), true);
+        for i in 0..2 {
+            for j in 0..4 {
+                let want: f32 = 1.0 + (0..3).map(|p| a[i * 3 + p] * b[p * 4 + j]).sum::<f32>();
+                assert_eq!(c[i * 4 + j], want);
+            }
+        }
+        // (aᵀ)ᵀ·b through a view of the 3×2 transpose's transpose.
+        let at: Vec<f32> = (0..3).flat_map(|p| (0..2).map(move |i| (i * 3 + p) as f32)).collect();
+        let mut d = vec![0.0; 8];
+        matmul(&mut d, View::new(&at, 3, 2).t(), View::new(&b, 3, 4), false);
+        assert_eq!(c.iter().map(|x| x - 1.0).collect::<Vec<_>>(), d);
+    }
+}
