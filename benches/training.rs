@@ -85,6 +85,7 @@ fn memory() -> anyhow::Result<()> {
 }
 
 fn main() -> anyhow::Result<()> {
+    ablate::alloc::keep_freed_buffers();
     let args: Vec<String> = std::env::args().skip(1).filter(|a| !a.starts_with("--")).collect();
     match args.first().map(String::as_str) {
         Some("memory-one") => memory_one(&args[1], &args[2], args[3].parse()?),

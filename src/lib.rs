@@ -2,6 +2,7 @@
 //!
 //! See ARCHITECTURE.md for the bird's-eye view and the code map.
 
+pub mod alloc;
 pub mod chart;
 pub mod cli;
 pub mod dashboard;

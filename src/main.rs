@@ -5,5 +5,6 @@ fn main() -> std::process::ExitCode {
     unsafe {
         libc::signal(libc::SIGPIPE, libc::SIG_DFL);
     }
+    ablate::alloc::keep_freed_buffers();
     ablate::cli::main()
 }

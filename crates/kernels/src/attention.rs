@@ -61,36 +61,69 @@ fn transpose_head<const D: usize>(m: &[f32], s: &Heads, h: usize, out: &mut [f32
     }
 }
 
-/// `out[j] = scale · ⟨a, mt[:, j]⟩` for the tiles covering `j < len`, with
-/// `mt` a transposed head `[D, out.len()]`.
+/// `N` tiles of [`row_times_transposed`] at once: independent accumulators,
+/// so the adds are not one serial dependency chain.
 #[inline(always)]
-fn row_times_transposed<const D: usize>(a: &[f32; D], mt: &[f32], len: usize, scale: f32, out: &mut [f32]) {
+fn tiles_times_transposed<const D: usize, const N: usize>(a: &[f32; D], mt: &[f32], j0: usize, scale: f32, out: &mut [f32]) {
     let tp = out.len();
-    for j0 in (0..len).step_by(TILE) {
-        let mut acc = [0f32; TILE];
-        for (d, ad) in a.iter().enumerate() {
-            let m: &[f32; TILE] = mt[d * tp + j0..][..TILE].try_into().unwrap();
+    let mut acc = [[0f32; TILE]; N];
+    for (d, ad) in a.iter().enumerate() {
+        for (n, acc) in acc.iter_mut().enumerate() {
+            let m: &[f32; TILE] = mt[d * tp + j0 + n * TILE..][..TILE].try_into().unwrap();
             for l in 0..TILE {
                 acc[l] += ad * m[l];
             }
         }
+    }
+    for n in 0..N {
         for l in 0..TILE {
-            out[j0 + l] = acc[l] * scale;
+            out[j0 + n * TILE + l] = acc[n][l] * scale;
         }
     }
 }
 
-/// Σⱼ wⱼ · m[rows(j)] over head `h`, accumulated in registers.
+/// `out[j] = scale · ⟨a, mt[:, j]⟩` for the tiles covering `j < len`, with
+/// `mt` a transposed head `[D, out.len()]`.
 #[inline(always)]
-fn weighted_rows<const D: usize>(m: &[f32], s: &Heads, h: usize, weights: impl Iterator<Item = (usize, f32)>) -> [f32; D] {
-    let mut acc = [0f32; D];
-    for (r, w) in weights {
-        let row = head_row::<D>(m, *s, r, h);
+fn row_times_transposed<const D: usize>(a: &[f32; D], mt: &[f32], len: usize, scale: f32, out: &mut [f32]) {
+    let mut j0 = 0;
+    while j0 + 4 * TILE <= len.div_ceil(TILE) * TILE {
+        tiles_times_transposed::<D, 4>(a, mt, j0, scale, out);
+        j0 += 4 * TILE;
+    }
+    while j0 < len {
+        tiles_times_transposed::<D, 1>(a, mt, j0, scale, out);
+        j0 += TILE;
+    }
+}
+
+/// Σᵣ weight(r) · m[row r] over head `h` for `r` in `rows`, accumulated in
+/// registers, four rows at a time on independent accumulators.
+#[inline(always)]
+fn weighted_rows<const D: usize>(m: &[f32], s: Heads, h: usize, rows: std::ops::Range<usize>, weight: impl Fn(usize) -> f32) -> [f32; D] {
+    const U: usize = 4;
+    let mut acc = [[0f32; D]; U];
+    let mut r = rows.start;
+    while r + U <= rows.end {
+        for (u, acc) in acc.iter_mut().enumerate() {
+            let (w, row) = (weight(r + u), head_row::<D>(m, s, r + u, h));
+            for d in 0..D {
+                acc[d] += w * row[d];
+            }
+        }
+        r += U;
+    }
+    for r in r..rows.end {
+        let (w, row) = (weight(r), head_row::<D>(m, s, r, h));
         for d in 0..D {
-            acc[d] += w * row[d];
+            acc[0][d] += w * row[d];
         }
     }
-    acc
+    let mut out = [0f32; D];
+    for d in 0..D {
+        out[d] = (acc[0][d] + acc[1][d]) + (acc[2][d] + acc[3][d]);
+    }
+    out
 }
 
 #[inline(always)]
@@ -111,7 +144,7 @@ fn forward_head<const D: usize>(s: &Heads, h: usize, q: &[f32], k: &[f32], v: &[
             *p = x * inv;
         }
         p[len..].fill(0.0);
-        *head_row_mut::<D>(ctx, *s, i, h) = weighted_rows::<D>(v, s, h, p[..len].iter().copied().enumerate());
+        *head_row_mut::<D>(ctx, *s, i, h) = weighted_rows::<D>(v, *s, h, 0..len, |j| p[j]);
     }
 }
 
@@ -142,13 +175,13 @@ fn backward_head<const D: usize>(
         for (x, p) in ds[..len].iter_mut().zip(p) {
             *x = p * (*x - c) * scale;
         }
-        *head_row_mut::<D>(dq, *s, i, h) = weighted_rows::<D>(k, s, h, ds[..len].iter().copied().enumerate());
+        *head_row_mut::<D>(dq, *s, i, h) = weighted_rows::<D>(k, *s, h, 0..len, |j| ds[j]);
     }
     // dK = dSᵀ·Q, dV = Pᵀ·dO, over the queries that see key j.
     for j in 0..t {
         let queries = if s.causal { j..t } else { 0..t };
-        *head_row_mut::<D>(dk, *s, j, h) = weighted_rows::<D>(q, s, h, queries.clone().map(|i| (i, ds[i * tp + j])));
-        *head_row_mut::<D>(dv, *s, j, h) = weighted_rows::<D>(dctx, s, h, queries.map(|i| (i, probs[i * t + j])));
+        *head_row_mut::<D>(dk, *s, j, h) = weighted_rows::<D>(q, *s, h, queries.clone(), |i| ds[i * tp + j]);
+        *head_row_mut::<D>(dv, *s, j, h) = weighted_rows::<D>(dctx, *s, h, queries, |i| probs[i * t + j]);
     }
 }
 
