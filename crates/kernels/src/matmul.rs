@@ -16,6 +16,13 @@ impl<'a> View<'a> {
         View { data, rows, cols, row_stride: cols as isize, col_stride: 1 }
     }
 
+    /// `rows` rows of `cols` values, each `row_stride` apart in `data` (a
+    /// column block of a wider row-major matrix, e.g. one attention head).
+    pub(crate) fn strided(data: &'a [f32], rows: usize, cols: usize, row_stride: usize) -> Self {
+        assert!(cols <= row_stride && (rows == 0 || (rows - 1) * row_stride + cols <= data.len()), "strided view out of bounds");
+        View { data, rows, cols, row_stride: row_stride as isize, col_stride: 1 }
+    }
+
     pub(crate) fn t(self) -> Self {
         View { rows: self.cols, cols: self.rows, row_stride: self.col_stride, col_stride: self.row_stride, ..self }
     }
@@ -26,18 +33,27 @@ impl<'a> View<'a> {
 const PARALLEL_MACS: usize = 1 << 18;
 
 /// `dst = a·b`, or `dst += a·b` when `accumulate`; `dst` is row-major
-/// `[a.rows, b.cols]`.
+/// `[a.rows, b.cols]`. Large products use the rayon pool.
 pub(crate) fn matmul(dst: &mut [f32], a: View, b: View, accumulate: bool) {
+    assert_eq!(dst.len(), a.rows * b.cols, "output does not match the product's shape");
+    let parallel = a.rows * b.cols * a.cols >= PARALLEL_MACS;
+    matmul_strided(dst, b.cols, a, b, accumulate, parallel);
+}
+
+/// [`matmul`] into rows `dst_row_stride` apart (a column block of a wider
+/// matrix), on this thread unless `parallel`.
+pub(crate) fn matmul_strided(dst: &mut [f32], dst_row_stride: usize, a: View, b: View, accumulate: bool, parallel: bool) {
     assert_eq!(a.cols, b.rows, "inner dimensions differ");
     let (m, n, k) = (a.rows, b.cols, a.cols);
-    assert_eq!(dst.len(), m * n, "output does not match the product's shape");
     if m == 0 || n == 0 {
         return;
     }
-    let parallelism = if m * n * k >= PARALLEL_MACS { gemm::Parallelism::Rayon(0) } else { gemm::Parallelism::None };
+    assert!(n <= dst_row_stride && (m - 1) * dst_row_stride + n <= dst.len(), "output out of bounds");
+    let parallelism = if parallel { gemm::Parallelism::Rayon(0) } else { gemm::Parallelism::None };
     // SAFETY: every view's strides address only its own slice (checked by
-    // `View::new`, preserved by `t`), `dst` is exclusively borrowed and sized
-    // m × n, and `f32` is a type gemm dispatches on.
+    // `View::new`/`View::strided`, preserved by `t`), `dst` is exclusively
+    // borrowed and its m rows of n fit (checked above), and `f32` is a type
+    // gemm dispatches on.
     unsafe {
         gemm::gemm(
             m,
@@ -45,7 +61,7 @@ pub(crate) fn matmul(dst: &mut [f32], a: View, b: View, accumulate: bool) {
             k,
             dst.as_mut_ptr(),
             1,
-            n as isize,
+            dst_row_stride as isize,
             accumulate,
             a.data.as_ptr(),
             a.col_stride,
