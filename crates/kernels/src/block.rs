@@ -3,6 +3,7 @@
 //! forward keeping its activations, and the backward pass by hand.
 
 use crate::attention::{self, Heads};
+use crate::buffers::{give, take};
 use crate::layer_norm;
 use crate::math::{gelu, gelu_grad};
 use crate::matmul::{View, matmul};
@@ -134,6 +135,13 @@ pub struct BlockActivations {
     gelu: Vec<f32>,
 }
 
+impl Drop for BlockActivations {
+    fn drop(&mut self) {
+        let a = self;
+        give([&mut a.xhat_1, &mut a.rstd_1, &mut a.ln_1, &mut a.q, &mut a.k, &mut a.v, &mut a.probs, &mut a.ctx, &mut a.xhat_2, &mut a.rstd_2, &mut a.ln_2, &mut a.fc, &mut a.gelu].map(std::mem::take));
+    }
+}
+
 const ELEMENTS_PER_TASK: usize = 1 << 14;
 
 simd_fn! {
@@ -173,7 +181,7 @@ simd_fn! {
 fn linear(x: &[f32], l: &Linear<&[f32]>, residual: Option<&[f32]>) -> Vec<f32> {
     let (n_out, n_in) = (l.bias.len(), l.weight.len() / l.bias.len());
     let rows = x.len() / n_in;
-    let mut y = vec![0f32; rows * n_out];
+    let mut y = take(rows * n_out);
     match residual {
         Some(r) => plus_bias(r, l.bias, &mut y),
         None => {
@@ -209,16 +217,16 @@ pub fn forward(s: &BlockShape, p: &BlockWeights, x: &[f32]) -> (Vec<f32>, BlockA
     p.check(s);
     let (n, w) = (s.rows(), s.width);
     assert_eq!(x.len(), n * w, "block input does not match {s:?}");
-    let (mut ln_1, mut xhat_1, mut rstd_1) = (vec![0f32; n * w], vec![0f32; n * w], vec![0f32; n]);
+    let (mut ln_1, mut xhat_1, mut rstd_1) = (take(n * w), take(n * w), take(n));
     layer_norm::forward(x, p.ln_1.gamma, p.ln_1.beta, s.eps, &mut ln_1, &mut xhat_1, &mut rstd_1);
     let (q, k, v) = (linear(&ln_1, &p.q, None), linear(&ln_1, &p.k, None), linear(&ln_1, &p.v, None));
-    let (mut probs, mut ctx) = (vec![0f32; s.sequences * s.heads * s.tokens * s.tokens], vec![0f32; n * w]);
+    let (mut probs, mut ctx) = (take(s.sequences * s.heads * s.tokens * s.tokens), take(n * w));
     attention::forward(s.heads(), &q, &k, &v, &mut probs, &mut ctx);
     let x1 = linear(&ctx, &p.out, Some(x));
-    let (mut ln_2, mut xhat_2, mut rstd_2) = (vec![0f32; n * w], vec![0f32; n * w], vec![0f32; n]);
+    let (mut ln_2, mut xhat_2, mut rstd_2) = (take(n * w), take(n * w), take(n));
     layer_norm::forward(&x1, p.ln_2.gamma, p.ln_2.beta, s.eps, &mut ln_2, &mut xhat_2, &mut rstd_2);
     let fc = linear(&ln_2, &p.fc, None);
-    let mut gelu = vec![0f32; fc.len()];
+    let mut gelu = take(fc.len());
     elementwise(&fc, &mut gelu, gelu_into);
     let y = linear(&gelu, &p.proj, Some(&x1));
     (y, BlockActivations { xhat_1, rstd_1, ln_1, q, k, v, probs, ctx, xhat_2, rstd_2, ln_2, fc, gelu })
@@ -231,26 +239,29 @@ pub fn backward(s: &BlockShape, p: &BlockWeights, a: &BlockActivations, dy: &[f3
     let (n, w) = (s.rows(), s.width);
     assert_eq!(dy.len(), n * w, "block gradient does not match {s:?}");
     // y = x₁ + Proj(GELU(Fc(LN₂(x₁)))).
-    let mut d_hidden = vec![0f32; n * s.hidden];
+    let mut d_hidden = take(n * s.hidden);
     let proj = linear_backward(&a.gelu, &p.proj, dy, &mut d_hidden, false);
     elementwise(&a.fc, &mut d_hidden, times_gelu_grad);
-    let mut d_ln_2 = vec![0f32; n * w];
+    let mut d_ln_2 = take(n * w);
     let fc = linear_backward(&a.ln_2, &p.fc, &d_hidden, &mut d_ln_2, false);
-    drop(d_hidden);
-    let mut dx1 = dy.to_vec();
+    give([d_hidden]);
+    let mut dx1 = take(n * w);
+    dx1.copy_from_slice(dy);
     let mut ln_2 = Norm { gamma: vec![0f32; w], beta: vec![0f32; w] };
     layer_norm::backward(&d_ln_2, &a.xhat_2, &a.rstd_2, p.ln_2.gamma, &mut dx1, true, &mut ln_2.gamma, &mut ln_2.beta);
     // x₁ = x + Out(Attn(q, k, v)), q, k, v = Linear(LN₁(x)).
     let mut d_ctx = d_ln_2;
     let out = linear_backward(&a.ctx, &p.out, &dx1, &mut d_ctx, false);
-    let (mut dq, mut dk, mut dv) = (vec![0f32; n * w], vec![0f32; n * w], vec![0f32; n * w]);
+    let (mut dq, mut dk, mut dv) = (take(n * w), take(n * w), take(n * w));
     attention::backward(s.heads(), &a.q, &a.k, &a.v, &a.probs, &d_ctx, &mut dq, &mut dk, &mut dv);
     let mut d_ln_1 = d_ctx;
     let q = linear_backward(&a.ln_1, &p.q, &dq, &mut d_ln_1, false);
     let k = linear_backward(&a.ln_1, &p.k, &dk, &mut d_ln_1, true);
     let v = linear_backward(&a.ln_1, &p.v, &dv, &mut d_ln_1, true);
+    give([dq, dk, dv]);
     let mut dx = dx1;
     let mut ln_1 = Norm { gamma: vec![0f32; w], beta: vec![0f32; w] };
     layer_norm::backward(&d_ln_1, &a.xhat_1, &a.rstd_1, p.ln_1.gamma, &mut dx, true, &mut ln_1.gamma, &mut ln_1.beta);
+    give([d_ln_1]);
     BlockGrads { x: dx, params: Block { ln_1, q, k, v, out, ln_2, fc, proj } }
 }

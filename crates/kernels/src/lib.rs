@@ -19,6 +19,7 @@
 mod simd;
 mod attention;
 mod block;
+mod buffers;
 mod layer_norm;
 mod math;
 mod matmul;
