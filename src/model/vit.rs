@@ -47,7 +47,11 @@ impl<B: Backend> VisionTransformer<B> {
             x = Tensor::cat(vec![cls, x], 1);
         }
         let tokens = x.dims()[1];
-        let x = (x + self.pos_embed.val().unsqueeze::<3>()).reshape([batch * tokens, width]);
+        // Added as [batch, tokens·width] + [1, tokens·width]: a broadcast over
+        // whole rows, which the CPU backend does (and reduces, backward) far
+        // faster than one over the middle of a 3-D tensor.
+        let pos = self.pos_embed.val().reshape([1, tokens * width]);
+        let x = (x.reshape([batch, tokens * width]) + pos).reshape([batch * tokens, width]);
         let x = self.blocks.iter().fold(x, |x, block| block.forward(x, batch, tokens, false));
         let x = self.ln_post.forward(x).reshape([batch, tokens, width]);
         let pooled = match self.class_token {
