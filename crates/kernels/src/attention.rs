@@ -10,12 +10,22 @@ use crate::simd::{dot, max, sum};
 use rayon::prelude::*;
 
 /// The sequences' shape: `tokens` rows of `width` = `heads` × head size.
+/// q, k and v are the three column blocks of one `[tokens, 3·width]` matrix
+/// (the fused projection's output); the context is `[tokens, width]`.
 #[derive(Clone, Copy)]
 pub(crate) struct Heads {
     pub tokens: usize,
     pub width: usize,
     pub heads: usize,
     pub causal: bool,
+}
+
+/// Which of the three column blocks of the qkv matrix.
+#[derive(Clone, Copy)]
+enum Part {
+    Q = 0,
+    K = 1,
+    V = 2,
 }
 
 impl Heads {
@@ -28,14 +38,19 @@ impl Heads {
         if self.causal { i + 1 } else { self.tokens }
     }
 
+    /// Head `h` of q, k or v in a `[tokens, 3·width]` matrix.
+    fn qkv<'a>(&self, m: &'a [f32], part: Part, h: usize) -> View<'a> {
+        View::strided(&m[part as usize * self.width + h * self.head_dim()..], self.tokens, self.head_dim(), 3 * self.width)
+    }
+
     /// Head `h` of a `[tokens, width]` matrix.
-    fn head<'a>(&self, m: &'a [f32], h: usize) -> View<'a> {
+    fn ctx<'a>(&self, m: &'a [f32], h: usize) -> View<'a> {
         View::strided(&m[h * self.head_dim()..], self.tokens, self.head_dim(), self.width)
     }
 
-    /// `dst`'s head `h` = a·b.
-    fn set_head(&self, dst: &mut [f32], h: usize, a: View, b: View) {
-        matmul_strided(&mut dst[h * self.head_dim()..], self.width, a, b, false, false);
+    /// q, k or v's head `h` in the `[tokens, 3·width]` `dst` = a·b.
+    fn set_qkv(&self, dst: &mut [f32], part: Part, h: usize, a: View, b: View) {
+        matmul_strided(&mut dst[part as usize * self.width + h * self.head_dim()..], 3 * self.width, a, b, false, false);
     }
 }
 
@@ -69,58 +84,49 @@ simd_fn! {
     }
 }
 
-fn forward_sequence(s: Heads, q: &[f32], k: &[f32], v: &[f32], probs: &mut [f32], ctx: &mut [f32]) {
+fn forward_sequence(s: Heads, qkv: &[f32], probs: &mut [f32], ctx: &mut [f32]) {
     let (t, scale) = (s.tokens, 1.0 / (s.head_dim() as f32).sqrt());
     for (h, p) in probs.chunks_exact_mut(t * t).enumerate() {
-        matmul_strided(p, t, s.head(q, h), s.head(k, h).t(), false, false);
+        matmul_strided(p, t, s.qkv(qkv, Part::Q, h), s.qkv(qkv, Part::K, h).t(), false, false);
         softmax_rows(s, scale, p);
-        s.set_head(ctx, h, View::new(p, t, t), s.head(v, h));
+        matmul_strided(&mut ctx[h * s.head_dim()..], s.width, View::new(p, t, t), s.qkv(qkv, Part::V, h), false, false);
     }
 }
 
-#[allow(clippy::too_many_arguments)]
-fn backward_sequence(s: Heads, q: &[f32], k: &[f32], v: &[f32], probs: &[f32], dctx: &[f32], dq: &mut [f32], dk: &mut [f32], dv: &mut [f32]) {
+fn backward_sequence(s: Heads, qkv: &[f32], probs: &[f32], dctx: &[f32], dqkv: &mut [f32]) {
     let (t, scale) = (s.tokens, 1.0 / (s.head_dim() as f32).sqrt());
     let mut ds = vec![0f32; t * t];
     for (h, p) in probs.chunks_exact(t * t).enumerate() {
         let p_view = View::new(p, t, t);
-        s.set_head(dv, h, p_view.t(), s.head(dctx, h));
-        matmul_strided(&mut ds, t, s.head(dctx, h), s.head(v, h).t(), false, false);
+        s.set_qkv(dqkv, Part::V, h, p_view.t(), s.ctx(dctx, h));
+        matmul_strided(&mut ds, t, s.ctx(dctx, h), s.qkv(qkv, Part::V, h).t(), false, false);
         softmax_backward_rows(s, scale, p, &mut ds);
         let ds_view = View::new(&ds, t, t);
-        s.set_head(dq, h, ds_view, s.head(k, h));
-        s.set_head(dk, h, ds_view.t(), s.head(q, h));
+        s.set_qkv(dqkv, Part::Q, h, ds_view, s.qkv(qkv, Part::K, h));
+        s.set_qkv(dqkv, Part::K, h, ds_view.t(), s.qkv(qkv, Part::Q, h));
     }
 }
 
-/// softmax(q·kᵀ/√d)·v per head for `[sequences × tokens, width]` q, k, v;
+/// softmax(q·kᵀ/√d)·v per head for `[sequences × tokens, 3·width]` qkv;
 /// writes `probs` `[sequences, heads, tokens, tokens]` (kept for the
 /// backward pass) and `ctx` `[sequences × tokens, width]`.
-pub(crate) fn forward(s: Heads, q: &[f32], k: &[f32], v: &[f32], probs: &mut [f32], ctx: &mut [f32]) {
+pub(crate) fn forward(s: Heads, qkv: &[f32], probs: &mut [f32], ctx: &mut [f32]) {
     let rows = s.tokens * s.width;
     let square = s.heads * s.tokens * s.tokens;
     probs
         .par_chunks_mut(square)
         .zip(ctx.par_chunks_mut(rows))
-        .enumerate()
-        .for_each(|(b, (probs, ctx))| {
-            let r = b * rows..(b + 1) * rows;
-            forward_sequence(s, &q[r.clone()], &k[r.clone()], &v[r], probs, ctx)
-        });
+        .zip(qkv.par_chunks(3 * rows))
+        .for_each(|((probs, ctx), qkv)| forward_sequence(s, qkv, probs, ctx));
 }
 
-/// Gradients of [`forward`] with respect to q, k and v (overwritten).
-#[allow(clippy::too_many_arguments)]
-pub(crate) fn backward(s: Heads, q: &[f32], k: &[f32], v: &[f32], probs: &[f32], dctx: &[f32], dq: &mut [f32], dk: &mut [f32], dv: &mut [f32]) {
+/// Gradient of [`forward`] with respect to qkv (overwritten).
+pub(crate) fn backward(s: Heads, qkv: &[f32], probs: &[f32], dctx: &[f32], dqkv: &mut [f32]) {
     let rows = s.tokens * s.width;
     let square = s.heads * s.tokens * s.tokens;
-    dq.par_chunks_mut(rows)
-        .zip(dk.par_chunks_mut(rows))
-        .zip(dv.par_chunks_mut(rows))
-        .enumerate()
-        .for_each(|(b, ((dq, dk), dv))| {
-            let r = b * rows..(b + 1) * rows;
-            let p = &probs[b * square..(b + 1) * square];
-            backward_sequence(s, &q[r.clone()], &k[r.clone()], &v[r.clone()], p, &dctx[r], dq, dk, dv)
-        });
+    dqkv.par_chunks_mut(3 * rows)
+        .zip(qkv.par_chunks(3 * rows))
+        .zip(probs.par_chunks(square))
+        .zip(dctx.par_chunks(rows))
+        .for_each(|(((dqkv, qkv), probs), dctx)| backward_sequence(s, qkv, probs, dctx, dqkv));
 }
