@@ -103,3 +103,36 @@ fn fused_block_matches_burn_ops_in_value_and_gradient() {
         }
     }
 }
+
+/// The fused LayerNorm (the towers' final norm on Flex) against burn's, in
+/// value and in the gradients of its input, gain and bias.
+#[test]
+fn fused_layer_norm_matches_burn_in_value_and_gradient() {
+    use burn::module::Param;
+    use burn::nn::LayerNormConfig;
+    use burn::tensor::Distribution;
+    type Train = burn::backend::Autodiff<Cpu>;
+    let device = Default::default();
+    let mut ln = LayerNormConfig::new(24).with_epsilon(ablate::model::transformer::LAYER_NORM_EPS).init::<Train>(&device);
+    ln.gamma = Param::from_tensor(Tensor::random([24], Distribution::Normal(1.0, 0.5), &device));
+    ln.beta = Some(Param::from_tensor(Tensor::random([24], Distribution::Normal(0.0, 0.5), &device)));
+    let x = Tensor::<Train, 2>::random([10, 24], Distribution::Normal(0.3, 2.0), &device);
+    let r = Tensor::<Train, 2>::random([10, 24], Distribution::Normal(0.0, 1.0), &device);
+    let run = |fused: bool| {
+        let x = x.clone().require_grad();
+        let y = if fused { ablate::model::fused::layer_norm(&ln, x.clone()) } else { ln.forward(x.clone()) };
+        let g = (y.clone() * r.clone()).sum().backward();
+        let host = |t: Tensor<Cpu, 2>| t.into_data().convert::<f32>().into_vec::<f32>().unwrap();
+        vec![
+            host(y.inner()),
+            host(x.grad(&g).unwrap()),
+            host(ln.gamma.grad(&g).unwrap().unsqueeze()),
+            host(ln.beta.as_ref().unwrap().grad(&g).unwrap().unsqueeze()),
+        ]
+    };
+    for (i, (a, b)) in run(true).iter().zip(&run(false)).enumerate() {
+        let worst = a.iter().zip(b).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
+        let scale = b.iter().fold(1e-2f32, |m, x| m.max(x.abs()));
+        assert!(worst <= 1e-4 * scale, "tensor {i} (output, then gradients of x, gamma, beta): off by {worst}");
+    }
+}

@@ -1,10 +1,11 @@
-//! The fused CPU transformer block (crate `ablate-kernels`) inside burn.
+//! The fused CPU kernels (crate `ablate-kernels`) inside burn.
 //!
 //! On the Flex backend a [`Block`] runs as one operation: forward through
 //! `ablate_kernels::forward`, and under `Autodiff<Flex>` one graph node whose
-//! backward is `ablate_kernels::backward` over the activations it saved. On
-//! every other backend (CUDA above all) the block stays burn's decomposed
-//! ops, which a GPU fuses and schedules well on its own.
+//! backward is `ablate_kernels::backward` over the activations it saved. The
+//! towers' final LayerNorms run the same way ([`layer_norm`]). On every other
+//! backend (CUDA above all) they stay burn's decomposed ops, which a GPU
+//! fuses and schedules well on its own.
 //!
 //! The choice is made by comparing the backend's `TypeId`, not by a trait
 //! bound, so the model code stays generic over `B: Backend` and no bound
@@ -39,11 +40,7 @@ const PARAMS: usize = kernels::PARAMETERS;
 /// `block.forward(x)` through the fused kernels, or `Err(x)` back where this
 /// backend has none (or the block lacks a bias, which the kernels assume).
 pub(super) fn forward<B: Backend>(block: &Block<B>, x: Tensor<B, 2>, batch: usize, tokens: usize, causal: bool) -> Result<Tensor<B, 2>, Tensor<B, 2>> {
-    let is_flex = TypeId::of::<B>() == TypeId::of::<Flex>();
-    let is_flex_autodiff = TypeId::of::<B>() == TypeId::of::<Autodiff<Flex>>();
-    if !ENABLED.load(Ordering::Relaxed) || (!is_flex && !is_flex_autodiff) {
-        return Err(x);
-    }
+    let Some(graph) = Graph::of::<B>() else { return Err(x) };
     let Some(params) = parameters(block) else { return Err(x) };
     let [_, width] = x.dims();
     let shape = kernels::BlockShape {
@@ -59,12 +56,32 @@ pub(super) fn forward<B: Backend>(block: &Block<B>, x: Tensor<B, 2>, batch: usiz
         return Err(x);
     }
     let x = x.into_primitive().tensor();
-    let y: B::FloatTensorPrimitive = if is_flex {
-        cast(flex_forward(&shape, cast(x), params.map(cast)))
-    } else {
-        cast(autodiff_forward(shape, cast(x), params.map(cast)))
+    let y: B::FloatTensorPrimitive = match graph {
+        Graph::None => cast(flex_forward(&shape, cast(x), params.map(cast))),
+        Graph::Autodiff => cast(autodiff_forward(shape, cast(x), params.map(cast))),
     };
     Ok(Tensor::from_primitive(TensorPrimitive::Float(y)))
+}
+
+/// Whether `B` is Flex (`None`: no graph to record) or `Autodiff<Flex>`;
+/// `None` for other backends, or while the kernels are turned off.
+enum Graph {
+    None,
+    Autodiff,
+}
+
+impl Graph {
+    fn of<B: Backend>() -> Option<Graph> {
+        if !ENABLED.load(Ordering::Relaxed) {
+            None
+        } else if TypeId::of::<B>() == TypeId::of::<Flex>() {
+            Some(Graph::None)
+        } else if TypeId::of::<B>() == TypeId::of::<Autodiff<Flex>>() {
+            Some(Graph::Autodiff)
+        } else {
+            None
+        }
+    }
 }
 
 /// The block's parameters in `kernels::Block::into_array` order.
@@ -147,6 +164,59 @@ fn autodiff_forward(shape: kernels::BlockShape, x: FloatTensor<Autodiff<Flex>>, 
     let y = tensor(y, out_shape);
     match FusedBlockBackward.prepare::<NoCheckpointing>(nodes).compute_bound().stateful() {
         OpsKind::Tracked(prep) => prep.finish(Arc::new(Saved { shape, params: weights, activations }), y),
+        OpsKind::UnTracked(prep) => prep.finish(y),
+    }
+}
+
+/// `ln.forward(x)` for `[rows, width]` `x`, through the fused kernel on Flex
+/// (one graph node under autodiff, instead of burn's nine or so).
+pub fn layer_norm<B: Backend>(ln: &burn::nn::LayerNorm<B>, x: Tensor<B, 2>) -> Tensor<B, 2> {
+    let (Some(graph), Some(beta)) = (Graph::of::<B>(), &ln.beta) else { return ln.forward(x) };
+    let (gamma, beta) = (ln.gamma.val().into_primitive().tensor(), beta.val().into_primitive().tensor());
+    let x = x.into_primitive().tensor();
+    let y: B::FloatTensorPrimitive = match graph {
+        Graph::None => {
+            let x: FlexTensor = cast(x);
+            let (gamma, beta): (FlexTensor, FlexTensor) = (cast(gamma), cast(beta));
+            let (y, _) = kernels::layer_norm(&values(&x), &values(&gamma), &values(&beta), LAYER_NORM_EPS as f32);
+            cast(tensor(y, x.shape()))
+        }
+        Graph::Autodiff => cast(autodiff_layer_norm(cast(x), cast(gamma), cast(beta))),
+    };
+    Tensor::from_primitive(TensorPrimitive::Float(y))
+}
+
+#[derive(Debug)]
+struct SavedNorm {
+    gamma: FlexTensor,
+    activations: kernels::LayerNormActivations,
+}
+
+#[derive(Debug)]
+struct FusedLayerNormBackward;
+
+impl Backward<Flex, 3> for FusedLayerNormBackward {
+    type State = Arc<SavedNorm>;
+
+    fn backward(self, ops: Ops<Self::State, 3>, grads: &mut Gradients, _: &mut Checkpointer) {
+        let dy = grads.consume::<Flex>(&ops.node);
+        let saved = &ops.state;
+        let (dx, dgamma, dbeta) = kernels::layer_norm_backward(&saved.activations, &values(&saved.gamma), &values(&dy));
+        let shapes = [dy.shape(), saved.gamma.shape(), saved.gamma.shape()];
+        for ((node, grad), shape) in ops.parents.iter().zip([dx, dgamma, dbeta]).zip(shapes) {
+            if let Some(node) = node {
+                grads.register::<Flex>(node.id, tensor(grad, shape));
+            }
+        }
+    }
+}
+
+fn autodiff_layer_norm(x: FloatTensor<Autodiff<Flex>>, gamma: FloatTensor<Autodiff<Flex>>, beta: FloatTensor<Autodiff<Flex>>) -> FloatTensor<Autodiff<Flex>> {
+    let nodes = [x.node.clone(), gamma.node.clone(), beta.node.clone()];
+    let (y, activations) = kernels::layer_norm(&values(&x.primitive), &values(&gamma.primitive), &values(&beta.primitive), LAYER_NORM_EPS as f32);
+    let y = tensor(y, x.primitive.shape());
+    match FusedLayerNormBackward.prepare::<NoCheckpointing>(nodes).compute_bound().stateful() {
+        OpsKind::Tracked(prep) => prep.finish(Arc::new(SavedNorm { gamma: gamma.primitive, activations }), y),
         OpsKind::UnTracked(prep) => prep.finish(y),
     }
 }

@@ -8,7 +8,7 @@ use burn::nn::{Embedding, EmbeddingConfig, LayerNorm, LayerNormConfig, Linear, L
 use burn::prelude::*;
 
 use super::presets::TextPreset;
-use super::transformer::Block;
+use super::transformer::{Block, LAYER_NORM_EPS};
 
 #[derive(Module, Debug)]
 pub struct TextTower<B: Backend> {
@@ -25,7 +25,7 @@ impl<B: Backend> TextTower<B> {
             token_embed: EmbeddingConfig::new(vocab, preset.width).init(device),
             pos_embed: Param::from_tensor(Tensor::zeros([preset.context, preset.width], device)),
             blocks: (0..preset.depth).map(|_| Block::new(preset.width, preset.heads, 4, device)).collect(),
-            ln_final: LayerNormConfig::new(preset.width).init(device),
+            ln_final: LayerNormConfig::new(preset.width).with_epsilon(LAYER_NORM_EPS).init(device),
             proj: LinearConfig::new(preset.width, dim).with_bias(false).init(device),
         }
     }
@@ -38,7 +38,7 @@ impl<B: Backend> TextTower<B> {
         let width = x.dims()[2];
         let x = (x + self.pos_embed.val().narrow(0, 0, len).unsqueeze::<3>()).reshape([batch * len, width]);
         let x = self.blocks.iter().fold(x, |x, block| block.forward(x, batch, len, true));
-        let x = self.ln_final.forward(x);
+        let x = super::fused::layer_norm(&self.ln_final, x);
         let rows: Vec<i64> = eos.iter().enumerate().map(|(b, &e)| (b * len + e) as i64).collect();
         let rows = Tensor::<B, 1, Int>::from_data(TensorData::new(rows, [batch]), &x.device());
         self.proj.forward(x.select(0, rows))

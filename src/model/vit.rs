@@ -11,7 +11,7 @@ use burn::nn::{LayerNorm, LayerNormConfig, Linear, LinearConfig};
 use burn::prelude::*;
 
 use super::presets::VitPreset;
-use super::transformer::Block;
+use super::transformer::{Block, LAYER_NORM_EPS};
 
 #[derive(Module, Debug)]
 pub struct VisionTransformer<B: Backend> {
@@ -32,7 +32,7 @@ impl<B: Backend> VisionTransformer<B> {
             class_token: cls.then(|| Param::from_tensor(Tensor::zeros([preset.width], device))),
             pos_embed: Param::from_tensor(Tensor::zeros([tokens, preset.width], device)),
             blocks: (0..preset.depth).map(|_| Block::new(preset.width, preset.heads, preset.mlp_ratio, device)).collect(),
-            ln_post: LayerNormConfig::new(preset.width).init(device),
+            ln_post: LayerNormConfig::new(preset.width).with_epsilon(LAYER_NORM_EPS).init(device),
             patches: preset.patches(),
         }
     }
@@ -53,7 +53,7 @@ impl<B: Backend> VisionTransformer<B> {
         let pos = self.pos_embed.val().reshape([1, tokens * width]);
         let x = (x.reshape([batch, tokens * width]) + pos).reshape([batch * tokens, width]);
         let x = self.blocks.iter().fold(x, |x, block| block.forward(x, batch, tokens, false));
-        let x = self.ln_post.forward(x).reshape([batch, tokens, width]);
+        let x = super::fused::layer_norm(&self.ln_post, x).reshape([batch, tokens, width]);
         let pooled = match self.class_token {
             Some(_) => x.narrow(1, 0, 1),
             None => x.mean_dim(1),

@@ -7,6 +7,7 @@
 //! a checkpoint is its step.
 
 use crate::rng::Rng;
+use rayon::prelude::*;
 use crate::stages::caption_ingest::artifacts::IngestImages;
 
 /// CLIP's (OpenAI's) per-channel image mean and standard deviation.
@@ -117,12 +118,19 @@ fn push_patches(pixels: &[u8], side: usize, rect: Rect, size: usize, patch: usiz
 /// Patches `[images × patches, 3·patch²]` (flattened) of training images,
 /// each with its random resized crop.
 pub fn train_patches(images: &IngestImages, plan: &mut BatchPlan, size: usize, patch: usize) -> Vec<f32> {
-    let mut out = Vec::with_capacity(plan.images.len() * size * size * 3);
-    for (&i, rng) in plan.images.iter().zip(&mut plan.crops) {
-        let rect = random_crop(rng, images.side);
-        push_patches(images.image(i), images.side, rect, size, patch, &mut out);
-    }
-    out
+    // Images in parallel (each has its own random stream, so the result does
+    // not depend on the split); ≈ 3 % of a vit-micro CPU step on one thread.
+    let per_image: Vec<Vec<f32>> = plan
+        .images
+        .par_iter()
+        .zip(plan.crops.par_iter_mut())
+        .map(|(&i, rng)| {
+            let mut out = Vec::with_capacity(size * size * 3);
+            push_patches(images.image(i), images.side, random_crop(rng, images.side), size, patch, &mut out);
+            out
+        })
+        .collect();
+    per_image.concat()
 }
 
 /// Patches of whole images, resized (evaluation).

@@ -106,11 +106,15 @@ pub fn run<B: AutodiffBackend>(
     checkpoint_path: &Path,
     observer: &mut dyn Observer,
 ) -> anyhow::Result<Trained> {
-    // The loop runs on a worker of the rayon pool that the CPU kernels split
-    // their work over: each parallel op then hands half its work to the other
-    // worker, instead of this thread waking both and sleeping until they are
-    // done (two context switches per op, ≈ 10 % of a CPU step).
-    rayon::scope(|_| train::<B>(spec, inputs, device, checkpoint_path, observer))
+    // The loop runs on a worker of a rayon pool of its own, which the CPU
+    // kernels split their work over: each parallel op then hands part of its
+    // work to the other workers, instead of this thread waking them and
+    // sleeping until they are done (two context switches per op, ≈ 10 % of a
+    // CPU step). Its own pool, not the global one: a worker waiting inside a
+    // join may pick up any queued job, and if that were another stage's whole
+    // training loop, the two would deadlock on burn's autodiff graph lock.
+    let pool = rayon::ThreadPoolBuilder::new().thread_name(|i| format!("ablate-train-{i}")).build()?;
+    pool.install(|| train::<B>(spec, inputs, device, checkpoint_path, observer))
 }
 
 fn train<B: AutodiffBackend>(

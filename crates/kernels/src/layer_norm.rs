@@ -83,3 +83,34 @@ pub(crate) fn backward(dout: &[f32], xhat: &[f32], rstd: &[f32], gamma: &[f32], 
     dbeta.fill(0.0);
     parameter_grads(dout, xhat, dgamma, dbeta);
 }
+
+/// What [`layer_norm_backward`] reads, saved by [`layer_norm`].
+#[derive(Debug)]
+pub struct LayerNormActivations {
+    xhat: Vec<f32>,
+    rstd: Vec<f32>,
+}
+
+impl Drop for LayerNormActivations {
+    fn drop(&mut self) {
+        crate::buffers::give([std::mem::take(&mut self.xhat), std::mem::take(&mut self.rstd)]);
+    }
+}
+
+/// LayerNorm of each row of the row-major `[rows, γ.len()]` `x` (a model's
+/// final norm, outside the blocks), and what its backward pass needs.
+pub fn layer_norm(x: &[f32], gamma: &[f32], beta: &[f32], eps: f32) -> (Vec<f32>, LayerNormActivations) {
+    assert!(gamma.len() == beta.len() && x.len() % gamma.len() == 0, "layer norm shapes differ");
+    let rows = x.len() / gamma.len();
+    let (mut out, mut xhat, mut rstd) = (crate::buffers::take(x.len()), crate::buffers::take(x.len()), crate::buffers::take(rows));
+    forward(x, gamma, beta, eps, &mut out, &mut xhat, &mut rstd);
+    (out, LayerNormActivations { xhat, rstd })
+}
+
+/// Gradients of [`layer_norm`] given the output's: (dx, dγ, dβ).
+pub fn layer_norm_backward(a: &LayerNormActivations, gamma: &[f32], dout: &[f32]) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
+    assert_eq!(dout.len(), a.xhat.len(), "layer norm gradient does not match its input");
+    let (mut dx, mut dgamma, mut dbeta) = (vec![0f32; dout.len()], vec![0f32; gamma.len()], vec![0f32; gamma.len()]);
+    backward(dout, &a.xhat, &a.rstd, gamma, &mut dx, false, &mut dgamma, &mut dbeta);
+    (dx, dgamma, dbeta)
+}

@@ -25,4 +25,5 @@ mod math;
 mod matmul;
 
 pub use block::{BlockActivations, BlockGrads, BlockShape, BlockWeights, Block, Linear, Norm, PARAMETERS, backward, forward};
+pub use layer_norm::{LayerNormActivations, layer_norm, layer_norm_backward};
 pub use math::{erf, exp, gelu, gelu_grad};
