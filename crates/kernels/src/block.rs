@@ -160,18 +160,27 @@ simd_fn! {
 }
 
 simd_fn! {
-    fn plus_bias(x: &[f32], bias: &[f32], out: &mut [f32]) {
-        for (out, x) in out.chunks_exact_mut(bias.len()).zip(x.chunks_exact(bias.len())) {
-            for ((o, x), b) in out.iter_mut().zip(x).zip(bias) {
-                *o = x + b;
+    /// Each row of `out` = the same row of `x` (or zero) + `bias`.
+    fn rows_plus_bias(x: Option<&[f32]>, bias: &[f32], out: &mut [f32]) {
+        match x {
+            Some(x) => {
+                for (out, x) in out.chunks_exact_mut(bias.len()).zip(x.chunks_exact(bias.len())) {
+                    for ((o, x), b) in out.iter_mut().zip(x).zip(bias) {
+                        *o = x + b;
+                    }
+                }
+            }
+            None => {
+                for out in out.chunks_exact_mut(bias.len()) {
+                    out.copy_from_slice(bias);
+                }
             }
         }
     }
 }
 
 simd_fn! {
-    fn column_sums_into(m: &[f32], out: &mut [f32]) {
-        out.fill(0.0);
+    fn add_column_sums_of(m: &[f32], out: &mut [f32]) {
         add_column_sums(out, m);
     }
 }
@@ -210,14 +219,8 @@ fn linear(x: &[f32], l: &Linear<&[f32]>, residual: Option<&[f32]>) -> Vec<f32> {
     let (n_out, n_in) = (l.bias.len(), l.weight.len() / l.bias.len());
     let rows = x.len() / n_in;
     let mut y = take(rows * n_out);
-    match residual {
-        Some(r) => plus_bias(r, l.bias, &mut y),
-        None => {
-            for row in y.chunks_exact_mut(n_out) {
-                row.copy_from_slice(l.bias);
-            }
-        }
-    }
+    let chunk = ELEMENTS_PER_TASK.div_ceil(n_out) * n_out;
+    y.par_chunks_mut(chunk).enumerate().for_each(|(i, y)| rows_plus_bias(residual.map(|r| &r[i * chunk..i * chunk + y.len()]), l.bias, y));
     matmul(&mut y, View::new(x, rows, n_in), View::new(l.weight, n_in, n_out), true);
     y
 }
@@ -229,8 +232,7 @@ fn linear_backward(x: &[f32], l: &Linear<&[f32]>, dy: &[f32], dx: &mut [f32], ac
     let rows = dy.len() / n_out;
     let mut weight = vec![0f32; n_in * n_out];
     matmul(&mut weight, View::new(x, rows, n_in).t(), View::new(dy, rows, n_out), false);
-    let mut bias = vec![0f32; n_out];
-    column_sums_into(dy, &mut bias);
+    let bias = crate::reduce::over_rows(rows, n_out, |r, out| add_column_sums_of(&dy[r.start * n_out..r.end * n_out], out));
     matmul(dx, View::new(dy, rows, n_out), View::new(l.weight, n_in, n_out).t(), accumulate);
     Linear { weight, bias }
 }

@@ -79,9 +79,12 @@ pub(crate) fn backward(dout: &[f32], xhat: &[f32], rstd: &[f32], gamma: &[f32], 
         .zip(rstd.par_chunks(ROWS_PER_TASK))
         .zip(dx.par_chunks_mut(chunk))
         .for_each(|(((dout, xhat), rstd), dx)| backward_rows(dout, xhat, rstd, gamma, dx, accumulate));
-    dgamma.fill(0.0);
-    dbeta.fill(0.0);
-    parameter_grads(dout, xhat, dgamma, dbeta);
+    let sums = crate::reduce::over_rows(rstd.len(), 2 * w, |r, out| {
+        let (dg, db) = out.split_at_mut(w);
+        parameter_grads(&dout[r.start * w..r.end * w], &xhat[r.start * w..r.end * w], dg, db)
+    });
+    dgamma.copy_from_slice(&sums[..w]);
+    dbeta.copy_from_slice(&sums[w..]);
 }
 
 /// What [`layer_norm_backward`] reads, saved by [`layer_norm`].

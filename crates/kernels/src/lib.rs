@@ -23,6 +23,7 @@ mod buffers;
 mod layer_norm;
 mod math;
 mod matmul;
+mod reduce;
 
 pub use block::{BlockActivations, BlockGrads, BlockShape, BlockWeights, Block, Linear, Norm, PARAMETERS, backward, forward};
 pub use layer_norm::{LayerNormActivations, layer_norm, layer_norm_backward};
