@@ -56,7 +56,9 @@ impl StageKind for Evaluate {
         "evaluate"
     }
     fn version(&self) -> u32 {
-        1
+        // 2: the CPU runs blocks through the fused kernels (other summation
+        // order, so other low bits than version 1's outputs).
+        2
     }
     fn summary(&self) -> &'static str {
         "zero-shot classification, image-text retrieval and SugarCrepe-style compositional accuracy of a trained model"

@@ -91,7 +91,9 @@ impl StageKind for Train {
         "train"
     }
     fn version(&self) -> u32 {
-        1
+        // 2: the CPU runs blocks through the fused kernels (other summation
+        // order, so other low bits than version 1's outputs).
+        2
     }
     fn summary(&self) -> &'static str {
         "trains a ViT + projection head against cached text embeddings (LIFT) or with a scratch text tower (CLIP)"
