@@ -34,7 +34,13 @@ pub struct Cell {
 }
 
 impl Cell {
+    /// Mean and sample std of `values`, summed in sorted order so the cell
+    /// does not depend on the order the store returned the rows in (two
+    /// orders can differ in the last bit).
     pub fn of(values: &[f64]) -> Cell {
+        let mut sorted = values.to_vec();
+        sorted.sort_by(f64::total_cmp);
+        let values = &sorted;
         let n = values.len();
         let mean = values.iter().sum::<f64>() / n as f64;
         let std = if n > 1 { (values.iter().map(|v| (v - mean).powi(2)).sum::<f64>() / (n - 1) as f64).sqrt() } else { 0.0 };
@@ -274,6 +280,11 @@ mod tests {
         assert_eq!(table[0].axes["loss"], json!("cosine"));
         let c = table[0].metrics["top1"];
         assert!((c.mean - 0.5).abs() < 1e-12 && c.n == 2 && (c.std - 0.141_421_356).abs() < 1e-6);
+        // The same values in any order give the same bits.
+        let v = [1.0, 1e-16, 1e-16, -1.0]; // summed as given: 0 one way, 2.2e-16 the other
+        let mut w = v;
+        w.reverse();
+        assert_eq!(Cell::of(&v), Cell::of(&w));
         assert!((table[1].metrics["top1"].mean - 0.3).abs() < 1e-12);
         let everything = summarize(&rows, &["top1".to_owned()], &[], &order);
         assert_eq!(everything.len(), 1);
