@@ -91,7 +91,11 @@ fn fused_block_matches_burn_ops_in_value_and_gradient() {
 
         let run = |fused: bool| {
             let x = x.clone().require_grad();
-            let y = if fused { block.forward(x.clone(), batch, tokens, causal) } else { block.forward_decomposed(x.clone(), batch, tokens, causal) };
+            let y = if fused {
+                block.forward(x.clone(), batch, tokens, causal)
+            } else {
+                block.forward_decomposed(x.clone(), batch, tokens, causal)
+            };
             let grads = (y.clone() * r.clone()).sum().backward();
             let mut out = vec![host(y.inner()), host(x.grad(&grads).unwrap())];
             out.extend(param_grads(&block, &grads));

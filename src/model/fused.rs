@@ -13,11 +13,11 @@
 
 use super::transformer::{Block, LAYER_NORM_EPS};
 use ablate_kernels as kernels;
+use burn::backend::Autodiff;
 use burn::backend::Flex;
 use burn::backend::autodiff::checkpoint::{base::Checkpointer, strategy::NoCheckpointing};
 use burn::backend::autodiff::grads::Gradients;
 use burn::backend::autodiff::ops::{Backward, Ops, OpsKind};
-use burn::backend::Autodiff;
 use burn::backend::flex::FlexTensor;
 use burn::prelude::*;
 use burn::tensor::ops::FloatTensor;
@@ -39,7 +39,13 @@ const PARAMS: usize = kernels::PARAMETERS;
 
 /// `block.forward(x)` through the fused kernels, or `Err(x)` back where this
 /// backend has none (or the block lacks a bias, which the kernels assume).
-pub(super) fn forward<B: Backend>(block: &Block<B>, x: Tensor<B, 2>, batch: usize, tokens: usize, causal: bool) -> Result<Tensor<B, 2>, Tensor<B, 2>> {
+pub(super) fn forward<B: Backend>(
+    block: &Block<B>,
+    x: Tensor<B, 2>,
+    batch: usize,
+    tokens: usize,
+    causal: bool,
+) -> Result<Tensor<B, 2>, Tensor<B, 2>> {
     let Some(graph) = Graph::of::<B>() else { return Err(x) };
     let Some(params) = parameters(block) else { return Err(x) };
     let [_, width] = x.dims();
@@ -156,7 +162,11 @@ impl Backward<Flex, { PARAMS + 1 }> for FusedBlockBackward {
     }
 }
 
-fn autodiff_forward(shape: kernels::BlockShape, x: FloatTensor<Autodiff<Flex>>, params: [FloatTensor<Autodiff<Flex>>; PARAMS]) -> FloatTensor<Autodiff<Flex>> {
+fn autodiff_forward(
+    shape: kernels::BlockShape,
+    x: FloatTensor<Autodiff<Flex>>,
+    params: [FloatTensor<Autodiff<Flex>>; PARAMS],
+) -> FloatTensor<Autodiff<Flex>> {
     let nodes: [_; PARAMS + 1] = std::array::from_fn(|i| if i == 0 { x.node.clone() } else { params[i - 1].node.clone() });
     let weights = params.map(|p| p.primitive);
     let out_shape = x.primitive.shape();
@@ -211,9 +221,14 @@ impl Backward<Flex, 3> for FusedLayerNormBackward {
     }
 }
 
-fn autodiff_layer_norm(x: FloatTensor<Autodiff<Flex>>, gamma: FloatTensor<Autodiff<Flex>>, beta: FloatTensor<Autodiff<Flex>>) -> FloatTensor<Autodiff<Flex>> {
+fn autodiff_layer_norm(
+    x: FloatTensor<Autodiff<Flex>>,
+    gamma: FloatTensor<Autodiff<Flex>>,
+    beta: FloatTensor<Autodiff<Flex>>,
+) -> FloatTensor<Autodiff<Flex>> {
     let nodes = [x.node.clone(), gamma.node.clone(), beta.node.clone()];
-    let (y, activations) = kernels::layer_norm(&values(&x.primitive), &values(&gamma.primitive), &values(&beta.primitive), LAYER_NORM_EPS as f32);
+    let (y, activations) =
+        kernels::layer_norm(&values(&x.primitive), &values(&gamma.primitive), &values(&beta.primitive), LAYER_NORM_EPS as f32);
     let y = tensor(y, x.primitive.shape());
     match FusedLayerNormBackward.prepare::<NoCheckpointing>(nodes).compute_bound().stateful() {
         OpsKind::Tracked(prep) => prep.finish(Arc::new(SavedNorm { gamma: gamma.primitive, activations }), y),

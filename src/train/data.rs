@@ -7,8 +7,8 @@
 //! a checkpoint is its step.
 
 use crate::rng::Rng;
-use rayon::prelude::*;
 use crate::stages::caption_ingest::artifacts::IngestImages;
+use rayon::prelude::*;
 
 /// CLIP's (OpenAI's) per-channel image mean and standard deviation.
 pub const MEAN: [f32; 3] = [0.481_454_66, 0.457_827_5, 0.408_210_73];

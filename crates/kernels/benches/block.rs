@@ -18,7 +18,8 @@ fn pseudo_random(n: usize, seed: u64) -> Vec<f32> {
 }
 
 fn main() {
-    let presets = [("vit-micro, batch 64", 64, 65, 64, 4), ("vit-micro, batch 256", 256, 65, 64, 4), ("vit-tiny, batch 16", 16, 197, 192, 3)];
+    let presets =
+        [("vit-micro, batch 64", 64, 65, 64, 4), ("vit-micro, batch 256", 256, 65, 64, 4), ("vit-tiny, batch 16", 16, 197, 192, 3)];
     println!("| block | forward ms | GFLOP/s | backward ms | GFLOP/s |");
     println!("|---|---|---|---|---|");
     for (name, sequences, tokens, width, heads) in presets {

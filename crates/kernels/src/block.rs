@@ -84,8 +84,22 @@ impl<T> Block<T> {
     pub fn into_array(self) -> [T; PARAMETERS] {
         let Block { ln_1, q, k, v, out, ln_2, fc, proj } = self;
         [
-            ln_1.gamma, ln_1.beta, q.weight, q.bias, k.weight, k.bias, v.weight, v.bias, out.weight, out.bias, ln_2.gamma, ln_2.beta, fc.weight, fc.bias,
-            proj.weight, proj.bias,
+            ln_1.gamma,
+            ln_1.beta,
+            q.weight,
+            q.bias,
+            k.weight,
+            k.bias,
+            v.weight,
+            v.bias,
+            out.weight,
+            out.bias,
+            ln_2.gamma,
+            ln_2.beta,
+            fc.weight,
+            fc.bias,
+            proj.weight,
+            proj.bias,
         ]
     }
 
@@ -137,7 +151,22 @@ pub struct BlockActivations {
 impl Drop for BlockActivations {
     fn drop(&mut self) {
         let a = self;
-        give([&mut a.xhat_1, &mut a.rstd_1, &mut a.ln_1, &mut a.qkv, &mut a.probs, &mut a.ctx, &mut a.xhat_2, &mut a.rstd_2, &mut a.ln_2, &mut a.fc, &mut a.gelu].map(std::mem::take));
+        give(
+            [
+                &mut a.xhat_1,
+                &mut a.rstd_1,
+                &mut a.ln_1,
+                &mut a.qkv,
+                &mut a.probs,
+                &mut a.ctx,
+                &mut a.xhat_2,
+                &mut a.rstd_2,
+                &mut a.ln_2,
+                &mut a.fc,
+                &mut a.gelu,
+            ]
+            .map(std::mem::take),
+        );
     }
 }
 

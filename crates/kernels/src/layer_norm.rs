@@ -71,7 +71,16 @@ simd_fn! {
 /// Gradients of [`forward`]: `dx` (added to when `accumulate`, e.g. a
 /// residual's gradient already there), `dgamma`, `dbeta` (overwritten).
 #[allow(clippy::too_many_arguments)]
-pub(crate) fn backward(dout: &[f32], xhat: &[f32], rstd: &[f32], gamma: &[f32], dx: &mut [f32], accumulate: bool, dgamma: &mut [f32], dbeta: &mut [f32]) {
+pub(crate) fn backward(
+    dout: &[f32],
+    xhat: &[f32],
+    rstd: &[f32],
+    gamma: &[f32],
+    dx: &mut [f32],
+    accumulate: bool,
+    dgamma: &mut [f32],
+    dbeta: &mut [f32],
+) {
     let w = gamma.len();
     let chunk = ROWS_PER_TASK * w;
     dout.par_chunks(chunk)

@@ -25,6 +25,6 @@ mod math;
 mod matmul;
 mod reduce;
 
-pub use block::{BlockActivations, BlockGrads, BlockShape, BlockWeights, Block, Linear, Norm, PARAMETERS, backward, forward};
+pub use block::{Block, BlockActivations, BlockGrads, BlockShape, BlockWeights, Linear, Norm, PARAMETERS, backward, forward};
 pub use layer_norm::{LayerNormActivations, layer_norm, layer_norm_backward};
 pub use math::{erf, exp, gelu, gelu_grad};
