@@ -289,6 +289,7 @@ pub fn forward(s: &BlockShape, p: &BlockWeights, x: &[f32]) -> (Vec<f32>, BlockA
     let mut gelu = take(fc.len());
     elementwise(&fc, &mut gelu, gelu_into);
     let y = linear(&gelu, &p.proj, Some(&x1));
+    give([x1]);
     (y, BlockActivations { xhat_1, rstd_1, ln_1, qkv, probs, ctx, xhat_2, rstd_2, ln_2, fc, gelu })
 }
 

@@ -19,8 +19,11 @@ static FREE: Mutex<Vec<Vec<f32>>> = Mutex::new(Vec::new());
 pub(crate) fn take(len: usize) -> Vec<f32> {
     if len >= MIN_LEN {
         let mut free = FREE.lock().unwrap_or_else(|e| e.into_inner());
-        // The smallest pooled buffer that is long enough.
-        let best = free.iter().enumerate().filter(|(_, b)| b.len() >= len).min_by_key(|(_, b)| b.len()).map(|(i, _)| i);
+        // The smallest pooled buffer that is long enough but not much longer:
+        // a large one handed out for a small request would leave with it
+        // (outputs become tensors) and the next large request would find none.
+        let fits = |b: &Vec<f32>| b.len() >= len && b.len() <= len + len / 4;
+        let best = free.iter().enumerate().filter(|(_, b)| fits(b)).min_by_key(|(_, b)| b.len()).map(|(i, _)| i);
         if let Some(i) = best {
             let mut b = free.swap_remove(i);
             b.truncate(len);
