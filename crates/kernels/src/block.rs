@@ -26,7 +26,7 @@ pub struct BlockShape {
 }
 
 impl BlockShape {
-    /// Whether the kernels cover this shape (head sizes 8, 16, 32, 64, 128).
+    /// Whether the kernels cover this shape (the width splits into whole heads).
     pub fn supported(&self) -> bool {
         self.heads > 0 && self.width % self.heads == 0
     }
@@ -132,8 +132,10 @@ impl BlockWeights<'_> {
 }
 
 /// What the backward pass reads, saved by [`forward`].
-#[derive(Clone, Debug)]
+#[derive(Debug)]
 pub struct BlockActivations {
+    /// The q, k, v projections as one layer ([`concat_qkv`]), as forward used it.
+    qkv_layer: Linear<Vec<f32>>,
     xhat_1: Vec<f32>,
     rstd_1: Vec<f32>,
     ln_1: Vec<f32>,
@@ -290,7 +292,7 @@ pub fn forward(s: &BlockShape, p: &BlockWeights, x: &[f32]) -> (Vec<f32>, BlockA
     elementwise(&fc, &mut gelu, gelu_into);
     let y = linear(&gelu, &p.proj, Some(&x1));
     give([x1]);
-    (y, BlockActivations { xhat_1, rstd_1, ln_1, qkv, probs, ctx, xhat_2, rstd_2, ln_2, fc, gelu })
+    (y, BlockActivations { qkv_layer, xhat_1, rstd_1, ln_1, qkv, probs, ctx, xhat_2, rstd_2, ln_2, fc, gelu })
 }
 
 /// Gradients of [`forward`]'s output with respect to its input and every
@@ -308,19 +310,17 @@ pub fn backward(s: &BlockShape, p: &BlockWeights, a: &BlockActivations, dy: &[f3
     give([d_hidden]);
     let mut dx1 = take(n * w);
     dx1.copy_from_slice(dy);
-    let mut ln_2 = Norm { gamma: vec![0f32; w], beta: vec![0f32; w] };
-    layer_norm::backward(&d_ln_2, &a.xhat_2, &a.rstd_2, p.ln_2.gamma, &mut dx1, true, &mut ln_2.gamma, &mut ln_2.beta);
+    let ln_2 = layer_norm::backward(&d_ln_2, &a.xhat_2, &a.rstd_2, p.ln_2.gamma, &mut dx1, true);
     // x₁ = x + Out(Attn(q, k, v)), q, k, v = Linear(LN₁(x)).
     let mut d_ctx = d_ln_2;
     let out = linear_backward(&a.ctx, &p.out, &dx1, &mut d_ctx, false);
     let mut dqkv = take(3 * n * w);
     attention::backward(s.heads(), &a.qkv, &a.probs, &d_ctx, &mut dqkv);
     let mut d_ln_1 = d_ctx;
-    let [q, k, v] = split_qkv(linear_backward(&a.ln_1, &concat_qkv(p).as_slices(), &dqkv, &mut d_ln_1, false));
+    let [q, k, v] = split_qkv(linear_backward(&a.ln_1, &a.qkv_layer.as_slices(), &dqkv, &mut d_ln_1, false));
     give([dqkv]);
     let mut dx = dx1;
-    let mut ln_1 = Norm { gamma: vec![0f32; w], beta: vec![0f32; w] };
-    layer_norm::backward(&d_ln_1, &a.xhat_1, &a.rstd_1, p.ln_1.gamma, &mut dx, true, &mut ln_1.gamma, &mut ln_1.beta);
+    let ln_1 = layer_norm::backward(&d_ln_1, &a.xhat_1, &a.rstd_1, p.ln_1.gamma, &mut dx, true);
     give([d_ln_1]);
     BlockGrads { x: dx, params: Block { ln_1, q, k, v, out, ln_2, fc, proj } }
 }

@@ -1,11 +1,12 @@
 //! LayerNorm over the last dimension, keeping what the backward pass needs
 //! (the normalised rows and 1/σ) instead of recomputing the statistics.
 
+use crate::block::Norm;
 use crate::simd::{add_column_sums, dot, sum};
 use rayon::prelude::*;
 
 /// Rows per parallel task: enough work to amortise the hand-off.
-pub(crate) const ROWS_PER_TASK: usize = 64;
+const ROWS_PER_TASK: usize = 64;
 
 simd_fn! {
     fn forward_rows(x: &[f32], gamma: &[f32], beta: &[f32], eps: f32, out: &mut [f32], xhat: &mut [f32], rstd: &mut [f32]) {
@@ -69,18 +70,8 @@ simd_fn! {
 }
 
 /// Gradients of [`forward`]: `dx` (added to when `accumulate`, e.g. a
-/// residual's gradient already there), `dgamma`, `dbeta` (overwritten).
-#[allow(clippy::too_many_arguments)]
-pub(crate) fn backward(
-    dout: &[f32],
-    xhat: &[f32],
-    rstd: &[f32],
-    gamma: &[f32],
-    dx: &mut [f32],
-    accumulate: bool,
-    dgamma: &mut [f32],
-    dbeta: &mut [f32],
-) {
+/// residual's gradient already there), and the returned dγ, dβ.
+pub(crate) fn backward(dout: &[f32], xhat: &[f32], rstd: &[f32], gamma: &[f32], dx: &mut [f32], accumulate: bool) -> Norm<Vec<f32>> {
     let w = gamma.len();
     let chunk = ROWS_PER_TASK * w;
     dout.par_chunks(chunk)
@@ -88,12 +79,12 @@ pub(crate) fn backward(
         .zip(rstd.par_chunks(ROWS_PER_TASK))
         .zip(dx.par_chunks_mut(chunk))
         .for_each(|(((dout, xhat), rstd), dx)| backward_rows(dout, xhat, rstd, gamma, dx, accumulate));
-    let sums = crate::reduce::over_rows(rstd.len(), 2 * w, |r, out| {
+    let mut sums = crate::reduce::over_rows(rstd.len(), 2 * w, |r, out| {
         let (dg, db) = out.split_at_mut(w);
         parameter_grads(&dout[r.start * w..r.end * w], &xhat[r.start * w..r.end * w], dg, db)
     });
-    dgamma.copy_from_slice(&sums[..w]);
-    dbeta.copy_from_slice(&sums[w..]);
+    let beta = sums.split_off(w);
+    Norm { gamma: sums, beta }
 }
 
 /// What [`layer_norm_backward`] reads, saved by [`layer_norm`].
@@ -122,7 +113,7 @@ pub fn layer_norm(x: &[f32], gamma: &[f32], beta: &[f32], eps: f32) -> (Vec<f32>
 /// Gradients of [`layer_norm`] given the output's: (dx, dγ, dβ).
 pub fn layer_norm_backward(a: &LayerNormActivations, gamma: &[f32], dout: &[f32]) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
     assert_eq!(dout.len(), a.xhat.len(), "layer norm gradient does not match its input");
-    let (mut dx, mut dgamma, mut dbeta) = (vec![0f32; dout.len()], vec![0f32; gamma.len()], vec![0f32; gamma.len()]);
-    backward(dout, &a.xhat, &a.rstd, gamma, &mut dx, false, &mut dgamma, &mut dbeta);
+    let mut dx = vec![0f32; dout.len()];
+    let Norm { gamma: dgamma, beta: dbeta } = backward(dout, &a.xhat, &a.rstd, gamma, &mut dx, false);
     (dx, dgamma, dbeta)
 }

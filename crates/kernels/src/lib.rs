@@ -27,4 +27,3 @@ mod reduce;
 
 pub use block::{Block, BlockActivations, BlockGrads, BlockShape, BlockWeights, Linear, Norm, PARAMETERS, backward, forward};
 pub use layer_norm::{LayerNormActivations, layer_norm, layer_norm_backward};
-pub use math::{erf, exp, gelu, gelu_grad};
