@@ -78,8 +78,8 @@ fn random_crop(rng: &mut Rng, side: usize) -> Rect {
 /// Writes image `pixels` (`side`² HWC u8) cropped to `rect`, resized
 /// bilinearly to `size`², normalised, as `(size/patch)²` patches of
 /// `3·patch²` values (channel-major, then rows, then columns: a conv kernel's
-/// order), appended to `out`.
-fn push_patches(pixels: &[u8], side: usize, rect: Rect, size: usize, patch: usize, out: &mut Vec<f32>) {
+/// order), into `out` (`3·size²` values).
+fn write_patches(pixels: &[u8], side: usize, rect: Rect, size: usize, patch: usize, out: &mut [f32]) {
     let (x0, y0, w, h) = rect;
     let identity = side == size && w == side as f64 && h == side as f64 && x0 == 0.0 && y0 == 0.0;
     let mut image = vec![0f32; size * size * 3];
@@ -102,12 +102,13 @@ fn push_patches(pixels: &[u8], side: usize, rect: Rect, size: usize, patch: usiz
         }
     }
     let grid = size / patch;
+    let mut out = out.iter_mut();
     for py in 0..grid {
         for px in 0..grid {
             for c in 0..3 {
                 for y in 0..patch {
                     for x in 0..patch {
-                        out.push(image[((py * patch + y) * size + px * patch + x) * 3 + c]);
+                        *out.next().expect("out holds 3·size² values") = image[((py * patch + y) * size + px * patch + x) * 3 + c];
                     }
                 }
             }
@@ -120,25 +121,19 @@ fn push_patches(pixels: &[u8], side: usize, rect: Rect, size: usize, patch: usiz
 pub fn train_patches(images: &IngestImages, plan: &mut BatchPlan, size: usize, patch: usize) -> Vec<f32> {
     // Images in parallel (each has its own random stream, so the result does
     // not depend on the split); ≈ 3 % of a vit-micro CPU step on one thread.
-    let per_image: Vec<Vec<f32>> = plan
-        .images
-        .par_iter()
-        .zip(plan.crops.par_iter_mut())
-        .map(|(&i, rng)| {
-            let mut out = Vec::with_capacity(size * size * 3);
-            push_patches(images.image(i), images.side, random_crop(rng, images.side), size, patch, &mut out);
-            out
-        })
-        .collect();
-    per_image.concat()
+    let mut out = vec![0f32; plan.images.len() * size * size * 3];
+    out.par_chunks_mut(size * size * 3)
+        .zip(plan.images.par_iter().zip(plan.crops.par_iter_mut()))
+        .for_each(|(out, (&i, rng))| write_patches(images.image(i), images.side, random_crop(rng, images.side), size, patch, out));
+    out
 }
 
 /// Patches of whole images, resized (evaluation).
 pub fn eval_patches(images: &IngestImages, indices: &[usize], size: usize, patch: usize) -> Vec<f32> {
-    let mut out = Vec::with_capacity(indices.len() * size * size * 3);
+    let mut out = vec![0f32; indices.len() * size * size * 3];
     let full = (0.0, 0.0, images.side as f64, images.side as f64);
-    for &i in indices {
-        push_patches(images.image(i), images.side, full, size, patch, &mut out);
+    for (out, &i) in out.chunks_exact_mut(size * size * 3).zip(indices) {
+        write_patches(images.image(i), images.side, full, size, patch, out);
     }
     out
 }
