@@ -62,8 +62,20 @@ fn kill_9_during_training_then_rerun_gives_bit_identical_weights() {
     let killed = Ws::new();
     let file = killed.write("p.toml", &text);
     let run = killed.spawn(&["run", file.to_str().unwrap()]);
-    wait_until(Duration::from_secs(120), "a training checkpoint", || checkpoints(&killed) > 0);
+    // A checkpoint is recorded in the store as an artifact of the running
+    // attempt, with the curve up to it, before the attempt ends.
+    let recorded = |ws: &Ws| {
+        let sql = "SELECT a.hash, a.path, (SELECT count(*) FROM metrics m WHERE m.attempt_id = a.attempt_id AND m.name = 'train.loss') AS losses \
+                   FROM artifacts a JOIN attempts t ON t.id = a.attempt_id WHERE a.name = 'checkpoint.safetensors' AND t.status <> 'done'";
+        ws.run(&["sql", sql, "--json"]).ok().json().as_array().unwrap().clone()
+    };
+    wait_until(Duration::from_secs(120), "a recorded training checkpoint", || checkpoints(&killed) > 0 && !recorded(&killed).is_empty());
     assert_eq!(run.kill9().code, None, "killed by a signal");
+    let live = recorded(&killed);
+    assert_eq!(live.len(), 1, "one checkpoint artifact, replaced as training goes on: {live:?}");
+    assert!(live[0]["losses"].as_i64().unwrap() >= 4, "the curve up to the checkpoint is in the store: {live:?}");
+    let object = std::fs::read(killed.store().join(live[0]["path"].as_str().unwrap())).expect("the checkpoint object exists");
+    assert_eq!(hex::encode(<sha2::Sha256 as sha2::Digest>::digest(&object)), live[0]["hash"].as_str().unwrap());
     let rerun = killed.run(&["run", file.to_str().unwrap()]).ok();
     assert!(rerun.stdout.contains("executed"), "{}", rerun.describe());
 

@@ -722,7 +722,7 @@ fn bench_train(model: &str, loss: &str, batch: usize, steps: usize, warmup: usiz
     if batch < 2 || steps < 1 {
         return Err(UsageError("--batch must be at least 2 and --steps at least 1".into()).into());
     }
-    let gpu = request.gpu_index();
+    let gpu = request.gpu().map_err(|e| UsageError(format!("{e:#}")))?;
     let (result, device_name) = match gpu {
         None => (
             crate::train::bench::run::<burn::backend::Autodiff<crate::text::Cpu>>(model, loss, batch, warmup, steps, &Default::default())?,
@@ -741,7 +741,7 @@ fn bench_train(model: &str, loss: &str, batch: usize, steps: usize, warmup: usiz
             format!("cuda:{n}"),
         ),
         #[cfg(not(feature = "cuda"))]
-        Some(n) => return Err(UsageError(format!("device cuda:{n} needs a build with `--features cuda`")).into()),
+        Some(_) => unreachable!("DeviceRequest::gpu refuses GPUs in a build without `cuda`"),
     };
     if json {
         print_json(&json!({"device": device_name, "result": result}));

@@ -9,8 +9,8 @@ use std::sync::Arc;
 
 use anyhow::Context as _;
 
-use crate::stages::{CancelToken, Interrupted, MetricPoint, Params, Progress, StageContext, StageKind, UpstreamOutputs};
-use crate::store::{AttemptEnd, DoneAttempt, PutObject, Store, Verified};
+use crate::stages::{CancelToken, Interrupted, MetricPoint, Params, Progress, Recorder, StageContext, StageKind, UpstreamOutputs};
+use crate::store::{AttemptEnd, DoneAttempt, ObjectStore, PutObject, Store, Verified};
 
 /// The done outputs of one upstream instance.
 #[derive(Debug, Clone)]
@@ -95,7 +95,10 @@ pub async fn run_job(
             artifacts: u.done.artifacts.iter().map(|a| (a.name.clone(), objects.path(&a.hash))).collect(),
         })
         .collect();
-    let mut ctx = StageContext::new(job.params.clone(), upstream, attempt_dir.join("out"), workspace.state_dir(&job.key), cancel, progress);
+    let (recorder, records) = StoreRecorder::new(objects.clone(), attempt_dir.join("recorded"));
+    let writer = tokio::spawn(write_records(store.clone(), job.instance_id, attempt_id, records));
+    let mut ctx = StageContext::new(job.params.clone(), upstream, attempt_dir.join("out"), workspace.state_dir(&job.key), cancel, progress)
+        .with_recorder(Arc::new(recorder));
     let kind = job.kind;
     let blocking = tokio::task::spawn_blocking(move || {
         let result = std::panic::catch_unwind(AssertUnwindSafe(|| kind.run(&mut ctx)));
@@ -116,6 +119,13 @@ pub async fn run_job(
         (outcome, metrics)
     });
     let (outcome, metrics): (anyhow::Result<Vec<(String, PutObject)>>, Vec<MetricPoint>) = blocking.await.context("stage thread")?;
+    // The context (and with it the recorder's sender) is gone: the writer
+    // drains what the stage sent, so the attempt's end comes after its records.
+    let recorded = writer.await.context("record writer")?;
+    let outcome = match recorded {
+        Err(e) if outcome.is_ok() => Err(e),
+        _ => outcome,
+    };
     let end = match outcome {
         Ok(artifacts) => {
             store.commit_done(attempt_id, job.instance_id, &artifacts, &metrics).await?;
@@ -133,6 +143,83 @@ pub async fn run_job(
     };
     let _ = std::fs::remove_dir_all(&attempt_dir);
     Ok(end)
+}
+
+/// What a running stage sends to the store before it ends.
+enum Record {
+    Metrics(Vec<MetricPoint>),
+    Artifact(String, PutObject),
+    Device(String),
+}
+
+/// The [`Recorder`] of a job: objects are stored on the stage's thread, rows
+/// are written by [`write_records`] on the runtime, in the order sent.
+struct StoreRecorder {
+    objects: ObjectStore,
+    /// Where a recorded file is linked (or copied) before it moves into the object store.
+    staging: std::path::PathBuf,
+    sender: tokio::sync::mpsc::UnboundedSender<Record>,
+}
+
+impl StoreRecorder {
+    fn new(objects: ObjectStore, staging: std::path::PathBuf) -> (Self, tokio::sync::mpsc::UnboundedReceiver<Record>) {
+        let (sender, receiver) = tokio::sync::mpsc::unbounded_channel();
+        (StoreRecorder { objects, staging, sender }, receiver)
+    }
+
+    fn send(&self, record: Record) {
+        // The writer lives until every sender is dropped, so this cannot fail.
+        let _ = self.sender.send(record);
+    }
+}
+
+impl Recorder for StoreRecorder {
+    fn metrics(&self, points: Vec<MetricPoint>) {
+        self.send(Record::Metrics(points));
+    }
+
+    fn artifact(&self, name: &str, path: &std::path::Path) -> anyhow::Result<()> {
+        // The object store takes files by rename: give it a second name of the
+        // file (a hard link, else a copy) so the stage's own stays in place.
+        std::fs::create_dir_all(&self.staging).with_context(|| format!("creating {}", self.staging.display()))?;
+        let staged = self.staging.join(name);
+        let _ = std::fs::remove_file(&staged);
+        if std::fs::hard_link(path, &staged).is_err() {
+            std::fs::copy(path, &staged).with_context(|| format!("copying {} for the store", path.display()))?;
+        }
+        let object = self.objects.put(&staged).with_context(|| format!("storing artifact {name}"))?;
+        self.send(Record::Artifact(name.to_owned(), object));
+        Ok(())
+    }
+
+    fn device(&self, device: &str) {
+        self.send(Record::Device(device.to_owned()));
+    }
+}
+
+/// Writes a running attempt's records as they come; the first failure is
+/// returned once the stage has ended (the stage itself is not stopped).
+async fn write_records(
+    store: Store,
+    instance_id: i64,
+    attempt_id: i64,
+    mut records: tokio::sync::mpsc::UnboundedReceiver<Record>,
+) -> anyhow::Result<()> {
+    let mut first_error = None;
+    while let Some(record) = records.recv().await {
+        let written = match &record {
+            Record::Metrics(points) => store.insert_metrics(instance_id, attempt_id, points).await.context("recording metrics"),
+            Record::Artifact(name, object) => {
+                store.record_artifact(instance_id, attempt_id, name, object).await.with_context(|| format!("recording artifact {name}"))
+            }
+            Record::Device(device) => store.set_attempt_device(attempt_id, device).await.context("recording the device"),
+        };
+        if let Err(e) = written {
+            tracing::warn!("{e:#}");
+            first_error.get_or_insert(e);
+        }
+    }
+    first_error.map_or(Ok(()), Err)
 }
 
 fn panic_message(panic: &Box<dyn std::any::Any + Send>) -> String {

@@ -44,6 +44,19 @@ pub trait Progress: Send + Sync {
 pub struct NoProgress;
 impl Progress for NoProgress {}
 
+/// Where a running stage's records go before it ends. The job runner hands
+/// them to the store at once, so curves grow live and a checkpoint is in the
+/// store before a crash; without one (unit tests) they wait for the end.
+pub trait Recorder: Send + Sync {
+    /// Appends metric points to the running attempt.
+    fn metrics(&self, points: Vec<MetricPoint>);
+    /// Records the file at `path` (left in place) as the running attempt's
+    /// artifact `name`, replacing an earlier one of that name.
+    fn artifact(&self, name: &str, path: &Path) -> anyhow::Result<()>;
+    /// Records the device the attempt computes on (`cpu`, `cuda:0`).
+    fn device(&self, device: &str);
+}
+
 /// One metric value, at a step (training curves) or without one (final numbers).
 #[derive(Debug, Clone, PartialEq)]
 pub struct MetricPoint {
@@ -81,6 +94,7 @@ pub struct StageContext {
     metrics: Vec<MetricPoint>,
     cancel: CancelToken,
     progress: Arc<dyn Progress>,
+    recorder: Option<Arc<dyn Recorder>>,
 }
 
 /// What a finished stage hands back.
@@ -100,7 +114,23 @@ impl StageContext {
         cancel: CancelToken,
         progress: Arc<dyn Progress>,
     ) -> Self {
-        StageContext { params, upstream, out_dir, state_dir, outputs: BTreeMap::new(), metrics: Vec::new(), cancel, progress }
+        StageContext {
+            params,
+            upstream,
+            out_dir,
+            state_dir,
+            outputs: BTreeMap::new(),
+            metrics: Vec::new(),
+            cancel,
+            progress,
+            recorder: None,
+        }
+    }
+
+    /// Sends records to `recorder` while the stage runs (see [`Recorder`]).
+    pub fn with_recorder(mut self, recorder: Arc<dyn Recorder>) -> Self {
+        self.recorder = Some(recorder);
+        self
     }
 
     pub fn params(&self) -> &Params {
@@ -157,6 +187,34 @@ impl StageContext {
     /// Records a metric value at a step (a point on a curve).
     pub fn metric_at(&mut self, name: &str, step: i64, value: f64) {
         self.metrics.push(MetricPoint { name: name.to_owned(), step: Some(step), value });
+    }
+
+    /// Hands the metrics recorded so far to the store now (a live curve)
+    /// instead of with the attempt's end.
+    pub fn flush_metrics(&mut self) {
+        if let Some(recorder) = &self.recorder
+            && !self.metrics.is_empty()
+        {
+            recorder.metrics(std::mem::take(&mut self.metrics));
+        }
+    }
+
+    /// Records a file the stage keeps updating (a checkpoint) as artifact
+    /// `name` of the running attempt now, so a crash does not lose the record
+    /// of it; the file stays where it is. The stage's final output of the
+    /// same name, if any, replaces it when the attempt ends.
+    pub fn record_artifact_now(&mut self, name: &str, path: &Path) -> anyhow::Result<()> {
+        match &self.recorder {
+            Some(recorder) => recorder.artifact(name, path),
+            None => Ok(()),
+        }
+    }
+
+    /// Records the device the stage computes on (shown by `runs`, `show`, the dashboard).
+    pub fn ran_on(&self, device: &str) {
+        if let Some(recorder) = &self.recorder {
+            recorder.device(device);
+        }
     }
 
     pub fn progress(&self) -> &dyn Progress {

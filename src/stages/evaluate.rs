@@ -131,6 +131,7 @@ impl StageKind for Evaluate {
             prompts: &prompts,
             batch,
         };
+        ctx.ran_on(&device.resolved_name());
         let e = embed_on_device(device, &job)?;
 
         if suites.iter().any(|s| s == "zero_shot") {
@@ -215,12 +216,12 @@ struct Embedded {
 }
 
 fn embed_on_device(device: DeviceRequest, job: &EmbedJob<'_>) -> anyhow::Result<Embedded> {
-    match device.gpu_index() {
+    match device.gpu()? {
         None => embed::<crate::text::Cpu>(job, &Default::default()),
         #[cfg(feature = "cuda")]
         Some(n) => embed::<crate::text::Cuda>(job, &burn::backend::cuda::CudaDevice::new(n)),
         #[cfg(not(feature = "cuda"))]
-        Some(n) => bail!("device cuda:{n} needs a build with `--features cuda`"),
+        Some(_) => unreachable!("DeviceRequest::gpu refuses GPUs in a build without `cuda`"),
     }
 }
 

@@ -16,7 +16,7 @@ pub mod text_embed;
 pub mod text_similarity;
 pub mod train;
 
-pub use context::{CancelToken, Interrupted, MetricPoint, NoProgress, Progress, StageContext, StageOutputs, UpstreamOutputs};
+pub use context::{CancelToken, Interrupted, MetricPoint, NoProgress, Progress, Recorder, StageContext, StageOutputs, UpstreamOutputs};
 pub use params::{ParamDefault, ParamSpec, ParamType, Params};
 
 /// Resources an instance asks the scheduler for, by default (a stage's

@@ -104,6 +104,7 @@ impl StageEncoder {
     /// Embeds `texts`, each distinct text once, with a progress bar in texts
     /// per second; returns one embedding per input text, in order.
     pub fn embed(&self, ctx: &StageContext, texts: &[&str]) -> anyhow::Result<(Vec<Vec<f32>>, EmbedStats)> {
+        ctx.ran_on(&self.encoder.device_name());
         let mut slot: HashMap<&str, usize> = HashMap::new();
         let mut unique: Vec<&str> = Vec::new();
         let rows: Vec<usize> = texts

@@ -243,7 +243,9 @@ impl StageKind for Train {
         let checkpoint_path = ctx.state_dir()?.join("checkpoint.safetensors");
         let device = DeviceRequest::parse(params.str("device")).map_err(anyhow::Error::msg)?;
 
-        let mut observer = StageObserver { ctx: &mut *ctx, started: std::time::Instant::now() };
+        ctx.ran_on(&device.resolved_name());
+        let now = std::time::Instant::now();
+        let mut observer = StageObserver { ctx: &mut *ctx, started: now, flushed: now };
         let trained = match run_on_device(device, &spec, &inputs, &checkpoint_path, &mut observer) {
             Ok(t) => t,
             Err(e) => {
@@ -309,7 +311,7 @@ fn run_on_device(
     observer: &mut StageObserver<'_>,
 ) -> anyhow::Result<train::Trained> {
     type CpuTrain = burn::backend::Autodiff<crate::text::Cpu>;
-    match device.gpu_index() {
+    match device.gpu()? {
         None => train::run::<CpuTrain>(spec, inputs, &Default::default(), checkpoint, observer),
         #[cfg(feature = "cuda")]
         Some(n) => {
@@ -317,15 +319,21 @@ fn run_on_device(
             train::run::<GpuTrain>(spec, inputs, &burn::backend::cuda::CudaDevice::new(n), checkpoint, observer)
         }
         #[cfg(not(feature = "cuda"))]
-        Some(n) => bail!("device cuda:{n} needs a build with `--features cuda`"),
+        Some(_) => unreachable!("DeviceRequest::gpu refuses GPUs in a build without `cuda`"),
     }
 }
 
-/// Progress bar, per-step metrics and Ctrl-C for the loop.
+/// Progress bar, per-step metrics, checkpoint records and Ctrl-C for the loop.
 struct StageObserver<'a> {
     ctx: &'a mut StageContext,
     started: std::time::Instant,
+    /// When the curve was last handed to the store.
+    flushed: std::time::Instant,
 }
+
+/// How often the curve reaches the store while training runs (a live curve
+/// in `serve` and `history`; batched, so a step costs no database write).
+const FLUSH_EVERY: std::time::Duration = std::time::Duration::from_secs(2);
 
 impl Observer for StageObserver<'_> {
     fn on_step(&mut self, r: &StepRecord, total: usize) {
@@ -344,6 +352,16 @@ impl Observer for StageObserver<'_> {
         let elapsed = self.started.elapsed().as_secs_f64();
         let eta = if done > 0.0 { elapsed * (1.0 - done) / done } else { 0.0 };
         progress.set_message(format!("step {step}/{total} · loss {:.4} · {:.0} img/s · eta {:.0}s", r.loss, r.images_per_s, eta));
+        if self.flushed.elapsed() >= FLUSH_EVERY {
+            self.ctx.flush_metrics();
+            self.flushed = std::time::Instant::now();
+        }
+    }
+    fn on_checkpoint(&mut self, _step: usize, path: &std::path::Path) -> anyhow::Result<()> {
+        // The curve up to the checkpoint, then the checkpoint itself.
+        self.ctx.flush_metrics();
+        self.flushed = std::time::Instant::now();
+        self.ctx.record_artifact_now("checkpoint.safetensors", path)
     }
     fn cancelled(&self) -> bool {
         self.ctx.cancel_token().is_cancelled()

@@ -395,24 +395,7 @@ impl Store {
         let mut by_hash: Vec<&(String, PutObject)> = artifacts.iter().collect();
         by_hash.sort_by(|a, b| a.1.hash.cmp(&b.1.hash));
         for (name, object) in by_hash {
-            sqlx::query(
-                "INSERT INTO objects (hash, bytes, mtime_ns) VALUES ($1, $2, $3)
-                 ON CONFLICT (hash) DO UPDATE SET bytes = excluded.bytes, mtime_ns = excluded.mtime_ns",
-            )
-            .bind(&object.hash)
-            .bind(object.stat.bytes as i64)
-            .bind(object.stat.mtime_ns)
-            .execute(&mut *tx)
-            .await?;
-            sqlx::query("INSERT INTO artifacts (instance_id, attempt_id, name, hash, bytes, path) VALUES ($1, $2, $3, $4, $5, $6)")
-                .bind(instance_id)
-                .bind(attempt_id)
-                .bind(name)
-                .bind(&object.hash)
-                .bind(object.stat.bytes as i64)
-                .bind(&object.rel_path)
-                .execute(&mut *tx)
-                .await?;
+            upsert_artifact(&mut tx, instance_id, attempt_id, name, object).await?;
         }
         insert_metrics(self.sql, &mut tx, instance_id, attempt_id, metrics).await?;
         sqlx::query("UPDATE attempts SET status = 'done', ended_at = $1, error = NULL WHERE id = $2")
@@ -421,6 +404,16 @@ impl Store {
             .execute(&mut *tx)
             .await?;
         tx.commit().await.context("committing stage outputs")?;
+        Ok(())
+    }
+
+    /// Records (or replaces) artifact `name` of a running attempt: a file the
+    /// stage keeps updating, such as a training checkpoint.
+    pub async fn record_artifact(&self, instance_id: i64, attempt_id: i64, name: &str, object: &PutObject) -> anyhow::Result<()> {
+        self.check_writable()?;
+        let mut tx = self.begin_write().await?;
+        upsert_artifact(&mut tx, instance_id, attempt_id, name, object).await?;
+        tx.commit().await?;
         Ok(())
     }
 
@@ -508,6 +501,40 @@ async fn instance_ids(sql: &Dialect, conn: &mut sqlx::AnyConnection, plan: &Plan
     let json: Option<String> = sqlx::query_scalar(sql.instance_ids).bind(serde_json::to_string(&keys)?).fetch_one(&mut *conn).await?;
     let by_key: HashMap<String, i64> = serde_json::from_str::<Vec<(String, i64)>>(json.as_deref().unwrap_or("[]"))?.into_iter().collect();
     keys.iter().map(|k| by_key.get(*k).copied().with_context(|| format!("instance {k} is not registered"))).collect()
+}
+
+/// An object row and the artifact row naming it; a second artifact of the
+/// same name in the same attempt replaces the first (a newer checkpoint, or
+/// the final output recorded under the live checkpoint's name).
+async fn upsert_artifact(
+    tx: &mut sqlx::Transaction<'_, Any>,
+    instance_id: i64,
+    attempt_id: i64,
+    name: &str,
+    object: &PutObject,
+) -> anyhow::Result<()> {
+    sqlx::query(
+        "INSERT INTO objects (hash, bytes, mtime_ns) VALUES ($1, $2, $3)
+         ON CONFLICT (hash) DO UPDATE SET bytes = excluded.bytes, mtime_ns = excluded.mtime_ns",
+    )
+    .bind(&object.hash)
+    .bind(object.stat.bytes as i64)
+    .bind(object.stat.mtime_ns)
+    .execute(&mut **tx)
+    .await?;
+    sqlx::query(
+        "INSERT INTO artifacts (instance_id, attempt_id, name, hash, bytes, path) VALUES ($1, $2, $3, $4, $5, $6)
+         ON CONFLICT (attempt_id, name) DO UPDATE SET hash = excluded.hash, bytes = excluded.bytes, path = excluded.path",
+    )
+    .bind(instance_id)
+    .bind(attempt_id)
+    .bind(name)
+    .bind(&object.hash)
+    .bind(object.stat.bytes as i64)
+    .bind(&object.rel_path)
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
 }
 
 async fn insert_metrics(

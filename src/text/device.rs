@@ -35,6 +35,26 @@ impl DeviceRequest {
         }
     }
 
+    /// The GPU to compute on, if any, checked to exist first: burn's CUDA
+    /// backend panics on a worker thread when the driver or the device is
+    /// missing, which would take the whole run down.
+    pub fn gpu(self) -> anyhow::Result<Option<usize>> {
+        let Some(n) = self.gpu_index() else { return Ok(None) };
+        if !cfg!(feature = "cuda") {
+            bail!("device cuda:{n} needs a build with `--features cuda`");
+        }
+        let count = crate::gpu::count();
+        if n as u32 >= count {
+            bail!("device cuda:{n} asked for, but `nvidia-smi -L` lists {count} NVIDIA GPU(s) on this machine");
+        }
+        Ok(Some(n))
+    }
+
+    /// The device this request computes on here: `cpu` or `cuda:N`.
+    pub fn resolved_name(self) -> String {
+        self.gpu_index().map_or_else(|| "cpu".to_owned(), |n| format!("cuda:{n}"))
+    }
+
     /// Whether this request occupies a GPU (what the stage declares to the scheduler).
     pub fn uses_gpu(self) -> bool {
         match self {
@@ -54,12 +74,12 @@ pub enum LoadedEncoder {
 
 impl LoadedEncoder {
     pub fn load(spec: &EncoderSpec, device: DeviceRequest) -> anyhow::Result<LoadedEncoder> {
-        match device.gpu_index() {
+        match device.gpu()? {
             None => Ok(LoadedEncoder::Cpu(TextEncoder::load(spec, &Default::default())?)),
             #[cfg(feature = "cuda")]
             Some(n) => Ok(LoadedEncoder::Cuda(TextEncoder::load(spec, &burn::backend::cuda::CudaDevice::new(n))?, n)),
             #[cfg(not(feature = "cuda"))]
-            Some(n) => bail!("device cuda:{n} needs a build with `--features cuda`"),
+            Some(_) => unreachable!("DeviceRequest::gpu refuses GPUs in a build without `cuda`"),
         }
     }
 

@@ -70,6 +70,10 @@ pub struct TrainInputs {
 /// What the loop reports to (and asks of) whoever runs it.
 pub trait Observer: Send {
     fn on_step(&mut self, record: &StepRecord, total: usize);
+    /// A checkpoint of the state after `step` steps was just written to `path`.
+    fn on_checkpoint(&mut self, _step: usize, _path: &Path) -> anyhow::Result<()> {
+        Ok(())
+    }
     fn cancelled(&self) -> bool;
 }
 
@@ -167,6 +171,7 @@ fn train<B: AutodiffBackend>(
     for step in start..spec.steps {
         if observer.cancelled() {
             save(&model, &optim, step, &history)?;
+            observer.on_checkpoint(step, checkpoint_path)?;
             return Err(Stopped::Interrupted(step).into());
         }
         let began = Instant::now();
@@ -226,6 +231,7 @@ fn train<B: AutodiffBackend>(
         let done = step + 1;
         if spec.checkpoint_every > 0 && done % spec.checkpoint_every == 0 && done < spec.steps {
             save(&model, &optim, done, &history)?;
+            observer.on_checkpoint(done, checkpoint_path)?;
         }
     }
     save(&model, &optim, spec.steps, &history)?;
