@@ -4,7 +4,7 @@ image tower, head, loss and optimizer as ablate's `train` kind, on the same
 kind of synthetic data, timed the same way (steps after a warm-up).
 
     python3 scripts/bench-train-reference.py --model vit-micro --batch 64 --threads 2
-    python3 scripts/bench-train-reference.py --model vit-b16 --batch 256 --device cuda
+    python3 scripts/bench-train-reference.py --model vit-b16 --batch 256 --device cuda [--tf32]
 
 Model: pre-norm ViT (patch embedding as a strided conv, learned positions,
 separate q/k/v/out projections, exact GELU, mean pooling over patches, final
@@ -83,8 +83,12 @@ def main():
     ap.add_argument("--warmup", type=int, default=3)
     ap.add_argument("--threads", type=int, default=0, help="torch.set_num_threads (0: leave)")
     ap.add_argument("--device", default="cpu")
+    ap.add_argument("--tf32", action="store_true",
+                    help="let float32 matmuls and convolutions use TF32 tensor cores (burn's CUDA matmul does)")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
+    torch.backends.cuda.matmul.allow_tf32 = args.tf32
+    torch.backends.cudnn.allow_tf32 = args.tf32
     if args.threads:
         torch.set_num_threads(args.threads)
     torch.manual_seed(0)
@@ -128,7 +132,8 @@ def main():
     ips = args.steps * args.batch / seconds
     gflops = ips * 3 * forward_flops(size, patch, width, depth, heads) / 1e9
     result = {"model": args.model, "loss": args.loss, "batch": args.batch, "steps": args.steps,
-              "images_per_s": ips, "gflops": gflops, "torch": torch.__version__, "threads": torch.get_num_threads()}
+              "images_per_s": ips, "gflops": gflops, "torch": torch.__version__, "threads": torch.get_num_threads(),
+              "tf32": args.tf32}
     print(json.dumps(result) if args.json else
           f"pytorch {args.model} {args.loss} batch {args.batch} on {args.device}: {ips:.1f} images/s, {gflops:.1f} GFLOP/s")
 
