@@ -104,6 +104,37 @@ fn parameters<B: Backend>(b: &Block<B>) -> Option<[B::FloatTensorPrimitive; PARA
     Some([g1, b1, qw, qb, kw, kb, vw, vb, ow, ob, g2, b2, fw, fb, pw, pb])
 }
 
+/// Whether `B` is Flex with the kernels on: then [`adamw`] applies (the
+/// optimizer works on the inner, graph-free backend).
+pub fn adamw_applies<B: Backend>() -> bool {
+    matches!(Graph::of::<B>(), Some(Graph::None))
+}
+
+/// One AdamW update through `ablate_kernels::adamw`, in place where the
+/// tensors own their buffers: `(p, m, v)` after the step. Only for a `B`
+/// that [`adamw_applies`] to.
+pub fn adamw<B: Backend>(
+    p: Tensor<B, 1>,
+    g: Tensor<B, 1>,
+    m: Tensor<B, 1>,
+    v: Tensor<B, 1>,
+    step: &kernels::AdamWStep,
+) -> (Tensor<B, 1>, Tensor<B, 1>, Tensor<B, 1>) {
+    assert!(adamw_applies::<B>(), "fused AdamW on a backend other than Flex");
+    let flex = |t: Tensor<B, 1>| -> FlexTensor { whole(cast(t.into_primitive().tensor())) };
+    let (mut p, g, mut m, mut v) = (flex(p), flex(g), flex(m), flex(v));
+    kernels::adamw(p.storage_mut::<f32>(), &values(&g), m.storage_mut::<f32>(), v.storage_mut::<f32>(), step);
+    let back = |t: FlexTensor| Tensor::from_primitive(TensorPrimitive::Float(cast(t)));
+    (back(p), back(m), back(v))
+}
+
+/// `t` if its buffer holds exactly its elements in order, else a copy that
+/// does (so `storage_mut` is the tensor, not a larger buffer it views).
+fn whole(t: FlexTensor) -> FlexTensor {
+    let exact = t.layout().contiguous_offsets().is_some_and(|(start, end)| start == 0 && end * 4 == t.bytes().len());
+    if exact { t } else { t.to_contiguous() }
+}
+
 /// A value of a type the caller has proven equal by `TypeId`.
 fn cast<T: 'static, U: 'static>(value: T) -> U {
     *(Box::new(value) as Box<dyn Any>).downcast::<U>().expect("types compared equal by TypeId")

@@ -82,35 +82,37 @@ fn random_crop(rng: &mut Rng, side: usize) -> Rect {
 fn write_patches(pixels: &[u8], side: usize, rect: Rect, size: usize, patch: usize, out: &mut [f32]) {
     let (x0, y0, w, h) = rect;
     let identity = side == size && w == side as f64 && h == side as f64 && x0 == 0.0 && y0 == 0.0;
-    let mut image = vec![0f32; size * size * 3];
-    for oy in 0..size {
-        for ox in 0..size {
+    // Where each output row and column samples the source: the two
+    // neighbours and the weight of the second (bilinear), computed once per
+    // row and column rather than per value.
+    let taps = |origin: f64, extent: f64| -> Vec<(usize, usize, f32)> {
+        (0..size)
+            .map(|o| {
+                if identity {
+                    return (o, o, 0.0);
+                }
+                let s = (origin + (o as f64 + 0.5) * extent / size as f64 - 0.5).clamp(0.0, (side - 1) as f64);
+                let i = s.floor() as usize;
+                (i, (i + 1).min(side - 1), (s - i as f64) as f32)
+            })
+            .collect()
+    };
+    let (rows, cols) = (taps(y0, h), taps(x0, w));
+    let grid = size / patch;
+    for (oy, &(y, y1, fy)) in rows.iter().enumerate() {
+        let (py, iy) = (oy / patch, oy % patch);
+        for (ox, &(x, x1, fx)) in cols.iter().enumerate() {
+            let (px, ix) = (ox / patch, ox % patch);
+            let base = (py * grid + px) * 3 * patch * patch + iy * patch + ix;
             for c in 0..3 {
+                let p = |yy: usize, xx: usize| f32::from(pixels[(yy * side + xx) * 3 + c]);
                 let v = if identity {
-                    f32::from(pixels[(oy * side + ox) * 3 + c])
+                    p(y, x)
                 } else {
-                    let sy = (y0 + (oy as f64 + 0.5) * h / size as f64 - 0.5).clamp(0.0, (side - 1) as f64);
-                    let sx = (x0 + (ox as f64 + 0.5) * w / size as f64 - 0.5).clamp(0.0, (side - 1) as f64);
-                    let (y, x) = (sy.floor() as usize, sx.floor() as usize);
-                    let (y1, x1) = ((y + 1).min(side - 1), (x + 1).min(side - 1));
-                    let (fy, fx) = ((sy - y as f64) as f32, (sx - x as f64) as f32);
-                    let p = |yy: usize, xx: usize| f32::from(pixels[(yy * side + xx) * 3 + c]);
                     (p(y, x) * (1.0 - fx) + p(y, x1) * fx) * (1.0 - fy) + (p(y1, x) * (1.0 - fx) + p(y1, x1) * fx) * fy
                 };
-                image[(oy * size + ox) * 3 + c] = (v / 255.0 - MEAN[c]) / STD[c];
-            }
-        }
-    }
-    let grid = size / patch;
-    let mut out = out.iter_mut();
-    for py in 0..grid {
-        for px in 0..grid {
-            for c in 0..3 {
-                for y in 0..patch {
-                    for x in 0..patch {
-                        *out.next().expect("out holds 3·size² values") = image[((py * patch + y) * size + px * patch + x) * 3 + c];
-                    }
-                }
+                // Patch layout: channel-major, then rows, then columns.
+                out[base + c * patch * patch] = (v / 255.0 - MEAN[c]) / STD[c];
             }
         }
     }

@@ -11,7 +11,9 @@ use burn::module::{AutodiffModule, ModuleMapper, ModuleVisitor, Param};
 use burn::prelude::*;
 use burn::tensor::backend::AutodiffBackend;
 
+use crate::model::fused;
 use crate::model::named::{HostTensor, to_host};
+use ablate_kernels::AdamWStep;
 
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct AdamWConfig {
@@ -119,20 +121,38 @@ impl<B: AutodiffBackend> ModuleMapper<B> for Update<'_, B> {
         let n = shape.iter().product::<usize>();
         let mut p: Tensor<B::InnerBackend, 1> = tensor.inner().reshape([n]);
         let mut g = grad.reshape([n]);
-        if self.grad_scale != 1.0 {
-            g = g * self.grad_scale;
-        }
         let moments = self.optim.moments.remove(&path).unwrap_or_else(|| Moments { m: g.zeros_like(), v: g.zeros_like() });
-        if D >= 2 && c.weight_decay != 0.0 {
-            p = p * (1.0 - self.lr * c.weight_decay);
-        }
-        let m = moments.m * c.beta1 + g.clone() * (1.0 - c.beta1);
-        let v = moments.v * c.beta2 + g.powi_scalar(2) * (1.0 - c.beta2);
+        let decays = D >= 2 && c.weight_decay != 0.0;
         let t = self.optim.steps as i32;
         let bias1 = 1.0 - c.beta1.powi(t);
         let bias2 = 1.0 - c.beta2.powi(t);
-        let denom = v.clone().sqrt() / bias2.sqrt() + c.eps;
-        p = p - m.clone() / denom * (self.lr / bias1);
+        let (m, v);
+        if fused::adamw_applies::<B::InnerBackend>() {
+            // The same formula in one pass (CPU); scalars rounded as burn's ops round them.
+            let step = AdamWStep {
+                grad_scale: self.grad_scale as f32,
+                decay: if decays { (1.0 - self.lr * c.weight_decay) as f32 } else { 1.0 },
+                beta1: c.beta1 as f32,
+                one_minus_beta1: (1.0 - c.beta1) as f32,
+                beta2: c.beta2 as f32,
+                one_minus_beta2: (1.0 - c.beta2) as f32,
+                sqrt_bias2: bias2.sqrt() as f32,
+                eps: c.eps as f32,
+                step_size: (self.lr / bias1) as f32,
+            };
+            (p, m, v) = fused::adamw(p, g, moments.m, moments.v, &step);
+        } else {
+            if self.grad_scale != 1.0 {
+                g = g * self.grad_scale;
+            }
+            if decays {
+                p = p * (1.0 - self.lr * c.weight_decay);
+            }
+            m = moments.m * c.beta1 + g.clone() * (1.0 - c.beta1);
+            v = moments.v * c.beta2 + g.powi_scalar(2) * (1.0 - c.beta2);
+            let denom = v.clone().sqrt() / bias2.sqrt() + c.eps;
+            p = p - m.clone() / denom * (self.lr / bias1);
+        }
         if let Some((lo, hi)) = (self.clamp)(&path) {
             p = p.clamp(lo, hi);
         }

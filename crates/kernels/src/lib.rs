@@ -10,6 +10,9 @@
 //! attention per image without head permutes. The backward pass is written out
 //! by hand against the saved activations.
 //!
+//! The optimizer's update is here too ([`adamw`]): one pass per parameter
+//! instead of a dozen element-wise tensor ops.
+//!
 //! It knows nothing of burn: `ablate::model::fused` adapts it to burn's
 //! autodiff graph, and tests there compare it with the decomposed burn block.
 //! A separate crate so that the dev profile compiles it optimised, like the
@@ -17,6 +20,7 @@
 
 #[macro_use]
 mod simd;
+mod adamw;
 mod attention;
 mod block;
 mod buffers;
@@ -25,5 +29,6 @@ mod math;
 mod matmul;
 mod reduce;
 
+pub use adamw::{AdamWStep, adamw};
 pub use block::{Block, BlockActivations, BlockGrads, BlockShape, BlockWeights, Linear, Norm, PARAMETERS, backward, forward};
 pub use layer_norm::{LayerNormActivations, layer_norm, layer_norm_backward};
