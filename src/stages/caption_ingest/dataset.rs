@@ -1,5 +1,6 @@
 //! The in-memory dataset every source builds, the split, and the artifact writers.
 
+use std::collections::HashMap;
 use std::fs::File;
 use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
@@ -9,6 +10,7 @@ use serde::Serialize;
 
 use super::rng::Rng;
 use crate::stages::StageContext;
+use crate::tensor_file::{self, RawTensor};
 
 /// Stream id for the train/test shuffle (see [`Rng::for_item`]).
 const STREAM_SPLIT: u64 = 2;
@@ -135,11 +137,9 @@ pub(super) fn write(ctx: &mut StageContext, data: Dataset, opts: &Options, sourc
         seeded_split(n, opts.test_fraction, opts.seed)
     };
 
-    let path = ctx.output("images.safetensors")?;
-    let view = safetensors::tensor::TensorView::new(safetensors::Dtype::U8, vec![n, res, res, 3], &data.images)
-        .context("building the images tensor")?;
-    safetensors::tensor::serialize_to_file([("images", view)], None, &path).with_context(|| format!("writing {}", path.display()))?;
-    drop(data.images);
+    // Through `tensor_file`: atomic (temporary file + rename), header in a fixed order.
+    let images = RawTensor { dtype: safetensors::Dtype::U8, shape: vec![n, res, res, 3], bytes: data.images };
+    tensor_file::write(&ctx.output("images.safetensors")?, &[("images".to_owned(), images)], HashMap::new())?;
     ctx.check_cancelled()?;
 
     let path = ctx.output("records.jsonl")?;
