@@ -4,6 +4,8 @@
 //! files, so these run everywhere.
 
 mod common;
+#[path = "common/http.rs"]
+mod http;
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -96,6 +98,27 @@ fn kill_9_during_training_then_rerun_gives_bit_identical_weights() {
     assert_eq!(losses[0]["n"], 40, "{losses}");
     let curve = std::fs::read_to_string(artifact(&killed, &b, "curve.csv").1).unwrap();
     assert_eq!(curve.lines().count(), 41, "{curve}");
+}
+
+#[test]
+fn a_running_training_shows_its_curve_so_far() {
+    let ws = Ws::new();
+    let file = ws.write("p.toml", &pipeline("steps = 100000\ncheckpoint_every = 100000"));
+    let run = ws.spawn(&["run", file.to_str().unwrap()]);
+    // The curve reaches the store in batches while the attempt runs.
+    let losses = || {
+        let sql = "SELECT count(*) AS n FROM metrics m JOIN attempts a ON a.id = m.attempt_id WHERE a.status = 'running' AND m.name = 'train.loss'";
+        let out = ws.run(&["sql", sql, "--json"]);
+        if out.code == Some(0) { out.json()[0]["n"].as_i64().unwrap() } else { 0 } // no store yet
+    };
+    wait_until(Duration::from_secs(120), "a flushed training curve", || losses() > 0);
+    let key = key_of(&ws.plan(&file), "train");
+    let server = http::Server::start(&ws, &PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("dashboards"));
+    let page = http::fetch(server.addr, &format!("/instances/{key}"));
+    assert!(page.body.contains("is running") && page.body.contains("train.loss curve"), "{}", page.body);
+    assert!(page.headers.to_ascii_lowercase().contains("refresh: 5"), "the page reloads while it runs: {}", page.headers);
+    drop(server);
+    assert_eq!(run.kill9().code, None, "killed by a signal");
 }
 
 #[test]

@@ -332,7 +332,7 @@ struct StageObserver<'a> {
 }
 
 /// How often the curve reaches the store while training runs (a live curve
-/// in `serve` and `history`; batched, so a step costs no database write).
+/// in `serve` and `plot curves`; batched, so a step costs no database write).
 const FLUSH_EVERY: std::time::Duration = std::time::Duration::from_secs(2);
 
 impl Observer for StageObserver<'_> {

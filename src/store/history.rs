@@ -219,6 +219,14 @@ fn prepare_sql_for(sql: &str, prefix: char) -> PreparedSql {
     PreparedSql { sql: out, names, words }
 }
 
+/// The attempt whose curves an instance shows (key bound as `$1`): its done
+/// attempt, else the one running now, whose curve grows as training
+/// flushes it (a live curve); never a failed or lost one.
+const SHOWN_ATTEMPT: &str = "SELECT COALESCE(
+    (SELECT d.attempt_id FROM v_done d JOIN stage_instances i ON i.id = d.instance_id WHERE i.key = $1),
+    (SELECT a.id FROM attempts a JOIN stage_instances i ON i.id = a.instance_id
+     WHERE i.key = $1 AND a.status = 'running' ORDER BY a.id DESC LIMIT 1))";
+
 impl Store {
     /// Every finished instance in every binding (optionally of one pipeline),
     /// oldest first, with its final metrics.
@@ -268,28 +276,23 @@ impl Store {
         Ok(out)
     }
 
-    /// The stepped values `(step, value)` of one metric of an instance's done
-    /// attempt (non-finite values, stored as NULL, are left out).
+    /// The stepped values `(step, value)` of one metric of an instance's
+    /// [shown attempt](SHOWN_ATTEMPT) (non-finite values, stored as NULL, are left out).
     pub async fn metric_curve(&self, key: &str, metric: &str) -> anyhow::Result<Vec<(i64, f64)>> {
         let sql = format!(
-            "SELECT m.step, m.value FROM metrics m JOIN v_done d ON d.attempt_id = m.attempt_id
-             JOIN stage_instances i ON i.id = d.instance_id
-             WHERE i.key = $1 AND m.name = $2 AND m.step IS NOT NULL AND m.value IS NOT NULL ORDER BY m.step, {}",
+            "SELECT m.step, m.value FROM metrics m WHERE m.attempt_id = ({SHOWN_ATTEMPT})
+             AND m.name = $2 AND m.step IS NOT NULL AND m.value IS NOT NULL ORDER BY m.step, {}",
             self.sql.metric_insertion_order
         );
         let rows = sqlx::query(&sql).bind(key).bind(metric).fetch_all(&self.pool).await?;
         Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())
     }
 
-    /// Names of the metrics an instance's done attempt recorded with steps.
+    /// Names of the metrics an instance's [shown attempt](SHOWN_ATTEMPT) recorded with steps.
     pub async fn stepped_metrics(&self, key: &str) -> anyhow::Result<Vec<String>> {
-        Ok(sqlx::query_scalar(
-            "SELECT DISTINCT m.name FROM metrics m JOIN v_done d ON d.attempt_id = m.attempt_id
-             JOIN stage_instances i ON i.id = d.instance_id WHERE i.key = $1 AND m.step IS NOT NULL ORDER BY m.name",
-        )
-        .bind(key)
-        .fetch_all(&self.pool)
-        .await?)
+        let sql =
+            format!("SELECT DISTINCT m.name FROM metrics m WHERE m.attempt_id = ({SHOWN_ATTEMPT}) AND m.step IS NOT NULL ORDER BY m.name");
+        Ok(sqlx::query_scalar(&sql).bind(key).fetch_all(&self.pool).await?)
     }
 
     /// Runs an arbitrary query on a read-only store, binding `:name` parameters

@@ -63,11 +63,19 @@ pub struct Page {
     title: String,
     body: String,
     status: StatusCode,
+    /// Seconds after which the browser reloads the page (a `Refresh` header).
+    refresh: Option<u32>,
 }
 
 impl Page {
     fn new(title: &str, body: String) -> Page {
-        Page { title: title.to_owned(), body, status: StatusCode::OK }
+        Page { title: title.to_owned(), body, status: StatusCode::OK, refresh: None }
+    }
+
+    /// Has the browser reload the page every `seconds` (what it shows is still changing).
+    fn refreshing(mut self, seconds: u32) -> Page {
+        self.refresh = Some(seconds);
+        self
     }
 }
 
@@ -80,6 +88,9 @@ impl IntoResponse for Page {
         headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/html; charset=utf-8"));
         headers.insert(header::CONTENT_SECURITY_POLICY, HeaderValue::from_static(CSP));
         headers.insert(header::X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));
+        if let Some(seconds) = self.refresh {
+            headers.insert(header::REFRESH, HeaderValue::from(seconds));
+        }
         response
     }
 }
@@ -108,7 +119,7 @@ impl IntoResponse for WebError {
                 (StatusCode::INTERNAL_SERVER_ERROR, "Error", format!("{e:#}"))
             }
         };
-        Page { title: title.to_owned(), body: format!("<h1>{}</h1>{}", html::esc(title), html::error_box(&message)), status }
+        Page { title: title.to_owned(), body: format!("<h1>{}</h1>{}", html::esc(title), html::error_box(&message)), status, refresh: None }
             .into_response()
     }
 }

@@ -190,9 +190,12 @@ pub async fn instance(State(state): State<Arc<AppState>>, Path(key): Path<String
     let downstream = store.downstream_of(inst.id).await?;
     let attempts = store.attempts_of_instance(inst.id).await?;
     let done = store.done_attempt_of(inst.id).await?;
-    let metrics = match &done {
-        Some(d) => store.metrics_of_attempt(d.attempt_id).await?,
-        None => Vec::new(),
+    // The done attempt's metrics, else the running one's so far (a live view).
+    let running = if done.is_none() { attempts.iter().rev().find(|a| a.status == "running") } else { None };
+    let metrics = match (&done, running) {
+        (Some(d), _) => store.metrics_of_attempt(d.attempt_id).await?,
+        (None, Some(a)) => store.metrics_of_attempt(a.id).await?,
+        (None, None) => Vec::new(),
     };
     let mut body = format!(
         "<h1>Instance <code>{}</code></h1><p>kind <b>{}</b> (version {}) · created {}</p>",
@@ -242,11 +245,12 @@ pub async fn instance(State(state): State<Arc<AppState>>, Path(key): Path<String
                 Cell::Text(a.started_at.clone()),
                 Cell::Text(a.ended_at.clone().unwrap_or_default()),
                 Cell::Text(format!("{}:{}", a.host, a.pid)),
+                Cell::Text(a.device.clone()),
                 Cell::Text(a.error.clone().unwrap_or_default()),
             ]
         })
         .collect();
-    body.push_str(&section("Attempts", &html::table(&["attempt", "run", "status", "started", "ended", "host", "error"], rows)));
+    body.push_str(&section("Attempts", &html::table(&["attempt", "run", "status", "started", "ended", "host", "device", "error"], rows)));
     if let Some(d) = &done {
         let rows = d
             .artifacts
@@ -285,6 +289,14 @@ pub async fn instance(State(state): State<Arc<AppState>>, Path(key): Path<String
             series: vec![Series { name: String::new(), points }],
         });
         body.push_str(&section(&format!("{metric} curve"), &chart.svg(CHART_SIZE)?));
+    }
+    if let Some(a) = running {
+        // Reload while it runs: the curve grows as training flushes it.
+        body.insert_str(
+            0,
+            &format!("<p class=\"live\">attempt {} is running: metrics and curves so far; this page reloads every 5 s</p>", a.id),
+        );
+        return Ok(Page::new(&format!("Instance {}", &inst.key[..12]), body).refreshing(5));
     }
     Ok(Page::new(&format!("Instance {}", &inst.key[..12]), body))
 }
