@@ -722,27 +722,9 @@ fn bench_train(model: &str, loss: &str, batch: usize, steps: usize, warmup: usiz
     if batch < 2 || steps < 1 {
         return Err(UsageError("--batch must be at least 2 and --steps at least 1".into()).into());
     }
-    let gpu = request.gpu().map_err(|e| UsageError(format!("{e:#}")))?;
-    let (result, device_name) = match gpu {
-        None => (
-            crate::train::bench::run::<burn::backend::Autodiff<crate::text::Cpu>>(model, loss, batch, warmup, steps, &Default::default())?,
-            "cpu".to_owned(),
-        ),
-        #[cfg(feature = "cuda")]
-        Some(n) => (
-            crate::train::bench::run::<burn::backend::Autodiff<crate::text::Cuda>>(
-                model,
-                loss,
-                batch,
-                warmup,
-                steps,
-                &burn::backend::cuda::CudaDevice::new(n),
-            )?,
-            format!("cuda:{n}"),
-        ),
-        #[cfg(not(feature = "cuda"))]
-        Some(_) => unreachable!("DeviceRequest::gpu refuses GPUs in a build without `cuda`"),
-    };
+    request.gpu().map_err(|e| UsageError(format!("{e:#}")))?;
+    let device_name = request.resolved_name();
+    let result = request.run(Bench { model, loss, batch, warmup, steps })?;
     if json {
         print_json(&json!({"device": device_name, "result": result}));
     } else {
@@ -752,6 +734,22 @@ fn bench_train(model: &str, loss: &str, batch: usize, steps: usize, warmup: usiz
         );
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// `bench-train`'s measurement on the requested backend.
+struct Bench<'a> {
+    model: &'a str,
+    loss: &'a str,
+    batch: usize,
+    warmup: usize,
+    steps: usize,
+}
+
+impl crate::text::device::OnBackend for Bench<'_> {
+    type Output = crate::train::bench::BenchResult;
+    fn run<B: burn::tensor::backend::Backend>(self, device: &B::Device) -> anyhow::Result<Self::Output> {
+        crate::train::bench::run::<burn::backend::Autodiff<B>>(self.model, self.loss, self.batch, self.warmup, self.steps, device)
+    }
 }
 
 /// `ablate cancel RUN_ID`.

@@ -34,7 +34,7 @@ use crate::loss::l2_normalize;
 use crate::model::named::{HostTensor, Layout, load};
 use crate::model::{ClipConfig, ClipModel};
 use crate::tensor_file::{self, RawTensor, TensorFile};
-use crate::text::device::DeviceRequest;
+use crate::text::device::{DeviceRequest, OnBackend};
 use crate::text::pooling;
 use crate::train::data::eval_patches;
 use crate::train::pad_tokens;
@@ -132,7 +132,7 @@ impl StageKind for Evaluate {
             batch,
         };
         ctx.ran_on(&device.resolved_name());
-        let e = embed_on_device(device, &job)?;
+        let e = device.run(&job)?;
 
         if suites.iter().any(|s| s == "zero_shot") {
             let labelled: Vec<(usize, usize)> =
@@ -215,13 +215,10 @@ struct Embedded {
     prompts: Vec<Vec<f32>>,
 }
 
-fn embed_on_device(device: DeviceRequest, job: &EmbedJob<'_>) -> anyhow::Result<Embedded> {
-    match device.gpu()? {
-        None => embed::<crate::text::Cpu>(job, &Default::default()),
-        #[cfg(feature = "cuda")]
-        Some(n) => embed::<crate::text::Cuda>(job, &burn::backend::cuda::CudaDevice::new(n)),
-        #[cfg(not(feature = "cuda"))]
-        Some(_) => unreachable!("DeviceRequest::gpu refuses GPUs in a build without `cuda`"),
+impl OnBackend for &EmbedJob<'_> {
+    type Output = Embedded;
+    fn run<B: Backend>(self, device: &B::Device) -> anyhow::Result<Embedded> {
+        embed::<B>(self, device)
     }
 }
 

@@ -29,7 +29,7 @@ use super::{Interrupted, ParamDefault, ParamError, ParamSpec, ParamType, Params,
 use crate::loss::Loss;
 use crate::model::{ClipConfig, TextPreset, VitPreset};
 use crate::tensor_file::{self, RawTensor, TensorFile};
-use crate::text::device::DeviceRequest;
+use crate::text::device::{DeviceRequest, OnBackend};
 use crate::train::checkpoint::StepRecord;
 use crate::train::data::Pairs;
 use crate::train::vocab::{TextTokenizer, WordVocab};
@@ -246,7 +246,7 @@ impl StageKind for Train {
         ctx.ran_on(&device.resolved_name());
         let now = std::time::Instant::now();
         let mut observer = StageObserver { ctx: &mut *ctx, started: now, flushed: now };
-        let trained = match run_on_device(device, &spec, &inputs, &checkpoint_path, &mut observer) {
+        let trained = match device.run(TrainOn { spec: &spec, inputs: &inputs, checkpoint: &checkpoint_path, observer: &mut observer }) {
             Ok(t) => t,
             Err(e) => {
                 return match e.downcast_ref::<Stopped>() {
@@ -303,23 +303,18 @@ impl StageKind for Train {
     }
 }
 
-fn run_on_device(
-    device: DeviceRequest,
-    spec: &TrainSpec,
-    inputs: &TrainInputs,
-    checkpoint: &std::path::Path,
-    observer: &mut StageObserver<'_>,
-) -> anyhow::Result<train::Trained> {
-    type CpuTrain = burn::backend::Autodiff<crate::text::Cpu>;
-    match device.gpu()? {
-        None => train::run::<CpuTrain>(spec, inputs, &Default::default(), checkpoint, observer),
-        #[cfg(feature = "cuda")]
-        Some(n) => {
-            type GpuTrain = burn::backend::Autodiff<crate::text::Cuda>;
-            train::run::<GpuTrain>(spec, inputs, &burn::backend::cuda::CudaDevice::new(n), checkpoint, observer)
-        }
-        #[cfg(not(feature = "cuda"))]
-        Some(_) => unreachable!("DeviceRequest::gpu refuses GPUs in a build without `cuda`"),
+/// The training loop on the backend of the stage's `device`.
+struct TrainOn<'a, 'c> {
+    spec: &'a TrainSpec,
+    inputs: &'a TrainInputs,
+    checkpoint: &'a std::path::Path,
+    observer: &'a mut StageObserver<'c>,
+}
+
+impl OnBackend for TrainOn<'_, '_> {
+    type Output = train::Trained;
+    fn run<B: burn::tensor::backend::Backend>(self, device: &B::Device) -> anyhow::Result<train::Trained> {
+        train::run::<burn::backend::Autodiff<B>>(self.spec, self.inputs, device, self.checkpoint, self.observer)
     }
 }
 

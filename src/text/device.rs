@@ -2,6 +2,7 @@
 //! encoder loaded on whichever backend that picked.
 
 use anyhow::bail;
+use burn::tensor::backend::Backend;
 
 use super::{Cpu, EmbedOptions, EmbeddedText, EncoderSpec, TextEncoder};
 
@@ -65,7 +66,29 @@ impl DeviceRequest {
     }
 }
 
-/// A text encoder on a concrete backend.
+/// A computation generic over the backend, which [`DeviceRequest::run`]
+/// runs on the backend and device a request names: the one place that maps
+/// `cpu` / `cuda:N` to burn's Flex or CUDA backend.
+pub trait OnBackend {
+    type Output;
+    fn run<B: Backend>(self, device: &B::Device) -> anyhow::Result<Self::Output>;
+}
+
+impl DeviceRequest {
+    /// Runs `work` on the CPU backend or on the requested GPU.
+    pub fn run<W: OnBackend>(self, work: W) -> anyhow::Result<W::Output> {
+        match self.gpu()? {
+            None => work.run::<Cpu>(&Default::default()),
+            #[cfg(feature = "cuda")]
+            Some(n) => work.run::<super::Cuda>(&burn::backend::cuda::CudaDevice::new(n)),
+            #[cfg(not(feature = "cuda"))]
+            Some(_) => unreachable!("DeviceRequest::gpu refuses GPUs in a build without `cuda`"),
+        }
+    }
+}
+
+/// A text encoder on a concrete backend (an enum, not [`OnBackend`]: it
+/// outlives the call that loads it).
 pub enum LoadedEncoder {
     Cpu(TextEncoder<Cpu>),
     #[cfg(feature = "cuda")]
