@@ -161,6 +161,21 @@ pub async fn scancel(ids: &[String]) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Cancels those of the jobs (or array tasks) that have not started yet;
+/// running ones are left alone (`scancel --state=PENDING`).
+pub async fn scancel_pending(ids: &[String]) -> anyhow::Result<()> {
+    if ids.is_empty() {
+        return Ok(());
+    }
+    let mut args = vec!["--state=PENDING".to_owned()];
+    args.extend(ids.iter().cloned());
+    let out = tool("scancel", &args, &[]).await?;
+    if !out.status.success() {
+        return Err(failure("scancel", &out));
+    }
+    Ok(())
+}
+
 /// Quotes a word for `sh`.
 pub fn shell_quote(word: &str) -> String {
     if !word.is_empty() && word.bytes().all(|b| b.is_ascii_alphanumeric() || b"/._-+=:,@".contains(&b)) {

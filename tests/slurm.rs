@@ -288,6 +288,50 @@ fn a_failed_job_skips_its_downstream_and_retries_resubmit_it() {
     assert!(show["attempts"][0]["exit_state"].as_str().unwrap().starts_with("FAILED"), "{show}");
 }
 
+/// One stage fails at once; an independent chain is still queued below a slow job.
+const FAIL_FAST: &str = r#"
+[pipeline]
+name = "failfast"
+
+[stages.bad]
+kind = "command"
+run = "echo x >> @C@/bad; exit 3"
+
+[stages.slow]
+kind = "command"
+run = "echo x >> @C@/slow; sleep 6; echo done > $ABLATE_OUT/slow.txt"
+
+[stages.later]
+kind = "command"
+needs = ["slow"]
+run = "echo x >> @C@/later; echo done > $ABLATE_OUT/later.txt"
+"#;
+
+#[test]
+fn without_keep_going_a_failure_cancels_jobs_not_started_and_with_it_they_run() {
+    if !slurm() {
+        return;
+    }
+    // Like a local run: the first failure stops new work; a job already
+    // running finishes, one still queued is cancelled and stays to do.
+    let ws = Ws::new();
+    let file = ws.write("failfast.toml", FAIL_FAST);
+    let (code, summary, out) = run_slurm(&ws, &file, &[]);
+    assert_eq!(code, Some(1), "{}", out.describe());
+    assert_eq!(summary["failed"].as_array().unwrap().len(), 1, "{summary}");
+    assert_eq!((ws.count("bad"), ws.count("slow"), ws.count("later")), (1, 1, 0), "{}", out.describe());
+    let plan = ws.plan(&file);
+    assert_eq!(with_status(&plan, "run"), BTreeSet::from([key_of(&plan, "bad"), key_of(&plan, "later")]), "what is left to do");
+
+    // --keep-going: everything independent of the failure runs.
+    let ws = Ws::new();
+    let file = ws.write("failfast.toml", FAIL_FAST);
+    let (code, summary, out) = run_slurm(&ws, &file, &["--keep-going"]);
+    assert_eq!(code, Some(1), "{}", out.describe());
+    assert_eq!(keys_in(&summary, "executed").len(), 2, "{summary}");
+    assert_eq!((ws.count("bad"), ws.count("slow"), ws.count("later")), (1, 1, 1));
+}
+
 const RESUMABLE: &str = r#"
 [pipeline]
 name = "resumable"

@@ -259,6 +259,10 @@ struct Follower<'a> {
     dir: PathBuf,
     report: RunReport,
     summary: SlurmSummary,
+    /// A job failed for good and `--keep-going` is off: nothing more is
+    /// submitted and jobs not yet started were cancelled; running ones finish
+    /// (as a local run stops launching at its first failure).
+    stopping: bool,
 }
 
 impl<'a> Follower<'a> {
@@ -294,6 +298,7 @@ impl<'a> Follower<'a> {
             dir,
             report: RunReport::default(),
             summary: SlurmSummary::default(),
+            stopping: false,
         })
     }
 
@@ -416,6 +421,9 @@ impl<'a> Follower<'a> {
                 continue;
             }
             ready[i] = upstream.iter().all(|&u| ready[u] || matches!(self.state[u], State::Done | State::Live(_)));
+        }
+        if self.stopping {
+            return Ok(());
         }
         type Group = (usize, usize, u32, u32, Option<String>, Option<String>, bool);
         let mut groups: BTreeMap<Group, Vec<usize>> = BTreeMap::new();
@@ -696,10 +704,39 @@ impl<'a> Follower<'a> {
                     // Waiting instances below it are skipped by the next round; jobs
                     // already queued below it are cancelled by Slurm (kill-on-invalid-dep).
                     self.state[i] = State::Failed;
+                    if !self.options.keep_going && !self.stopping {
+                        self.stop_at_first_failure().await?;
+                    }
                 }
             }
         }
         Ok(())
+    }
+
+    /// Without `--keep-going`: submits nothing more and cancels the run's
+    /// jobs that have not started (they close as never started and stay to
+    /// do); jobs already running finish.
+    async fn stop_at_first_failure(&mut self) -> anyhow::Result<()> {
+        self.stopping = true;
+        let mut pending: Vec<&mut SlurmJobRow> = self
+            .state
+            .iter_mut()
+            .filter_map(|s| match s {
+                State::Live(live) if live.seen != "RUNNING" && live.seen != "COMPLETING" => Some(&mut live.row),
+                _ => None,
+            })
+            .collect();
+        if pending.is_empty() {
+            return Ok(());
+        }
+        tracing::warn!("a job failed: cancelling {} job(s) not started yet (--keep-going runs them)", pending.len());
+        let ids: Vec<String> = pending.iter().map(|j| j.task.to_string()).collect();
+        let rows: Vec<i64> = pending.iter().map(|j| j.id).collect();
+        for job in &mut pending {
+            job.cancelled = true; // its end then reads "cancelled by ablate"
+        }
+        self.store.mark_slurm_cancelled(&rows).await?;
+        slurm::scancel_pending(&ids).await
     }
 
     /// Ctrl-C while following: offer to cancel the study's jobs.
