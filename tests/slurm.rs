@@ -332,6 +332,38 @@ fn without_keep_going_a_failure_cancels_jobs_not_started_and_with_it_they_run() 
     assert_eq!((ws.count("bad"), ws.count("slow"), ws.count("later")), (1, 1, 1));
 }
 
+const SLEEPY: &str = r#"
+[pipeline]
+name = "sleepy"
+
+[stages.sleepy]
+kind = "command"
+run = "echo x >> @C@/sleepy; sleep 600"
+
+[stages.sleepy.resources]
+time = "1"
+"#;
+
+#[test]
+fn a_job_past_its_time_limit_is_recorded_failed_with_timeout() {
+    if !slurm() {
+        return;
+    }
+    // Slurm ends it a minute in (its limit checks run every 30 s or so).
+    let ws = Ws::new();
+    let file = ws.write("sleepy.toml", SLEEPY);
+    let out = ws.spawn(&["run", file.to_str().unwrap(), "--executor", "slurm", "--json"]).wait(Duration::from_secs(300));
+    assert_no_panic(&out);
+    assert_eq!(out.code, Some(1), "{}", out.describe());
+    let summary = out.json();
+    let error = summary["failed"][0]["error"].as_str().unwrap();
+    assert!(error.contains("reached its time limit") && error.contains("TIMEOUT"), "{summary}");
+    let show = ws.show(&key_of(&ws.plan(&file), "sleepy"));
+    assert_eq!(attempt_statuses(&show), vec!["failed"], "{show}");
+    assert!(show["attempts"][0]["exit_state"].as_str().unwrap().starts_with("TIMEOUT"), "{show}");
+    assert_eq!(ws.count("sleepy"), 1, "not retried without --retries");
+}
+
 const RESUMABLE: &str = r#"
 [pipeline]
 name = "resumable"
