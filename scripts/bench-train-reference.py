@@ -74,6 +74,26 @@ def forward_flops(size, patch, width, depth, heads):
     return 2 * t * 3 * patch * patch * width + depth * per_block
 
 
+def ceiling():
+    """GFLOP/s of single matmuls at the shapes `cargo bench -p ablate-kernels`
+    times (median of 20 after 3 warm-ups): PyTorch's ceiling on this machine."""
+    shapes = [("vit-micro b64 MLP (4160×64·64×256)", 4160, 64, 256),
+              ("vit-tiny b16 q/k/v (3152×192·192×576)", 3152, 192, 576),
+              ("vit-tiny b16 MLP (3152×192·192×768)", 3152, 192, 768),
+              ("square 1024", 1024, 1024, 1024)]
+    print("| product | ms | GFLOP/s |\n|---|---|---|")
+    for name, m, k, n in shapes:
+        a, b = torch.rand(m, k) - 0.5, torch.rand(k, n) - 0.5
+        times = []
+        for i in range(23):
+            t = time.perf_counter()
+            torch.mm(a, b)
+            if i >= 3:
+                times.append(time.perf_counter() - t)
+        t = sorted(times)[len(times) // 2]
+        print(f"| {name} | {t * 1e3:.2f} | {2 * m * k * n / t / 1e9:.0f} |")
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--model", default="vit-micro", choices=PRESETS)
@@ -86,11 +106,14 @@ def main():
     ap.add_argument("--tf32", action="store_true",
                     help="let float32 matmuls and convolutions use TF32 tensor cores (burn's CUDA matmul does)")
     ap.add_argument("--json", action="store_true")
+    ap.add_argument("--ceiling", action="store_true", help="time single matmuls instead (the machine's matmul ceiling)")
     args = ap.parse_args()
     torch.backends.cuda.matmul.allow_tf32 = args.tf32
     torch.backends.cudnn.allow_tf32 = args.tf32
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.ceiling:
+        return ceiling()
     torch.manual_seed(0)
     size, patch, width, depth, heads = PRESETS[args.model]
     dim, dev = 384, torch.device(args.device)

@@ -288,14 +288,15 @@ fn a_failed_job_skips_its_downstream_and_retries_resubmit_it() {
     assert!(show["attempts"][0]["exit_state"].as_str().unwrap().starts_with("FAILED"), "{show}");
 }
 
-/// One stage fails at once; an independent chain is still queued below a slow job.
+/// One stage fails as soon as a slow independent job runs (however busy the
+/// node is), while the job below the slow one is still queued.
 const FAIL_FAST: &str = r#"
 [pipeline]
 name = "failfast"
 
 [stages.bad]
 kind = "command"
-run = "echo x >> @C@/bad; exit 3"
+run = "for i in $(seq 500); do [ -f @C@/slow ] && break; sleep 0.2; done; echo x >> @C@/bad; exit 3"
 
 [stages.slow]
 kind = "command"

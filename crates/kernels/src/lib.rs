@@ -32,3 +32,4 @@ mod reduce;
 pub use adamw::{AdamWStep, adamw};
 pub use block::{Block, BlockActivations, BlockGrads, BlockShape, BlockWeights, Linear, Norm, PARAMETERS, backward, forward};
 pub use layer_norm::{LayerNormActivations, layer_norm, layer_norm_backward};
+pub use matmul::matmul_row_major;
