@@ -135,7 +135,7 @@ pub async fn show(workspace: &Workspace, id: &str, json: bool) -> anyhow::Result
         println!("used by  {} ({})", &d.key[..12], d.kind);
     }
     let slurm = attempts.iter().any(|a| a.slurm_job.is_some());
-    let mut headers = vec!["ATTEMPT", "RUN", "STATUS", "STARTED", "ENDED", "HOST"];
+    let mut headers = vec!["ATTEMPT", "RUN", "STATUS", "STARTED", "ENDED", "HOST", "DEVICE"];
     if slurm {
         headers.extend(["SLURM JOB", "EXIT", "LOG"]);
     }
@@ -149,6 +149,7 @@ pub async fn show(workspace: &Workspace, id: &str, json: bool) -> anyhow::Result
             a.started_at,
             a.ended_at.unwrap_or_default(),
             format!("{}:{}", a.host, a.pid),
+            a.device,
         ];
         if slurm {
             row.extend([a.slurm_job.unwrap_or_default(), a.exit_state.unwrap_or_default(), a.log_path.unwrap_or_default()]);
