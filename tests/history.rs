@@ -3,6 +3,7 @@
 mod common;
 
 use std::collections::BTreeSet;
+use std::time::Duration;
 
 use common::*;
 use serde_json::Value;
@@ -191,6 +192,34 @@ fn gc_deletes_unreferenced_objects_only() {
     assert!(ws.plan(&file).iter().all(|r| r["status"] == "cached"));
     let again = ws.run(&["gc", "--json"]).ok().json();
     assert_eq!(again["objects_deleted"], serde_json::json!([]));
+}
+
+#[test]
+fn gc_spares_new_objects_while_an_attempt_runs() {
+    // A running attempt stores an object a moment before it records it; gc
+    // must not take it for garbage in between.
+    let ws = Ws::new();
+    let file = ws.write("slow.toml", "[pipeline]\nname = \"slow\"\n[stages.slow]\nkind = \"command\"\nrun = \"sleep 60\"\n");
+    let run = ws.spawn(&["run", file.to_str().unwrap()]);
+    let running = || {
+        let out = ws.run(&["sql", "SELECT count(*) AS n FROM attempts WHERE status = 'running'", "--json"]);
+        out.code == Some(0) && out.json()[0]["n"] == 1
+    };
+    wait_until(Duration::from_secs(60), "a running attempt", running);
+    let stray_hash = format!("cd{}", "0".repeat(62));
+    let stray = ws.store().join("objects").join("cd").join(&stray_hash);
+    std::fs::create_dir_all(stray.parent().unwrap()).unwrap();
+    std::fs::write(&stray, b"stored, not yet recorded").unwrap();
+
+    let out = ws.run(&["gc", "--json"]).ok().json();
+    assert_eq!((out["objects_deleted"].clone(), out["objects_spared"].clone()), (serde_json::json!([]), serde_json::json!(1)), "{out}");
+    assert!(stray.exists());
+
+    // Once nothing runs (the killed run's attempt is recovered as lost), it goes.
+    assert_eq!(run.kill9().code, None);
+    let out = ws.run(&["gc", "--json"]).ok().json();
+    assert_eq!(out["objects_deleted"], serde_json::json!([stray_hash]), "{out}");
+    assert!(!stray.exists());
 }
 
 #[test]

@@ -298,10 +298,22 @@ pub async fn gc(workspace: &Workspace, dry_run: bool, json: bool) -> anyhow::Res
     store.recover_stale().await?;
     let referenced = store.referenced_hashes().await?;
     let running = store.running_attempt_ids().await?;
+    // A running attempt stores an object a moment before it records it, so
+    // an object that changed since the oldest running attempt began may be
+    // one of those: spared (from a minute earlier, for the clocks of other
+    // hosts sharing the workspace).
+    let spare_since = store.oldest_running_start().await?.map(|t| t - std::time::Duration::from_secs(60));
     let mut deleted = Vec::new();
+    let mut spared = 0;
     let mut bytes = 0u64;
     for (hash, path) in workspace.objects().list()? {
         if !referenced.contains(&hash) {
+            if let Some(since) = spare_since
+                && changed_at(&path).is_none_or(|t| t >= since)
+            {
+                spared += 1;
+                continue;
+            }
             bytes += std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
             if !dry_run {
                 std::fs::remove_file(&path)?;
@@ -325,10 +337,26 @@ pub async fn gc(workspace: &Workspace, dry_run: bool, json: bool) -> anyhow::Res
         store.forget_objects(&deleted).await?;
     }
     if json {
-        print_json(&json!({"dry_run": dry_run, "objects_deleted": deleted, "bytes_freed": bytes, "scratch_dirs_deleted": scratch}));
+        print_json(&json!({
+            "dry_run": dry_run,
+            "objects_deleted": deleted,
+            "bytes_freed": bytes,
+            "scratch_dirs_deleted": scratch,
+            "objects_spared": spared,
+        }));
     } else {
         let verb = if dry_run { "would delete" } else { "deleted" };
         println!("{verb} {} unreferenced object(s), {} bytes, and {scratch} stale scratch dir(s)", deleted.len(), bytes);
+        if spared > 0 {
+            println!("kept {spared} unreferenced object(s) newer than the oldest running attempt (it may not have recorded them yet)");
+        }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// When a file's inode last changed (moving it into the object store counts).
+fn changed_at(path: &std::path::Path) -> Option<std::time::SystemTime> {
+    use std::os::unix::fs::MetadataExt;
+    let meta = std::fs::metadata(path).ok()?;
+    Some(std::time::UNIX_EPOCH + std::time::Duration::new(u64::try_from(meta.ctime()).ok()?, u32::try_from(meta.ctime_nsec()).ok()?))
 }

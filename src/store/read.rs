@@ -353,6 +353,19 @@ impl Store {
     }
 
     /// Attempts still marked running (for `gc` to spare their scratch space).
+    /// When the oldest attempt still marked running started, if any.
+    pub async fn oldest_running_start(&self) -> anyhow::Result<Option<std::time::SystemTime>> {
+        let started: Option<String> =
+            sqlx::query_scalar("SELECT MIN(started_at) FROM attempts WHERE status = 'running'").fetch_one(&self.pool).await?;
+        started
+            .map(|s| {
+                chrono::DateTime::parse_from_rfc3339(&s)
+                    .map(std::time::SystemTime::from)
+                    .map_err(|e| anyhow::anyhow!("an attempt's start time {s:?} is not RFC 3339: {e}"))
+            })
+            .transpose()
+    }
+
     pub async fn running_attempt_ids(&self) -> anyhow::Result<HashSet<i64>> {
         let rows: Vec<i64> = sqlx::query_scalar("SELECT id FROM attempts WHERE status = 'running'").fetch_all(&self.pool).await?;
         Ok(rows.into_iter().collect())
