@@ -722,9 +722,9 @@ fn bench_train(model: &str, loss: &str, batch: usize, steps: usize, warmup: usiz
     if batch < 2 || steps < 1 {
         return Err(UsageError("--batch must be at least 2 and --steps at least 1".into()).into());
     }
-    request.gpu().map_err(|e| UsageError(format!("{e:#}")))?;
-    let device_name = request.resolved_name();
-    let result = request.run(Bench { model, loss, batch, warmup, steps })?;
+    let device = request.resolve().map_err(|e| UsageError(format!("{e:#}")))?;
+    let device_name = device.name();
+    let result = device.run(Bench { model, loss, batch, warmup, steps })?;
     if json {
         print_json(&json!({"device": device_name, "result": result}));
     } else {

@@ -131,7 +131,8 @@ impl StageKind for Evaluate {
             prompts: &prompts,
             batch,
         };
-        ctx.ran_on(&device.resolved_name());
+        let device = device.resolve()?;
+        ctx.ran_on(&device.name());
         let e = device.run(&job)?;
 
         if suites.iter().any(|s| s == "zero_shot") {

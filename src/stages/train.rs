@@ -243,7 +243,8 @@ impl StageKind for Train {
         let checkpoint_path = ctx.state_dir()?.join("checkpoint.safetensors");
         let device = DeviceRequest::parse(params.str("device")).map_err(anyhow::Error::msg)?;
 
-        ctx.ran_on(&device.resolved_name());
+        let device = device.resolve()?;
+        ctx.ran_on(&device.name());
         let now = std::time::Instant::now();
         let mut observer = StageObserver { ctx: &mut *ctx, started: now, flushed: now };
         let trained = match device.run(TrainOn { spec: &spec, inputs: &inputs, checkpoint: &checkpoint_path, observer: &mut observer }) {

@@ -27,33 +27,28 @@ impl DeviceRequest {
         }
     }
 
-    /// The GPU this request runs on, if any (`auto`: the first, when there is one).
-    pub fn gpu_index(self) -> Option<usize> {
-        match self {
-            DeviceRequest::Cpu => None,
-            DeviceRequest::Cuda(n) => Some(n),
-            DeviceRequest::Auto => self.uses_gpu().then_some(0),
-        }
-    }
-
-    /// The GPU to compute on, if any, checked to exist first: burn's CUDA
-    /// backend panics on a worker thread when the driver or the device is
-    /// missing, which would take the whole run down.
-    pub fn gpu(self) -> anyhow::Result<Option<usize>> {
-        let Some(n) = self.gpu_index() else { return Ok(None) };
+    /// What this request comes to on this machine, the GPU checked to exist
+    /// first: burn's CUDA backend panics on a worker thread when the driver
+    /// or the device is missing, which would take the whole run down.
+    /// Resolve once and use the result (it may run `nvidia-smi`).
+    pub fn resolve(self) -> anyhow::Result<Device> {
+        let n = match self {
+            DeviceRequest::Cpu => return Ok(Device::Cpu),
+            DeviceRequest::Auto if !cfg!(feature = "cuda") => return Ok(Device::Cpu),
+            DeviceRequest::Auto => 0,
+            DeviceRequest::Cuda(n) => n,
+        };
         if !cfg!(feature = "cuda") {
             bail!("device cuda:{n} needs a build with `--features cuda`");
         }
         let count = crate::gpu::count();
+        if self == DeviceRequest::Auto && count == 0 {
+            return Ok(Device::Cpu);
+        }
         if n as u32 >= count {
             bail!("device cuda:{n} asked for, but `nvidia-smi -L` lists {count} NVIDIA GPU(s) on this machine");
         }
-        Ok(Some(n))
-    }
-
-    /// The device this request computes on here: `cpu` or `cuda:N`.
-    pub fn resolved_name(self) -> String {
-        self.gpu_index().map_or_else(|| "cpu".to_owned(), |n| format!("cuda:{n}"))
+        Ok(Device::Cuda(n))
     }
 
     /// Whether this request occupies a GPU (what the stage declares to the scheduler).
@@ -66,23 +61,39 @@ impl DeviceRequest {
     }
 }
 
-/// A computation generic over the backend, which [`DeviceRequest::run`]
-/// runs on the backend and device a request names: the one place that maps
-/// `cpu` / `cuda:N` to burn's Flex or CUDA backend.
+/// A device request resolved on this machine ([`DeviceRequest::resolve`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Device {
+    Cpu,
+    /// A GPU that exists here (and a build with `--features cuda`).
+    Cuda(usize),
+}
+
+/// A computation generic over the backend, which [`Device::run`] runs on the
+/// device's backend: the one place that maps `cpu` / `cuda:N` to burn's
+/// Flex or CUDA backend.
 pub trait OnBackend {
     type Output;
     fn run<B: Backend>(self, device: &B::Device) -> anyhow::Result<Self::Output>;
 }
 
-impl DeviceRequest {
-    /// Runs `work` on the CPU backend or on the requested GPU.
+impl Device {
+    /// `cpu` or `cuda:N`, as recorded on an attempt.
+    pub fn name(self) -> String {
+        match self {
+            Device::Cpu => "cpu".to_owned(),
+            Device::Cuda(n) => format!("cuda:{n}"),
+        }
+    }
+
+    /// Runs `work` on the CPU backend or on this GPU.
     pub fn run<W: OnBackend>(self, work: W) -> anyhow::Result<W::Output> {
-        match self.gpu()? {
-            None => work.run::<Cpu>(&Default::default()),
+        match self {
+            Device::Cpu => work.run::<Cpu>(&Default::default()),
             #[cfg(feature = "cuda")]
-            Some(n) => work.run::<super::Cuda>(&burn::backend::cuda::CudaDevice::new(n)),
+            Device::Cuda(n) => work.run::<super::Cuda>(&burn::backend::cuda::CudaDevice::new(n)),
             #[cfg(not(feature = "cuda"))]
-            Some(_) => unreachable!("DeviceRequest::gpu refuses GPUs in a build without `cuda`"),
+            Device::Cuda(_) => unreachable!("DeviceRequest::resolve refuses GPUs in a build without `cuda`"),
         }
     }
 }
@@ -97,21 +108,21 @@ pub enum LoadedEncoder {
 
 impl LoadedEncoder {
     pub fn load(spec: &EncoderSpec, device: DeviceRequest) -> anyhow::Result<LoadedEncoder> {
-        match device.gpu()? {
-            None => Ok(LoadedEncoder::Cpu(TextEncoder::load(spec, &Default::default())?)),
+        match device.resolve()? {
+            Device::Cpu => Ok(LoadedEncoder::Cpu(TextEncoder::load(spec, &Default::default())?)),
             #[cfg(feature = "cuda")]
-            Some(n) => Ok(LoadedEncoder::Cuda(TextEncoder::load(spec, &burn::backend::cuda::CudaDevice::new(n))?, n)),
+            Device::Cuda(n) => Ok(LoadedEncoder::Cuda(TextEncoder::load(spec, &burn::backend::cuda::CudaDevice::new(n))?, n)),
             #[cfg(not(feature = "cuda"))]
-            Some(_) => unreachable!("DeviceRequest::gpu refuses GPUs in a build without `cuda`"),
+            Device::Cuda(_) => unreachable!("DeviceRequest::resolve refuses GPUs in a build without `cuda`"),
         }
     }
 
     /// The device, as recorded on the attempt.
     pub fn device_name(&self) -> String {
         match self {
-            LoadedEncoder::Cpu(_) => "cpu".into(),
+            LoadedEncoder::Cpu(_) => Device::Cpu.name(),
             #[cfg(feature = "cuda")]
-            LoadedEncoder::Cuda(_, n) => format!("cuda:{n}"),
+            LoadedEncoder::Cuda(_, n) => Device::Cuda(*n).name(),
         }
     }
 
