@@ -203,7 +203,7 @@ impl StageContext {
     /// `name` of the running attempt now, so a crash does not lose the record
     /// of it; the file stays where it is. The stage's final output of the
     /// same name, if any, replaces it when the attempt ends.
-    pub fn record_artifact_now(&mut self, name: &str, path: &Path) -> anyhow::Result<()> {
+    pub fn record_artifact_now(&self, name: &str, path: &Path) -> anyhow::Result<()> {
         match &self.recorder {
             Some(recorder) => recorder.artifact(name, path),
             None => Ok(()),

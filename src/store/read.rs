@@ -352,7 +352,6 @@ impl Store {
         Ok(rows.into_iter().collect())
     }
 
-    /// Attempts still marked running (for `gc` to spare their scratch space).
     /// When the oldest attempt still marked running started, if any.
     pub async fn oldest_running_start(&self) -> anyhow::Result<Option<std::time::SystemTime>> {
         let started: Option<String> =
@@ -366,6 +365,7 @@ impl Store {
             .transpose()
     }
 
+    /// Attempts still marked running (for `gc` to spare their scratch space).
     pub async fn running_attempt_ids(&self) -> anyhow::Result<HashSet<i64>> {
         let rows: Vec<i64> = sqlx::query_scalar("SELECT id FROM attempts WHERE status = 'running'").fetch_all(&self.pool).await?;
         Ok(rows.into_iter().collect())

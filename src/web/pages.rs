@@ -192,10 +192,9 @@ pub async fn instance(State(state): State<Arc<AppState>>, Path(key): Path<String
     let done = store.done_attempt_of(inst.id).await?;
     // The done attempt's metrics, else the running one's so far (a live view).
     let running = if done.is_none() { attempts.iter().rev().find(|a| a.status == "running") } else { None };
-    let metrics = match (&done, running) {
-        (Some(d), _) => store.metrics_of_attempt(d.attempt_id).await?,
-        (None, Some(a)) => store.metrics_of_attempt(a.id).await?,
-        (None, None) => Vec::new(),
+    let metrics = match done.as_ref().map(|d| d.attempt_id).or(running.map(|a| a.id)) {
+        Some(attempt) => store.metrics_of_attempt(attempt).await?,
+        None => Vec::new(),
     };
     let mut body = format!(
         "<h1>Instance <code>{}</code></h1><p>kind <b>{}</b> (version {}) · created {}</p>",
@@ -296,9 +295,9 @@ pub async fn instance(State(state): State<Arc<AppState>>, Path(key): Path<String
             0,
             &format!("<p class=\"live\">attempt {} is running: metrics and curves so far; this page reloads every 5 s</p>", a.id),
         );
-        return Ok(Page::new(&format!("Instance {}", &inst.key[..12]), body).refreshing(5));
     }
-    Ok(Page::new(&format!("Instance {}", &inst.key[..12]), body))
+    let page = Page::new(&format!("Instance {}", &inst.key[..12]), body);
+    Ok(if running.is_some() { page.refreshing(5) } else { page })
 }
 
 async fn known_pipeline(store: &Store, name: &str) -> Result<()> {
