@@ -23,7 +23,7 @@ fn throughput() -> anyhow::Result<()> {
     println!("| model | loss | batch | images/s | GFLOP/s (fwd+bwd) |");
     println!("|---|---|---|---|---|");
     for (model, batch, steps) in [("vit-micro", 64, 30), ("vit-micro", 256, 8), ("vit-tiny", 16, 4)] {
-        let r = ablate::train::bench::run::<Train>(model, "infonce", batch, 2, steps, &Default::default())?;
+        let r = ablate::train::bench::run::<Train>(model, "infonce", batch, 2, steps, false, &Default::default())?;
         println!("| {model} | infonce | {batch} | {:.1} | {:.1} |", r.images_per_s, r.gflops);
     }
     Ok(())
@@ -56,7 +56,7 @@ fn memory_one(what: &str, loss_name: &str, batch: usize) -> anyhow::Result<()> {
             let _: f32 = g.sum().into_scalar();
         }
         _ => {
-            ablate::train::bench::run::<Train>("vit-micro", loss_name, batch, 1, 1, &Default::default())?;
+            ablate::train::bench::run::<Train>("vit-micro", loss_name, batch, 1, 1, false, &Default::default())?;
         }
     }
     println!("{} {}", peak_rss_kib(), before);

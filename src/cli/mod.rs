@@ -157,6 +157,10 @@ enum Command {
         /// fused CPU kernels (to measure what the fusion buys).
         #[arg(long)]
         decomposed: bool,
+        /// Also time each phase of a step (data, forward, backward, gradient
+        /// norm, optimizer), waiting for the device after each one.
+        #[arg(long)]
+        phases: bool,
         #[arg(long)]
         json: bool,
     },
@@ -350,9 +354,9 @@ async fn dispatch(cli: Cli, bars: indicatif::MultiProgress) -> anyhow::Result<Ex
         Command::Lineage { id, json } => history::lineage(&workspace, &id, json).await,
         Command::Gc { dry_run, json } => history::gc(&workspace, dry_run, json).await,
         Command::Kinds { json } => kinds(json),
-        Command::BenchTrain { model, loss, batch, steps, warmup, device, decomposed, json } => {
+        Command::BenchTrain { model, loss, batch, steps, warmup, device, decomposed, phases, json } => {
             crate::model::fused::set_enabled(!decomposed);
-            bench_train(&model, &loss, batch, steps, warmup, &device, json)
+            bench_train(Bench { model: &model, loss: &loss, batch, warmup, steps, phases }, &device, json)
         }
         Command::Embed { encoder, pooling, max_tokens, device, json, texts } => {
             embed(&encoder, pooling.as_deref(), max_tokens, &device, json, &texts)
@@ -716,15 +720,15 @@ async fn exec_one(
     Ok(code)
 }
 
-fn bench_train(model: &str, loss: &str, batch: usize, steps: usize, warmup: usize, device: &str, json: bool) -> anyhow::Result<ExitCode> {
+fn bench_train(bench: Bench<'_>, device: &str, json: bool) -> anyhow::Result<ExitCode> {
     use crate::text::device::DeviceRequest;
     let request = DeviceRequest::parse(device).map_err(UsageError)?;
-    if batch < 2 || steps < 1 {
+    if bench.batch < 2 || bench.steps < 1 {
         return Err(UsageError("--batch must be at least 2 and --steps at least 1".into()).into());
     }
     let device = request.resolve().map_err(|e| UsageError(format!("{e:#}")))?;
     let device_name = device.name();
-    let result = device.run(Bench { model, loss, batch, warmup, steps })?;
+    let result = device.run(bench)?;
     if json {
         print_json(&json!({"device": device_name, "result": result}));
     } else {
@@ -732,6 +736,12 @@ fn bench_train(model: &str, loss: &str, batch: usize, steps: usize, warmup: usiz
             "{} {} batch {} on {device_name}: {:.1} images/s, {:.1} GFLOP/s (image tower fwd+bwd) over {} steps",
             result.model, result.loss, result.batch, result.images_per_s, result.gflops, result.steps
         );
+        if let Some(p) = result.phases_ms {
+            println!(
+                "per step: data {:.1} ms, forward {:.1} ms, backward {:.1} ms, gradient norm {:.1} ms, optimizer {:.1} ms",
+                p.data, p.forward, p.backward, p.grad_norm, p.optimizer
+            );
+        }
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -743,12 +753,13 @@ struct Bench<'a> {
     batch: usize,
     warmup: usize,
     steps: usize,
+    phases: bool,
 }
 
 impl crate::text::device::OnBackend for Bench<'_> {
     type Output = crate::train::bench::BenchResult;
     fn run<B: burn::tensor::backend::Backend>(self, device: &B::Device) -> anyhow::Result<Self::Output> {
-        crate::train::bench::run::<burn::backend::Autodiff<B>>(self.model, self.loss, self.batch, self.warmup, self.steps, device)
+        crate::train::bench::run::<burn::backend::Autodiff<B>>(self.model, self.loss, self.batch, self.warmup, self.steps, self.phases, device)
     }
 }
 

@@ -10,7 +10,7 @@ use burn::tensor::backend::AutodiffBackend;
 
 use super::checkpoint::StepRecord;
 use super::data::Pairs;
-use super::{Observer, TextSide, TrainInputs, TrainSpec};
+use super::{Observer, StepPhases, TextSide, TrainInputs, TrainSpec};
 use crate::loss::Loss;
 use crate::model::{ClipConfig, VitPreset};
 use crate::rng::Rng;
@@ -26,12 +26,19 @@ pub struct BenchResult {
     pub images_per_s: f64,
     /// Forward + backward FLOPs of the image tower per second (3 × forward).
     pub gflops: f64,
+    /// Mean time per phase over the measured steps, with the device waited
+    /// for after each phase (asked for by `phases`; the wait costs a GPU
+    /// some overlap, so throughput is best measured without it).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub phases_ms: Option<StepPhases>,
 }
 
 struct Timer {
     warmup: usize,
     started: Option<Instant>,
     last: Option<Instant>,
+    /// Summed phase times of the measured steps, when asked for.
+    phases: Option<(StepPhases, usize)>,
 }
 
 impl Observer for Timer {
@@ -41,18 +48,36 @@ impl Observer for Timer {
         }
         self.last = Some(Instant::now());
     }
+    fn timed_phases(&self) -> bool {
+        self.phases.is_some()
+    }
+    fn on_phases(&mut self, p: &StepPhases) {
+        // Reported just before `on_step` for the same step.
+        if let Some((sum, n)) = &mut self.phases
+            && self.started.is_some()
+        {
+            sum.data += p.data;
+            sum.forward += p.forward;
+            sum.backward += p.backward;
+            sum.grad_norm += p.grad_norm;
+            sum.optimizer += p.optimizer;
+            *n += 1;
+        }
+    }
     fn cancelled(&self) -> bool {
         false
     }
 }
 
-/// Trains `model` with `loss` at `batch` for `warmup + steps` steps on `device`.
+/// Trains `model` with `loss` at `batch` for `warmup + steps` steps on
+/// `device`; with `phases`, also times each phase of a step.
 pub fn run<B: AutodiffBackend>(
     model: &str,
     loss: &str,
     batch: usize,
     warmup: usize,
     steps: usize,
+    phases: bool,
     device: &B::Device,
 ) -> anyhow::Result<BenchResult> {
     let vit = VitPreset::named(model, "avg").ok_or_else(|| anyhow::anyhow!("unknown model preset {model}"))?;
@@ -88,7 +113,7 @@ pub fn run<B: AutodiffBackend>(
         checkpoint_every: 0,
     };
     let dir = tempfile_dir()?;
-    let mut timer = Timer { warmup: warmup.max(1), started: None, last: None };
+    let mut timer = Timer { warmup: warmup.max(1), started: None, last: None, phases: phases.then(Default::default) };
     super::run::<B>(&spec, &inputs, device, &dir.join("checkpoint.safetensors"), &mut timer)?;
     let _ = std::fs::remove_dir_all(&dir);
     let measured = warmup + steps - warmup.max(1);
@@ -104,6 +129,16 @@ pub fn run<B: AutodiffBackend>(
         steps: measured,
         images_per_s,
         gflops: images_per_s * flops / 1e9,
+        phases_ms: timer.phases.filter(|&(_, n)| n > 0).map(|(sum, n)| {
+            let n = n as f64;
+            StepPhases {
+                data: sum.data / n,
+                forward: sum.forward / n,
+                backward: sum.backward / n,
+                grad_norm: sum.grad_norm / n,
+                optimizer: sum.optimizer / n,
+            }
+        }),
     })
 }
 

@@ -70,6 +70,15 @@ pub struct TrainInputs {
 /// What the loop reports to (and asks of) whoever runs it.
 pub trait Observer: Send {
     fn on_step(&mut self, record: &StepRecord, total: usize);
+    /// Whether to wait for the device after each phase of a step, so that
+    /// [`Observer::on_phases`] gets each phase's own time. A GPU runs work
+    /// asynchronously: without the wait, a phase's time is that of queueing
+    /// it, and whichever phase next reads a value pays for everything queued.
+    fn timed_phases(&self) -> bool {
+        false
+    }
+    /// Where one step's time went.
+    fn on_phases(&mut self, _phases: &StepPhases) {}
     /// A checkpoint of the state after `step` steps was just written to `path`.
     fn on_checkpoint(&mut self, _step: usize, _path: &Path) -> anyhow::Result<()> {
         Ok(())
@@ -99,6 +108,20 @@ pub struct Trained {
     pub text: Vec<(String, HostTensor)>,
     pub history: Vec<StepRecord>,
     pub resumed_from: Option<usize>,
+}
+
+/// One step's wall time by phase, in milliseconds.
+#[derive(Debug, Clone, Copy, Default, serde::Serialize)]
+pub struct StepPhases {
+    /// Batch assembly on the host (crops, caption choice).
+    pub data: f64,
+    /// Upload, both towers' forward passes and the loss (read back).
+    pub forward: f64,
+    pub backward: f64,
+    /// The global gradient norm (read back).
+    pub grad_norm: f64,
+    /// AdamW over every parameter.
+    pub optimizer: f64,
 }
 
 const LOGIT_SCALE_MAX: f64 = 4.605_170_185_988_091; // ln 100
@@ -152,6 +175,7 @@ fn train<B: AutodiffBackend>(
             observer.on_step(record, spec.steps);
         }
     }
+    let timed = observer.timed_phases();
     let clamp = move |path: &str| (loss_kind == Loss::InfoNce && path == "logit_scale").then_some((0.0, LOGIT_SCALE_MAX));
     let vit = &spec.model.vit;
     let (batch, patches, patch_dim) = (spec.batch_size, vit.patches(), vit.patch_dim());
@@ -201,6 +225,9 @@ fn train<B: AutodiffBackend>(
         let value: f64 = loss.clone().into_scalar().elem();
         let t_forward = began.elapsed();
         let grads = loss.backward();
+        if timed {
+            B::sync(device)?;
+        }
         let t_backward = began.elapsed();
         let grad_norm = AdamW::grad_norm(&model, &grads);
         let t_norm = began.elapsed();
@@ -214,16 +241,19 @@ fn train<B: AutodiffBackend>(
         let lr = schedule::lr_at(step, spec.steps, spec.warmup_steps, spec.lr);
         model = optim.step(model, &grads, lr, grad_scale, &clamp);
         let logit_scale = model.logit_scale.as_ref().map(|p| p.val().into_scalar().elem::<f64>().exp());
+        if timed {
+            B::sync(device)?;
+        }
         let ms = |d: std::time::Duration| d.as_secs_f64() * 1e3;
-        tracing::debug!(
-            step,
-            data_ms = ms(t_data),
-            forward_ms = ms(t_forward - t_data),
-            backward_ms = ms(t_backward - t_forward),
-            grad_norm_ms = ms(t_norm - t_backward),
-            optimizer_ms = ms(began.elapsed() - t_norm),
-            "step phases"
-        );
+        let phases = StepPhases {
+            data: ms(t_data),
+            forward: ms(t_forward - t_data),
+            backward: ms(t_backward - t_forward),
+            grad_norm: ms(t_norm - t_backward),
+            optimizer: ms(began.elapsed() - t_norm),
+        };
+        tracing::debug!(step, ?phases, "step phases");
+        observer.on_phases(&phases);
         let record =
             StepRecord { step, loss: value, lr, logit_scale, grad_norm, images_per_s: batch as f64 / began.elapsed().as_secs_f64() };
         observer.on_step(&record, spec.steps);
