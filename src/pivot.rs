@@ -107,6 +107,12 @@ pub fn latest(rows: &[HistoryRow]) -> Vec<&HistoryRow> {
     rows.iter().filter(|r| keep.contains(&(*r as *const HistoryRow))).collect()
 }
 
+/// The [`latest`] rows that have at least one of `metrics`: what a summary
+/// is made of.
+pub fn latest_with<'a>(rows: &'a [HistoryRow], metrics: &[String]) -> Vec<&'a HistoryRow> {
+    latest(rows).into_iter().filter(|r| metrics.iter().any(|m| r.metrics.contains_key(m))).collect()
+}
+
 fn label(row: &HistoryRow, axes: &[String]) -> String {
     if axes.is_empty() {
         return "all".into();
@@ -198,16 +204,14 @@ pub struct SummaryRow {
     pub metrics: std::collections::BTreeMap<String, Cell>,
 }
 
-/// A study's results: the latest finished instances that have any of
-/// `metrics`, grouped by the `by` axes (in `axis_order`'s value order),
-/// aggregated over every other axis.
+/// A study's results: `selected` ([`latest_with`] the `metrics`), grouped by
+/// the `by` axes (in `axis_values`' order), aggregated over every other axis.
 pub fn summarize(
-    rows: &[HistoryRow],
+    selected: Vec<&HistoryRow>,
     metrics: &[String],
     by: &[String],
     axis_values: &[(String, Vec<serde_json::Value>)],
 ) -> Vec<SummaryRow> {
-    let selected: Vec<&HistoryRow> = latest(rows).into_iter().filter(|r| metrics.iter().any(|m| r.metrics.contains_key(m))).collect();
     let rank = |axis: &str, v: Option<&serde_json::Value>| -> usize {
         let values = axis_values.iter().find(|(a, _)| a == axis).map(|(_, vs)| vs.as_slice()).unwrap_or(&[]);
         v.and_then(|v| values.iter().position(|x| x == v)).unwrap_or(usize::MAX)
@@ -275,7 +279,7 @@ mod tests {
     fn summary_groups_by_axes_in_file_order_and_aggregates_the_rest() {
         let rows = vec![row("infonce", 0, 0.2, "1"), row("cosine", 0, 0.4, "1"), row("cosine", 1, 0.6, "1"), row("infonce", 1, 0.4, "1")];
         let order = vec![("loss".to_owned(), vec![json!("cosine"), json!("infonce")])];
-        let table = summarize(&rows, &["top1".to_owned()], &["loss".to_owned()], &order);
+        let table = summarize(latest_with(&rows, &["top1".to_owned()]), &["top1".to_owned()], &["loss".to_owned()], &order);
         assert_eq!(table.len(), 2);
         assert_eq!(table[0].axes["loss"], json!("cosine"));
         let c = table[0].metrics["top1"];
@@ -286,10 +290,10 @@ mod tests {
         w.reverse();
         assert_eq!(Cell::of(&v), Cell::of(&w));
         assert!((table[1].metrics["top1"].mean - 0.3).abs() < 1e-12);
-        let everything = summarize(&rows, &["top1".to_owned()], &[], &order);
+        let everything = summarize(latest_with(&rows, &["top1".to_owned()]), &["top1".to_owned()], &[], &order);
         assert_eq!(everything.len(), 1);
         assert_eq!(everything[0].metrics["top1"].n, 4);
-        assert!(summarize(&rows, &["missing".to_owned()], &[], &order).is_empty());
+        assert!(summarize(latest_with(&rows, &["missing".to_owned()]), &["missing".to_owned()], &[], &order).is_empty());
     }
 
     #[test]

@@ -373,15 +373,14 @@ pub(super) fn summary_table(
     } else {
         metrics.to_vec()
     };
+    let selected = pivot::latest_with(rows, &metrics);
     let by: Vec<String> = if by.is_empty() {
-        let with_metric: Vec<&HistoryRow> =
-            pivot::latest(rows).into_iter().filter(|r| metrics.iter().any(|m| r.metrics.contains_key(m))).collect();
-        let varying = pivot::varying_axes(&with_metric);
+        let varying = pivot::varying_axes(&selected);
         axis_values.iter().map(|(n, _)| n.clone()).filter(|a| varying.contains(a) && !a.to_ascii_lowercase().contains("seed")).collect()
     } else {
         by.to_vec()
     };
-    let rows = pivot::summarize(rows, &metrics, &by, axis_values);
+    let rows = pivot::summarize(selected, &metrics, &by, axis_values);
     Ok((!rows.is_empty()).then_some(Summary { by, metrics, rows }))
 }
 
