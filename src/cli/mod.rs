@@ -759,7 +759,15 @@ struct Bench<'a> {
 impl crate::text::device::OnBackend for Bench<'_> {
     type Output = crate::train::bench::BenchResult;
     fn run<B: burn::tensor::backend::Backend>(self, device: &B::Device) -> anyhow::Result<Self::Output> {
-        crate::train::bench::run::<burn::backend::Autodiff<B>>(self.model, self.loss, self.batch, self.warmup, self.steps, self.phases, device)
+        crate::train::bench::run::<burn::backend::Autodiff<B>>(
+            self.model,
+            self.loss,
+            self.batch,
+            self.warmup,
+            self.steps,
+            self.phases,
+            device,
+        )
     }
 }
 

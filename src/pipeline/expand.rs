@@ -14,7 +14,7 @@ use serde_json::{Map, Value};
 use super::diag::{Diagnostic, Diagnostics};
 use super::key::StageKey;
 use super::parse::{PipelineSpec, StageSpec};
-use crate::stages::{ParamDefault, Params, StageKind};
+use crate::stages::{ParamDefault, ParamSpec, Params, StageKind};
 
 /// One unit of work: a stage kind with resolved parameters and upstream nodes.
 #[derive(Clone)]
@@ -138,7 +138,7 @@ pub fn expand(spec: PipelineSpec) -> Result<Plan, Diagnostics> {
                 add_ancestors(&nodes, &mut upstream, &mut upstream_stages);
             }
             let upstream_keys: Vec<&StageKey> = upstream.iter().map(|&u| &nodes[u].key).collect();
-            let key = StageKey::compute(stage.kind.name(), stage.kind.version(), &params.0, &upstream_keys);
+            let key = StageKey::compute(stage.kind.name(), stage.kind.version(), &keyed(stage.kind.params(), &params), &upstream_keys);
             let binding = bindings.len();
             let node = match by_key.get(&key) {
                 Some(&n) => n,
@@ -278,6 +278,16 @@ fn resolve_params<'v>(
             None
         }
     }
+}
+
+/// The parameters that go into the key: all but those a kind declares
+/// [`ParamSpec::unkeyed_at_default`] while they hold their default.
+fn keyed<'p>(specs: &[ParamSpec], params: &'p Params) -> std::borrow::Cow<'p, Map<String, Value>> {
+    let left_out = |(name, value): (&String, &Value)| specs.iter().any(|p| p.name == name && p.left_out_of_key(value));
+    if !params.0.iter().any(left_out) {
+        return std::borrow::Cow::Borrowed(&params.0);
+    }
+    std::borrow::Cow::Owned(params.0.iter().filter(|&e| !left_out(e)).map(|(n, v)| (n.clone(), v.clone())).collect())
 }
 
 /// Stages in dependency order, or the cycle that prevents one.

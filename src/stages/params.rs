@@ -42,11 +42,27 @@ pub struct ParamSpec {
     pub ty: ParamType,
     pub default: ParamDefault,
     pub doc: &'static str,
+    /// False for a parameter added after the kind's keys were in use: see
+    /// [`ParamSpec::unkeyed_at_default`].
+    keyed_at_default: bool,
 }
 
 impl ParamSpec {
     pub const fn new(name: &'static str, ty: ParamType, default: ParamDefault, doc: &'static str) -> Self {
-        ParamSpec { name, ty, default, doc }
+        ParamSpec { name, ty, default, doc, keyed_at_default: true }
+    }
+
+    /// A parameter added to a kind whose keys are already in stores: at its
+    /// default it is left out of the stage key, so every key computed before
+    /// it existed still names the same work (its default must be what the
+    /// kind did before). Any other value is keyed as usual.
+    pub const fn unkeyed_at_default(self) -> Self {
+        ParamSpec { keyed_at_default: false, ..self }
+    }
+
+    /// Whether this parameter, resolved to `value`, stays out of the key.
+    pub fn left_out_of_key(&self, value: &Value) -> bool {
+        !self.keyed_at_default && self.default_value().as_ref() == Some(value)
     }
 
     /// The default as a JSON value, or `None` when required or absent.

@@ -77,6 +77,20 @@ const PARAMS: &[ParamSpec] = &[
         ParamDefault::Int(100),
         "steps between checkpoints (0: only at the end and on Ctrl-C)",
     ),
+    ParamSpec::new(
+        "crop_scale",
+        ParamType::Float,
+        ParamDefault::Float(0.9),
+        "smallest area fraction a random resized crop keeps (1: the whole image)",
+    )
+    .unkeyed_at_default(),
+    ParamSpec::new(
+        "flip",
+        ParamType::Bool,
+        ParamDefault::Bool(false),
+        "mirror images left-right at random (off: captions say left and right)",
+    )
+    .unkeyed_at_default(),
     ParamSpec::new("device", ParamType::Str, ParamDefault::Str("auto"), "auto | cpu | cuda:N"),
     ParamSpec::new(
         "tokenizer",
@@ -133,6 +147,10 @@ impl StageKind for Train {
             && !(clip.is_finite() && clip > 0.0)
         {
             return Err(ParamError::new("grad_clip", format!("must be a positive number, found {clip}")));
+        }
+        let crop = params.float("crop_scale");
+        if !(crop > 0.0 && crop <= 1.0) {
+            return Err(ParamError::new("crop_scale", format!("must be in (0, 1], found {crop}")));
         }
         DeviceRequest::parse(params.str("device")).map_err(|e| ParamError::new("device", e))?;
         if let Some(path) = params.opt_str("tokenizer") {
@@ -238,6 +256,7 @@ impl StageKind for Train {
             grad_clip: params.get("grad_clip").and_then(Value::as_f64),
             seed: params.int("seed") as u64,
             checkpoint_every: params.int("checkpoint_every") as usize,
+            augment: train::data::Augment { crop_scale: params.float("crop_scale"), flip: params.bool("flip") },
         };
         let inputs = TrainInputs { images, pairs, text };
         let checkpoint_path = ctx.state_dir()?.join("checkpoint.safetensors");

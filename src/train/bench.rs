@@ -111,6 +111,7 @@ pub fn run<B: AutodiffBackend>(
         grad_clip: None,
         seed: 0,
         checkpoint_every: 0,
+        augment: Default::default(),
     };
     let dir = tempfile_dir()?;
     let mut timer = Timer { warmup: warmup.max(1), started: None, last: None, phases: phases.then(Default::default) };

@@ -14,9 +14,31 @@ use rayon::prelude::*;
 pub const MEAN: [f32; 3] = [0.481_454_66, 0.457_827_5, 0.408_210_73];
 pub const STD: [f32; 3] = [0.268_629_54, 0.261_302_58, 0.275_777_1];
 
-/// OpenCLIP's training crop: a random area fraction and aspect ratio.
-const CROP_SCALE: (f64, f64) = (0.9, 1.0);
+/// The random resized crop's aspect ratio range (OpenCLIP's).
 const CROP_RATIO: (f64, f64) = (3.0 / 4.0, 4.0 / 3.0);
+
+/// How training images are augmented.
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize)]
+pub struct Augment {
+    /// The smallest area fraction a random resized crop keeps (OpenCLIP's
+    /// 0.9); 1 keeps the whole image.
+    pub crop_scale: f64,
+    /// Mirror each image left–right with probability ½. Off by default: a
+    /// caption that says "left of" would then be false for half the batch.
+    pub flip: bool,
+}
+
+impl Default for Augment {
+    fn default() -> Self {
+        Augment { crop_scale: 0.9, flip: false }
+    }
+}
+
+impl Augment {
+    pub fn is_default(&self) -> bool {
+        *self == Augment::default()
+    }
+}
 
 /// Which training images there are and which caption rows each has.
 pub struct Pairs {
@@ -62,10 +84,13 @@ impl Pairs {
 /// A crop rectangle in source pixels: x, y, width, height.
 type Rect = (f64, f64, f64, f64);
 
-fn random_crop(rng: &mut Rng, side: usize) -> Rect {
+fn random_crop(rng: &mut Rng, side: usize, min_scale: f64) -> Rect {
     let s = side as f64;
+    if min_scale >= 1.0 {
+        return (0.0, 0.0, s, s);
+    }
     for _ in 0..10 {
-        let area = s * s * (CROP_SCALE.0 + rng.uniform() * (CROP_SCALE.1 - CROP_SCALE.0));
+        let area = s * s * (min_scale + rng.uniform() * (1.0 - min_scale));
         let log_ratio = CROP_RATIO.0.ln() + rng.uniform() * (CROP_RATIO.1.ln() - CROP_RATIO.0.ln());
         let (w, h) = ((area * log_ratio.exp()).sqrt(), (area / log_ratio.exp()).sqrt());
         if w <= s && h <= s {
@@ -76,10 +101,10 @@ fn random_crop(rng: &mut Rng, side: usize) -> Rect {
 }
 
 /// Writes image `pixels` (`side`² HWC u8) cropped to `rect`, resized
-/// bilinearly to `size`², normalised, as `(size/patch)²` patches of
-/// `3·patch²` values (channel-major, then rows, then columns: a conv kernel's
-/// order), into `out` (`3·size²` values).
-fn write_patches(pixels: &[u8], side: usize, rect: Rect, size: usize, patch: usize, out: &mut [f32]) {
+/// bilinearly to `size`², mirrored left–right if `flip`, normalised, as
+/// `(size/patch)²` patches of `3·patch²` values (channel-major, then rows,
+/// then columns: a conv kernel's order), into `out` (`3·size²` values).
+fn write_patches(pixels: &[u8], side: usize, rect: Rect, flip: bool, size: usize, patch: usize, out: &mut [f32]) {
     let (x0, y0, w, h) = rect;
     let identity = side == size && w == side as f64 && h == side as f64 && x0 == 0.0 && y0 == 0.0;
     // Where each output row and column samples the source: the two
@@ -97,7 +122,10 @@ fn write_patches(pixels: &[u8], side: usize, rect: Rect, size: usize, patch: usi
             })
             .collect()
     };
-    let (rows, cols) = (taps(y0, h), taps(x0, w));
+    let (rows, mut cols) = (taps(y0, h), taps(x0, w));
+    if flip {
+        cols.reverse();
+    }
     let grid = size / patch;
     for (oy, &(y, y1, fy)) in rows.iter().enumerate() {
         let (py, iy) = (oy / patch, oy % patch);
@@ -119,14 +147,18 @@ fn write_patches(pixels: &[u8], side: usize, rect: Rect, size: usize, patch: usi
 }
 
 /// Patches `[images × patches, 3·patch²]` (flattened) of training images,
-/// each with its random resized crop.
-pub fn train_patches(images: &IngestImages, plan: &mut BatchPlan, size: usize, patch: usize) -> Vec<f32> {
+/// each with its random resized crop (and flip, if on).
+pub fn train_patches(images: &IngestImages, plan: &mut BatchPlan, augment: &Augment, size: usize, patch: usize) -> Vec<f32> {
     // Images in parallel (each has its own random stream, so the result does
     // not depend on the split); ≈ 3 % of a vit-micro CPU step on one thread.
     let mut out = vec![0f32; plan.images.len() * size * size * 3];
-    out.par_chunks_mut(size * size * 3)
-        .zip(plan.images.par_iter().zip(plan.crops.par_iter_mut()))
-        .for_each(|(out, (&i, rng))| write_patches(images.image(i), images.side, random_crop(rng, images.side), size, patch, out));
+    out.par_chunks_mut(size * size * 3).zip(plan.images.par_iter().zip(plan.crops.par_iter_mut())).for_each(|(out, (&i, rng))| {
+        let rect = random_crop(rng, images.side, augment.crop_scale);
+        // Drawn after the crop, and only when on, so that turning flips
+        // on leaves every crop as it was.
+        let flip = augment.flip && rng.uniform() < 0.5;
+        write_patches(images.image(i), images.side, rect, flip, size, patch, out)
+    });
     out
 }
 
@@ -135,7 +167,7 @@ pub fn eval_patches(images: &IngestImages, indices: &[usize], size: usize, patch
     let mut out = vec![0f32; indices.len() * size * size * 3];
     let full = (0.0, 0.0, images.side as f64, images.side as f64);
     for (out, &i) in out.chunks_exact_mut(size * size * 3).zip(indices) {
-        write_patches(images.image(i), images.side, full, size, patch, out);
+        write_patches(images.image(i), images.side, full, false, size, patch, out);
     }
     out
 }
@@ -156,6 +188,35 @@ mod tests {
         seen.dedup();
         assert_eq!(seen.len(), 8);
         assert_ne!(pairs.batch(5, 0, 4).images, pairs.batch(6, 0, 4).images);
+    }
+
+    #[test]
+    fn crop_scale_one_keeps_the_whole_image_and_flip_mirrors_it() {
+        let pixels: Vec<u8> = (0..16u8).flat_map(|i| [i * 10, i * 10 + 1, i * 10 + 2]).collect();
+        let images = IngestImages { n: 1, side: 4, pixels };
+        let pairs = Pairs { images: vec![0; 8], captions: vec![vec![0]; 8] };
+        let whole = eval_patches(&images, &[0; 8], 4, 2);
+        let keep = Augment { crop_scale: 1.0, flip: false };
+        assert_eq!(train_patches(&images, &mut pairs.batch(0, 0, 8), &keep, 4, 2), whole);
+
+        // Flipped images are the mirrored whole image; with 8 draws at ½
+        // (fixed seed) some are flipped and some are not.
+        let flipped = train_patches(&images, &mut pairs.batch(0, 0, 8), &Augment { flip: true, ..keep }, 4, 2);
+        let one = |out: &[f32], i: usize| out[i * 48..(i + 1) * 48].to_vec();
+        let source = images.image(0);
+        let mirrored: Vec<u8> = (0..4).flat_map(|y| (0..4).rev().flat_map(move |x| source[(y * 4 + x) * 3..][..3].to_vec())).collect();
+        let mirror = eval_patches(&IngestImages { n: 1, side: 4, pixels: mirrored }, &[0], 4, 2);
+        let n_flipped = (0..8).filter(|&i| one(&flipped, i) == mirror).count();
+        assert!((0..8).all(|i| one(&flipped, i) == mirror || one(&flipped, i) == one(&whole, i)));
+        assert!((1..8).contains(&n_flipped), "{n_flipped} of 8 flipped");
+
+        // Turning flips on leaves the crops as they were: the images not
+        // flipped are those of the batch without flips.
+        let crop = Augment::default();
+        let plain = train_patches(&images, &mut pairs.batch(3, 1, 8), &crop, 4, 2);
+        let both = train_patches(&images, &mut pairs.batch(3, 1, 8), &Augment { flip: true, ..crop }, 4, 2);
+        assert!((0..8).any(|i| one(&plain, i) == one(&both, i)));
+        assert!((0..8).any(|i| one(&plain, i) != one(&both, i)));
     }
 
     #[test]

@@ -44,6 +44,10 @@ pub struct TrainSpec {
     pub grad_clip: Option<f64>,
     pub seed: u64,
     pub checkpoint_every: usize,
+    /// Left out of the fingerprint at its default, so that checkpoints
+    /// written before it existed still resume.
+    #[serde(skip_serializing_if = "data::Augment::is_default")]
+    pub augment: data::Augment,
 }
 
 impl TrainSpec {
@@ -200,7 +204,7 @@ fn train<B: AutodiffBackend>(
         }
         let began = Instant::now();
         let mut plan = inputs.pairs.batch(spec.seed, step, batch);
-        let pixels = data::train_patches(&inputs.images, &mut plan, vit.image_size, vit.patch_size);
+        let pixels = data::train_patches(&inputs.images, &mut plan, &spec.augment, vit.image_size, vit.patch_size);
         let t_data = began.elapsed();
         let images = Tensor::<B, 2>::from_data(TensorData::new(pixels, [batch * patches, patch_dim]), device);
         let image_emb = model.encode_images(images, batch);
