@@ -151,6 +151,8 @@ fn training_parameter_mistakes_are_located_errors() {
         ("lr = -1.0", "stages.train.lr", "positive"),
         ("warmup_steps = -1", "stages.train.warmup_steps", "at least 0"),
         ("device = \"tpu\"", "stages.train.device", "cuda:N"),
+        ("crop_scale = 1.5", "stages.train.crop_scale", "(0, 1]"),
+        ("flip = \"yes\"", "stages.train.flip", "true or false"),
         ("tokenizer = \"/nonexistent/tokenizer.json\"", "stages.train.tokenizer", "nonexistent"),
     ] {
         let file = ws.write("bad.toml", &pipeline(extra));
@@ -164,10 +166,13 @@ fn training_parameter_mistakes_are_located_errors() {
     assert!(out.stdout.contains("text_embed"), "frozen training names the missing cache\n{}", out.describe());
 }
 
+/// A training off every default the other tests use (flips and strong crops too).
+const NON_DEFAULT: &str = "steps = 12\nloss = \"siglip\"\nprojector_layers = 1\npooling = \"cls\"\nflip = true\ncrop_scale = 0.5";
+
 #[test]
 fn exported_weights_evaluation_metrics_and_results_table() {
     let ws = Ws::new();
-    let file = ws.write("p.toml", &pipeline("steps = 12\nloss = \"siglip\"\nprojector_layers = 1\npooling = \"cls\""));
+    let file = ws.write("p.toml", &pipeline(NON_DEFAULT));
     let run = ws.run(&["run", file.to_str().unwrap()]).ok();
     assert!(run.stdout.contains("compositional.mean"), "the run ends with the results table\n{}", run.describe());
     let plan = ws.plan(&file);
@@ -216,10 +221,7 @@ fn exported_weights_evaluation_metrics_and_results_table() {
     let bad = ws.run(&["results", file.to_str().unwrap(), "--by", "nope"]).expect_code(2);
     assert!(bad.stderr.contains("not an axis"), "{}", bad.describe());
 
-    let only = ws.write(
-        "p.toml",
-        &(pipeline("steps = 12\nloss = \"siglip\"\nprojector_layers = 1\npooling = \"cls\"") + "suites = [\"retrieval\"]\n"),
-    );
+    let only = ws.write("p.toml", &(pipeline(NON_DEFAULT) + "suites = [\"retrieval\"]\n"));
     ws.run(&["run", only.to_str().unwrap()]).ok();
     let eval = ws.show(&key_of(&ws.plan(&only), "eval"));
     assert!(metric(&eval, "retrieval.t2i.r5").is_some() && metric(&eval, "zero_shot.top1").is_none(), "{eval}");
