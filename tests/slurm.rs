@@ -1,8 +1,9 @@
 //! `ablate run --executor slurm` against a real Slurm cluster (the CI's
 //! single node, started by scripts/ci-services): same keys and metrics as a
 //! local run, one job or array task per instance, adoption after the
-//! submitter dies, cancelled jobs recorded failed and rerun, retries, Ctrl-C,
-//! `ablate cancel`, and a requeued job resuming from its checkpoint.
+//! submitter dies, cancelled jobs recorded failed and rerun, retries, Ctrl-C
+//! (with and without a terminal to ask in), `ablate cancel`, and a requeued
+//! job resuming from its checkpoint.
 
 mod common;
 #[path = "common/study.rs"]
@@ -210,6 +211,77 @@ fn scancelled_job_is_recorded_failed_and_rerun_and_ctrl_c_keeps_jobs() {
     assert!(failed["exit_state"].as_str().unwrap().starts_with("CANCELLED"), "{failed}");
     assert_eq!(failed["slurm_job"], job0.as_str());
     assert_eq!((ws.count("work-0"), ws.count("work-1")), (2, 1));
+}
+
+/// `ablate ARGS...` with a pseudo-terminal for its stdin, stdout and stderr
+/// (through util-linux `script`), as in an interactive shell; what it
+/// writes lands in `log`, what the test writes to the returned stdin reaches
+/// it as typed input.
+fn spawn_in_terminal(ws: &Ws, args: &[&str], log: &std::path::Path) -> std::process::Child {
+    let inner = ws.command(args);
+    let quote = |s: &std::ffi::OsStr| format!("'{}'", s.to_str().unwrap().replace('\'', "'\\''"));
+    let line: Vec<String> = std::iter::once(inner.get_program()).chain(inner.get_args()).map(quote).collect();
+    let mut outer = Command::new("script");
+    outer.args(["-qfec", &line.join(" "), "/dev/null"]).current_dir(ws.root());
+    for (k, v) in inner.get_envs() {
+        match v {
+            Some(v) => outer.env(k, v),
+            None => outer.env_remove(k),
+        };
+    }
+    let log = std::fs::File::create(log).unwrap();
+    outer.stdin(std::process::Stdio::piped()).stdout(log.try_clone().unwrap()).stderr(log).spawn().expect("running script(1)")
+}
+
+/// The `ablate` process under `script` (its child, or its shell's child).
+fn ablate_under(script: u32) -> Option<u32> {
+    let children = |pid: u32| -> Vec<u32> {
+        let out = Command::new("pgrep").args(["-P", &pid.to_string()]).output().unwrap();
+        String::from_utf8_lossy(&out.stdout).split_whitespace().filter_map(|p| p.parse().ok()).collect()
+    };
+    let comm = |pid: u32| std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default().trim().to_owned();
+    children(script).into_iter().flat_map(|c| std::iter::once(c).chain(children(c))).find(|&p| comm(p) == "ablate")
+}
+
+#[test]
+fn ctrl_c_in_a_terminal_asks_and_yes_cancels_the_jobs() {
+    if !slurm() {
+        return;
+    }
+    let ws = Ws::new();
+    let file = ws.write("waiting.toml", WAITING);
+    let log = ws.root().join("terminal.log");
+    let mut term = spawn_in_terminal(&ws, &["run", file.to_str().unwrap(), "--executor", "slurm"], &log);
+    wait_until(LONG, "both work jobs to start", || ws.count("work-0") == 1 && ws.count("work-1") == 1);
+    let pid = ablate_under(term.id()).expect("ablate runs under script");
+    tool("kill", &["-INT", &pid.to_string()]);
+    let screen = || std::fs::read_to_string(&log).unwrap_or_default();
+    wait_until(LONG, "the cancel prompt", || screen().contains("Slurm job(s) of run 1? [y/N]"));
+    use std::io::Write as _;
+    term.stdin.as_mut().unwrap().write_all(b"y\n").unwrap();
+    let start = std::time::Instant::now();
+    let status = loop {
+        if let Some(status) = term.try_wait().unwrap() {
+            break status;
+        }
+        if start.elapsed() > LONG {
+            let _ = term.kill();
+            panic!("ablate did not exit after the answer\n{}", screen());
+        }
+        std::thread::sleep(Duration::from_millis(25));
+    };
+    assert_eq!(status.code(), Some(130), "{}", screen());
+    assert!(!screen().contains("panicked"), "{}", screen());
+
+    assert_eq!(ws.runs()[0]["status"], "interrupted");
+    let plan = ws.plan(&file);
+    for key in stage_keys(&plan, "work") {
+        let show = ws.show(&key);
+        assert_eq!(attempt_statuses(&show), vec!["failed"], "{show}");
+        assert!(show["attempts"][0]["error"].as_str().unwrap().contains("cancelled by ablate"), "{show}");
+        let job = show["attempts"][0]["slurm_job"].as_str().unwrap().to_owned();
+        wait_until(LONG, "the job to be cancelled", || slurm_state(&job).starts_with("CANCELLED"));
+    }
 }
 
 #[test]
