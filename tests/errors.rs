@@ -292,6 +292,9 @@ fn an_unreadable_file_is_an_error_not_a_panic() {
     assert_eq!(out.code, Some(2), "{}", out.describe());
     assert!(out.stderr.contains("nope.toml"), "{}", out.describe());
     assert!(!ws.db().exists());
+    // An endless "file" is cut off, not read until memory runs out.
+    let out = ws.run(&["plan", "/dev/zero"]).expect_code(2);
+    assert!(out.stderr.contains("/dev/zero") && out.stderr.contains("larger than"), "{}", out.describe());
 }
 
 #[test]
@@ -310,4 +313,36 @@ run = "echo ${seed}"
     );
     assert_located(&err, &file, 5, "axes.seed", &["empty"]);
     assert!(!err.contains("undefined axis"), "`seed` is defined (empty): no misleading 'undefined axis' error\n{err}");
+}
+
+#[test]
+fn an_error_in_a_very_long_line_shows_a_window_around_it() {
+    let long = "a".repeat(100_000);
+    let (err, file) = reject(&format!(
+        "[pipeline]\nname = \"x\"\n\n[axes]\nseed = [\"{long}\", 7, \"{long}\"]\n\n[stages.a]\nkind = \"command\"\nrun = \"echo ${{seed}}\"\n"
+    ));
+    assert_located(&err, &file, 5, "axes.seed", &["duplicate value"]);
+    assert!(err.len() < 2_000, "the snippet is cut to the error's surroundings: {} bytes", err.len());
+    // The caret still sits under the duplicate's first character.
+    let lines: Vec<&str> = err.lines().collect();
+    let at = lines.iter().position(|l| l.starts_with("5 |")).expect("the snippet line");
+    let caret = lines[at + 1].chars().position(|c| c == '^').unwrap();
+    assert_eq!(lines[at].chars().nth(caret), Some('"'), "{}\n{}", lines[at], lines[at + 1]);
+}
+
+#[test]
+fn axis_values_that_read_the_same_as_text_are_rejected() {
+    let (err, file) = reject(
+        r#"[pipeline]
+name = "x"
+
+[axes]
+x = [1, "1", 1.5]
+
+[stages.a]
+kind = "command"
+run = "echo ${x}"
+"#,
+    );
+    assert_located(&err, &file, 5, "axes.x", &["reads as the earlier value 1", "differ as text"]);
 }

@@ -16,8 +16,10 @@ impl Table {
         Table { header: header.iter().map(|s| s.to_string()).collect(), rows: Vec::new() }
     }
 
+    /// Adds a row; a cell longer than [`MAX_CELL`] characters is cut there
+    /// and says how long it was (`--json` keeps whole values).
     pub fn row(&mut self, cells: Vec<String>) {
-        self.rows.push(cells);
+        self.rows.push(cells.into_iter().map(clip).collect());
     }
 
     pub fn render(&self) -> String {
@@ -29,10 +31,46 @@ impl Table {
         }
         let mut out = String::new();
         for row in std::iter::once(&self.header).chain(&self.rows) {
-            let line: Vec<String> = row.iter().enumerate().map(|(i, c)| format!("{c:<w$}", w = widths[i])).collect();
-            let _ = writeln!(out, "{}", line.join("  ").trim_end());
+            let mut line = String::new();
+            for (i, cell) in row.iter().enumerate() {
+                if i > 0 {
+                    line.push_str("  ");
+                }
+                line.push_str(cell);
+                // Padded by hand: `format!`'s width argument is limited to u16.
+                line.extend(std::iter::repeat_n(' ', widths[i] - cell.chars().count()));
+            }
+            let _ = writeln!(out, "{}", line.trim_end());
         }
         out
+    }
+}
+
+/// The longest table cell shown whole.
+pub const MAX_CELL: usize = 1000;
+
+fn clip(cell: String) -> String {
+    let n = cell.chars().count();
+    if n <= MAX_CELL {
+        return cell;
+    }
+    let kept: String = cell.chars().take(MAX_CELL).collect();
+    format!("{kept}… ({n} characters)")
+}
+
+#[cfg(test)]
+mod table_tests {
+    use super::*;
+
+    #[test]
+    fn long_cells_are_cut_and_say_so() {
+        let mut t = Table::new(&["a", "b"]);
+        t.row(vec!["x".repeat(70_000), "y".into()]);
+        t.row(vec!["z".into(), "w".into()]);
+        let text = t.render();
+        assert!(text.contains("… (70000 characters)  y"), "{}", &text[text.len() - 80..]);
+        let column = |line: usize, c: char| text.lines().nth(line).unwrap().chars().position(|x| x == c);
+        assert_eq!(column(2, 'w'), column(1, 'y'), "columns line up");
     }
 }
 

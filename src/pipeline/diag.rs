@@ -15,6 +15,9 @@ pub struct LineCol {
     pub col: usize,
 }
 
+/// The largest pipeline file read.
+const MAX_FILE: u64 = 16 << 20;
+
 /// The source text of a pipeline file and where it came from.
 #[derive(Debug, Clone)]
 pub struct SourceFile {
@@ -24,7 +27,18 @@ pub struct SourceFile {
 
 impl SourceFile {
     pub fn read(path: &Path) -> Result<SourceFile, Diagnostics> {
-        match std::fs::read(path) {
+        let unreadable = |message: String| -> Diagnostics {
+            Diagnostic { file: path.to_path_buf(), at: None, key: String::new(), message, snippet: None }.into()
+        };
+        // Read through a limit: a pipeline file is small, and a path such as
+        // /dev/zero would otherwise be read until memory runs out.
+        let mut bytes = Vec::new();
+        let read =
+            std::fs::File::open(path).and_then(|f| std::io::Read::read_to_end(&mut std::io::Read::take(f, MAX_FILE + 1), &mut bytes));
+        if read.is_ok() && bytes.len() as u64 > MAX_FILE {
+            return Err(unreadable(format!("the pipeline file is larger than {} MiB", MAX_FILE >> 20)));
+        }
+        match read.map(|_| bytes) {
             Ok(bytes) => match String::from_utf8(bytes) {
                 Ok(text) => Ok(SourceFile { path: path.to_path_buf(), text }),
                 Err(e) => {
@@ -34,14 +48,7 @@ impl SourceFile {
                     Err(file.error(Some(offset..offset + 1), "", "the file is not valid UTF-8").into())
                 }
             },
-            Err(e) => Err(Diagnostic {
-                file: path.to_path_buf(),
-                at: None,
-                key: String::new(),
-                message: format!("cannot read the pipeline file: {e}"),
-                snippet: None,
-            }
-            .into()),
+            Err(e) => Err(unreadable(format!("cannot read the pipeline file: {e}"))),
         }
     }
 
@@ -64,7 +71,7 @@ impl SourceFile {
                 .lines()
                 .next()
                 .map_or(1, |s| s.chars().count().max(1));
-            Snippet { line_text, col: at.col, width }
+            Snippet::around(&line_text, at.col, width)
         });
         Diagnostic { file: self.path.clone(), at, key: key.to_owned(), message: message.into(), snippet }
     }
@@ -82,6 +89,38 @@ struct Snippet {
     line_text: String,
     col: usize,
     width: usize,
+}
+
+/// `text` cut to at most 60 characters (with `…`), for echoing user values
+/// in messages.
+pub fn shorten(text: &str) -> String {
+    const MAX: usize = 60;
+    if text.chars().count() <= MAX { text.to_owned() } else { format!("{}…", text.chars().take(MAX - 1).collect::<String>()) }
+}
+
+/// Characters of a long line shown on each side of the error's column.
+const SNIPPET_CONTEXT: usize = 60;
+
+impl Snippet {
+    /// The line with the caret under column `col` (1-based), cut to a
+    /// window around it when the line is long (a generated file may have
+    /// lines of megabytes).
+    fn around(line: &str, col: usize, width: usize) -> Snippet {
+        let chars = line.chars().count();
+        if chars <= 3 * SNIPPET_CONTEXT {
+            return Snippet { line_text: line.to_owned(), col, width };
+        }
+        let start = col.saturating_sub(SNIPPET_CONTEXT + 1);
+        let end = (col - 1 + width.min(SNIPPET_CONTEXT) + SNIPPET_CONTEXT).min(chars);
+        let lead = if start > 0 { "…" } else { "" };
+        let tail = if end < chars { "…" } else { "" };
+        let window: String = line.chars().skip(start).take(end - start).collect();
+        Snippet {
+            line_text: format!("{lead}{window}{tail}"),
+            col: col - start + lead.chars().count(),
+            width: width.min(end + 1 - col.min(end)).max(1),
+        }
+    }
 }
 
 /// One located problem.

@@ -8,8 +8,9 @@ use std::ops::Range;
 use serde_json::Value;
 use toml_edit::{ImDocument, Item, Table};
 
-use super::diag::{Diagnostic, Diagnostics, SourceFile};
+use super::diag::{Diagnostic, Diagnostics, SourceFile, shorten};
 use super::template::Template;
+use crate::filter::value_text;
 use crate::stages::{self, StageKind};
 
 /// An ablation axis: a name and its values, in file order.
@@ -176,10 +177,25 @@ fn parse_axes(file: &SourceFile, root: &Table, errors: &mut Vec<Diagnostic>) -> 
         let mut values = Vec::new();
         for value in array.iter() {
             match scalar(value) {
-                Some(v) if values.contains(&v) => {
-                    errors.push(file.error(value.span(), &dotted, format!("duplicate value {v} in axis `{name}`")))
-                }
-                Some(v) => values.push(v),
+                // Values must differ as text too: a value names its
+                // instances (`${axis}` in a string) and its results rows.
+                Some(v) => match values.iter().find(|u| **u == v || value_text(u) == value_text(&v)) {
+                    Some(u) if *u == v => errors.push(file.error(
+                        value.span(),
+                        &dotted,
+                        format!("duplicate value {} in axis `{name}`", shorten(&v.to_string())),
+                    )),
+                    Some(u) => errors.push(file.error(
+                        value.span(),
+                        &dotted,
+                        format!(
+                            "value {} of axis `{name}` reads as the earlier value {}: axis values must differ as text",
+                            shorten(&v.to_string()),
+                            shorten(&u.to_string())
+                        ),
+                    )),
+                    None => values.push(v),
+                },
                 None => errors.push(file.error(value.span(), &dotted, "axis values must be strings, integers, floats or booleans")),
             }
         }
