@@ -115,3 +115,67 @@ fn a_corrupted_input_is_caught_when_a_downstream_stage_uses_it() {
         assert!(bytes.starts_with(b"hello world"), "train read the recomputed input, not the corrupt one");
     }
 }
+
+/// Every object file under the workspace, with its bytes.
+fn objects(ws: &Ws) -> std::collections::BTreeMap<PathBuf, Vec<u8>> {
+    fn walk(dir: &std::path::Path, out: &mut std::collections::BTreeMap<PathBuf, Vec<u8>>) {
+        for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+            let path = entry.path();
+            if path.is_dir() {
+                walk(&path, out)
+            } else {
+                out.insert(path.clone(), std::fs::read(&path).unwrap());
+            }
+        }
+    }
+    let mut out = std::collections::BTreeMap::new();
+    walk(&ws.store().join("objects"), &mut out);
+    out
+}
+
+/// A lost, foreign or damaged `ablate.db` is refused at once (exit 2), by
+/// `gc` above all: judged against an empty store every object would look
+/// unreferenced. Nothing is written to the file or the objects.
+#[test]
+fn a_replaced_or_damaged_store_is_refused_and_gc_deletes_nothing() {
+    let ws = Ws::new();
+    if ws.db_url().is_some() {
+        return; // about the SQLite file; PostgreSQL has no such file
+    }
+    let (file, _, _) = setup(&ws);
+    let before = objects(&ws);
+    assert!(before.len() >= 3, "{before:?}");
+    let db = ws.db();
+    let replace = |bytes: &[u8]| {
+        for suffix in ["-wal", "-shm"] {
+            let _ = std::fs::remove_file(format!("{}{suffix}", db.display()));
+        }
+        std::fs::write(&db, bytes).unwrap();
+    };
+    let foreign = {
+        let other = ws.root().join("other.db");
+        let out = std::process::Command::new("python3")
+            .args(["-c", &format!("import sqlite3; c = sqlite3.connect({:?}); c.execute('create table notes(x)'); c.commit()", other)])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        std::fs::read(other).unwrap()
+    };
+    let garbage: Vec<u8> = (0..5000u32).map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8).collect();
+    for (case, bytes, says) in
+        [("empty", &b""[..], "no ablate store"), ("foreign", &foreign, "other tables (notes)"), ("damaged", &garbage, "cannot read it")]
+    {
+        replace(bytes);
+        for args in [&["gc"][..], &["gc", "--dry-run"], &["runs"], &["run", file.to_str().unwrap()]] {
+            if case == "empty" && args[0] == "run" {
+                continue; // a new store in place of a lost one is allowed
+            }
+            let started = std::time::Instant::now();
+            let out = ws.run(args).expect_code(2);
+            assert!(out.stderr.contains(says), "{case}: {}", out.describe());
+            assert!(started.elapsed() < std::time::Duration::from_secs(10), "{case}: refused at once, not after a pool timeout");
+            assert_eq!(std::fs::read(&db).unwrap(), bytes, "{case}: {args:?} left the file as it was");
+            assert_eq!(objects(&ws), before, "{case}: {args:?} deleted no object");
+        }
+    }
+}

@@ -291,11 +291,20 @@ pub async fn lineage(workspace: &Workspace, id: &str, json: bool) -> anyhow::Res
 }
 
 pub async fn gc(workspace: &Workspace, dry_run: bool, json: bool) -> anyhow::Result<ExitCode> {
+    // Only an existing store decides what is unreferenced: a new, empty one
+    // (a lost or replaced ablate.db) references nothing.
     let store =
         Store::open_read_only(workspace).await?.ok_or_else(|| UsageError(format!("no ablate store in {}", workspace.root.display())))?;
-    drop(store);
-    let store = Store::open(workspace).await?;
-    store.recover_stale().await?;
+    let store = if dry_run {
+        // A dry run writes nothing: attempts whose process died are not
+        // settled first, so their objects count as in use (spared).
+        store
+    } else {
+        store.close().await;
+        let store = Store::open(workspace).await?;
+        store.recover_stale().await?;
+        store
+    };
     let referenced = store.referenced_hashes().await?;
     let running = store.running_attempt_ids().await?;
     // A running attempt stores an object a moment before it records it, so

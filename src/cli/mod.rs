@@ -312,6 +312,10 @@ pub fn main() -> ExitCode {
                 eprintln!("error: {message}");
                 return ExitCode::from(2);
             }
+            if let Some(not_a_store) = e.downcast_ref::<crate::store::NotAStore>() {
+                eprintln!("error: {not_a_store}");
+                return ExitCode::from(2);
+            }
             eprintln!("error: {e:#}");
             ExitCode::from(1)
         }

@@ -103,6 +103,16 @@ impl Workspace {
     }
 }
 
+/// The workspace's database cannot be used as a store: damaged, not a
+/// database, or another program's (exit code 2: the workspace or
+/// `--db` given is wrong; nothing was written to it).
+#[derive(Debug, thiserror::Error)]
+#[error("{db} is not an ablate store: {why}")]
+pub struct NotAStore {
+    pub db: String,
+    pub why: String,
+}
+
 #[derive(Clone)]
 pub struct Store {
     pool: AnyPool,
@@ -117,7 +127,7 @@ impl Store {
         std::fs::create_dir_all(&workspace.root).with_context(|| format!("creating workspace {}", workspace.root.display()))?;
         let backend = workspace.backend();
         let pool = match &workspace.db {
-            None => sqlite::connect(&workspace.db_path(), false).await?,
+            None => sqlite::connect(&workspace.db_path(), false).await?.0,
             Some(url) => postgres::connect(url, false).await?,
         };
         // Two processes opening a fresh SQLite workspace at once must not both
@@ -140,7 +150,13 @@ impl Store {
                 if !path.exists() {
                     return Ok(None);
                 }
-                sqlite::connect(&path, true).await?
+                match sqlite::connect(&path, true).await? {
+                    (pool, sqlite::Contents::Ablate) => pool,
+                    (pool, sqlite::Contents::Empty) => {
+                        pool.close().await;
+                        return Ok(None);
+                    }
+                }
             }
             Some(url) => {
                 let pool = postgres::connect(url, true).await?;

@@ -37,9 +37,11 @@ pub(super) const DIALECT: Dialect = Dialect {
     user_query_as_json: None,
 };
 
-/// A pool on the workspace's database file. Pragmas are set on every new
-/// connection, since the `Any` driver only carries what a URL can say.
-pub(super) async fn connect(path: &Path, read_only: bool) -> anyhow::Result<AnyPool> {
+/// A pool on the workspace's database file, and what the file holds; a file
+/// that is not a SQLite database, or holds tables that are not ablate's, is
+/// a [`super::NotAStore`] error. Pragmas are set on every new connection,
+/// since the `Any` driver only carries what a URL can say.
+pub(super) async fn connect(path: &Path, read_only: bool) -> anyhow::Result<(AnyPool, Contents)> {
     let options = SqliteConnectOptions::from_str(&format!("sqlite://{}", path.display()))?;
     let options = if read_only { options.read_only(true) } else { options.create_if_missing(true) };
     let url = options.to_url_lossy();
@@ -54,7 +56,28 @@ pub(super) async fn connect(path: &Path, read_only: bool) -> anyhow::Result<AnyP
          PRAGMA cache_size = -65536; PRAGMA mmap_size = 268435456;"
     };
     super::install_drivers();
-    AnyPoolOptions::new()
+    let connect = AnyConnectOptions::from_url(&url)?;
+    // One connection first: a damaged or foreign file is reported at once
+    // (the pool would retry it until its 30 s acquire timeout).
+    // Only reads until the file is known to be ours (the pragmas below write
+    // its header).
+    let mut probe = connect.connect().await.map_err(|e| unreadable(path, &e))?;
+    probe.execute("PRAGMA busy_timeout = 60000;").await.map_err(|e| unreadable(path, &e))?;
+    let tables: Vec<String> = sqlx::query_scalar("SELECT name FROM sqlite_master WHERE type = 'table' ORDER BY name")
+        .fetch_all(&mut probe)
+        .await
+        .map_err(|e| unreadable(path, &e))?;
+    sqlx::Connection::close(probe).await.ok();
+    let contents = match () {
+        _ if tables.is_empty() => Contents::Empty,
+        _ if tables.iter().any(|t| t == "stage_instances") => Contents::Ablate,
+        _ => {
+            return Err(
+                super::NotAStore { db: path.display().to_string(), why: format!("it holds other tables ({})", tables.join(", ")) }.into()
+            );
+        }
+    };
+    let pool = AnyPoolOptions::new()
         .max_connections(4)
         .after_connect(move |conn, _| {
             Box::pin(async move {
@@ -62,7 +85,20 @@ pub(super) async fn connect(path: &Path, read_only: bool) -> anyhow::Result<AnyP
                 Ok(())
             })
         })
-        .connect_with(AnyConnectOptions::from_url(&url)?)
+        .connect_with(connect)
         .await
-        .with_context(|| format!("opening {}", path.display()))
+        .with_context(|| format!("opening {}", path.display()))?;
+    Ok((pool, contents))
+}
+
+/// What a database file holds.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub(super) enum Contents {
+    /// No tables: a new file (or one an earlier open created and never migrated).
+    Empty,
+    Ablate,
+}
+
+fn unreadable(path: &Path, e: &sqlx::Error) -> anyhow::Error {
+    super::NotAStore { db: path.display().to_string(), why: format!("SQLite cannot read it: {e}") }.into()
 }
