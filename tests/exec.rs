@@ -92,3 +92,43 @@ fn exec_rejects_unknown_keys_and_missing_stores() {
     assert_eq!(out.code, Some(2), "{}", out.describe());
     assert!(out.stderr.contains("ffffffffffff"), "{}", out.describe());
 }
+
+/// Files below folders of `$ABLATE_OUT` are artifacts too, named
+/// `folder/file`, and reach downstream commands at the same place; a
+/// symbolic link fails the stage instead of vanishing.
+#[test]
+fn files_in_output_folders_are_artifacts_and_links_are_refused() {
+    let ws = Ws::new();
+    let file = ws.write(
+        "nest.toml",
+        r#"
+[pipeline]
+name = "nest"
+
+[stages.a]
+kind = "command"
+run = "echo top > $ABLATE_OUT/top.txt; mkdir -p $ABLATE_OUT/sub/deeper; echo one > $ABLATE_OUT/sub/one.txt; echo two > $ABLATE_OUT/sub/deeper/two.txt"
+
+[stages.b]
+kind = "command"
+needs = ["a"]
+run = "cat $ABLATE_INPUT_A/sub/one.txt $ABLATE_INPUT_A/sub/deeper/two.txt > $ABLATE_OUT/b.txt"
+
+[stages.link]
+kind = "command"
+run = "echo real > @R@/real.txt; ln -s @R@/real.txt $ABLATE_OUT/alias.txt"
+"#,
+    );
+    let (code, summary, out) = ws.run_json(&file, &["--keep-going"]);
+    assert_eq!(code, Some(1), "{}", out.describe());
+    let plan = ws.plan(&file);
+    let a = ws.show(&key_of(&plan, "a"));
+    let names: Vec<&str> = a["artifacts"].as_array().unwrap().iter().map(|x| x["name"].as_str().unwrap()).collect();
+    assert_eq!(names, vec!["sub/deeper/two.txt", "sub/one.txt", "top.txt"]);
+    let b = ws.show(&key_of(&plan, "b"));
+    let path = ws.store().join(b["artifacts"][0]["path"].as_str().unwrap());
+    assert_eq!(std::fs::read_to_string(path).unwrap(), "one\ntwo\n");
+    let failed = summary["failed"].as_array().unwrap();
+    assert_eq!(failed.len(), 1, "{summary}");
+    assert!(failed[0]["error"].as_str().unwrap().contains("alias.txt is a symbolic link"), "{summary}");
+}

@@ -148,3 +148,44 @@ run = "echo x >> @C@/after"
     assert_eq!(code, Some(0), "{}", out.describe());
     assert_eq!(summary["executed"].as_array().unwrap().len(), 2);
 }
+
+/// Whether process `pid` is still alive (not gone, not a zombie).
+fn alive(pid: &str) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| s.rfind(')').is_some_and(|i| !s[i + 2..].starts_with('Z')))
+}
+
+/// A stopped command stops with everything it started: a stage's real work
+/// (python under sh, say) must not train on, orphaned, after a Ctrl-C.
+#[test]
+fn ctrl_c_stops_what_a_command_started_and_a_command_leaves_nothing_running() {
+    let ws = Ws::new();
+    let file = ws.write(
+        "tree.toml",
+        r#"
+[pipeline]
+name = "tree"
+
+[stages.tree]
+kind = "command"
+run = "sleep 300 & echo $! > @R@/background.pid; sh -c 'echo $$ > @R@/child.pid; exec sleep 300'"
+"#,
+    );
+    let run = ws.spawn(&["run", file.to_str().unwrap()]);
+    let pid = |name: &str| std::fs::read_to_string(ws.root().join(name)).unwrap_or_default().trim().to_owned();
+    wait_until(Duration::from_secs(20), "the command's processes", || !pid("background.pid").is_empty() && !pid("child.pid").is_empty());
+    let (background, child) = (pid("background.pid"), pid("child.pid"));
+    assert!(alive(&background) && alive(&child));
+    std::process::Command::new("kill").args(["-INT", &run.pid().to_string()]).status().unwrap();
+    let out = run.wait(Duration::from_secs(20));
+    assert_eq!(out.code, Some(130), "{}", out.describe());
+    wait_until(Duration::from_secs(5), "the command's processes to end", || !alive(&background) && !alive(&child));
+
+    // A command that finishes but leaves a process behind: the stage ends
+    // with it (promptly: the leftover held the output pipe open).
+    let file = ws.write("leftover.toml", "[pipeline]\nname = \"leftover\"\n\n[stages.a]\nkind = \"command\"\nrun = \"sleep 300 & echo $! > @R@/left.pid; echo ok > $ABLATE_OUT/a.txt\"\n");
+    let started = Instant::now();
+    let (code, _, out) = ws.run_json(&file, &[]);
+    assert_eq!(code, Some(0), "{}", out.describe());
+    assert!(started.elapsed() < Duration::from_secs(20), "took {:?}", started.elapsed());
+    wait_until(Duration::from_secs(5), "the leftover to end", || !alive(&pid("left.pid")));
+}

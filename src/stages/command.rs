@@ -8,9 +8,13 @@
 //!   a directory holding that instance's artifacts by name (symbolic links).
 //!
 //! A line `ablate:metric NAME VALUE [STEP]` on its standard output records a metric.
-//! A non-zero exit status fails the stage; Ctrl-C kills the command.
+//! A non-zero exit status fails the stage; Ctrl-C stops the command and
+//! everything it started (its process group: SIGTERM, then SIGKILL after a
+//! grace period), and so does the end of the command for anything it left
+//! running in the background.
 
 use std::io::{BufRead, BufReader};
+use std::path::Path;
 use std::process::{Command as Process, Stdio};
 use std::time::Duration;
 
@@ -63,7 +67,11 @@ impl StageKind for Command {
             let _ = std::fs::remove_dir_all(&dir);
             std::fs::create_dir_all(&dir)?;
             for (name, path) in &upstream.artifacts {
-                std::os::unix::fs::symlink(path, dir.join(name))?;
+                let link = dir.join(name);
+                if let Some(folder) = link.parent() {
+                    std::fs::create_dir_all(folder)?;
+                }
+                std::os::unix::fs::symlink(path, link)?;
             }
             let var = format!("ABLATE_INPUT_{}", upstream.stage.to_uppercase().replace('-', "_"));
             process.env(var, &dir);
@@ -72,8 +80,12 @@ impl StageKind for Command {
             let (name, value) = entry.split_once('=').expect("checked at compile time");
             process.env(name, value);
         }
-        // The command dies with the process that runs it (a `kill -9` of
-        // `ablate run` must not leave it writing on as an orphan).
+        // The command runs in a process group of its own, so that stopping
+        // it stops everything it started (a training script under `sh`, and
+        // what that spawned), not just the shell. Its shell dies with the
+        // process that runs it (a `kill -9` of `ablate run` must not leave it
+        // writing on as an orphan).
+        std::os::unix::process::CommandExt::process_group(&mut process, 0);
         // SAFETY: prctl is async-signal-safe and touches only the child.
         unsafe {
             std::os::unix::process::CommandExt::pre_exec(&mut process, || {
@@ -101,12 +113,14 @@ impl StageKind for Command {
                 break status;
             }
             if ctx.cancel_token().is_cancelled() {
-                let _ = child.kill();
-                let _ = child.wait();
+                stop_group(&mut child, STOP_GRACE);
                 return Err(Interrupted.into());
             }
             std::thread::sleep(Duration::from_millis(20));
         };
+        // What the command left running in the background ends with it (it
+        // would hold its output pipe open, and the stage with it).
+        stop_group(&mut child, Duration::from_secs(1));
         let metrics = reader.join().unwrap_or_default();
         for metric in metrics {
             let (name, value, step) = metric.with_context(|| format!("command {script:?} printed a malformed metric line"))?;
@@ -118,15 +132,77 @@ impl StageKind for Command {
         if !status.success() {
             bail!("command {script:?} exited with {status}");
         }
-        for entry in std::fs::read_dir(&out_dir)? {
-            let entry = entry?;
-            if entry.file_type()?.is_file() {
-                let name = entry.file_name().to_string_lossy().into_owned();
-                ctx.output(&name)?;
-            }
+        for name in written_files(&out_dir)? {
+            ctx.output(&name)?;
         }
         Ok(())
     }
+}
+
+/// The files under `out` as artifact names (`folder/file` below folders).
+/// Anything but files and folders is an error rather than left out: an
+/// artifact is stored by its content, which a symbolic link does not have.
+fn written_files(out: &Path) -> anyhow::Result<Vec<String>> {
+    let mut names = Vec::new();
+    let mut folders = vec![out.to_path_buf()];
+    while let Some(folder) = folders.pop() {
+        for entry in std::fs::read_dir(&folder)? {
+            let entry = entry?;
+            let path = entry.path();
+            let kind = entry.file_type()?;
+            if kind.is_dir() {
+                folders.push(path);
+            } else if kind.is_file() {
+                let name = path.strip_prefix(out).expect("below the output folder").to_str().map(str::to_owned);
+                names.push(name.with_context(|| format!("{} is not a UTF-8 file name", path.display()))?);
+            } else {
+                let what = if kind.is_symlink() { "a symbolic link" } else { "not a regular file" };
+                bail!(
+                    "$ABLATE_OUT/{} is {what}: an artifact must be a file (copy what it points to)",
+                    path.strip_prefix(out).unwrap_or(&path).display()
+                );
+            }
+        }
+    }
+    names.sort();
+    Ok(names)
+}
+
+/// How long a stopped command has to exit after SIGTERM (say, to write a
+/// checkpoint) before its process group is killed.
+const STOP_GRACE: Duration = Duration::from_secs(10);
+
+/// SIGTERM to the command's process group, SIGKILL to what is left of it
+/// after `grace` (or once its shell has exited), then the shell reaped.
+fn stop_group(child: &mut std::process::Child, grace: Duration) {
+    let Ok(group) = libc::pid_t::try_from(child.id()) else { return };
+    let signal = |sig| {
+        // SAFETY: signals the command's own process group, whose leader is
+        // `child` (spawned with `process_group(0)`, not yet reaped here).
+        unsafe { libc::killpg(group, sig) }
+    };
+    if signal(libc::SIGTERM) != 0 {
+        let _ = child.wait(); // the group is gone already
+        return;
+    }
+    let deadline = std::time::Instant::now() + grace;
+    while std::time::Instant::now() < deadline && !group_is_gone(group) {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    signal(libc::SIGKILL);
+    let _ = child.wait();
+}
+
+/// Whether no process of the group is left but, at most, its unreaped leader.
+fn group_is_gone(group: libc::pid_t) -> bool {
+    let Ok(entries) = std::fs::read_dir("/proc") else { return true };
+    !entries.flatten().filter_map(|e| e.file_name().to_str()?.parse::<libc::pid_t>().ok()).any(|pid| {
+        // /proc/PID/stat: "pid (comm) state ppid pgrp ...": comm may hold spaces.
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else { return false };
+        let Some(after) = stat.rfind(')').map(|i| &stat[i + 2..]) else { return false };
+        let fields: Vec<&str> = after.split_whitespace().collect();
+        fields.len() > 2 && fields[2].parse::<libc::pid_t>() == Ok(group) && fields[0] != "Z"
+    })
 }
 
 fn parse_metric_line(rest: &str) -> anyhow::Result<(String, f64, Option<i64>)> {

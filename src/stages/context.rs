@@ -153,15 +153,15 @@ impl StageContext {
 
     /// Registers an output artifact and returns the path to write it to.
     pub fn output(&mut self, name: &str) -> anyhow::Result<PathBuf> {
-        let valid = !name.is_empty()
-            && name != "."
-            && name != ".."
-            && name.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'));
-        if !valid {
-            bail!("invalid artifact name {name:?}: use letters, digits, '.', '_' and '-'");
+        let segment_ok = |seg: &str| {
+            !seg.is_empty() && seg != "." && seg != ".." && seg.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
+        };
+        if !name.split('/').all(segment_ok) {
+            bail!("invalid artifact name {name:?}: use letters, digits, '.', '_' and '-' (and '/' between folder names)");
         }
-        std::fs::create_dir_all(&self.out_dir).with_context(|| format!("creating {}", self.out_dir.display()))?;
         let path = self.out_dir.join(name);
+        let folder = path.parent().unwrap_or(&self.out_dir);
+        std::fs::create_dir_all(folder).with_context(|| format!("creating {}", folder.display()))?;
         self.outputs.insert(name.to_owned(), path.clone());
         Ok(path)
     }
