@@ -346,3 +346,37 @@ run = "echo ${x}"
     );
     assert_located(&err, &file, 5, "axes.x", &["reads as the earlier value 1", "differ as text"]);
 }
+
+#[test]
+fn a_missing_upstream_kind_is_a_located_error() {
+    let (err, file) = reject(
+        r#"[pipeline]
+name = "x"
+
+[stages.data]
+kind = "caption_ingest"
+source = "builtin:shapes"
+
+[stages.train]
+kind = "train"
+text = "frozen"
+needs = ["data"]
+"#,
+    );
+    assert_located(&err, &file, 11, "stages.train.needs", &["`train` needs exactly one stage of kind `text_embed`", "found none"]);
+
+    let (err, file) = reject(
+        r#"[pipeline]
+name = "x"
+
+[stages.data]
+kind = "caption_ingest"
+source = "builtin:shapes"
+
+[stages.eval]
+kind = "evaluate"
+needs = ["data"]
+"#,
+    );
+    assert_located(&err, &file, 10, "stages.eval.needs", &["kind `train` among its `needs` and their upstream stages"]);
+}

@@ -162,8 +162,8 @@ fn training_parameter_mistakes_are_located_errors() {
     assert!(!ws.db().exists() || ws.runs().is_empty(), "nothing is recorded for a bad file");
     let text = pipeline("").replace("text = \"scratch\"", "text = \"frozen\"");
     let file = ws.write("frozen.toml", &text);
-    let out = ws.run(&["run", file.to_str().unwrap()]).expect_code(1);
-    assert!(out.stdout.contains("text_embed"), "frozen training names the missing cache\n{}", out.describe());
+    let out = ws.run(&["run", file.to_str().unwrap()]).expect_code(2);
+    assert!(out.stderr.contains("stages.train.needs") && out.stderr.contains("text_embed"), "frozen training names the missing cache\n{}", out.describe());
 }
 
 /// A training off every default the other tests use (flips and strong crops too).

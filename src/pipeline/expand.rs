@@ -137,6 +137,26 @@ pub fn expand(spec: PipelineSpec) -> Result<Plan, Diagnostics> {
             if stage.kind.sees_ancestors() {
                 add_ancestors(&nodes, &mut upstream, &mut upstream_stages);
             }
+            for kind in stage.kind.required_upstream(&params) {
+                let found: Vec<&str> = upstream_stages
+                    .iter()
+                    .zip(&upstream)
+                    .filter(|&(_, &u)| nodes[u].kind.name() == kind)
+                    .map(|(name, _)| name.as_str())
+                    .collect();
+                if found.len() != 1 {
+                    let found = match found.as_slice() {
+                        [] => "none".to_owned(),
+                        names => format!("{} ({})", names.len(), names.iter().map(|n| format!("`{n}`")).collect::<Vec<_>>().join(", ")),
+                    };
+                    let among = if stage.kind.sees_ancestors() { "among its `needs` and their upstream stages" } else { "in `needs`" };
+                    errors.push(spec.file.error(
+                        stage.needs_span.clone().or(stage.span.clone()),
+                        &format!("stages.{}.needs", stage.name),
+                        format!("stage kind `{}` needs exactly one stage of kind `{kind}` {among}; found {found}", stage.kind.name()),
+                    ));
+                }
+            }
             let upstream_keys: Vec<&StageKey> = upstream.iter().map(|&u| &nodes[u].key).collect();
             let key = StageKey::compute(stage.kind.name(), stage.kind.version(), &keyed(stage.kind.params(), &params), &upstream_keys);
             let binding = bindings.len();

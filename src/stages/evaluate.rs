@@ -79,6 +79,10 @@ impl StageKind for Evaluate {
         DeviceRequest::parse(params.str("device")).map_err(|e| ParamError::new("device", e))?;
         Ok(())
     }
+    fn required_upstream(&self, _params: &Params) -> Vec<&'static str> {
+        vec!["train", "caption_ingest"]
+    }
+
     fn resources(&self, params: &Params) -> Resources {
         super::device_resources(params)
     }

@@ -71,6 +71,13 @@ pub trait StageKind: Send + Sync + 'static {
     fn sees_ancestors(&self) -> bool {
         false
     }
+    /// Kinds of which an instance must have exactly one upstream stage (among
+    /// all ancestors for a kind that [`StageKind::sees_ancestors`]): checked
+    /// when the pipeline is compiled, so a missing `needs` is a located error
+    /// before anything runs.
+    fn required_upstream(&self, _params: &Params) -> Vec<&'static str> {
+        Vec::new()
+    }
     fn resources(&self, _params: &Params) -> Resources {
         Resources::default()
     }

@@ -66,6 +66,10 @@ impl StageKind for TextEmbed {
     fn derive(&self, params: &Params) -> Result<Vec<(String, serde_json::Value)>, ParamError> {
         text_common::derive(params)
     }
+    fn required_upstream(&self, _params: &Params) -> Vec<&'static str> {
+        vec!["caption_ingest"]
+    }
+
     fn resources(&self, params: &Params) -> Resources {
         super::device_resources(params)
     }

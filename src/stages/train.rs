@@ -174,6 +174,14 @@ impl StageKind for Train {
         Ok(derived)
     }
 
+    fn required_upstream(&self, params: &Params) -> Vec<&'static str> {
+        let mut kinds = vec!["caption_ingest"];
+        if params.str("text") == "frozen" {
+            kinds.push("text_embed");
+        }
+        kinds
+    }
+
     fn resources(&self, params: &Params) -> Resources {
         super::device_resources(params)
     }
