@@ -280,3 +280,31 @@ run = "for s in 1 2 3; do echo ablate:metric loss 0.$s $s; done; echo ablate:met
     let grad = metrics.iter().find(|m| m["name"] == "grad_norm").unwrap();
     assert_eq!(grad["value"], Value::Null, "NaN is stored as NULL");
 }
+
+/// A key prefix made of digits only is still a key prefix when no run has
+/// that id (runs take short all-digit ids).
+#[test]
+fn an_all_digit_key_prefix_shows_its_instance() {
+    let ws = Ws::new();
+    let seeds: Vec<String> = (0..40).map(|s| s.to_string()).collect();
+    let file = ws.write(
+        "digits.toml",
+        &format!(
+            "[pipeline]\nname = \"digits\"\n\n[axes]\nseed = [{}]\n\n[stages.a]\nkind = \"command\"\nrun = \"echo ${{seed}}\"\n",
+            seeds.join(", ")
+        ),
+    );
+    let (code, _, out) = ws.run_json(&file, &[]);
+    assert_eq!(code, Some(0), "{}", out.describe());
+    let keys = all_keys(&ws.plan(&file));
+    // The keys are fixed: at least one of these 40 starts with 4 digits.
+    let (key, prefix) = keys
+        .iter()
+        .map(|k| (k.clone(), k.chars().take_while(char::is_ascii_digit).take(11).collect::<String>()))
+        .find(|(_, p)| p.len() >= 4)
+        .expect("a key starting with four digits");
+    let show = ws.show(&prefix);
+    assert_eq!(show["instance"]["key"], key.as_str(), "{show}");
+    let out = ws.run(&["show", "1", "--json"]).ok();
+    assert_eq!(out.json()["run"]["id"], 1, "a short id is still a run's");
+}

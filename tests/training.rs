@@ -163,7 +163,11 @@ fn training_parameter_mistakes_are_located_errors() {
     let text = pipeline("").replace("text = \"scratch\"", "text = \"frozen\"");
     let file = ws.write("frozen.toml", &text);
     let out = ws.run(&["run", file.to_str().unwrap()]).expect_code(2);
-    assert!(out.stderr.contains("stages.train.needs") && out.stderr.contains("text_embed"), "frozen training names the missing cache\n{}", out.describe());
+    assert!(
+        out.stderr.contains("stages.train.needs") && out.stderr.contains("text_embed"),
+        "frozen training names the missing cache\n{}",
+        out.describe()
+    );
 }
 
 /// A training off every default the other tests use (flips and strong crops too).

@@ -41,10 +41,26 @@ pub async fn runs(workspace: &Workspace, limit: i64, json: bool) -> anyhow::Resu
     Ok(ExitCode::SUCCESS)
 }
 
+/// Whether `text` names a run rather than an instance: a short all-digit id
+/// is a run's unless there is no such run and it starts an instance key
+/// (keys are 64 hex digits, so a prefix may be all digits too).
+pub(super) async fn names_a_run(store: &Store, text: &str) -> anyhow::Result<bool> {
+    if text.is_empty() || text.len() >= 12 || !text.chars().all(|c| c.is_ascii_digit()) {
+        return Ok(false);
+    }
+    let Ok(id) = text.parse::<i64>() else { return Ok(false) };
+    if store.run_by_id(id).await?.is_some() || text.len() < 4 {
+        return Ok(true);
+    }
+    Ok(store.instances_by_prefix(text).await?.is_empty())
+}
+
 pub async fn show(workspace: &Workspace, id: &str, json: bool) -> anyhow::Result<ExitCode> {
     let store = open(workspace).await?;
-    // Short all-digit ids are run ids; keys are 64 hex digits.
-    if id.len() < 12 && id.chars().all(|c| c.is_ascii_digit()) {
+    if id.is_empty() {
+        return Err(UsageError("give a run id or an instance key (prefix)".into()).into());
+    }
+    if names_a_run(&store, id).await? {
         let run_id: i64 = id.parse().map_err(|_| UsageError(format!("bad run id {id}")))?;
         let Some(run) = store.run_by_id(run_id).await? else {
             return Err(UsageError(format!("no run {run_id} in this workspace")).into());

@@ -160,13 +160,9 @@ fn cell(v: &Value) -> String {
     }
 }
 
-fn is_run_id(text: &str) -> bool {
-    text.len() < 12 && !text.is_empty() && text.chars().all(|c| c.is_ascii_digit())
-}
-
 pub async fn compare(workspace: &Workspace, a: &str, b: &str, json: bool) -> anyhow::Result<ExitCode> {
     let store = open(workspace).await?;
-    let report = match (is_run_id(a), is_run_id(b)) {
+    let report = match (super::history::names_a_run(&store, a).await?, super::history::names_a_run(&store, b).await?) {
         (true, true) => compare_runs(&store, a, b).await?,
         (false, false) => compare_instances(&store, a, b).await?,
         _ => return Err(UsageError(format!("compare two runs (ids) or two instances (keys), not one of each: `{a}`, `{b}`")).into()),
