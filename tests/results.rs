@@ -152,6 +152,13 @@ fn sql_is_read_only() {
     assert_eq!(csv, "x,y,z\n\"a,b\",,1.5\n");
     let empty = ws.run(&["sql", "SELECT id FROM runs WHERE id < 0", "--json"]).ok().json();
     assert_eq!(empty, serde_json::json!([]));
+    // One result set per call, and JSON objects that keep every column.
+    let several = ws.run(&["sql", "SELECT 1 AS a; SELECT 'x' AS b, 3 AS c"]).expect_code(2);
+    assert!(several.stderr.contains("one statement at a time"), "{}", several.describe());
+    let same = ws.run(&["sql", "SELECT 1 AS a, 2 AS a", "--json"]).expect_code(2);
+    assert!(same.stderr.contains("`a` appears twice"), "{}", same.describe());
+    let quoted = ws.run(&["sql", "SELECT ';' AS a; -- a comment", "--csv"]).ok().stdout;
+    assert_eq!(quoted, "a\n;\n");
 
     let snapshot = |ws: &Ws| {
         let counts = ws
@@ -173,7 +180,8 @@ fn sql_is_read_only() {
     ] {
         let out = ws.run(&["sql", write]);
         assert_ne!(out.code, Some(0), "{write} must fail\n{}", out.describe());
-        assert!(out.stderr.contains("read-only") || out.stderr.contains("readonly"), "a clear error for {write}\n{}", out.describe());
+        let clear = ["read-only", "readonly", "one statement at a time"].iter().any(|w| out.stderr.contains(w));
+        assert!(clear, "a clear error for {write}\n{}", out.describe());
     }
     // Statements that would write files next to a read-only store are refused too.
     let copy = ws.root().join("copy.db");

@@ -126,6 +126,13 @@ pub async fn history(
 pub async fn sql(workspace: &Workspace, query: &str, format: Format) -> anyhow::Result<ExitCode> {
     let store = open(workspace).await?;
     let result = store.read_only_query(query, &HashMap::new()).await.map_err(|e| UsageError(format!("{e:#}")))?;
+    if matches!(format, Format::Json)
+        && let Some(twice) = result.columns.iter().enumerate().find(|(i, c)| result.columns[..*i].contains(c)).map(|(_, c)| c)
+    {
+        return Err(
+            UsageError(format!("column `{twice}` appears twice, and JSON objects keep one: name them apart (… AS other_name)")).into()
+        );
+    }
     tabular::print(&result.columns, &result.rows, format);
     Ok(ExitCode::SUCCESS)
 }

@@ -138,6 +138,8 @@ pub struct PreparedSql {
     /// Parameter names in number order.
     pub names: Vec<String>,
     words: Vec<String>,
+    /// Something other than blanks and comments follows a `;`.
+    several_statements: bool,
 }
 
 /// Statements that write outside the store even on a read-only connection
@@ -155,9 +157,13 @@ fn prepare_sql_for(sql: &str, prefix: char) -> PreparedSql {
     let mut out = String::with_capacity(sql.len());
     let mut names: Vec<String> = Vec::new();
     let mut words: Vec<String> = Vec::new();
+    let (mut ended, mut several_statements) = (false, false);
     let mut i = 0;
     while i < chars.len() {
         let c = chars[i];
+        let comment = (c == '-' && chars.get(i + 1) == Some(&'-')) || (c == '/' && chars.get(i + 1) == Some(&'*'));
+        several_statements |= ended && !c.is_whitespace() && !comment;
+        ended |= c == ';';
         let closing = match c {
             '\'' => Some('\''),
             '"' => Some('"'),
@@ -216,7 +222,7 @@ fn prepare_sql_for(sql: &str, prefix: char) -> PreparedSql {
             i += 1;
         }
     }
-    PreparedSql { sql: out, names, words }
+    PreparedSql { sql: out, names, words, several_statements }
 }
 
 /// The attempt whose curves an instance shows (key bound as `$1`): its done
@@ -301,7 +307,8 @@ impl Store {
     pub async fn read_only_query(&self, sql: &str, params: &HashMap<String, String>) -> anyhow::Result<QueryResult> {
         anyhow::ensure!(self.read_only, "arbitrary SQL runs only on a store opened read-only");
         anyhow::ensure!(!sql.trim().trim_matches(';').trim().is_empty(), "the query is empty");
-        let PreparedSql { sql, names, words } = prepare_sql_for(sql, self.sql.param_prefix);
+        let PreparedSql { sql, names, words, several_statements } = prepare_sql_for(sql, self.sql.param_prefix);
+        anyhow::ensure!(!several_statements, "give one statement at a time (the results of several would be mixed in one table)");
         if let Some(word) = words.iter().find(|w| REFUSED.contains(&w.as_str())) {
             anyhow::bail!("refused: {word} can write files, and queries on the store are read-only");
         }
