@@ -380,3 +380,41 @@ needs = ["data"]
     );
     assert_located(&err, &file, 10, "stages.eval.needs", &["kind `train` among its `needs` and their upstream stages"]);
 }
+
+/// Mistakes on the command line are usage errors: exit code 2 and a message
+/// that says what is wrong, not a bare OS error.
+#[test]
+fn command_line_mistakes_exit_2_with_a_clear_message() {
+    let ws = Ws::new();
+    let file = ws.write(
+        "two.toml",
+        "[pipeline]\nname = \"two\"\n\n[stages.a]\nkind = \"command\"\nrun = \"echo a > $ABLATE_OUT/a.txt\"\n\n[stages.b]\nkind = \"command\"\nneeds = [\"a\"]\nrun = \"true\"\n",
+    );
+    let f = file.to_str().unwrap();
+    let a_file = ws.write("plain.txt", "not a folder").display().to_string();
+    let b = key_of(&ws.plan(&file), "b");
+    let cases: Vec<(Vec<&str>, &str)> = vec![
+        (vec!["run", f, "--jobs", "0"], "--jobs"),
+        (vec!["run", f, "--cpus", "0"], "--cpus"),
+        (vec!["bench-train", "--model", "vit-huge"], "vit-micro, vit-tiny"),
+        (vec!["bench-train", "--loss", "mse"], "infonce, siglip, cosine"),
+        (vec!["exec", &b], "upstream stage `a`"),
+    ];
+    for (args, says) in cases {
+        let out = ws.run(&args).expect_code(2);
+        assert!(out.stderr.contains(says), "{args:?}\n{}", out.describe());
+    }
+    let out = std::process::Command::new(bin()).args(["--workspace", &a_file, "run", f]).output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("is not a directory"), "{}", String::from_utf8_lossy(&out.stderr));
+    ws.run(&["run", f]).ok();
+    let folder = ws.root().display().to_string();
+    let missing = ws.root().join("no/such/folder/plot.png").display().to_string();
+    for (args, says) in [
+        (vec!["plot", "bars", "two", "--metric", "m", "--by", "x", "-o", &missing], "there is no folder"),
+        (vec!["report", "two", "--html", &folder], "is a directory"),
+    ] {
+        let out = ws.run(&args).expect_code(2);
+        assert!(out.stderr.contains(says), "{args:?}\n{}", out.describe());
+    }
+}

@@ -69,13 +69,13 @@ enum Command {
     Run {
         file: PathBuf,
         /// Instances run at the same time (default: the number of CPU cores).
-        #[arg(long, short = 'j')]
+        #[arg(long, short = 'j', value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..))]
         jobs: Option<usize>,
         /// GPUs available to stages that declare them (default: as many as `nvidia-smi -L` lists).
         #[arg(long)]
         gpus: Option<u32>,
         /// CPU cores that running stages declaring `resources.cpus` may use together (default: this machine's).
-        #[arg(long)]
+        #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
         cpus: Option<u32>,
         /// After a failure, keep running branches that do not depend on it.
         #[arg(long)]
@@ -316,9 +316,26 @@ pub fn main() -> ExitCode {
                 eprintln!("error: {not_a_store}");
                 return ExitCode::from(2);
             }
+            if let Some(not_done) = e.downcast_ref::<exec::UpstreamNotDone>() {
+                eprintln!("error: {not_done}");
+                return ExitCode::from(2);
+            }
             eprintln!("error: {e:#}");
             ExitCode::from(1)
         }
+    }
+}
+
+/// Checks a file path to write: its folder exists and it is not a folder.
+pub(super) fn check_output_path(path: &std::path::Path) -> Result<(), UsageError> {
+    if path.is_dir() {
+        return Err(UsageError(format!("{} is a directory: give a file name to write", path.display())));
+    }
+    match path.parent().filter(|p| !p.as_os_str().is_empty()) {
+        Some(folder) if !folder.is_dir() => {
+            Err(UsageError(format!("cannot write {}: there is no folder {}", path.display(), folder.display())))
+        }
+        _ => Ok(()),
     }
 }
 
@@ -329,6 +346,9 @@ pub struct UsageError(String);
 
 async fn dispatch(cli: Cli, bars: indicatif::MultiProgress) -> anyhow::Result<ExitCode> {
     let workspace = Workspace::new(cli.workspace).with_db(cli.db).map_err(|e| UsageError(format!("{e:#}")))?;
+    if workspace.root.exists() && !workspace.root.is_dir() {
+        return Err(UsageError(format!("the workspace {} is not a directory", workspace.root.display())).into());
+    }
     match cli.command {
         Command::Plan { file, format, json } => plan(&workspace, &file, if json { PlanFormat::Json } else { format }).await,
         Command::Run { file, jobs, gpus, cpus, keep_going, force, only, json, executor, slurm } => {
@@ -727,6 +747,14 @@ async fn exec_one(
 fn bench_train(bench: Bench<'_>, device: &str, json: bool) -> anyhow::Result<ExitCode> {
     use crate::text::device::DeviceRequest;
     let request = DeviceRequest::parse(device).map_err(UsageError)?;
+    if crate::model::VitPreset::named(bench.model, "avg").is_none() {
+        return Err(
+            UsageError(format!("--model {}: not a model preset ({})", bench.model, crate::model::VitPreset::NAMES.join(", "))).into()
+        );
+    }
+    if crate::loss::Loss::from_name(bench.loss).is_none() {
+        return Err(UsageError(format!("--loss {}: not a loss ({})", bench.loss, crate::loss::Loss::NAMES.join(", "))).into());
+    }
     if bench.batch < 2 || bench.steps < 1 {
         return Err(UsageError("--batch must be at least 2 and --steps at least 1".into()).into());
     }
@@ -822,6 +850,7 @@ fn embed(encoder: &str, pooling: Option<&str>, max_tokens: usize, device: &str, 
         return Err(UsageError(format!("--max-tokens must be between 2 and {MAX_TOKENS_LIMIT}")).into());
     }
     let device = DeviceRequest::parse(device).map_err(UsageError)?;
+    device.resolve().map_err(usage)?; // a GPU asked for that is not there
     let loaded = LoadedEncoder::load(&spec, device)?;
     let refs: Vec<&str> = texts.iter().map(String::as_str).collect();
     let options = EmbedOptions { pooling, max_tokens, batch_size: 64, normalize: true };

@@ -61,6 +61,7 @@ impl Output {
     /// Checks the format and size before any work is done.
     fn checked(&self) -> anyhow::Result<(u32, u32)> {
         Format::from_path(&self.output).map_err(|e| UsageError(e.to_string()))?;
+        super::check_output_path(&self.output)?;
         if !(100..=8000).contains(&self.width) || !(100..=8000).contains(&self.height) {
             return Err(UsageError(format!(
                 "--width and --height must be between 100 and 8000 pixels (got {}×{})",
@@ -112,6 +113,18 @@ pub async fn plot(workspace: &Workspace, command: PlotCommand) -> anyhow::Result
             let store = open(workspace).await?;
             let name = study_name(&store, &study).await?;
             let history = store.history(Some(&name)).await?;
+            if let Some(stage) = &stage
+                && !history.iter().any(|r| r.stage == *stage)
+            {
+                let mut stages: Vec<&str> = history.iter().map(|r| r.stage.as_str()).collect();
+                stages.sort_unstable();
+                stages.dedup();
+                return Err(UsageError(format!(
+                    "--stage {stage}: no finished instance of stage `{stage}` in `{name}` (stages: {})",
+                    stages.join(", ")
+                ))
+                .into());
+            }
             let rows: Vec<_> = pivot::latest(&history).into_iter().filter(|r| stage.as_ref().is_none_or(|s| *s == r.stage)).collect();
             let with_metric: Vec<_> = rows.iter().filter(|r| r.metrics.contains_key(&metric)).collect();
             if with_metric.is_empty() {
@@ -120,6 +133,9 @@ pub async fn plot(workspace: &Workspace, command: PlotCommand) -> anyhow::Result
                 seen.dedup();
                 let seen = if seen.is_empty() { "none".to_owned() } else { seen.iter().map(|s| s.as_str()).collect::<Vec<_>>().join(", ") };
                 return Err(UsageError(format!("no finished instance of `{name}` recorded `{metric}` (metrics: {seen})")).into());
+            }
+            if series.as_ref() == Some(&by) {
+                return Err(UsageError(format!("--by and --series both name `{by}`: give --series another axis")).into());
             }
             for axis in std::iter::once(&by).chain(series.as_ref()) {
                 if !with_metric.iter().any(|r| r.axes.contains_key(axis)) {

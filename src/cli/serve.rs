@@ -30,6 +30,7 @@ pub async fn serve(workspace: &Workspace, bind: IpAddr, port: u16, dashboards: P
 }
 
 pub async fn report(workspace: &Workspace, study: &str, html: &Path) -> anyhow::Result<ExitCode> {
+    super::check_output_path(html)?;
     let store = open(workspace).await?;
     let name = study_name(&store, study).await?;
     let page = web::report(&store, &name).await?;

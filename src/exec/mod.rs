@@ -47,6 +47,15 @@ pub trait Observer: Send + Sync {
     }
 }
 
+/// `exec` of an instance whose upstream is not done (exit code 2: the
+/// wrong instance was asked for, or too early).
+#[derive(Debug, thiserror::Error)]
+#[error("upstream stage `{stage}` ({key}) is not done yet: run it first")]
+pub struct UpstreamNotDone {
+    pub stage: String,
+    pub key: String,
+}
+
 #[derive(Debug, Clone, PartialEq)]
 pub enum NodeOutcome {
     Done,
@@ -457,7 +466,7 @@ pub async fn job_from_store(store: &Store, instance_id: i64) -> anyhow::Result<J
     let mut upstream = Vec::new();
     for (up, stage) in store.upstream_of(instance_id).await? {
         let Some(done) = store.done_attempt_of(up.id).await? else {
-            bail!("upstream stage `{stage}` ({}) is not done yet: run it first", &up.key[..12]);
+            return Err(UpstreamNotDone { stage, key: up.key[..12].to_owned() }.into());
         };
         upstream.push(UpstreamDone {
             stage,
