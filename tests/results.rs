@@ -59,7 +59,12 @@ fn history_lists_every_finished_instance_and_filters_with_and_or_parentheses() {
     assert_eq!(history(&ws, &["--where", "run ~ \"sugarcrepe\""]).len(), 8);
     assert_eq!(history(&ws, &["--where", "param.run ~ 'zero_shot' and axis.seed != 0"]).len(), 4);
     assert_eq!(history(&ws, &["--where", "metric.zero_shot.top1 > 0.51"]).len(), 4);
-    assert_eq!(history(&ws, &["--pipeline", "nope"]).len(), 0);
+    let out = ws.run(&["history", "--pipeline", "nope"]).expect_code(2);
+    assert!(out.stderr.contains("no pipeline `nope`") && out.stderr.contains("pipelines: study"), "{}", out.describe());
+    let out = ws.run(&["history", "--sort", "nosuchfield"]).expect_code(2);
+    assert!(out.stderr.contains("no row has this field"), "{}", out.describe());
+    let out = ws.run(&["results", "study", "--metric", "zero_shot.top1", "--metric", "zero_shot.tpo5"]).expect_code(2);
+    assert!(out.stderr.contains("--metric zero_shot.tpo5"), "{}", out.describe());
 
     // --sort (descending with -) and --limit.
     let top = history(&ws, &["--where", "stage = \"train\"", "--sort", "-metric.sugarcrepe.mean", "--limit", "3"]);

@@ -28,9 +28,7 @@ pub(super) async fn study_name(store: &Store, target: &str) -> anyhow::Result<St
     Ok(name)
 }
 
-fn clip(text: &str, max: usize) -> String {
-    if text.chars().count() <= max { text.to_owned() } else { format!("{}…", text.chars().take(max - 1).collect::<String>()) }
-}
+use crate::pipeline::diag::shorten as clip;
 
 fn pairs(map: &Map<String, Value>, max: usize) -> String {
     map.iter().map(|(k, v)| format!("{k}={}", clip(&value_text(v), max))).collect::<Vec<_>>().join(" ")
@@ -49,7 +47,11 @@ pub async fn history(
         None => None,
     };
     let store = open(workspace).await?;
-    let mut rows: Vec<HistoryRow> = store.history(pipeline).await?;
+    let pipeline = match pipeline {
+        Some(p) => Some(study_name(&store, p).await?),
+        None => None,
+    };
+    let mut rows: Vec<HistoryRow> = store.history(pipeline.as_deref()).await?;
     if let Some(expr) = &expr {
         rows.retain(|r| expr.matches(r));
     }
@@ -64,6 +66,12 @@ pub async fn history(
             );
         }
         let field = Field::parse(name);
+        if !rows.is_empty() && rows.iter().all(|r| field.get(r).is_none()) {
+            return Err(UsageError(format!(
+                "--sort {name}: no row has this field (axes by name, metric.NAME, key, stage, pipeline, done_at)"
+            ))
+            .into());
+        }
         // Rows without the field go last in either direction.
         rows.sort_by(|a, b| {
             let (x, y) = (field.get(a), field.get(b));
@@ -374,7 +382,33 @@ pub(super) fn summary_table(
         }
         present
     } else {
-        metrics.to_vec()
+        // One metric nobody recorded beside others that were: a typo, not an
+        // empty column. (None recorded at all is answered below.)
+        let recorded = |m: &String| rows.iter().any(|r| r.metrics.contains_key(m));
+        if let Some(missing) = metrics.iter().find(|m| !recorded(m))
+            && metrics.iter().any(recorded)
+        {
+            let mut known: Vec<&str> = rows.iter().flat_map(|r| r.metrics.keys().map(String::as_str)).collect();
+            known.sort_unstable();
+            known.dedup();
+            return Err(UsageError(format!("--metric {missing}: no finished instance recorded it (metrics: {})", known.join(", "))).into());
+        }
+        let mut unique: Vec<String> = Vec::new();
+        metrics.iter().for_each(|m| {
+            if !unique.contains(m) {
+                unique.push(m.clone())
+            }
+        });
+        unique
+    };
+    let by: Vec<String> = {
+        let mut unique: Vec<String> = Vec::new();
+        by.iter().for_each(|a| {
+            if !unique.contains(a) {
+                unique.push(a.clone())
+            }
+        });
+        unique
     };
     let selected = pivot::latest_with(rows, &metrics);
     let by: Vec<String> = if by.is_empty() {

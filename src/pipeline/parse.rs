@@ -8,7 +8,7 @@ use std::ops::Range;
 use serde_json::Value;
 use toml_edit::{ImDocument, Item, Table};
 
-use super::diag::{Diagnostic, Diagnostics, SourceFile, shorten};
+use super::diag::{Diagnostic, Diagnostics, ECHOED, SourceFile, shorten};
 use super::template::Template;
 use crate::filter::value_text;
 use crate::stages::{self, StageKind};
@@ -183,15 +183,15 @@ fn parse_axes(file: &SourceFile, root: &Table, errors: &mut Vec<Diagnostic>) -> 
                     Some(u) if *u == v => errors.push(file.error(
                         value.span(),
                         &dotted,
-                        format!("duplicate value {} in axis `{name}`", shorten(&v.to_string())),
+                        format!("duplicate value {} in axis `{name}`", shorten(&v.to_string(), ECHOED)),
                     )),
                     Some(u) => errors.push(file.error(
                         value.span(),
                         &dotted,
                         format!(
                             "value {} of axis `{name}` reads as the earlier value {}: axis values must differ as text",
-                            shorten(&v.to_string()),
-                            shorten(&u.to_string())
+                            shorten(&v.to_string(), ECHOED),
+                            shorten(&u.to_string(), ECHOED)
                         ),
                     )),
                     None => values.push(v),
