@@ -418,3 +418,13 @@ fn command_line_mistakes_exit_2_with_a_clear_message() {
         assert!(out.stderr.contains(says), "{args:?}\n{}", out.describe());
     }
 }
+
+#[test]
+fn a_grid_too_large_to_plan_is_refused_before_it_is_built() {
+    let values: Vec<String> = (0..1000).map(|i| i.to_string()).collect();
+    let values = values.join(", ");
+    let (err, file) = reject(&format!(
+        "[pipeline]\nname = \"huge\"\n\n[axes]\na = [{values}]\nb = [{values}]\nc = [{values}]\n\n[stages.x]\nkind = \"command\"\nrun = \"echo ${{a}} ${{b}} ${{c}}\"\n"
+    ));
+    assert_located(&err, &file, 9, "stages.x", &["more than 1000000 stage instances", "a 1000 × b 1000 × c 1000 = 1000000000"]);
+}

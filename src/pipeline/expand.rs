@@ -76,6 +76,10 @@ impl Plan {
     }
 }
 
+/// The most stage instances one pipeline file may expand to (a million plan
+/// in about 40 s and 3.5 GB).
+pub const MAX_INSTANCES: usize = 1_000_000;
+
 /// Compiles a parsed pipeline into its instance DAG, or every problem found.
 pub fn expand(spec: PipelineSpec) -> Result<Plan, Diagnostics> {
     let order = stage_order(&spec)?;
@@ -102,6 +106,25 @@ pub fn expand(spec: PipelineSpec) -> Result<Plan, Diagnostics> {
     // For each stage, the node of each of its instances, by mixed-radix instance index.
     let mut stage_nodes: Vec<Vec<usize>> = vec![Vec::new(); spec.stages.len()];
     let mut errors = ErrorSet::default();
+
+    // The grid's size before any of it is built: a plan of billions of
+    // instances would only end when memory does.
+    let mut total: usize = 0;
+    for (s, stage) in spec.stages.iter().enumerate() {
+        let count = stage_axes[s].iter().try_fold(1usize, |n, &a| n.checked_mul(spec.axes[a].values.len()));
+        total = count.and_then(|c| total.checked_add(c)).unwrap_or(usize::MAX);
+        if total > MAX_INSTANCES {
+            let sizes: Vec<String> =
+                stage_axes[s].iter().map(|&a| format!("{} {}", spec.axes[a].name, spec.axes[a].values.len())).collect();
+            let message = format!(
+                "the plan would hold more than {MAX_INSTANCES} stage instances (stage `{}` alone: {} = {})",
+                stage.name,
+                sizes.join(" × "),
+                count.map_or("more than any machine holds".to_owned(), |c| c.to_string())
+            );
+            return Err(spec.file.error(stage.span.clone(), &format!("stages.{}", stage.name), message).into());
+        }
+    }
 
     for &s in &order {
         let stage = &spec.stages[s];
