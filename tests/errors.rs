@@ -52,7 +52,16 @@ kind = "command"
 run = "true"
 "#,
     );
-    assert_located(&err, &file, 4, "", &["TOML"]);
+    assert_located(&err, &file, 4, "stages.a", &["TOML"]);
+    assert!(!err.contains(": pipeline:"), "the unterminated header is the stage's, not [pipeline]'s: {err}");
+}
+
+#[test]
+fn an_unterminated_array_names_its_key() {
+    let (err, file) =
+        reject("[pipeline]\nname = \"x\"\n\n[axes]\nx = [1,\n  \"a]\",\n  2\n\n[stages.a]\nkind = \"command\"\nrun = \"true\"\n");
+    assert!(err.contains("axes.x: TOML syntax error"), "{err}");
+    assert!(err.contains(&format!("{file}:")), "{err}");
 }
 
 #[test]

@@ -8,7 +8,7 @@ use std::ops::Range;
 use serde_json::Value;
 use toml_edit::{ImDocument, Item, Table};
 
-use super::diag::{Diagnostic, Diagnostics, ECHOED, SourceFile, shorten};
+use super::diag::{Diagnostic, Diagnostics, ECHOED, SourceFile, floor_char_boundary, shorten};
 use super::template::Template;
 use crate::filter::value_text;
 use crate::stages::{self, StageKind};
@@ -92,24 +92,71 @@ pub fn parse(file: SourceFile) -> Result<PipelineSpec, Diagnostics> {
 }
 
 /// Best-effort dotted key at a byte offset of text that does not parse: the
+/// key of a value whose brackets are still open there (an unterminated
+/// array), else the header on that line (an unterminated `[table`), else the
 /// last `[table]` header before it plus the `key =` on its line, if any.
 fn key_at(text: &str, offset: usize) -> String {
     let offset = offset.min(text.len());
-    let line_start = text[..offset].rfind('\n').map_or(0, |i| i + 1);
+    let line_start = text[..floor_char_boundary(text, offset)].rfind('\n').map_or(0, |i| i + 1);
+    let dotted = |header: &Option<String>, key: &str| match header {
+        Some(h) => format!("{h}.{key}"),
+        None => key.to_owned(),
+    };
+    let header_of = |line: &str| line.trim().trim_start_matches('[').trim_end_matches(']').trim().to_owned();
+    let (mut header, mut open, mut depth) = (None::<String>, None::<String>, 0i64);
+    for line in text[..line_start].lines() {
+        let line = without_strings(line);
+        let t = line.trim();
+        let value = if depth == 0 {
+            if t.starts_with('[') {
+                header = Some(header_of(t));
+                continue;
+            }
+            match t.split_once('=') {
+                Some((k, v)) => {
+                    open = Some(dotted(&header, k.trim()));
+                    v.to_owned()
+                }
+                None => continue,
+            }
+        } else {
+            t.to_owned()
+        };
+        depth += value.matches(['[', '{']).count() as i64 - value.matches([']', '}']).count() as i64;
+        if depth <= 0 {
+            depth = 0;
+            open = None;
+        }
+    }
+    if let Some(key) = open.filter(|_| depth > 0) {
+        return key;
+    }
     let line = text[line_start..].lines().next().unwrap_or("");
-    let header = text[..line_start]
-        .lines()
-        .rev()
-        .map(str::trim)
-        .find(|l| l.starts_with('[') && l.ends_with(']'))
-        .map(|l| l.trim_matches(|c| c == '[' || c == ']').trim().to_owned());
+    if line.trim_start().starts_with('[') {
+        return header_of(line);
+    }
     let key = line.split_once('=').map(|(k, _)| k.trim().trim_matches('"').to_owned()).filter(|k| !k.is_empty() && !k.starts_with('['));
     match (header, key) {
-        (Some(h), Some(k)) => format!("{h}.{k}"),
-        (None, Some(k)) => k,
+        (h, Some(k)) => dotted(&h, &k),
         (Some(h), None) => h,
         (None, None) => String::new(),
     }
+}
+
+/// A line with its quoted strings (and comment) removed, for counting brackets.
+fn without_strings(line: &str) -> String {
+    let mut out = String::new();
+    let mut quote = None;
+    for c in line.chars() {
+        match (quote, c) {
+            (None, '"' | '\'') => quote = Some(c),
+            (None, '#') => break,
+            (None, _) => out.push(c),
+            (Some(q), _) if c == q => quote = None,
+            _ => {}
+        }
+    }
+    out
 }
 
 fn key_span(table: &Table, key: &str) -> Option<Range<usize>> {
