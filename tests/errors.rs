@@ -437,3 +437,18 @@ fn a_grid_too_large_to_plan_is_refused_before_it_is_built() {
     ));
     assert_located(&err, &file, 9, "stages.x", &["more than 1000000 stage instances", "a 1000 × b 1000 × c 1000 = 1000000000"]);
 }
+
+#[test]
+fn parameter_values_a_kind_cannot_use_are_located_errors() {
+    let stage = |body: &str| format!("[pipeline]\nname = \"x\"\n\n[stages.a]\nkind = \"command\"\nrun = \"true\"\n\n[stages.s]\n{body}\n");
+    for (body, line, key, says) in [
+        ("kind = \"command\"\nrun = \"  \"", 10, "stages.s.run", "is empty"),
+        ("kind = \"command\"\nrun = \"true\"\nenv = [\"A B=1\"]", 11, "stages.s.env", "not NAME=VALUE"),
+        ("kind = \"command\"\nrun = \"true\"\nenv = [\"=x\"]", 11, "stages.s.env", "not NAME=VALUE"),
+        ("kind = \"command\"\nrun = \"true\"\nneeds = [\"a\", \"a\"]", 11, "stages.s.needs", "names `a` twice"),
+        ("kind = \"text_similarity\"\nencoder = \"minilm\"\nthreshold = 2.0", 11, "stages.s.threshold", "[-1, 1]"),
+    ] {
+        let (err, file) = reject(&stage(body));
+        assert_located(&err, &file, line, key, &[says]);
+    }
+}

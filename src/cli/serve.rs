@@ -19,6 +19,9 @@ pub async fn serve(workspace: &Workspace, bind: IpAddr, port: u16, dashboards: P
     if !bind.is_loopback() {
         tracing::warn!("serving on {bind}: anyone who can reach this address can read the store");
     }
+    if !dashboards.is_dir() {
+        tracing::warn!("no dashboards folder {}: the dashboards page lists none (--dashboards DIR)", dashboards.display());
+    }
     let state = AppState::new(workspace.clone(), dashboards);
     web::serve(state, SocketAddr::new(bind, port), |addr| {
         // Tests and scripts read the address (port 0 picks one) from this line.

@@ -348,6 +348,9 @@ fn parse_stage(
             Some(array) => {
                 for value in array.iter() {
                     match value.as_str() {
+                        Some(s) if needs.iter().any(|n| n == s) => {
+                            errors.push(file.error(value.span(), &dotted("needs"), format!("names `{s}` twice")))
+                        }
                         Some(s) => needs.push(s.to_owned()),
                         None => errors.push(file.error(value.span(), &dotted("needs"), "expected stage names (strings)")),
                     }

@@ -47,8 +47,18 @@ impl StageKind for Command {
         if params.int("gpus") < 0 {
             return Err(ParamError::new("gpus", "must be 0 or more"));
         }
-        if let Some(bad) = params.str_list("env").iter().find(|e| !e.contains('=')) {
-            return Err(ParamError::new("env", format!("entry {bad:?} is not NAME=VALUE")));
+        let name_ok = |n: &str| {
+            n.chars().next().is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+                && n.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+        };
+        if let Some(bad) = params.str_list("env").iter().find(|e| !e.split_once('=').is_some_and(|(n, _)| name_ok(n))) {
+            return Err(ParamError::new(
+                "env",
+                format!("entry {bad:?} is not NAME=VALUE (NAME: letters, digits and '_', not starting with a digit)"),
+            ));
+        }
+        if params.str("run").trim().is_empty() {
+            return Err(ParamError::new("run", "is empty: give the shell command to run"));
         }
         Ok(())
     }

@@ -73,8 +73,12 @@ impl StageKind for Evaluate {
         if params.int("batch_size") < 1 {
             return Err(ParamError::new("batch_size", "must be at least 1"));
         }
-        if params.str_list("suites").is_empty() {
+        let suites = params.str_list("suites");
+        if suites.is_empty() {
             return Err(ParamError::new("suites", format!("list at least one of {SUITES:?}")));
+        }
+        if let Some(twice) = suites.iter().enumerate().find(|(i, s)| suites[..*i].contains(s)).map(|(_, s)| s) {
+            return Err(ParamError::new("suites", format!("lists {twice:?} twice")));
         }
         DeviceRequest::parse(params.str("device")).map_err(|e| ParamError::new("device", e))?;
         Ok(())

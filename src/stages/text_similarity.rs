@@ -59,11 +59,14 @@ impl StageKind for TextSimilarity {
         PARAMS
     }
     fn check(&self, params: &Params) -> Result<(), ParamError> {
-        text_common::check(params)?;
         if params.int("max_pairs") < 0 {
             return Err(ParamError::new("max_pairs", "must be 0 (all) or more"));
         }
-        Ok(())
+        let threshold = params.float("threshold");
+        if !(-1.0..=1.0).contains(&threshold) {
+            return Err(ParamError::new("threshold", format!("is a cosine similarity: it must be in [-1, 1], found {threshold}")));
+        }
+        text_common::check(params)
     }
     fn derive(&self, params: &Params) -> Result<Vec<(String, Value)>, ParamError> {
         let mut derived = text_common::derive(params)?;
