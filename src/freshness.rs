@@ -19,6 +19,10 @@ pub enum Reason {
     /// Ran before but never finished (last attempt failed, interrupted, ...).
     Unfinished(String),
     ParamsChanged(Vec<String>),
+    KindChanged {
+        from: String,
+        to: String,
+    },
     UpstreamChanged,
     CodeVersionChanged {
         from: i64,
@@ -35,6 +39,7 @@ impl std::fmt::Display for Reason {
             Reason::NeverRun => write!(f, "never run"),
             Reason::Unfinished(status) => write!(f, "never finished (last attempt {status})"),
             Reason::ParamsChanged(names) => write!(f, "parameter changed ({})", names.join(", ")),
+            Reason::KindChanged { from, to } => write!(f, "stage kind changed ({from} → {to})"),
             Reason::UpstreamChanged => write!(f, "upstream changed"),
             Reason::CodeVersionChanged { from, to } => write!(f, "code version changed ({from} → {to})"),
             Reason::ArtifactMissing(name) => write!(f, "artifact missing ({name})"),
@@ -159,6 +164,7 @@ fn why_run(plan: &Plan, node: &crate::pipeline::Node, previous: &Previous, lates
     let earlier = previous.get(&lookup).and_then(|list| list.iter().find(|p| p.key != node.key.as_str()));
     match earlier {
         None => Reason::NeverRun,
+        Some(p) if p.kind != node.kind.name() => Reason::KindChanged { from: p.kind.clone(), to: node.kind.name().to_owned() },
         Some(p) if p.kind_version != i64::from(node.kind.version()) => {
             Reason::CodeVersionChanged { from: p.kind_version, to: i64::from(node.kind.version()) }
         }

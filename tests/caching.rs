@@ -258,3 +258,15 @@ fn only_runs_one_stage_and_the_upstream_it_needs() {
     assert_eq!(summary["executed"].as_array().unwrap().len(), 3);
     assert!(ws.all_counts().values().all(|&n| n == 1), "{:?}", ws.all_counts());
 }
+
+#[test]
+fn a_stage_whose_kind_changed_says_so() {
+    let ws = Ws::new();
+    let file = ws.write("k.toml", "[pipeline]\nname = \"k\"\n\n[stages.data]\nkind = \"command\"\nrun = \"echo x > $ABLATE_OUT/x.txt\"\n");
+    let (code, _, out) = ws.run_json(&file, &[]);
+    assert_eq!(code, Some(0), "{}", out.describe());
+    let file = ws
+        .write("k.toml", "[pipeline]\nname = \"k\"\n\n[stages.data]\nkind = \"caption_ingest\"\nsource = \"builtin:shapes\"\nimages = 8\n");
+    let plan = ws.plan(&file);
+    assert_eq!(plan[0]["reason"], "stage kind changed (command → caption_ingest)", "{plan:?}");
+}

@@ -45,6 +45,7 @@ pub struct InstanceRecord {
 #[derive(Debug, Clone)]
 pub struct PreviousBinding {
     pub key: String,
+    pub kind: String,
     pub kind_version: i64,
     pub params: Value,
 }
@@ -167,7 +168,7 @@ impl Store {
     /// Earlier instances of each (stage, axes) of a pipeline, most recent first.
     pub async fn previous_bindings(&self, pipeline: &str) -> anyhow::Result<HashMap<(String, String), Vec<PreviousBinding>>> {
         let rows = sqlx::query(
-            "SELECT b.stage, b.axes, i.key, i.kind_version, i.params FROM instance_bindings b JOIN stage_instances i ON i.id = b.instance_id
+            "SELECT b.stage, b.axes, i.key, i.kind_version, i.params, i.kind FROM instance_bindings b JOIN stage_instances i ON i.id = b.instance_id
              WHERE b.pipeline_name = $1 ORDER BY b.seen_at DESC, i.id DESC",
         )
         .bind(pipeline)
@@ -177,6 +178,7 @@ impl Store {
         for row in rows {
             out.entry((row.get(0), row.get(1))).or_default().push(PreviousBinding {
                 key: row.get(2),
+                kind: row.get(5),
                 kind_version: row.get(3),
                 params: serde_json::from_str(row.get::<&str, _>(4)).unwrap_or(Value::Null),
             });
