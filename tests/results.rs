@@ -295,3 +295,27 @@ fn new_commands_on_an_empty_workspace_are_usage_errors() {
         assert!(ws.run(&[cmd, "--help"]).ok().stdout.contains("Usage"));
     }
 }
+
+/// `results FILE` says when its table is not the file's as it stands.
+#[test]
+fn results_of_an_edited_file_say_which_rows_are_stale() {
+    let ws = Ws::new();
+    let pipeline = |value: &str, seeds: &str| {
+        format!(
+            "[pipeline]\nname = \"edited\"\n\n[axes]\nseed = [{seeds}]\n\n[stages.eval]\nkind = \"command\"\nrun = \"echo ablate:metric zero_shot.top1 {value} ${{seed}}\"\n"
+        )
+    };
+    let file = ws.write("edited.toml", &pipeline("0.5", "0, 1"));
+    let f = file.to_str().unwrap();
+    ws.run(&["run", f]).ok();
+    let fresh = ws.run(&["results", f]).ok();
+    assert!(!fresh.stderr.contains("earlier version"), "{}", fresh.describe());
+
+    ws.write("edited.toml", &pipeline("0.7", "0"));
+    let stale = ws.run(&["results", f]).ok();
+    assert!(stale.stderr.contains("1 result row(s) come from an earlier version"), "{}", stale.describe());
+    assert!(stale.stderr.contains("1 result row(s) are of stages or axis values"), "{}", stale.describe());
+    ws.run(&["run", f]).ok();
+    let rerun = ws.run(&["results", f]).ok();
+    assert!(!rerun.stderr.contains("earlier version"), "{}", rerun.describe());
+}

@@ -12,7 +12,7 @@ use super::render::Table;
 use super::tabular::{self, Format};
 use super::{UsageError, print_json, resolve_instance};
 use crate::filter::{self, Field, value_text};
-use crate::pipeline::{SourceFile, parse::parse};
+use crate::pipeline::{Plan, SourceFile, parse::parse};
 use crate::pivot;
 use crate::store::{HistoryRow, Store, Workspace};
 
@@ -337,6 +337,9 @@ pub async fn results(workspace: &Workspace, target: &str, metrics: &[String], by
     let name = study_name(&store, target).await?;
     let axis_values = study_axes(&store, &name).await?;
     let rows = store.history(Some(&name)).await?;
+    if Path::new(target).is_file() {
+        warn_if_stale(Path::new(target), &rows, metrics);
+    }
     match summary_table(&rows, metrics, by, &axis_values)? {
         Some(table) => {
             print_summary(&table, format);
@@ -352,6 +355,29 @@ pub async fn results(workspace: &Workspace, target: &str, metrics: &[String], by
             };
             Err(UsageError(format!("no finished instance of `{name}` has the metrics asked for (metrics: {known})")).into())
         }
+    }
+}
+
+/// Says (on stderr) when the table is not the file's as it stands: cells
+/// whose latest finished instance is not the one the file now plans (the
+/// file was edited and not rerun), or that the file no longer has.
+fn warn_if_stale(file: &Path, rows: &[HistoryRow], metrics: &[String]) {
+    let Ok(plan) = crate::pipeline::compile(file) else { return };
+    let planned: HashMap<(&str, String), &str> =
+        plan.bindings.iter().map(|b| ((plan.stage_name(b), Plan::axes_json(b).to_string()), plan.nodes[b.node].key.as_str())).collect();
+    let (mut outdated, mut dropped) = (0, 0);
+    for row in pivot::latest(rows).into_iter().filter(|r| metrics.is_empty() || metrics.iter().any(|m| r.metrics.contains_key(m))) {
+        match planned.get(&(row.stage.as_str(), Value::Object(row.axes.clone()).to_string())) {
+            Some(key) if *key != row.key => outdated += 1,
+            Some(_) => {}
+            None => dropped += 1,
+        }
+    }
+    if outdated > 0 {
+        tracing::warn!("{outdated} result row(s) come from an earlier version of {}: run it to update them", file.display());
+    }
+    if dropped > 0 {
+        tracing::warn!("{dropped} result row(s) are of stages or axis values {} no longer has", file.display());
     }
 }
 
