@@ -88,3 +88,25 @@ fn two_concurrent_runs_share_one_workspace() {
 fn three_concurrent_runs_share_one_workspace() {
     check_concurrent(3);
 }
+
+/// A run waiting on an instance another run holds takes it over when that
+/// run is killed (`kill -9`: no chance to release its claim).
+#[test]
+fn a_waiting_run_takes_over_when_the_holder_is_killed() {
+    let ws = Ws::new();
+    let file = ws.write(
+        "slow.toml",
+        "[pipeline]\nname = \"slow\"\n\n[stages.a]\nkind = \"command\"\nrun = \"echo x >> @C@/a; sleep 2; echo ok > $ABLATE_OUT/o.txt\"\n\n[stages.b]\nkind = \"command\"\nneeds = [\"a\"]\nrun = \"echo x >> @C@/b\"\n",
+    );
+    let f = file.to_str().unwrap();
+    let holder = ws.spawn(&["run", f]);
+    wait_until(Duration::from_secs(20), "the first run to start a", || ws.count("a") == 1);
+    let waiter = ws.spawn(&["run", f, "--json"]);
+    std::thread::sleep(Duration::from_millis(800));
+    holder.kill9();
+    let out = waiter.wait(Duration::from_secs(30));
+    assert_eq!(out.code, Some(0), "{}", out.describe());
+    assert_eq!((ws.count("a"), ws.count("b")), (2, 1), "a reran once in the waiting run, then b");
+    let a = ws.show(&key_of(&ws.plan(&file), "a"));
+    assert_eq!(attempt_statuses(&a), vec!["lost", "done"], "{a}");
+}

@@ -148,6 +148,8 @@ struct Scheduler<'a> {
     ready: BTreeSet<usize>,
     /// Nodes another live process is running.
     elsewhere: BTreeSet<usize>,
+    /// When stale claims were last recovered while waiting on `elsewhere`.
+    recovered_at: std::time::Instant,
     running: usize,
     gpus_in_use: u32,
     cpus_in_use: u32,
@@ -180,6 +182,7 @@ impl<'a> Scheduler<'a> {
             blocked: vec![0; n],
             ready: BTreeSet::new(),
             elsewhere: BTreeSet::new(),
+            recovered_at: std::time::Instant::now(),
             running: 0,
             gpus_in_use: 0,
             cpus_in_use: 0,
@@ -276,8 +279,16 @@ impl<'a> Scheduler<'a> {
         }
     }
 
-    /// Instances another process was running go back to ready once it stopped.
+    /// Instances another process was running go back to ready once it
+    /// stopped: finished, or died (then its claim is recovered here, every
+    /// few seconds while waiting, by the same pid and heartbeat rules as at
+    /// start, so a `kill -9` of the other process does not leave this one
+    /// waiting on it for ever).
     async fn poll_elsewhere(&mut self) -> anyhow::Result<()> {
+        if !self.elsewhere.is_empty() && self.recovered_at.elapsed() >= RECOVER_EVERY {
+            self.recovered_at = std::time::Instant::now();
+            self.store.recover_stale().await?;
+        }
         for i in self.elsewhere.clone() {
             if self.store.latest_attempt_status(self.ids[i]).await?.as_deref() != Some("running") {
                 self.elsewhere.remove(&i);
@@ -412,6 +423,10 @@ impl<'a> Scheduler<'a> {
         Ok(())
     }
 }
+
+/// How often a run waiting on another process's instances checks that
+/// process is alive.
+const RECOVER_EVERY: Duration = Duration::from_secs(2);
 
 /// The nodes a run needs: its targets, and the upstream work that targets
 /// still to run (`pending`) cannot do without. Shared by both executors.
