@@ -227,6 +227,10 @@ fn force_reruns_a_cached_stage() {
     for key in stage_keys(&plan, "train") {
         assert_eq!(attempt_statuses(&ws.show(&key)).iter().filter(|s| *s == "done").count(), 2);
     }
+    // What read the replaced outputs reran too (a stage may write other
+    // bytes each time: its old results would belong to outputs gone).
+    assert!(executed.is_superset(&stage_keys(&plan, "eval")), "every eval below a forced train reran: {summary}");
+    assert_eq!((ws.count("eval-0"), ws.count("eval-1")), (2, 2));
 
     // An unknown stage name is a usage error.
     let out = ws.run(&["run", file.to_str().unwrap(), "--force", "nosuch"]).expect_code(2);

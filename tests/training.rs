@@ -230,3 +230,19 @@ fn exported_weights_evaluation_metrics_and_results_table() {
     let eval = ws.show(&key_of(&ws.plan(&only), "eval"));
     assert!(metric(&eval, "retrieval.t2i.r5").is_some() && metric(&eval, "zero_shot.top1").is_none(), "{eval}");
 }
+
+/// `--force` recomputes a training: it does not resume from the checkpoint
+/// its last run left in the state directory (that would only replay it).
+#[test]
+fn force_retrains_from_scratch() {
+    let ws = Ws::new();
+    let file = ws.write("p.toml", &pipeline("steps = 6\ncheckpoint_every = 3"));
+    ws.run(&["run", file.to_str().unwrap()]).ok();
+    let (code, summary, out) = ws.run_json(&file, &["--force", "train"]);
+    assert_eq!(code, Some(0), "{}", out.describe());
+    let plan = ws.plan(&file);
+    let train = ws.show(&key_of(&plan, "train"));
+    assert_eq!(attempt_statuses(&train), vec!["done", "done"]);
+    assert_eq!(metric(&train, "train.resumed_from_step"), None, "the forced run trained afresh: {train}");
+    assert!(keys_in(&summary, "executed").contains(&key_of(&plan, "eval")), "and its evaluation reran: {summary}");
+}

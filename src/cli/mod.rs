@@ -80,7 +80,8 @@ enum Command {
         /// After a failure, keep running branches that do not depend on it.
         #[arg(long)]
         keep_going: bool,
-        /// Rerun this stage's instances even when cached (repeatable).
+        /// Recompute this stage's instances from scratch even when cached, and
+        /// what depends on them (repeatable).
         #[arg(long, value_name = "STAGE")]
         force: Vec<String>,
         /// Run only this stage's instances and the upstream work they need (repeatable).
@@ -704,6 +705,11 @@ async fn exec_one(
             bail!("instance {} is being run by run {other} (pid {pid} on {host})", &instance.key[..12]);
         }
         Claim::Claimed { attempt_id } => {
+            // A forced exec of its own computes afresh; inside a Slurm job the
+            // follower cleared the state at submission (a requeued job resumes).
+            if force && own_run {
+                workspace.clear_state(&instance.key)?;
+            }
             let cancel = CancelToken::default();
             install_interrupt(cancel.clone());
             // Keep the claim's lease fresh: other hosts judge liveness by it.

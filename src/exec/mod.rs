@@ -154,6 +154,8 @@ struct Scheduler<'a> {
     gpus_in_use: u32,
     cpus_in_use: u32,
     stop_launching: bool,
+    /// Nodes `--force` reruns (see [`forced_nodes`]).
+    forced: Vec<bool>,
     /// Forced nodes already rerun once in this run.
     forced_done: HashSet<usize>,
     /// Objects fully verified in this run.
@@ -187,22 +189,20 @@ impl<'a> Scheduler<'a> {
             gpus_in_use: 0,
             cpus_in_use: 0,
             stop_launching: false,
+            forced: vec![false; n],
             forced_done: HashSet::new(),
             verified: HashSet::new(),
             report: RunReport::default(),
         }
     }
 
-    fn in_stages(&self, node: usize, names: &[String]) -> bool {
-        self.plan.nodes[node].bindings.iter().any(|&b| names.iter().any(|s| s == self.plan.stage_name(&self.plan.bindings[b])))
-    }
-
     /// Initial states: cached nodes are done, the targets and the upstream
     /// work they cannot do without are pending, everything else is left out.
     async fn select(&mut self, freshness: Vec<Freshness>) -> anyhow::Result<()> {
         let n = self.plan.nodes.len();
+        self.forced = forced_nodes(self.plan, &self.options.force);
         for (i, fresh) in freshness.into_iter().enumerate() {
-            let forced = self.in_stages(i, &self.options.force);
+            let forced = self.forced[i];
             let state = match fresh {
                 Freshness::Cached(done) if !forced => State::Done(done),
                 Freshness::Broken(done, reason) => {
@@ -213,7 +213,7 @@ impl<'a> Scheduler<'a> {
             };
             self.state.push(state);
         }
-        let targets: Vec<bool> = (0..n).map(|i| self.options.only.is_empty() || self.in_stages(i, &self.options.only)).collect();
+        let targets: Vec<bool> = (0..n).map(|i| self.options.only.is_empty() || in_stages(self.plan, i, &self.options.only)).collect();
         let pending: Vec<bool> = self.state.iter().map(|s| matches!(s, State::Pending)).collect();
         let needed = needed_nodes(self.plan, &pending, &targets);
         for i in 0..n {
@@ -344,10 +344,13 @@ impl<'a> Scheduler<'a> {
                 continue;
             }
             let label = node_label(self.plan, i);
-            let forced = self.in_stages(i, &self.options.force) && !self.forced_done.contains(&i);
+            let forced = self.forced[i] && !self.forced_done.contains(&i);
             self.ready.remove(&i);
             match self.store.claim(self.ids[i], self.run_id, forced).await? {
                 Claim::Claimed { attempt_id } => {
+                    if forced {
+                        self.store.workspace().clear_state(node.key.as_str())?;
+                    }
                     self.forced_done.insert(i);
                     self.state[i] = State::Running;
                     self.running += 1;
@@ -422,6 +425,23 @@ impl<'a> Scheduler<'a> {
         self.report.skipped.sort_unstable();
         Ok(())
     }
+}
+
+/// Whether node `i` is an instance of one of the stages `names`.
+pub(crate) fn in_stages(plan: &Plan, i: usize, names: &[String]) -> bool {
+    plan.nodes[i].bindings.iter().any(|&b| names.iter().any(|s| s == plan.stage_name(&plan.bindings[b])))
+}
+
+/// The nodes `--force STAGE` reruns: that stage's instances and everything
+/// downstream of them, which read the outputs the rerun replaces (a key
+/// names the inputs, not the bytes a nondeterministic stage wrote).
+pub(crate) fn forced_nodes(plan: &Plan, stages: &[String]) -> Vec<bool> {
+    let mut forced = vec![false; plan.nodes.len()];
+    // Nodes come in dependency order: upstream before downstream.
+    for i in 0..plan.nodes.len() {
+        forced[i] = in_stages(plan, i, stages) || plan.nodes[i].upstream.iter().any(|&u| forced[u]);
+    }
+    forced
 }
 
 /// How often a run waiting on another process's instances checks that

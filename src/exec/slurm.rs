@@ -306,10 +306,6 @@ impl<'a> Follower<'a> {
         self.plan.bindings[self.plan.nodes[i].bindings[0]].stage
     }
 
-    fn in_stages(&self, i: usize, names: &[String]) -> bool {
-        self.plan.nodes[i].bindings.iter().any(|&b| names.iter().any(|s| s == self.plan.stage_name(&self.plan.bindings[b])))
-    }
-
     fn live_count(&self) -> usize {
         self.state.iter().filter(|s| matches!(s, State::Live(_))).count()
     }
@@ -328,8 +324,8 @@ impl<'a> Follower<'a> {
     async fn select(&mut self, freshness: Vec<Freshness>) -> anyhow::Result<()> {
         let n = self.plan.nodes.len();
         let mut pending = vec![false; n];
+        self.forced = super::forced_nodes(self.plan, &self.options.force);
         for (i, fresh) in freshness.into_iter().enumerate() {
-            self.forced[i] = self.in_stages(i, &self.options.force);
             pending[i] = match fresh {
                 Freshness::Cached(_) if !self.forced[i] => false,
                 Freshness::Broken(done, reason) => {
@@ -339,7 +335,8 @@ impl<'a> Follower<'a> {
                 _ => true,
             };
         }
-        let targets: Vec<bool> = (0..n).map(|i| self.options.only.is_empty() || self.in_stages(i, &self.options.only)).collect();
+        let targets: Vec<bool> =
+            (0..n).map(|i| self.options.only.is_empty() || super::in_stages(self.plan, i, &self.options.only)).collect();
         let needed = needed_nodes(self.plan, &pending, &targets);
         for i in 0..n {
             self.state.push(match (needed[i], pending[i]) {
@@ -482,8 +479,15 @@ impl<'a> Follower<'a> {
         let script = self.dir.join(format!("{:03}-{name}.sh", self.scripts));
         let log_pattern = self.dir.join(format!("{:03}-{name}-{}.log", self.scripts, if as_array { "%A_%a" } else { "%j" }));
         let keys: Vec<(i64, &str)> = task_ids.iter().copied().zip(chunk.iter().map(|&i| plan.nodes[i].key.as_str())).collect();
-        std::fs::write(&script, self.script_text(stage, &keys, as_array, self.forced[chunk[0]])?)
+        let forced = self.forced[chunk[0]];
+        std::fs::write(&script, self.script_text(stage, &keys, as_array, forced)?)
             .with_context(|| format!("writing {}", script.display()))?;
+        if forced {
+            // Here, not in the job: a job Slurm requeues must resume.
+            for (_, key) in &keys {
+                self.store.workspace().clear_state(key)?;
+            }
+        }
 
         let mut args = vec![
             format!("--job-name=ablate:{}:{stage}", plan.spec.name),

@@ -94,6 +94,14 @@ impl Workspace {
     pub fn state_dir(&self, key: &str) -> PathBuf {
         self.root.join("state").join(key)
     }
+    /// Empties an instance's state directory (its checkpoints): a forced
+    /// rerun computes afresh instead of resuming from the last run's state.
+    pub fn clear_state(&self, key: &str) -> std::io::Result<()> {
+        match std::fs::remove_dir_all(self.state_dir(key)) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e),
+            _ => Ok(()),
+        }
+    }
     /// Batch scripts and logs of Slurm jobs.
     pub fn slurm_dir(&self) -> PathBuf {
         self.root.join("slurm")
