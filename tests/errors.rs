@@ -418,14 +418,20 @@ fn command_line_mistakes_exit_2_with_a_clear_message() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("is not a directory"), "{}", String::from_utf8_lossy(&out.stderr));
     ws.run(&["run", f]).ok();
     let folder = ws.root().display().to_string();
+    let db = ws.db().display().to_string();
+    let in_store = ws.store().join("report.html").display().to_string();
     let missing = ws.root().join("no/such/folder/plot.png").display().to_string();
     for (args, says) in [
         (vec!["plot", "bars", "two", "--metric", "m", "--by", "x", "-o", &missing], "there is no folder"),
         (vec!["report", "two", "--html", &folder], "is a directory"),
+        (vec!["report", "two", "--html", &db], "ending in .html"),
+        (vec!["report", "two", "--html", &in_store], "inside the workspace"),
+        (vec!["report", f, "--html", f], "ending in .html"),
     ] {
         let out = ws.run(&args).expect_code(2);
         assert!(out.stderr.contains(says), "{args:?}\n{}", out.describe());
     }
+    ws.run(&["runs"]).ok(); // the store is intact
 }
 
 #[test]

@@ -7,6 +7,7 @@ use std::process::ExitCode;
 
 use anyhow::Context as _;
 
+use super::UsageError;
 use super::history::open;
 use super::results::study_name;
 use crate::store::Workspace;
@@ -34,6 +35,19 @@ pub async fn serve(workspace: &Workspace, bind: IpAddr, port: u16, dashboards: P
 
 pub async fn report(workspace: &Workspace, study: &str, html: &Path) -> anyhow::Result<ExitCode> {
     super::check_output_path(html)?;
+    if !html.extension().is_some_and(|e| e.eq_ignore_ascii_case("html") || e.eq_ignore_ascii_case("htm")) {
+        return Err(UsageError(format!("--html {}: give a file name ending in .html", html.display())).into());
+    }
+    // Never over the study's own file or anything of the workspace (its store above all).
+    let absolute = |p: &Path| std::path::absolute(p).unwrap_or_else(|_| p.to_path_buf());
+    let target = absolute(html);
+    if target == absolute(Path::new(study)) || target.starts_with(absolute(&workspace.root)) {
+        return Err(UsageError(format!(
+            "--html {}: that is the study's file or inside the workspace; write the report elsewhere",
+            html.display()
+        ))
+        .into());
+    }
     let store = open(workspace).await?;
     let name = study_name(&store, study).await?;
     let page = web::report(&store, &name).await?;
