@@ -309,16 +309,16 @@ pub fn main() -> ExitCode {
                 eprintln!("{d}");
                 return ExitCode::from(2);
             }
-            if let Some(UsageError(message)) = e.downcast_ref::<UsageError>() {
+            // Mistakes in what was asked for (the command line, the
+            // workspace or database named) exit 2, printed as they are.
+            let usage = e
+                .downcast_ref::<UsageError>()
+                .map(|UsageError(message)| message.clone())
+                .or_else(|| e.downcast_ref::<crate::store::NotAStore>().map(ToString::to_string))
+                .or_else(|| e.downcast_ref::<crate::store::Unreachable>().map(ToString::to_string))
+                .or_else(|| e.downcast_ref::<exec::UpstreamNotDone>().map(ToString::to_string));
+            if let Some(message) = usage {
                 eprintln!("error: {message}");
-                return ExitCode::from(2);
-            }
-            if let Some(not_a_store) = e.downcast_ref::<crate::store::NotAStore>() {
-                eprintln!("error: {not_a_store}");
-                return ExitCode::from(2);
-            }
-            if let Some(not_done) = e.downcast_ref::<exec::UpstreamNotDone>() {
-                eprintln!("error: {not_done}");
                 return ExitCode::from(2);
             }
             eprintln!("error: {e:#}");

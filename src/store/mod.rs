@@ -121,6 +121,15 @@ pub struct NotAStore {
     pub why: String,
 }
 
+/// The database server named by `--db` cannot be used: a malformed URL, a
+/// refused connection, no answer (exit code 2: the `--db` given is wrong).
+#[derive(Debug, thiserror::Error)]
+#[error("{db}: {why}")]
+pub struct Unreachable {
+    pub db: String,
+    pub why: String,
+}
+
 #[derive(Clone)]
 pub struct Store {
     pool: AnyPool,

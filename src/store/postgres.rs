@@ -40,14 +40,21 @@ pub(super) const DIALECT: Dialect = Dialect {
 
 /// A pool on the server. Read-only pools make every transaction read-only,
 /// which is what lets arbitrary SQL (`ablate sql`, dashboards) run on them.
+/// How long connecting to the server may take.
+const CONNECT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(15);
+
 pub(super) async fn connect(url: &str, read_only: bool) -> anyhow::Result<AnyPool> {
     super::install_drivers();
-    let options: AnyConnectOptions = url.parse().with_context(|| format!("parsing the database URL {}", redacted(url)))?;
+    let unreachable = |why: String| super::Unreachable { db: redacted(url), why };
+    let options: AnyConnectOptions = url.parse().map_err(|e: sqlx::Error| unreachable(format!("not a valid database URL ({e})")))?;
     let setup = if read_only { "SET SESSION CHARACTERISTICS AS TRANSACTION READ ONLY" } else { "SET client_min_messages = warning" };
     // One plain connection first: a wrong host, port or password fails at
     // once with the server's reason, where the pool would retry for its
-    // whole acquire timeout.
-    let probe = sqlx::AnyConnection::connect_with(&options).await.with_context(|| format!("connecting to {}", redacted(url)))?;
+    // whole acquire timeout; and a server that never answers, after a while.
+    let probe = tokio::time::timeout(CONNECT_TIMEOUT, sqlx::AnyConnection::connect_with(&options))
+        .await
+        .map_err(|_| unreachable(format!("no answer within {} s", CONNECT_TIMEOUT.as_secs())))?
+        .map_err(|e| unreachable(format!("cannot connect ({e})")))?;
     probe.close().await?;
     AnyPoolOptions::new()
         .max_connections(4)
