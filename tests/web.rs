@@ -194,6 +194,10 @@ fn unknown_things_are_404_and_requests_cannot_inject_or_traverse() {
     assert_eq!(r.status, 200);
     assert!(r.body.contains("no data yet"));
     assert_eq!(fetch(a, "/pipelines/study/pivot").status, 400, "a pivot needs a metric");
+    for bad in ["rows=nope", "rows=loss&cols=loss", "rows=loss&stage=nope"] {
+        let r = fetch(a, &format!("/pipelines/study/pivot?metric=sugarcrepe.mean&{bad}"));
+        assert_eq!(r.status, 400, "{bad}: {}", r.body);
+    }
     assert_eq!(fetch(a, "/dashboards/ok").status, 200);
     assert_eq!(ws.runs().len(), 1, "the store is unchanged");
     assert!(server.alive());
