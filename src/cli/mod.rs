@@ -81,7 +81,7 @@ enum Command {
         #[arg(long)]
         keep_going: bool,
         /// Recompute this stage's instances from scratch even when cached, and
-        /// what depends on them (repeatable).
+        /// what depends on them where their outputs changed (repeatable).
         #[arg(long, value_name = "STAGE")]
         force: Vec<String>,
         /// Run only this stage's instances and the upstream work they need (repeatable).

@@ -156,6 +156,12 @@ struct Scheduler<'a> {
     stop_launching: bool,
     /// Nodes `--force` reruns (see [`forced_nodes`]).
     forced: Vec<bool>,
+    /// Nodes `--force` names itself (the others are downstream of them).
+    forced_directly: Vec<bool>,
+    /// The done attempt each forced node had before this run: a node forced
+    /// only as a dependant keeps it, without running, when its forced
+    /// upstream wrote the same outputs again.
+    before_force: Vec<Option<DoneAttempt>>,
     /// Forced nodes already rerun once in this run.
     forced_done: HashSet<usize>,
     /// Objects fully verified in this run.
@@ -190,6 +196,8 @@ impl<'a> Scheduler<'a> {
             cpus_in_use: 0,
             stop_launching: false,
             forced: vec![false; n],
+            forced_directly: vec![false; n],
+            before_force: vec![None; n],
             forced_done: HashSet::new(),
             verified: HashSet::new(),
             report: RunReport::default(),
@@ -201,10 +209,15 @@ impl<'a> Scheduler<'a> {
     async fn select(&mut self, freshness: Vec<Freshness>) -> anyhow::Result<()> {
         let n = self.plan.nodes.len();
         self.forced = forced_nodes(self.plan, &self.options.force);
+        self.forced_directly = (0..n).map(|i| in_stages(self.plan, i, &self.options.force)).collect();
         for (i, fresh) in freshness.into_iter().enumerate() {
             let forced = self.forced[i];
             let state = match fresh {
                 Freshness::Cached(done) if !forced => State::Done(done),
+                Freshness::Cached(done) => {
+                    self.before_force[i] = Some(done);
+                    State::Pending
+                }
                 Freshness::Broken(done, reason) => {
                     self.store.invalidate(done.attempt_id, &reason.to_string()).await?;
                     State::Pending
@@ -240,6 +253,20 @@ impl<'a> Scheduler<'a> {
                 self.ready.insert(d);
             }
         }
+    }
+
+    /// The done attempt a dependant of forced nodes keeps when none of its
+    /// upstream outputs changed in the forced reruns; `None` when it runs.
+    fn unchanged_dependant(&mut self, i: usize) -> Option<DoneAttempt> {
+        if self.forced_directly[i] || self.before_force[i].is_none() {
+            return None;
+        }
+        let outputs = |d: &DoneAttempt| d.artifacts.iter().map(|a| (a.name.clone(), a.hash.clone())).collect::<Vec<_>>();
+        let unchanged = self.plan.nodes[i].upstream.iter().all(|&u| match (&self.before_force[u], &self.state[u]) {
+            (Some(before), State::Done(now)) => outputs(before) == outputs(now),
+            _ => true,
+        });
+        if unchanged { self.before_force[i].take() } else { None }
     }
 
     /// A done node whose output turned out broken must run again first.
@@ -343,6 +370,14 @@ impl<'a> Scheduler<'a> {
                 self.set_pending_again(u);
                 continue;
             }
+            if let Some(kept) = self.unchanged_dependant(i) {
+                // Forced only as a dependant, and every forced upstream wrote
+                // what it had written before: its result still stands.
+                self.ready.remove(&i);
+                self.report.cached.push(i);
+                self.set_done(i, kept);
+                continue;
+            }
             let label = node_label(self.plan, i);
             let forced = self.forced[i] && !self.forced_done.contains(&i);
             self.ready.remove(&i);
@@ -432,9 +467,10 @@ pub(crate) fn in_stages(plan: &Plan, i: usize, names: &[String]) -> bool {
     plan.nodes[i].bindings.iter().any(|&b| names.iter().any(|s| s == plan.stage_name(&plan.bindings[b])))
 }
 
-/// The nodes `--force STAGE` reruns: that stage's instances and everything
+/// The nodes `--force STAGE` may rerun: that stage's instances and everything
 /// downstream of them, which read the outputs the rerun replaces (a key
-/// names the inputs, not the bytes a nondeterministic stage wrote).
+/// names the inputs, not the bytes a nondeterministic stage wrote). A
+/// dependant reruns only if an upstream rerun wrote other outputs.
 pub(crate) fn forced_nodes(plan: &Plan, stages: &[String]) -> Vec<bool> {
     let mut forced = vec![false; plan.nodes.len()];
     // Nodes come in dependency order: upstream before downstream.

@@ -324,8 +324,10 @@ impl<'a> Follower<'a> {
     async fn select(&mut self, freshness: Vec<Freshness>) -> anyhow::Result<()> {
         let n = self.plan.nodes.len();
         let mut pending = vec![false; n];
-        self.forced = super::forced_nodes(self.plan, &self.options.force);
+        // Only the stages named: jobs are submitted before their upstream
+        // reruns, so whether its outputs changed is not known yet.
         for (i, fresh) in freshness.into_iter().enumerate() {
+            self.forced[i] = super::in_stages(self.plan, i, &self.options.force);
             pending[i] = match fresh {
                 Freshness::Cached(_) if !self.forced[i] => false,
                 Freshness::Broken(done, reason) => {
