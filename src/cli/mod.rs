@@ -310,12 +310,13 @@ pub fn main() -> ExitCode {
                 return ExitCode::from(2);
             }
             // Mistakes in what was asked for (the command line, the
-            // workspace or database named) exit 2, printed as they are.
+            // workspace or database named) exit 2, printed as they are; a
+            // server that cannot be reached is not one (exit 1).
             let usage = e
                 .downcast_ref::<UsageError>()
                 .map(|UsageError(message)| message.clone())
                 .or_else(|| e.downcast_ref::<crate::store::NotAStore>().map(ToString::to_string))
-                .or_else(|| e.downcast_ref::<crate::store::Unreachable>().map(ToString::to_string))
+                .or_else(|| e.downcast_ref::<crate::store::BadDatabaseUrl>().map(ToString::to_string))
                 .or_else(|| e.downcast_ref::<exec::UpstreamNotDone>().map(ToString::to_string));
             if let Some(message) = usage {
                 eprintln!("error: {message}");

@@ -121,11 +121,10 @@ pub struct NotAStore {
     pub why: String,
 }
 
-/// The database server named by `--db` cannot be used: a malformed URL, a
-/// refused connection, no answer (exit code 2: the `--db` given is wrong).
+/// `--db` is not a database URL that can be used (exit code 2).
 #[derive(Debug, thiserror::Error)]
-#[error("{db}: {why}")]
-pub struct Unreachable {
+#[error("{db}: not a valid database URL ({why})")]
+pub struct BadDatabaseUrl {
     pub db: String,
     pub why: String,
 }

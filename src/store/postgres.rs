@@ -45,16 +45,17 @@ const CONNECT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(15);
 
 pub(super) async fn connect(url: &str, read_only: bool) -> anyhow::Result<AnyPool> {
     super::install_drivers();
-    let unreachable = |why: String| super::Unreachable { db: redacted(url), why };
-    let options: AnyConnectOptions = url.parse().map_err(|e: sqlx::Error| unreachable(format!("not a valid database URL ({e})")))?;
+    let options: AnyConnectOptions =
+        url.parse().map_err(|e: sqlx::Error| super::BadDatabaseUrl { db: redacted(url), why: e.to_string() })?;
     let setup = if read_only { "SET SESSION CHARACTERISTICS AS TRANSACTION READ ONLY" } else { "SET client_min_messages = warning" };
     // One plain connection first: a wrong host, port or password fails at
     // once with the server's reason, where the pool would retry for its
     // whole acquire timeout; and a server that never answers, after a while.
     let probe = tokio::time::timeout(CONNECT_TIMEOUT, sqlx::AnyConnection::connect_with(&options))
         .await
-        .map_err(|_| unreachable(format!("no answer within {} s", CONNECT_TIMEOUT.as_secs())))?
-        .map_err(|e| unreachable(format!("cannot connect ({e})")))?;
+        .map_err(|_| anyhow::anyhow!("connecting to {}: no answer within {} s", redacted(url), CONNECT_TIMEOUT.as_secs()))?
+        // The error's text once (as context it would be printed twice).
+        .map_err(|e| anyhow::anyhow!("connecting to {}: {e}", redacted(url)))?;
     probe.close().await?;
     AnyPoolOptions::new()
         .max_connections(4)
