@@ -856,8 +856,8 @@ fn embed(encoder: &str, pooling: Option<&str>, max_tokens: usize, device: &str, 
     if !(2..=MAX_TOKENS_LIMIT).contains(&max_tokens) {
         return Err(UsageError(format!("--max-tokens must be between 2 and {MAX_TOKENS_LIMIT}")).into());
     }
-    let device = DeviceRequest::parse(device).map_err(UsageError)?;
-    device.resolve().map_err(usage)?; // a GPU asked for that is not there
+    // A GPU asked for that is not there is a usage error.
+    let device = DeviceRequest::parse(device).map_err(UsageError)?.resolve().map_err(usage)?;
     let loaded = LoadedEncoder::load(&spec, device)?;
     let refs: Vec<&str> = texts.iter().map(String::as_str).collect();
     let options = EmbedOptions { pooling, max_tokens, batch_size: 64, normalize: true };

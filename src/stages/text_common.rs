@@ -94,7 +94,7 @@ impl StageEncoder {
             batch_size: params.int("batch_size") as usize,
             normalize: params.get("normalize").and_then(Value::as_bool).unwrap_or(true),
         };
-        Ok(StageEncoder { encoder: LoadedEncoder::load(&spec, device)?, options })
+        Ok(StageEncoder { encoder: LoadedEncoder::load(&spec, device.resolve()?)?, options })
     }
 
     pub fn dim(&self) -> usize {

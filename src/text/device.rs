@@ -107,8 +107,8 @@ pub enum LoadedEncoder {
 }
 
 impl LoadedEncoder {
-    pub fn load(spec: &EncoderSpec, device: DeviceRequest) -> anyhow::Result<LoadedEncoder> {
-        match device.resolve()? {
+    pub fn load(spec: &EncoderSpec, device: Device) -> anyhow::Result<LoadedEncoder> {
+        match device {
             Device::Cpu => Ok(LoadedEncoder::Cpu(TextEncoder::load(spec, &Default::default())?)),
             #[cfg(feature = "cuda")]
             Device::Cuda(n) => Ok(LoadedEncoder::Cuda(TextEncoder::load(spec, &burn::backend::cuda::CudaDevice::new(n))?, n)),
