@@ -419,32 +419,29 @@ pub(super) fn summary_table(
             known.dedup();
             return Err(UsageError(format!("--metric {missing}: no finished instance recorded it (metrics: {})", known.join(", "))).into());
         }
-        let mut unique: Vec<String> = Vec::new();
-        metrics.iter().for_each(|m| {
-            if !unique.contains(m) {
-                unique.push(m.clone())
-            }
-        });
-        unique
-    };
-    let by: Vec<String> = {
-        let mut unique: Vec<String> = Vec::new();
-        by.iter().for_each(|a| {
-            if !unique.contains(a) {
-                unique.push(a.clone())
-            }
-        });
-        unique
+        first_of_each(metrics)
     };
     let selected = pivot::latest_with(rows, &metrics);
     let by: Vec<String> = if by.is_empty() {
         let varying = pivot::varying_axes(&selected);
         axis_values.iter().map(|(n, _)| n.clone()).filter(|a| varying.contains(a) && !a.to_ascii_lowercase().contains("seed")).collect()
     } else {
-        by.to_vec()
+        first_of_each(by)
     };
     let rows = pivot::summarize(selected, &metrics, &by, axis_values);
     Ok((!rows.is_empty()).then_some(Summary { by, metrics, rows }))
+}
+
+/// `names` with repeats dropped, in first-seen order (`--by loss --by loss`
+/// is one column).
+fn first_of_each(names: &[String]) -> Vec<String> {
+    let mut out: Vec<String> = Vec::new();
+    for n in names {
+        if !out.contains(n) {
+            out.push(n.clone());
+        }
+    }
+    out
 }
 
 pub(super) struct Summary {
