@@ -113,6 +113,15 @@ pub fn latest_with<'a>(rows: &'a [HistoryRow], metrics: &[String]) -> Vec<&'a Hi
     latest(rows).into_iter().filter(|r| metrics.iter().any(|m| r.metrics.contains_key(m))).collect()
 }
 
+/// Names (of stages, axes, metrics) once each, sorted, for messages that
+/// list what exists.
+pub fn distinct<'a>(names: impl IntoIterator<Item = &'a str>) -> Vec<&'a str> {
+    let mut out: Vec<&str> = names.into_iter().collect();
+    out.sort_unstable();
+    out.dedup();
+    out
+}
+
 fn label(row: &HistoryRow, axes: &[String]) -> String {
     if axes.is_empty() {
         return "all".into();

@@ -116,22 +116,17 @@ pub async fn plot(workspace: &Workspace, command: PlotCommand) -> anyhow::Result
             if let Some(stage) = &stage
                 && !history.iter().any(|r| r.stage == *stage)
             {
-                let mut stages: Vec<&str> = history.iter().map(|r| r.stage.as_str()).collect();
-                stages.sort_unstable();
-                stages.dedup();
                 return Err(UsageError(format!(
                     "--stage {stage}: no finished instance of stage `{stage}` in `{name}` (stages: {})",
-                    stages.join(", ")
+                    pivot::distinct(history.iter().map(|r| r.stage.as_str())).join(", ")
                 ))
                 .into());
             }
             let rows: Vec<_> = pivot::latest(&history).into_iter().filter(|r| stage.as_ref().is_none_or(|s| *s == r.stage)).collect();
             let with_metric: Vec<_> = rows.iter().filter(|r| r.metrics.contains_key(&metric)).collect();
             if with_metric.is_empty() {
-                let mut seen: Vec<&String> = rows.iter().flat_map(|r| r.metrics.keys()).collect();
-                seen.sort();
-                seen.dedup();
-                let seen = if seen.is_empty() { "none".to_owned() } else { seen.iter().map(|s| s.as_str()).collect::<Vec<_>>().join(", ") };
+                let seen = pivot::distinct(rows.iter().flat_map(|r| r.metrics.keys().map(String::as_str)));
+                let seen = if seen.is_empty() { "none".to_owned() } else { seen.join(", ") };
                 return Err(UsageError(format!("no finished instance of `{name}` recorded `{metric}` (metrics: {seen})")).into());
             }
             if series.as_ref() == Some(&by) {
@@ -139,10 +134,7 @@ pub async fn plot(workspace: &Workspace, command: PlotCommand) -> anyhow::Result
             }
             for axis in std::iter::once(&by).chain(series.as_ref()) {
                 if !with_metric.iter().any(|r| r.axes.contains_key(axis)) {
-                    let mut axes: Vec<&String> = with_metric.iter().flat_map(|r| r.axes.keys()).collect();
-                    axes.sort();
-                    axes.dedup();
-                    let axes = axes.iter().map(|s| s.as_str()).collect::<Vec<_>>().join(", ");
+                    let axes = pivot::distinct(with_metric.iter().flat_map(|r| r.axes.keys().map(String::as_str))).join(", ");
                     return Err(
                         UsageError(format!("`{axis}` is not an axis of the instances that recorded `{metric}` (axes: {axes})")).into()
                     );

@@ -414,9 +414,7 @@ pub(super) fn summary_table(
         if let Some(missing) = metrics.iter().find(|m| !recorded(m))
             && metrics.iter().any(recorded)
         {
-            let mut known: Vec<&str> = rows.iter().flat_map(|r| r.metrics.keys().map(String::as_str)).collect();
-            known.sort_unstable();
-            known.dedup();
+            let known = pivot::distinct(rows.iter().flat_map(|r| r.metrics.keys().map(String::as_str)));
             return Err(UsageError(format!("--metric {missing}: no finished instance recorded it (metrics: {})", known.join(", "))).into());
         }
         first_of_each(metrics)

@@ -360,9 +360,7 @@ pub async fn pivot(State(state): State<Arc<AppState>>, Path(name): Path<String>,
 /// The pivot's axes and stage exist among the study's rows, and no axis is
 /// both a row and a column (as `results --by` and `plot bars` check).
 fn check_pivot(spec: &PivotSpec, history: &[crate::store::HistoryRow]) -> Result<()> {
-    let mut axes: Vec<&str> = history.iter().flat_map(|r| r.axes.keys().map(String::as_str)).chain(["stage"]).collect();
-    axes.sort_unstable();
-    axes.dedup();
+    let axes = pivot::distinct(history.iter().flat_map(|r| r.axes.keys().map(String::as_str)).chain(["stage"]));
     let asked: Vec<&String> = spec.rows.iter().chain(&spec.cols).collect();
     if let Some(unknown) = asked.iter().find(|a| !axes.contains(&a.as_str())) {
         return Err(WebError::BadRequest(format!("`{unknown}` is not an axis of this study (axes: {})", axes.join(", "))));
@@ -373,9 +371,7 @@ fn check_pivot(spec: &PivotSpec, history: &[crate::store::HistoryRow]) -> Result
     if let Some(stage) = &spec.stage
         && !history.iter().any(|r| r.stage == *stage)
     {
-        let mut stages: Vec<&str> = history.iter().map(|r| r.stage.as_str()).collect();
-        stages.sort_unstable();
-        stages.dedup();
+        let stages = pivot::distinct(history.iter().map(|r| r.stage.as_str()));
         return Err(WebError::BadRequest(format!("no finished instance of stage `{stage}` (stages: {})", stages.join(", "))));
     }
     Ok(())
