@@ -326,11 +326,13 @@ fn resolve_params<'v>(
 /// The parameters that go into the key: all but those a kind declares
 /// [`ParamSpec::unkeyed_at_default`] while they hold their default.
 fn keyed<'p>(specs: &[ParamSpec], params: &'p Params) -> std::borrow::Cow<'p, Map<String, Value>> {
-    let left_out = |(name, value): (&String, &Value)| specs.iter().any(|p| p.name == name && p.left_out_of_key(value));
-    if !params.0.iter().any(left_out) {
+    // Runs once per instance: one lookup per declared parameter, and a copy
+    // only when something is left out.
+    let left_out: Vec<&str> = specs.iter().filter(|p| params.0.get(p.name).is_some_and(|v| p.left_out_of_key(v))).map(|p| p.name).collect();
+    if left_out.is_empty() {
         return std::borrow::Cow::Borrowed(&params.0);
     }
-    std::borrow::Cow::Owned(params.0.iter().filter(|&e| !left_out(e)).map(|(n, v)| (n.clone(), v.clone())).collect())
+    std::borrow::Cow::Owned(params.0.iter().filter(|(n, _)| !left_out.contains(&n.as_str())).map(|(n, v)| (n.clone(), v.clone())).collect())
 }
 
 /// Stages in dependency order, or the cycle that prevents one.
