@@ -68,14 +68,13 @@ pub(super) async fn connect(path: &Path, read_only: bool) -> anyhow::Result<(Any
         .await
         .map_err(|e| unreadable(path, &e))?;
     sqlx::Connection::close(probe).await.ok();
-    let contents = match () {
-        _ if tables.is_empty() => Contents::Empty,
-        _ if tables.iter().any(|t| t == "stage_instances") => Contents::Ablate,
-        _ => {
-            return Err(
-                super::NotAStore { db: path.display().to_string(), why: format!("it holds other tables ({})", tables.join(", ")) }.into()
-            );
-        }
+    let contents = if tables.is_empty() {
+        Contents::Empty
+    } else if tables.iter().any(|t| t == "stage_instances") {
+        Contents::Ablate
+    } else {
+        let why = format!("it holds other tables ({})", tables.join(", "));
+        return Err(super::NotAStore { db: path.display().to_string(), why }.into());
     };
     let pool = AnyPoolOptions::new()
         .max_connections(4)
