@@ -44,6 +44,9 @@ impl fmt::Display for ExprError {
 
 impl std::error::Error for ExprError {}
 
+/// The names a field may take, for messages about one that matches nothing.
+pub const FIELDS: &str = "axes by name, param.NAME, metric.NAME, key, stage, pipeline, kind, done_at, run";
+
 /// What a name in an expression or a sort key refers to.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Field {
@@ -67,6 +70,16 @@ impl Field {
             Field::Metric(rest.to_owned())
         } else {
             Field::Bare(text.to_owned())
+        }
+    }
+
+    /// The field as written (`metric.loss`, `seed`).
+    pub fn name(&self) -> String {
+        match self {
+            Field::Bare(n) => n.clone(),
+            Field::Param(n) => format!("param.{n}"),
+            Field::Axis(n) => format!("axis.{n}"),
+            Field::Metric(n) => format!("metric.{n}"),
         }
     }
 
@@ -109,7 +122,13 @@ pub enum Literal {
 
 #[derive(Debug, Clone, PartialEq)]
 pub enum Expr {
-    Cmp { field: Field, op: Op, value: Literal },
+    /// `column`: where the field's name starts (1-based), for errors about it.
+    Cmp {
+        field: Field,
+        op: Op,
+        value: Literal,
+        column: usize,
+    },
     And(Box<Expr>, Box<Expr>),
     Or(Box<Expr>, Box<Expr>),
 }
@@ -307,7 +326,7 @@ impl Parser {
                         });
                     }
                 };
-                Ok(Expr::Cmp { field, op, value })
+                Ok(Expr::Cmp { field, op, value, column })
             }
             other => Err(ExprError {
                 column,
@@ -385,9 +404,22 @@ impl Expr {
     /// whatever the operator, so `metric.x != 1` selects rows that have `x`.
     pub fn matches(&self, row: &HistoryRow) -> bool {
         match self {
-            Expr::Cmp { field, op, value } => field.get(row).is_some_and(|v| !v.is_null() && compare(&v, *op, value)),
+            Expr::Cmp { field, op, value, .. } => field.get(row).is_some_and(|v| !v.is_null() && compare(&v, *op, value)),
             Expr::And(a, b) => a.matches(row) && b.matches(row),
             Expr::Or(a, b) => a.matches(row) || b.matches(row),
+        }
+    }
+}
+
+impl Expr {
+    /// The first comparison on a field that none of `rows` has, most likely a
+    /// misspelling: its filter would silently select nothing. `None` when
+    /// there are no rows to judge by.
+    pub fn field_no_row_has(&self, rows: &[HistoryRow]) -> Option<ExprError> {
+        match self {
+            Expr::Cmp { field, column, .. } => (!rows.is_empty() && rows.iter().all(|r| field.get(r).is_none()))
+                .then(|| ExprError { column: *column, message: format!("no row has the field `{}` ({FIELDS})", field.name()) }),
+            Expr::And(a, b) | Expr::Or(a, b) => a.field_no_row_has(rows).or_else(|| b.field_no_row_has(rows)),
         }
     }
 }
@@ -460,6 +492,17 @@ mod tests {
         ] {
             assert_eq!(parse(text).unwrap().matches(&r), expected, "{text}");
         }
+    }
+
+    #[test]
+    fn a_field_no_row_has_is_named_at_its_column() {
+        let rows = [row(json!({"loss": "cosine"}), json!({"lr": 0.1}), &[("top1", 0.5)]), row(json!({}), json!({}), &[])];
+        let e = parse("loss = 'a' or (lr > 0 and metric.top5 > 1)").unwrap();
+        let err = e.field_no_row_has(&rows).unwrap();
+        assert_eq!((err.column, err.message.starts_with("no row has the field `metric.top5`")), (27, true), "{err}");
+        // One row having the field is enough, and no rows judge nothing.
+        assert_eq!(parse("metric.top1 > 0 and stage = 'x'").unwrap().field_no_row_has(&rows), None);
+        assert_eq!(e.field_no_row_has(&[]), None);
     }
 
     #[test]

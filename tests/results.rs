@@ -63,6 +63,9 @@ fn history_lists_every_finished_instance_and_filters_with_and_or_parentheses() {
     assert!(out.stderr.contains("no pipeline `nope`") && out.stderr.contains("pipelines: study"), "{}", out.describe());
     let out = ws.run(&["history", "--sort", "nosuchfield"]).expect_code(2);
     assert!(out.stderr.contains("no row has this field"), "{}", out.describe());
+    // A misspelt field in --where is an error at its column, not an empty listing.
+    let out = ws.run(&["history", "--where", "loss = 'cosine' and metric.sugarcrepe.maen > 0.5"]).expect_code(2);
+    assert!(out.stderr.contains("column 21: no row has the field `metric.sugarcrepe.maen`"), "{}", out.describe());
     let out = ws.run(&["results", "study", "--metric", "zero_shot.top1", "--metric", "zero_shot.tpo5"]).expect_code(2);
     assert!(out.stderr.contains("--metric zero_shot.tpo5"), "{}", out.describe());
 
@@ -141,6 +144,25 @@ fn compare_instances_and_runs() {
     // Errors: unknown run, mixed kinds.
     ws.run(&["compare", "1", "99"]).expect_code(2);
     ws.run(&["compare", "1", &a]).expect_code(2);
+}
+
+#[test]
+fn a_query_past_its_time_limit_is_stopped() {
+    let ws = Ws::new();
+    study::build(&ws);
+    // Never ends by itself: counting an unbounded recursive sequence.
+    let endless = "WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c) SELECT count(*) AS n FROM c";
+    let began = std::time::Instant::now();
+    let out = ws.run(&["sql", "--timeout", "0.5", endless]).expect_code(2);
+    assert!(out.stderr.contains("the query ran longer than 0.5 s and was stopped"), "{}", out.describe());
+    assert!(began.elapsed() < std::time::Duration::from_secs(20), "stopped after {:?}", began.elapsed());
+    // A query within its limit answers as usual.
+    let ok = ws.run(&["sql", "--timeout", "30", "SELECT COUNT(*) AS n FROM runs", "--json"]).ok().json();
+    assert_eq!(ok, serde_json::json!([{"n": 1}]));
+    for bad in ["0", "-1", "soon", "1e9"] {
+        let out = ws.run(&["sql", &format!("--timeout={bad}"), "SELECT 1"]).expect_code(2);
+        assert!(out.stderr.contains("--timeout"), "{}", out.describe());
+    }
 }
 
 #[test]

@@ -113,13 +113,19 @@ sql = "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 
 title = "huge values"
 chart = "line"
 sql = "SELECT 0 AS x, 1e308 AS y UNION ALL SELECT 1, -1e308"
+[[panels]]
+title = "endless"
+sql = "WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c) SELECT count(*) FROM c"
 "#,
     )
     .unwrap();
     std::fs::write(dir.join("broken.toml"), "title = [").unwrap();
-    let mut server = Server::start(&ws, &dir);
+    let mut server = Server::start_with(&ws, &dir, &["--query-timeout", "1"]);
+    let began = std::time::Instant::now();
     let page = fetch(server.addr, "/dashboards/mixed");
+    assert!(began.elapsed() < std::time::Duration::from_secs(30), "the page took {:?}", began.elapsed());
     assert_eq!(page.status, 200);
+    assert!(page.body.contains("the query ran longer than 1 s and was stopped"), "{}", page.body);
     assert!(page.body.contains("Mixed &lt;b&gt;"), "titles are escaped");
     assert!(page.body.contains("<td>eval</td><td class=\"num\">8</td>"), "{}", page.body);
     assert!(page.body.contains("no such table: nowhere"));
@@ -128,7 +134,7 @@ sql = "SELECT 0 AS x, 1e308 AS y UNION ALL SELECT 1, -1e308"
     assert!(page.body.contains("invalid panel") && page.body.contains("pie"));
     assert!(page.body.contains("no data yet"));
     assert!(page.body.contains("too many to draw") && page.body.contains("showing the first 1000 of 1500 rows"));
-    assert_eq!(page.body.matches("class=\"error\"").count(), 5, "{}", page.body);
+    assert_eq!(page.body.matches("class=\"error\"").count(), 6, "{}", page.body);
     assert!(page.body.matches("no data yet").count() >= 2, "empty pivot and unplottable values");
     // A parameter value with SQL in it is bound, not run.
     let page = fetch(server.addr, "/dashboards/mixed?stage=eval'%20OR%20'1'='1");

@@ -240,6 +240,9 @@ enum Command {
         json: bool,
         #[arg(long)]
         csv: bool,
+        /// Stop the query after this many seconds (default: no limit).
+        #[arg(long, value_name = "SECS", value_parser = positive_seconds)]
+        timeout: Option<f64>,
     },
     /// Draw training curves or ablation bars to an SVG or PNG file.
     Plot {
@@ -255,6 +258,9 @@ enum Command {
         /// Directory of dashboard files.
         #[arg(long, default_value = "dashboards")]
         dashboards: PathBuf,
+        /// Seconds a dashboard panel's SQL may run before it is stopped (its panel then shows why).
+        #[arg(long, value_name = "SECS", default_value_t = 10.0, value_parser = positive_seconds)]
+        query_timeout: f64,
     },
     /// Write a study's tables and charts as one self-contained HTML file.
     Report {
@@ -402,10 +408,23 @@ async fn dispatch(cli: Cli, bars: indicatif::MultiProgress) -> anyhow::Result<Ex
             results::results(&workspace, &file, &metrics, &by, tabular::Format::from_flags(json, csv)).await
         }
         Command::Compare { a, b, json } => results::compare(&workspace, &a, &b, json).await,
-        Command::Sql { query, json, csv } => results::sql(&workspace, &query, tabular::Format::from_flags(json, csv)).await,
+        Command::Sql { query, json, csv, timeout } => {
+            let limit = timeout.map(std::time::Duration::from_secs_f64);
+            results::sql(&workspace, &query, tabular::Format::from_flags(json, csv), limit).await
+        }
         Command::Plot { what } => plot::plot(&workspace, what).await,
-        Command::Serve { port, bind, dashboards } => serve::serve(&workspace, bind, port, dashboards).await,
+        Command::Serve { port, bind, dashboards, query_timeout } => {
+            serve::serve(&workspace, bind, port, dashboards, std::time::Duration::from_secs_f64(query_timeout)).await
+        }
         Command::Report { file, html } => serve::report(&workspace, &file, &html).await,
+    }
+}
+
+/// A number of seconds for a time limit: more than 0, at most a day.
+fn positive_seconds(text: &str) -> Result<f64, String> {
+    match text.trim().parse::<f64>() {
+        Ok(s) if s > 0.0 && s <= 86_400.0 => Ok(s),
+        _ => Err(format!("`{text}` is not a number of seconds between 0 (excluded) and 86400")),
     }
 }
 

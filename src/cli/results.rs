@@ -53,6 +53,9 @@ pub async fn history(
     };
     let mut rows: Vec<HistoryRow> = store.history(pipeline.as_deref()).await?;
     if let Some(expr) = &expr {
+        if let Some(e) = expr.field_no_row_has(&rows) {
+            return Err(UsageError(format!("invalid --where expression at {}", e.render(filter.unwrap_or_default()))).into());
+        }
         rows.retain(|r| expr.matches(r));
     }
     if let Some(sort) = sort {
@@ -67,10 +70,7 @@ pub async fn history(
         }
         let field = Field::parse(name);
         if !rows.is_empty() && rows.iter().all(|r| field.get(r).is_none()) {
-            return Err(UsageError(format!(
-                "--sort {name}: no row has this field (axes by name, metric.NAME, key, stage, pipeline, done_at)"
-            ))
-            .into());
+            return Err(UsageError(format!("--sort {name}: no row has this field ({})", filter::FIELDS)).into());
         }
         // Rows without the field go last in either direction.
         rows.sort_by(|a, b| {
@@ -131,9 +131,9 @@ pub async fn history(
     Ok(ExitCode::SUCCESS)
 }
 
-pub async fn sql(workspace: &Workspace, query: &str, format: Format) -> anyhow::Result<ExitCode> {
+pub async fn sql(workspace: &Workspace, query: &str, format: Format, limit: Option<std::time::Duration>) -> anyhow::Result<ExitCode> {
     let store = open(workspace).await?;
-    let result = store.read_only_query(query, &HashMap::new()).await.map_err(|e| UsageError(format!("{e:#}")))?;
+    let result = store.read_only_query(query, &HashMap::new(), limit).await.map_err(|e| UsageError(format!("{e:#}")))?;
     if matches!(format, Format::Json)
         && let Some(twice) = result.columns.iter().enumerate().find(|(i, c)| result.columns[..*i].contains(c)).map(|(_, c)| c)
     {

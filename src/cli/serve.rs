@@ -4,6 +4,7 @@ use std::io::Write as _;
 use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::time::Duration;
 
 use anyhow::Context as _;
 
@@ -13,7 +14,13 @@ use super::results::study_name;
 use crate::store::Workspace;
 use crate::web::{self, AppState};
 
-pub async fn serve(workspace: &Workspace, bind: IpAddr, port: u16, dashboards: PathBuf) -> anyhow::Result<ExitCode> {
+pub async fn serve(
+    workspace: &Workspace,
+    bind: IpAddr,
+    port: u16,
+    dashboards: PathBuf,
+    query_timeout: Duration,
+) -> anyhow::Result<ExitCode> {
     if !workspace.store_may_exist() {
         tracing::warn!("no ablate store in {} yet: pages fill in once a run starts there", workspace.root.display());
     }
@@ -23,7 +30,7 @@ pub async fn serve(workspace: &Workspace, bind: IpAddr, port: u16, dashboards: P
     if !dashboards.is_dir() {
         tracing::warn!("no dashboards folder {}: the dashboards page lists none (--dashboards DIR)", dashboards.display());
     }
-    let state = AppState::new(workspace.clone(), dashboards);
+    let state = AppState::new(workspace.clone(), dashboards, query_timeout);
     web::serve(state, SocketAddr::new(bind, port), |addr| {
         // Tests and scripts read the address (port 0 picks one) from this line.
         println!("ablate serve: listening on http://{addr}/");

@@ -2,6 +2,7 @@
 //! dashboard (issue 6). Everything here works on a read-only store.
 
 use std::collections::{BTreeMap, HashMap};
+use std::time::Duration;
 
 use anyhow::Context as _;
 use serde::Serialize;
@@ -9,7 +10,7 @@ use serde_json::{Map, Value};
 use sqlx::any::{AnyRow, AnyTypeInfoKind};
 use sqlx::{Column as _, Row as _, ValueRef as _};
 
-use super::Store;
+use super::{Backend, Store};
 
 /// One finished stage instance as it appears in one (pipeline, stage, axes)
 /// binding, with its final metrics: the row `ablate history` lists.
@@ -73,9 +74,16 @@ fn json_object(text: &str) -> Map<String, Value> {
     }
 }
 
-fn sql_error(engine: &str, e: sqlx::Error) -> anyhow::Error {
+fn sql_error(engine: &str, e: sqlx::Error, limit: Option<Duration>) -> anyhow::Error {
     if let sqlx::Error::Database(db) = &e {
         let message = db.message();
+        // SQLite's SQLITE_INTERRUPT (from the progress handler), PostgreSQL's
+        // query_canceled (from statement_timeout).
+        if let Some(limit) = limit
+            && matches!(db.code().as_deref(), Some("9" | "57014"))
+        {
+            return anyhow::anyhow!("the query ran longer than {} s and was stopped ({engine}: {message})", limit.as_secs_f64());
+        }
         if message.contains("readonly") || message.contains("read-only") || message.contains("query_only") {
             return anyhow::anyhow!("refused: the store is opened read-only, so queries cannot change it ({engine}: {message})");
         }
@@ -302,9 +310,15 @@ impl Store {
     }
 
     /// Runs an arbitrary query on a read-only store, binding `:name` parameters
-    /// from `params` (a name without a value binds NULL). Refuses to run on a
-    /// writable store: arbitrary SQL must never be able to change history.
-    pub async fn read_only_query(&self, sql: &str, params: &HashMap<String, String>) -> anyhow::Result<QueryResult> {
+    /// from `params` (a name without a value binds NULL), and stops it after
+    /// `limit`. Refuses to run on a writable store: arbitrary SQL must never
+    /// be able to change history.
+    pub async fn read_only_query(
+        &self,
+        sql: &str,
+        params: &HashMap<String, String>,
+        limit: Option<Duration>,
+    ) -> anyhow::Result<QueryResult> {
         anyhow::ensure!(self.read_only, "arbitrary SQL runs only on a store opened read-only");
         anyhow::ensure!(!sql.trim().trim_matches(';').trim().is_empty(), "the query is empty");
         let PreparedSql { sql, names, words, several_statements } = prepare_sql_for(sql, self.sql.param_prefix);
@@ -321,12 +335,14 @@ impl Store {
             );
         }
         let wrapped = self.sql.user_query_as_json.map(|w| w.replace("{query}", sql.trim().trim_end_matches(';')));
-        let mut query = sqlx::query(wrapped.as_deref().unwrap_or(&sql));
-        for name in &names {
-            query = query.bind(params.get(name).cloned());
-        }
+        let text = wrapped.as_deref().unwrap_or(&sql);
+        let binds: Vec<Option<String>> = names.iter().map(|name| params.get(name).cloned()).collect();
         let mut conn = self.pool.acquire().await?;
-        let fetched = query.fetch_all(&mut *conn).await.map_err(|e| sql_error(self.sql.name, e))?;
+        let fetched = match self.workspace.backend() {
+            Backend::Sqlite => super::sqlite::interruptible_query(&self.workspace.db_path(), text, &binds, limit).await,
+            Backend::Postgres => super::postgres::limited_query(&mut conn, text, &binds, limit).await,
+        }
+        .map_err(|e| sql_error(self.sql.name, e, limit))?;
         use sqlx::Executor as _;
         let (mut columns, rows): (Vec<String>, Vec<Vec<Value>>) = if wrapped.is_some() {
             // One JSON object per row: names from the first, values in order.

@@ -38,11 +38,11 @@ pub(super) const DIALECT: Dialect = Dialect {
     user_query_as_json: Some("SELECT row_to_json(q)::text FROM ({query}) AS q"),
 };
 
-/// A pool on the server. Read-only pools make every transaction read-only,
-/// which is what lets arbitrary SQL (`ablate sql`, dashboards) run on them.
 /// How long connecting to the server may take.
 const CONNECT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(15);
 
+/// A pool on the server. Read-only pools make every transaction read-only,
+/// which is what lets arbitrary SQL (`ablate sql`, dashboards) run on them.
 pub(super) async fn connect(url: &str, read_only: bool) -> anyhow::Result<AnyPool> {
     super::install_drivers();
     let options: AnyConnectOptions =
@@ -100,4 +100,28 @@ mod tests {
         assert_eq!(super::redacted("postgres://h/db@x"), "postgres://h/db@x");
         assert_eq!(super::redacted("nonsense"), "(not a URL)");
     }
+}
+
+/// Runs one arbitrary read-only query (`ablate sql`, a dashboard panel); the
+/// server cancels it once it has run for `limit` (`statement_timeout`, for
+/// this transaction only), whether or not anyone still waits for it.
+pub(super) async fn limited_query(
+    conn: &mut sqlx::AnyConnection,
+    sql: &str,
+    binds: &[Option<String>],
+    limit: Option<std::time::Duration>,
+) -> Result<Vec<sqlx::any::AnyRow>, sqlx::Error> {
+    let mut tx = conn.begin().await?;
+    if let Some(limit) = limit {
+        tx.execute(format!("SET LOCAL statement_timeout = {}", limit.as_millis().max(1)).as_str()).await?;
+    }
+    let mut query = sqlx::query(sql);
+    for value in binds {
+        query = query.bind(value.clone());
+    }
+    let rows = query.fetch_all(&mut *tx).await;
+    let ended = tx.rollback().await;
+    let rows = rows?;
+    ended?;
+    Ok(rows)
 }

@@ -7,12 +7,14 @@
 
 use std::path::Path;
 use std::str::FromStr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
-use sqlx::AnyPool;
-use sqlx::any::{AnyConnectOptions, AnyPoolOptions};
-use sqlx::sqlite::SqliteConnectOptions;
-use sqlx::{ConnectOptions as _, Executor as _};
+use sqlx::any::{AnyConnectOptions, AnyPoolOptions, AnyRow};
+use sqlx::sqlite::{SqliteConnectOptions, SqliteConnection};
+use sqlx::{AnyPool, ConnectOptions as _, Connection as _, Executor as _};
 
 use super::backend::Dialect;
 
@@ -37,6 +39,11 @@ pub(super) const DIALECT: Dialect = Dialect {
     user_query_as_json: None,
 };
 
+/// Set on every read-only connection: query_only as well, since arbitrary SQL
+/// (`ablate sql`, dashboards) runs on them.
+const READ_ONLY_PRAGMAS: &str =
+    "PRAGMA busy_timeout = 60000; PRAGMA cache_size = -65536; PRAGMA mmap_size = 268435456; PRAGMA query_only = ON;";
+
 /// A pool on the workspace's database file, and what the file holds; a file
 /// that is not a SQLite database, or holds tables that are not ablate's, is
 /// a [`super::NotAStore`] error. Pragmas are set on every new connection,
@@ -49,8 +56,7 @@ pub(super) async fn connect(path: &Path, read_only: bool) -> anyhow::Result<(Any
     // touches every instance's rows, and SQLite's 2 MiB default turns that
     // into a read syscall per page.
     let pragmas = if read_only {
-        // query_only as well: arbitrary SQL (`ablate sql`, dashboards) runs here.
-        "PRAGMA busy_timeout = 60000; PRAGMA cache_size = -65536; PRAGMA mmap_size = 268435456; PRAGMA query_only = ON;"
+        READ_ONLY_PRAGMAS
     } else {
         "PRAGMA busy_timeout = 60000; PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; PRAGMA foreign_keys = ON; \
          PRAGMA cache_size = -65536; PRAGMA mmap_size = 268435456;"
@@ -100,4 +106,42 @@ pub(super) enum Contents {
 
 fn unreadable(path: &Path, e: &sqlx::Error) -> anyhow::Error {
     super::NotAStore { db: path.display().to_string(), why: format!("SQLite cannot read it: {e}") }.into()
+}
+
+/// Runs one arbitrary read-only query (`ablate sql`, a dashboard panel) on a
+/// connection of its own, which SQLite interrupts once the query has run for
+/// `limit` or the caller has stopped waiting for it (a browser that left).
+/// A pool connection cannot do this: the `Any` driver hides the handle that
+/// takes a progress handler, and dropping the future alone would leave
+/// SQLite's worker stepping through the query to its end.
+pub(super) async fn interruptible_query(
+    path: &Path,
+    sql: &str,
+    binds: &[Option<String>],
+    limit: Option<Duration>,
+) -> Result<Vec<AnyRow>, sqlx::Error> {
+    /// Asks the progress handler to stop when the query's future is dropped.
+    struct StopOnDrop(Arc<AtomicBool>);
+    impl Drop for StopOnDrop {
+        fn drop(&mut self) {
+            self.0.store(true, Ordering::Relaxed);
+        }
+    }
+    let stop = StopOnDrop(Arc::new(AtomicBool::new(false)));
+    let mut conn: SqliteConnection = SqliteConnectOptions::new().filename(path).read_only(true).connect().await?;
+    conn.execute(READ_ONLY_PRAGMAS).await?;
+    let deadline = limit.map(|l| Instant::now() + l);
+    let stopped = stop.0.clone();
+    // Called every 10,000 virtual-machine instructions (well under a
+    // millisecond); returning false interrupts the statement.
+    conn.lock_handle()
+        .await?
+        .set_progress_handler(10_000, move || !stopped.load(Ordering::Relaxed) && deadline.is_none_or(|d| Instant::now() < d));
+    let mut query = sqlx::query::<sqlx::Sqlite>(sql);
+    for value in binds {
+        query = query.bind(value.clone());
+    }
+    let rows = query.fetch_all(&mut conn).await;
+    conn.close().await.ok();
+    rows?.iter().map(AnyRow::try_from).collect()
 }

@@ -15,6 +15,7 @@ mod study;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::Context as _;
 use axum::Router;
@@ -35,11 +36,14 @@ pub struct AppState {
     store: OnceCell<Store>,
     /// Where `dashboards/*.toml` are read from (on each request, so edits show at once).
     dashboards: PathBuf,
+    /// How long one panel's SQL may run: the store stops it then, and when
+    /// the browser leaves before.
+    query_timeout: Duration,
 }
 
 impl AppState {
-    pub fn new(workspace: Workspace, dashboards: PathBuf) -> AppState {
-        AppState { workspace, store: OnceCell::new(), dashboards }
+    pub fn new(workspace: Workspace, dashboards: PathBuf, query_timeout: Duration) -> AppState {
+        AppState { workspace, store: OnceCell::new(), dashboards, query_timeout }
     }
 
     /// The store; `NotFound` while the workspace has none yet.

@@ -434,7 +434,7 @@ pub async fn dashboard_page(
     }
     match store {
         Some(store) => {
-            let ctx = Ctx::new(store);
+            let ctx = Ctx::new(store, state.query_timeout);
             for (title, panel) in &d.panels {
                 body.push_str(&panels::panel(&ctx, title, panel, &params).await);
             }

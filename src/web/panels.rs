@@ -4,6 +4,7 @@
 
 use std::collections::HashMap;
 use std::fmt::Write as _;
+use std::time::Duration;
 
 use tokio::sync::OnceCell;
 
@@ -21,11 +22,13 @@ pub const CHART_SIZE: (u32, u32) = (720, 380);
 pub struct Ctx<'a> {
     pub store: &'a Store,
     history: OnceCell<Vec<HistoryRow>>,
+    /// How long a SQL panel's query may run.
+    query_timeout: Duration,
 }
 
 impl<'a> Ctx<'a> {
-    pub fn new(store: &'a Store) -> Ctx<'a> {
-        Ctx { store, history: OnceCell::new() }
+    pub fn new(store: &'a Store, query_timeout: Duration) -> Ctx<'a> {
+        Ctx { store, history: OnceCell::new(), query_timeout }
     }
 
     pub async fn history(&self) -> anyhow::Result<&[HistoryRow]> {
@@ -53,7 +56,7 @@ pub async fn panel(ctx: &Ctx<'_>, title: &str, spec: &Result<Panel, String>, par
 async fn body(ctx: &Ctx<'_>, p: &Panel, params: &HashMap<String, String>) -> anyhow::Result<String> {
     match &p.source {
         Source::Sql(sql) => {
-            let result = ctx.store.read_only_query(sql, params).await?;
+            let result = ctx.store.read_only_query(sql, params, Some(ctx.query_timeout)).await?;
             if result.rows.is_empty() {
                 return Ok(html::empty("no data yet"));
             }

@@ -61,7 +61,15 @@ impl Server {
     /// Starts `ablate serve --port 0` on the test's workspace and waits for its address.
     #[track_caller]
     pub fn start(ws: &Ws, dashboards: &Path) -> Server {
-        let mut bg = ws.spawn(&["serve", "--port", "0", "--dashboards", dashboards.to_str().unwrap()]);
+        Server::start_with(ws, dashboards, &[])
+    }
+
+    /// [`Server::start`] with more arguments for `ablate serve`.
+    #[track_caller]
+    pub fn start_with(ws: &Ws, dashboards: &Path, args: &[&str]) -> Server {
+        let mut argv = vec!["serve", "--port", "0", "--dashboards", dashboards.to_str().unwrap()];
+        argv.extend_from_slice(args);
+        let mut bg = ws.spawn(&argv);
         let start = Instant::now();
         let out_file = ws.root().join("logs");
         loop {
