@@ -246,3 +246,64 @@ fn force_retrains_from_scratch() {
     assert_eq!(metric(&train, "train.resumed_from_step"), None, "the forced run trained afresh: {train}");
     assert!(keys_in(&summary, "executed").contains(&key_of(&plan, "train")), "{summary}");
 }
+
+/// `retrieval_captions = "first"` (LIFT's protocol) scores only each image's
+/// first caption; the default, every caption, keeps the keys it had.
+#[test]
+fn retrieval_scores_every_caption_or_only_the_first() {
+    let ws = Ws::new();
+    let manifest = format!("{}/pipelines/data/sources/manifest.jsonl", env!("CARGO_MANIFEST_DIR"));
+    let text = |first: &str| {
+        format!(
+            r#"
+[pipeline]
+name = "protocols"
+
+[stages.data]
+kind = "caption_ingest"
+source = "jsonl:{manifest}"
+resolution = 32
+test_fraction = 0.5
+
+[stages.train]
+kind = "train"
+needs = ["data"]
+text = "scratch"
+steps = 2
+batch_size = 4
+
+[stages.eval]
+kind = "evaluate"
+needs = ["train"]
+suites = ["retrieval"]
+{first}
+"#
+        )
+    };
+    let all = ws.write("all.toml", &text(""));
+    let explicit = ws.write("explicit.toml", &text("retrieval_captions = \"all\""));
+    assert_eq!(key_of(&ws.plan(&all), "eval"), key_of(&ws.plan(&explicit), "eval"), "the default stays out of the key");
+    let first = ws.write("first.toml", &text("retrieval_captions = \"first\""));
+    ws.run(&["run", all.to_str().unwrap()]).ok();
+    ws.run(&["run", first.to_str().unwrap()]).ok();
+    let scored = |file: &PathBuf| {
+        let eval = ws.show(&key_of(&ws.plan(file), "eval"));
+        let bytes = std::fs::read(artifact(&ws, &eval, "embeddings.safetensors").1).unwrap();
+        let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+        let owners: Vec<i64> =
+            st.tensor("caption_image").unwrap().data().chunks_exact(8).map(|b| i64::from_le_bytes(b.try_into().unwrap())).collect();
+        (metric(&eval, "eval.images").unwrap() as usize, owners, metric(&eval, "retrieval.t2i.r1").unwrap())
+    };
+    let (images, owners, _) = scored(&all);
+    assert!(images >= 4, "{images} test images");
+    assert_eq!(owners.len(), 2 * images, "every image of the manifest has two captions: {owners:?}");
+    let (images_first, owners_first, r1) = scored(&first);
+    assert_eq!(images_first, images);
+    let mut distinct = owners_first.clone();
+    distinct.dedup();
+    assert_eq!((owners_first.len(), distinct.len()), (images, images), "one caption per image: {owners_first:?}");
+    assert!((0.0..=1.0).contains(&r1));
+    let bad = ws.write("bad.toml", &text("retrieval_captions = \"second\""));
+    let out = ws.run(&["plan", bad.to_str().unwrap()]).expect_code(2);
+    assert!(out.stderr.contains("retrieval_captions"), "{}", out.describe());
+}

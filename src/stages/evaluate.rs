@@ -5,8 +5,9 @@
 //!   (averaged, re-normalised): `zero_shot.top1`, `zero_shot.top5`,
 //!   `zero_shot.mean_per_class_recall`;
 //! - `retrieval`: image↔caption Recall@1/5/10 over the test images' captions
-//!   of the trained length, every caption of an image a positive:
-//!   `retrieval.i2t.r1` … `retrieval.t2i.r10`;
+//!   of the trained length, every caption of an image a positive
+//!   (CLIP_benchmark), or with `retrieval_captions = "first"` only its first
+//!   caption (LIFT's protocol): `retrieval.i2t.r1` … `retrieval.t2i.r10`;
 //! - `compositional`: SugarCrepe's strict positive-vs-hard-negative accuracy
 //!   of the test images' negatives (the shapes negatives, or SugarCrepe's own
 //!   with COCO images): `compositional.<subset>` and their unweighted
@@ -47,6 +48,13 @@ pub const SUITES: &[&str] = &["zero_shot", "retrieval", "compositional"];
 const PARAMS: &[ParamSpec] = &[
     ParamSpec::new("suites", ParamType::ListOf(SUITES), ParamDefault::StrList(SUITES), "which suites to run"),
     ParamSpec::new("split", ParamType::OneOf(&["test", "train"]), ParamDefault::Str("test"), "which ingest split to score"),
+    ParamSpec::new(
+        "retrieval_captions",
+        ParamType::OneOf(&["all", "first"]),
+        ParamDefault::Str("all"),
+        "retrieval positives: every caption of an image (CLIP_benchmark) or only its first (LIFT's COCO and Flickr30K protocol)",
+    )
+    .unkeyed_at_default(),
     ParamSpec::new("batch_size", ParamType::Int, ParamDefault::Int(256), "images or texts per forward pass"),
     ParamSpec::new("device", ParamType::Str, ParamDefault::Str("auto"), "auto | cpu | cuda:N"),
 ];
@@ -110,8 +118,11 @@ impl StageKind for Evaluate {
         let position: HashMap<usize, usize> = eval_images.iter().enumerate().map(|(p, &i)| (i, p)).collect();
 
         // The texts to score: captions of the evaluated images, their negatives, class prompts.
-        let captions: Vec<(usize, &str)> =
-            eval_images.iter().flat_map(|&i| data.records[i].captions(&length).iter().map(move |c| (i, c.as_str()))).collect();
+        let per_image = if params.str("retrieval_captions") == "first" { 1 } else { usize::MAX };
+        let captions: Vec<(usize, &str)> = eval_images
+            .iter()
+            .flat_map(|&i| data.records[i].captions(&length).iter().take(per_image).map(move |c| (i, c.as_str())))
+            .collect();
         let negatives: Vec<(usize, usize)> =
             data.negatives.iter().enumerate().filter(|(_, n)| position.contains_key(&n.index)).map(|(row, n)| (row, n.index)).collect();
         let prompts = data.classes.prompts();
