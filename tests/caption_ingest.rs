@@ -74,3 +74,55 @@ resolution = 16
     };
     assert_eq!(hashes(&show), hashes(&other.show(&key)));
 }
+
+/// A file source's key follows its files: an edited manifest reruns the
+/// ingest, the original files again are the original work, and an image of
+/// another size counts as a change.
+#[test]
+fn a_file_source_is_keyed_by_its_files() {
+    let ws = Ws::new();
+    let sources = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("pipelines/data/sources");
+    let manifest: Vec<&str> = include_str!("../pipelines/data/sources/manifest.jsonl").lines().take(4).collect();
+    let image = |line: &str| serde_json::from_str::<serde_json::Value>(line).unwrap()["image"].as_str().unwrap().to_owned();
+    std::fs::create_dir_all(ws.root().join("a/images")).unwrap();
+    for line in &manifest {
+        std::fs::copy(sources.join(image(line)), ws.root().join("a").join(image(line))).unwrap();
+    }
+    let original = manifest.join("\n");
+    std::fs::write(ws.root().join("a/m.jsonl"), &original).unwrap();
+    let file = ws.write(
+        "p.toml",
+        "[pipeline]\nname = \"p\"\n[stages.data]\nkind = \"caption_ingest\"\nsource = \"jsonl:a/m.jsonl\"\nresolution = 16\n",
+    );
+    let key = || key_of(&ws.plan(&file), "data");
+    let first = key();
+    ws.run(&["run", file.to_str().unwrap()]).ok();
+    assert_eq!(rows(&ws.plan(&file), "data")[0]["status"], "cached");
+
+    // An edited caption (saved by an editor that starts UTF-8 files with a byte-order mark).
+    std::fs::write(ws.root().join("a/m.jsonl"), format!("\u{feff}{}", original.replacen("a red square", "a crimson square", 1))).unwrap();
+    let plan = ws.plan(&file);
+    assert_eq!((plan[0]["status"].as_str(), plan[0]["reason"].as_str()), (Some("run"), Some("parameter changed (source_sha256)")));
+    let (code, summary, out) = ws.run_json(&file, &[]);
+    assert_eq!((code, keys_in(&summary, "executed").len()), (Some(0), 1), "{}", out.describe());
+    let show = ws.show(&key());
+    let records = show["artifacts"].as_array().unwrap().iter().find(|x| x["name"] == "records.jsonl").unwrap().clone();
+    let text = std::fs::read_to_string(ws.store().join(records["path"].as_str().unwrap())).unwrap();
+    assert!(text.contains("a crimson square"), "the rerun read the edited manifest: {text}");
+
+    // The original files again: the original work, still done.
+    std::fs::write(ws.root().join("a/m.jsonl"), &original).unwrap();
+    assert_eq!(key(), first);
+    assert_eq!(rows(&ws.plan(&file), "data")[0]["status"], "cached");
+
+    // An image of another size behind the same name.
+    let (target, other) = (image(manifest[0]), image(manifest[2]));
+    assert_ne!(std::fs::metadata(sources.join(&target)).unwrap().len(), std::fs::metadata(sources.join(&other)).unwrap().len());
+    std::fs::copy(sources.join(&other), ws.root().join("a").join(&target)).unwrap();
+    assert_ne!(key(), first);
+
+    // A missing manifest is a located error when planning.
+    std::fs::remove_file(ws.root().join("a/m.jsonl")).unwrap();
+    let out = ws.run(&["plan", file.to_str().unwrap()]).expect_code(2);
+    assert!(out.stderr.contains("stages.data.source") && out.stderr.contains("m.jsonl"), "{}", out.describe());
+}

@@ -89,6 +89,16 @@ fn find(dir: &Path, set: &str, kind: &str, n: u8) -> anyhow::Result<PathBuf> {
     bail!("fashion-mnist: {} not found", dir.join(&names[0]).display())
 }
 
+/// The four IDX files the source reads (images and labels of both sets).
+pub(super) fn files(dir: &Path) -> anyhow::Result<Vec<PathBuf>> {
+    let mut files = Vec::new();
+    for set in ["train", "t10k"] {
+        files.push(find(dir, set, "images", 3)?);
+        files.push(find(dir, set, "labels", 1)?);
+    }
+    Ok(files)
+}
+
 /// Reads up to `opts.images` images: train files → train split, t10k → test
 /// split, the cap shared between them in proportion to the official sizes.
 pub(super) fn ingest(ctx: &StageContext, opts: &Options, dir: &Path) -> anyhow::Result<Dataset> {

@@ -24,12 +24,16 @@ struct Line {
     label: Option<String>,
 }
 
+/// Where relative image paths start: `image_root`, else the manifest's folder.
+pub(super) fn image_base<'a>(manifest: &'a Path, image_root: Option<&'a Path>) -> &'a Path {
+    image_root.unwrap_or_else(|| manifest.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new(".")))
+}
+
 /// Lines in file order (blank lines ignored) until `opts.images` are kept.
 /// Classes are the distinct labels in order of first appearance among kept
 /// lines; `long` defaults to the captions when `long_captions` is absent or empty.
 pub(super) fn ingest(ctx: &StageContext, opts: &Options, path: &Path, image_root: Option<&Path>) -> anyhow::Result<Dataset> {
-    let default_base = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
-    let base = image_root.unwrap_or(default_base);
+    let base = image_base(path, image_root);
     let file = File::open(path).with_context(|| format!("cannot open manifest {}", path.display()))?;
     let mut data = Dataset { templates: TEMPLATES.iter().map(|s| s.to_string()).collect(), ..Dataset::default() };
     let mut class_index: HashMap<String, usize> = HashMap::new();
@@ -40,6 +44,8 @@ pub(super) fn ingest(ctx: &StageContext, opts: &Options, path: &Path, image_root
         }
         let lineno = i + 1;
         let line = line.with_context(|| format!("{} line {lineno}: cannot read", path.display()))?;
+        // A byte-order mark, as some editors write at the start of UTF-8 files.
+        let line = if lineno == 1 { line.trim_start_matches('\u{feff}').to_owned() } else { line };
         if line.trim().is_empty() {
             continue;
         }

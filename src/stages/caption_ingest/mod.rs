@@ -59,6 +59,7 @@ pub mod artifacts;
 mod coco;
 mod dataset;
 mod fashion;
+mod fingerprint;
 mod imageio;
 mod jsonl;
 mod rng;
@@ -199,6 +200,12 @@ impl StageKind for CaptionIngest {
     }
     fn check(&self, params: &Params) -> Result<(), ParamError> {
         validate(params).map(|_| ())
+    }
+    /// A file source's files (see [`fingerprint`]), so that the key follows them.
+    fn derive(&self, params: &Params) -> Result<Vec<(String, serde_json::Value)>, ParamError> {
+        let (source, opts) = validate(params)?;
+        let hash = fingerprint::of(&source, opts.image_root.as_deref()).map_err(|e| ParamError::new("source", format!("{e:#}")))?;
+        Ok(hash.map(|h| ("source_sha256".to_owned(), serde_json::Value::from(h))).into_iter().collect())
     }
 
     fn run(&self, ctx: &mut StageContext) -> anyhow::Result<()> {
