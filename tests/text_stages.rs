@@ -169,3 +169,41 @@ fn text_similarity_on_sugarcrepe_and_ingest_negatives() {
     let lines = std::fs::read_to_string(ws.store().join(artifact["path"].as_str().unwrap())).unwrap();
     assert_eq!(lines.lines().filter(|l| l.contains("\"sugarcrepe\"")).count(), 70);
 }
+
+/// A frozen training pairs the ingest's images with the cache's rows by
+/// position: a cache of another ingest, or of the other caption length, is a
+/// located error when planning. Its evaluation on the training split scores
+/// retrieval and zero-shot (the cache has no negatives of training images).
+#[test]
+fn a_frozen_training_checks_its_cache_and_evaluates_on_the_training_split() {
+    if models_dir().is_none() {
+        return;
+    }
+    let ws = Ws::new();
+    let study = |text_needs: &str, train_extra: &str| {
+        format!(
+            "[pipeline]\nname = \"frozen\"\n\n\
+             [stages.data]\nkind = \"caption_ingest\"\nsource = \"builtin:shapes\"\nimages = 60\nresolution = 16\n\n\
+             [stages.other]\nkind = \"caption_ingest\"\nsource = \"builtin:shapes\"\nimages = 60\nresolution = 16\nseed = 1\n\n\
+             [stages.text]\nkind = \"text_embed\"\nneeds = [\"{text_needs}\"]\nencoder = \"minilm\"\ndevice = \"cpu\"\n\n\
+             [stages.lift]\nkind = \"train\"\nneeds = [\"data\", \"text\"]\ntext = \"frozen\"\nsteps = 2\nbatch_size = 8\n{train_extra}\n\
+             [stages.eval]\nkind = \"evaluate\"\nneeds = [\"lift\"]\nsplit = \"train\"\nsuites = [\"retrieval\", \"zero_shot\"]\n"
+        )
+    };
+    let other = ws.write("other.toml", &study("other", ""));
+    let out = ws.run(&["plan", other.to_str().unwrap()]).expect_code(2);
+    assert!(
+        out.stderr.contains("stages.lift.needs") && out.stderr.contains("embeds the captions of another caption_ingest instance"),
+        "{}",
+        out.describe()
+    );
+    let long = ws.write("long.toml", &study("data", "captions = \"long\"\n"));
+    let out = ws.run(&["plan", long.to_str().unwrap()]).expect_code(2);
+    assert!(out.stderr.contains("stages.lift.captions") && out.stderr.contains("embeds the short captions"), "{}", out.describe());
+
+    let good = ws.write("good.toml", &study("data", ""));
+    ws.run(&["run", good.to_str().unwrap()]).ok();
+    let eval = ws.show(&key_of(&ws.plan(&good), "eval"));
+    let metric = |name: &str| eval["metrics"].as_array().unwrap().iter().any(|m| m["name"] == name);
+    assert!(metric("retrieval.i2t.r1") && metric("zero_shot.top1") && !metric("compositional.mean"), "{eval}");
+}

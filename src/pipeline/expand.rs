@@ -14,7 +14,7 @@ use serde_json::{Map, Value};
 use super::diag::{Diagnostic, Diagnostics};
 use super::key::StageKey;
 use super::parse::{PipelineSpec, StageSpec};
-use crate::stages::{ParamDefault, ParamSpec, Params, StageKind};
+use crate::stages::{ParamDefault, ParamError, ParamSpec, Params, StageKind, UpstreamInstance};
 
 /// One unit of work: a stage kind with resolved parameters and upstream nodes.
 #[derive(Clone)]
@@ -160,6 +160,7 @@ pub fn expand(spec: PipelineSpec) -> Result<Plan, Diagnostics> {
             if stage.kind.sees_ancestors() {
                 add_ancestors(&nodes, &mut upstream, &mut upstream_stages);
             }
+            let mut upstream_ok = true;
             for kind in stage.kind.required_upstream(&params) {
                 let found: Vec<&str> = upstream_stages
                     .iter()
@@ -168,6 +169,7 @@ pub fn expand(spec: PipelineSpec) -> Result<Plan, Diagnostics> {
                     .map(|(name, _)| name.as_str())
                     .collect();
                 if found.len() != 1 {
+                    upstream_ok = false;
                     let found = match found.as_slice() {
                         [] => "none".to_owned(),
                         names => format!("{} ({})", names.len(), names.iter().map(|n| format!("`{n}`")).collect::<Vec<_>>().join(", ")),
@@ -178,6 +180,22 @@ pub fn expand(spec: PipelineSpec) -> Result<Plan, Diagnostics> {
                         &format!("stages.{}.needs", stage.name),
                         format!("stage kind `{}` needs exactly one stage of kind `{kind}` {among}; found {found}", stage.kind.name()),
                     ));
+                }
+            }
+            if upstream_ok {
+                let view: Vec<UpstreamInstance> = upstream_stages
+                    .iter()
+                    .zip(&upstream)
+                    .map(|(name, &u)| UpstreamInstance {
+                        stage: name,
+                        kind: nodes[u].kind.name(),
+                        params: &nodes[u].params,
+                        node: u,
+                        upstream: &nodes[u].upstream,
+                    })
+                    .collect();
+                if let Err(e) = stage.kind.check_upstream(&params, &view) {
+                    errors.push(param_error(&spec, stage, e));
                 }
             }
             let upstream_keys: Vec<&StageKey> = upstream.iter().map(|&u| &nodes[u].key).collect();
@@ -316,11 +334,20 @@ fn resolve_params<'v>(
             Some(params)
         }
         Err(e) => {
-            let span = stage.params.iter().find(|p| p.name == e.param).and_then(|p| p.value_span.clone()).or(stage.span.clone());
-            errors.push(file.error(span, &dotted(&e.param), e.message));
+            errors.push(param_error(spec, stage, e));
             None
         }
     }
+}
+
+/// A kind's error about one of a stage's parameters (or its `needs`), located there.
+fn param_error(spec: &PipelineSpec, stage: &StageSpec, e: ParamError) -> Diagnostic {
+    let span = if e.param == "needs" {
+        stage.needs_span.clone()
+    } else {
+        stage.params.iter().find(|p| p.name == e.param).and_then(|p| p.value_span.clone())
+    };
+    spec.file.error(span.or(stage.span.clone()), &format!("stages.{}.{}", stage.name, e.param), e.message)
 }
 
 /// The parameters that go into the key: all but those a kind declares

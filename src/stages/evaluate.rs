@@ -123,8 +123,13 @@ impl StageKind for Evaluate {
             .iter()
             .flat_map(|&i| data.records[i].captions(&length).iter().take(per_image).map(move |c| (i, c.as_str())))
             .collect();
-        let negatives: Vec<(usize, usize)> =
-            data.negatives.iter().enumerate().filter(|(_, n)| position.contains_key(&n.index)).map(|(row, n)| (row, n.index)).collect();
+        // Only the compositional suite scores negatives (and a frozen cache
+        // holds those of test images only).
+        let negatives: Vec<(usize, usize)> = if suites.iter().any(|s| s == "compositional") {
+            data.negatives.iter().enumerate().filter(|(_, n)| position.contains_key(&n.index)).map(|(row, n)| (row, n.index)).collect()
+        } else {
+            Vec::new()
+        };
         let prompts = data.classes.prompts();
 
         let device = DeviceRequest::parse(params.str("device")).map_err(anyhow::Error::msg)?;

@@ -43,6 +43,25 @@ impl ParamError {
     }
 }
 
+/// An upstream instance as [`StageKind::check_upstream`] sees it.
+pub struct UpstreamInstance<'a> {
+    /// The stage it is an instance of.
+    pub stage: &'a str,
+    pub kind: &'static str,
+    pub params: &'a Params,
+    /// Its index among the plan's instances, and those of its own upstream.
+    pub node: usize,
+    pub upstream: &'a [usize],
+}
+
+impl<'a> UpstreamInstance<'a> {
+    /// The one instance of `kind` among `upstream`, if there is exactly one.
+    pub fn of_kind<'s>(upstream: &'s [UpstreamInstance<'a>], kind: &str) -> Option<&'s UpstreamInstance<'a>> {
+        let mut found = upstream.iter().filter(|u| u.kind == kind);
+        found.next().filter(|_| found.next().is_none())
+    }
+}
+
 pub trait StageKind: Send + Sync + 'static {
     /// The name used as `kind = "..."` in pipeline files.
     fn name(&self) -> &'static str;
@@ -77,6 +96,14 @@ pub trait StageKind: Send + Sync + 'static {
     /// before anything runs.
     fn required_upstream(&self, _params: &Params) -> Vec<&'static str> {
         Vec::new()
+    }
+    /// Checks an instance against its upstream instances (their kinds and
+    /// parameters, and which instances they read in turn), once
+    /// [`StageKind::required_upstream`] holds: what would otherwise fail, or
+    /// silently mismatch, at run time is a located error when compiling. An
+    /// error at `needs` points at the stage's `needs`.
+    fn check_upstream(&self, _params: &Params, _upstream: &[UpstreamInstance<'_>]) -> Result<(), ParamError> {
+        Ok(())
     }
     fn resources(&self, _params: &Params) -> Resources {
         Resources::default()

@@ -25,7 +25,7 @@ use anyhow::{Context as _, bail};
 use serde_json::{Value, json};
 
 use super::caption_ingest::artifacts::{IngestImages, IngestText, SplitName};
-use super::{Interrupted, ParamDefault, ParamError, ParamSpec, ParamType, Params, Resources, StageContext, StageKind};
+use super::{Interrupted, ParamDefault, ParamError, ParamSpec, ParamType, Params, Resources, StageContext, StageKind, UpstreamInstance};
 use crate::loss::Loss;
 use crate::model::{ClipConfig, TextPreset, VitPreset};
 use crate::tensor_file::{self, RawTensor, TensorFile};
@@ -180,6 +180,34 @@ impl StageKind for Train {
             kinds.push("text_embed");
         }
         kinds
+    }
+
+    /// A frozen run pairs the ingest's images with the cache's rows by
+    /// position: the cache must embed that ingest's captions, of the length
+    /// trained on.
+    fn check_upstream(&self, params: &Params, upstream: &[UpstreamInstance<'_>]) -> Result<(), ParamError> {
+        let (Some(ingest), Some(cache)) =
+            (UpstreamInstance::of_kind(upstream, "caption_ingest"), UpstreamInstance::of_kind(upstream, "text_embed"))
+        else {
+            return Ok(());
+        };
+        if !cache.upstream.contains(&ingest.node) {
+            return Err(ParamError::new(
+                "needs",
+                format!(
+                    "text_embed stage `{}` embeds the captions of another caption_ingest instance than `{}`'s: its rows would be paired with the wrong images",
+                    cache.stage, ingest.stage
+                ),
+            ));
+        }
+        let (length, cached) = (params.str("captions"), cache.params.opt_str("captions").unwrap_or("short"));
+        if length != cached {
+            return Err(ParamError::new(
+                "captions",
+                format!("is \"{length}\" but text_embed stage `{}` embeds the {cached} captions", cache.stage),
+            ));
+        }
+        Ok(())
     }
 
     fn resources(&self, params: &Params) -> Resources {
