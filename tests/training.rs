@@ -159,6 +159,10 @@ fn training_parameter_mistakes_are_located_errors() {
         let out = ws.run(&["run", file.to_str().unwrap()]).expect_code(2);
         assert!(out.stderr.contains("bad.toml:") && out.stderr.contains(key) && out.stderr.contains(says), "{extra}\n{}", out.describe());
     }
+    // A list parameter names the item it does not know.
+    let file = ws.write("bad.toml", &(pipeline("") + "suites = [\"retrieval\", \"fun\"]\n"));
+    let out = ws.run(&["run", file.to_str().unwrap()]).expect_code(2);
+    assert!(out.stderr.contains("stages.eval.suites") && out.stderr.contains("found string \"fun\" in the list"), "{}", out.describe());
     assert!(!ws.db().exists() || ws.runs().is_empty(), "nothing is recorded for a bad file");
     let text = pipeline("").replace("text = \"scratch\"", "text = \"frozen\"");
     let file = ws.write("frozen.toml", &text);

@@ -101,8 +101,11 @@ impl ParamSpec {
                 _ => Err(format!("expected a list of strings, found {}", found())),
             },
             ParamType::ListOf(choices) => match value.as_array() {
-                Some(items) if items.iter().all(|v| v.as_str().is_some_and(|s| choices.contains(&s))) => Ok(value.clone()),
-                _ => Err(format!("expected a list drawn from {}, found {}", quote_all(choices), found())),
+                Some(items) => match items.iter().find(|v| !v.as_str().is_some_and(|s| choices.contains(&s))) {
+                    None => Ok(value.clone()),
+                    Some(item) => Err(format!("expected a list drawn from {}, found {} in the list", quote_all(choices), describe(item))),
+                },
+                None => Err(format!("expected a list drawn from {}, found {}", quote_all(choices), found())),
             },
         }
     }
