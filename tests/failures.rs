@@ -58,6 +58,7 @@ fn a_failure_skips_downstream_and_stops_new_work_without_keep_going() {
     assert_eq!(ws.count("slow"), 1);
     assert_eq!(ws.count("other"), 0, "without --keep-going no new branch starts after a failure");
     assert!(!keys_in(&summary, "executed").contains(&other));
+    assert_eq!(keys_in(&summary, "not_started"), [other.clone()].into(), "the summary accounts for it: {summary}");
     assert_eq!(ws.runs()[0]["status"], "failed");
 
     // Fix the cause (same key) and rerun: only what is not done runs.

@@ -608,6 +608,7 @@ async fn run(
             "done_elsewhere": keys(&report.done_elsewhere),
             "failed": report.failed.iter().map(|(i, e)| json!({"label": node_label(&plan, *i), "key": plan.nodes[*i].key.as_str(), "error": e})).collect::<Vec<_>>(),
             "skipped": keys(&report.skipped),
+            "not_started": keys(&report.not_started),
             "slurm": slurm_summary.as_ref().map(|s| json!({
                 "jobs_submitted": s.jobs_submitted,
                 "jobs_adopted": s.jobs_adopted,
@@ -619,8 +620,13 @@ async fn run(
         for (i, error) in &report.failed {
             println!("failed  {}  {}: {}", plan.nodes[*i].key.short(), node_label(&plan, *i), error);
         }
+        let not_started = match report.not_started.len() {
+            0 => String::new(),
+            n if report.interrupted => format!(", {n} not started"),
+            n => format!(", {n} not started (the run stops at the first failure; --keep-going runs the rest)"),
+        };
         println!(
-            "run {run_id}: {} executed, {} cached, {} done by another run, {} failed, {} skipped{}",
+            "run {run_id}: {} executed, {} cached, {} done by another run, {} failed, {} skipped{not_started}{}",
             report.executed.len(),
             report.cached.len(),
             report.done_elsewhere.len(),

@@ -73,6 +73,9 @@ pub struct RunReport {
     pub done_elsewhere: Vec<usize>,
     pub failed: Vec<(usize, String)>,
     pub skipped: Vec<usize>,
+    /// Left pending when the run stopped launching (at the first failure
+    /// without `--keep-going`, or interrupted).
+    pub not_started: Vec<usize>,
     pub interrupted: bool,
 }
 
@@ -128,6 +131,8 @@ pub async fn run_plan(
     let result = scheduler.drive(cancel).await;
     heartbeat.abort();
     result?;
+    scheduler.report.not_started =
+        (0..plan.nodes.len()).filter(|&i| matches!(scheduler.state[i], State::Pending | State::Elsewhere)).collect();
     Ok(scheduler.report)
 }
 
