@@ -120,6 +120,23 @@ fn the_cache_key_follows_the_model_files() {
 }
 
 #[test]
+fn max_tokens_leaves_room_for_text_or_is_a_located_error() {
+    let ws = Ws::new();
+    let file = ws.write(
+        "short.toml",
+        "[pipeline]\nname = \"short\"\n\n[stages.data]\nkind = \"caption_ingest\"\nsource = \"builtin:shapes\"\n\n\
+         [stages.text]\nkind = \"text_embed\"\nneeds = [\"data\"]\nencoder = \"minilm\"\nmax_tokens = 2\n",
+    );
+    let out = ws.run(&["plan", file.to_str().unwrap()]).expect_code(2);
+    assert!(out.stderr.contains("stages.text.max_tokens") && out.stderr.contains("between 3 and 256"), "{}", out.describe());
+    if models_dir().is_some() {
+        let out = ws.run(&["embed", "--encoder", "minilm", "--max-tokens", "2", "hello"]).expect_code(2);
+        assert!(out.stderr.contains("--max-tokens must be between 3 and 256"), "{}", out.describe());
+        ws.run(&["embed", "--encoder", "minilm", "--max-tokens", "3", "hello"]).ok();
+    }
+}
+
+#[test]
 fn a_missing_encoder_is_a_located_error() {
     let ws = Ws::new();
     let file = ws.write(

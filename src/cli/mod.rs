@@ -173,7 +173,7 @@ enum Command {
         /// mean | cls | eos (default: the encoder family's own: mean for BERT, eos for decoders).
         #[arg(long)]
         pooling: Option<String>,
-        /// Texts longer than this many tokens are truncated (2 to 256).
+        /// Texts longer than this many tokens are truncated (3 to 256).
         #[arg(long, default_value_t = 77)]
         max_tokens: usize,
         /// auto | cpu | cuda:N.
@@ -871,16 +871,14 @@ async fn cancel(workspace: &Workspace, run_id: i64) -> anyhow::Result<ExitCode> 
 
 fn embed(encoder: &str, pooling: Option<&str>, max_tokens: usize, device: &str, json: bool, texts: &[String]) -> anyhow::Result<ExitCode> {
     use crate::text::device::{DeviceRequest, LoadedEncoder};
-    use crate::text::{EmbedOptions, EncoderSpec, MAX_TOKENS_LIMIT, Pooling};
+    use crate::text::{EmbedOptions, EncoderSpec, Pooling, check_max_tokens};
     let usage = |e: anyhow::Error| UsageError(format!("{e:#}"));
     let spec = EncoderSpec::resolve(encoder).map_err(usage)?;
     let pooling: Pooling = match pooling {
         Some(p) => p.parse().map_err(usage)?,
         None => spec.family().map_err(usage)?.default_pooling(),
     };
-    if !(2..=MAX_TOKENS_LIMIT).contains(&max_tokens) {
-        return Err(UsageError(format!("--max-tokens must be between 2 and {MAX_TOKENS_LIMIT}")).into());
-    }
+    check_max_tokens(max_tokens).map_err(|e| UsageError(format!("--max-tokens {e}")))?;
     // A GPU asked for that is not there is a usage error.
     let device = DeviceRequest::parse(device).map_err(UsageError)?.resolve().map_err(usage)?;
     let loaded = LoadedEncoder::load(&spec, device)?;

@@ -10,7 +10,7 @@ use serde_json::Value;
 
 use super::{ParamDefault, ParamError, ParamSpec, ParamType, Params, StageContext};
 use crate::text::device::{DeviceRequest, LoadedEncoder};
-use crate::text::{EmbedOptions, EncoderSpec, MAX_TOKENS_LIMIT, Pooling};
+use crate::text::{EmbedOptions, EncoderSpec, Pooling, check_max_tokens};
 
 pub const ENCODER: ParamSpec = ParamSpec::new(
     "encoder",
@@ -32,10 +32,7 @@ pub const NORMALIZE: ParamSpec = ParamSpec::new("normalize", ParamType::Bool, Pa
 
 /// Checks the shared parameters.
 pub fn check(params: &Params) -> Result<(), ParamError> {
-    let max_tokens = params.int("max_tokens");
-    if !(2..=MAX_TOKENS_LIMIT as i64).contains(&max_tokens) {
-        return Err(ParamError::new("max_tokens", format!("must be between 2 and {MAX_TOKENS_LIMIT}")));
-    }
+    check_max_tokens(usize::try_from(params.int("max_tokens")).unwrap_or(0)).map_err(|e| ParamError::new("max_tokens", e))?;
     if params.int("batch_size") < 1 {
         return Err(ParamError::new("batch_size", "must be at least 1"));
     }

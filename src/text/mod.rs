@@ -26,7 +26,7 @@ use burn::prelude::*;
 use sha2::{Digest as _, Sha256};
 
 pub use pooling::Pooling;
-pub use tokenize::{MAX_TOKENS_LIMIT, Tokens};
+pub use tokenize::{MAX_TOKENS_LIMIT, Tokens, check_max_tokens};
 
 use bert::{BertConfig, BertModel};
 use gguf::GgufFile;

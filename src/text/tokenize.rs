@@ -24,6 +24,9 @@ use super::gguf::GgufFile;
 
 /// The largest `max_tokens` accepted (LIFT's captions are short; it bounds memory).
 pub const MAX_TOKENS_LIMIT: usize = 256;
+/// The smallest: one token of text beside the (at most two) special tokens
+/// the supported encoders add, so that no valid setting fails at run time.
+pub const MIN_MAX_TOKENS: usize = 3;
 
 /// The token ids of one text and whether they were cut to fit.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -113,7 +116,7 @@ impl TextTokenizer {
 
     /// Tokenizes each text, cutting the content so the result has at most `max_tokens` ids.
     pub fn encode(&self, texts: &[&str], max_tokens: usize) -> anyhow::Result<Vec<Tokens>> {
-        check_max_tokens(max_tokens)?;
+        check_max_tokens(max_tokens).map_err(|e| anyhow!("max_tokens = {max_tokens}: {e}"))?;
         let (add_specials, reserved) = match &self.policy {
             Policy::PostProcessor => {
                 (true, self.inner.get_post_processor().map_or(0, |p| tokenizers::PostProcessor::added_tokens(p, false)))
@@ -161,9 +164,10 @@ impl TextTokenizer {
     }
 }
 
-pub fn check_max_tokens(max_tokens: usize) -> anyhow::Result<()> {
-    if !(2..=MAX_TOKENS_LIMIT).contains(&max_tokens) {
-        bail!("max_tokens must be between 2 and {MAX_TOKENS_LIMIT}, not {max_tokens}");
+/// Whether `max_tokens` is in range; the error is a sentence fragment.
+pub fn check_max_tokens(max_tokens: usize) -> Result<(), String> {
+    if !(MIN_MAX_TOKENS..=MAX_TOKENS_LIMIT).contains(&max_tokens) {
+        return Err(format!("must be between {MIN_MAX_TOKENS} and {MAX_TOKENS_LIMIT}"));
     }
     Ok(())
 }
