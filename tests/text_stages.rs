@@ -119,14 +119,21 @@ fn the_cache_key_follows_the_model_files() {
     assert_ne!(before, after, "a changed model file must change the cache key");
 }
 
+/// `NAME.toml`: a shapes ingest and one `text_embed` stage `text` with `params` (TOML lines).
+fn embed_study(ws: &Ws, name: &str, params: &str) -> std::path::PathBuf {
+    ws.write(
+        &format!("{name}.toml"),
+        &format!(
+            "[pipeline]\nname = \"{name}\"\n\n[stages.data]\nkind = \"caption_ingest\"\nsource = \"builtin:shapes\"\n\n\
+             [stages.text]\nkind = \"text_embed\"\nneeds = [\"data\"]\n{params}\n"
+        ),
+    )
+}
+
 #[test]
 fn max_tokens_leaves_room_for_text_or_is_a_located_error() {
     let ws = Ws::new();
-    let file = ws.write(
-        "short.toml",
-        "[pipeline]\nname = \"short\"\n\n[stages.data]\nkind = \"caption_ingest\"\nsource = \"builtin:shapes\"\n\n\
-         [stages.text]\nkind = \"text_embed\"\nneeds = [\"data\"]\nencoder = \"minilm\"\nmax_tokens = 2\n",
-    );
+    let file = embed_study(&ws, "short", "encoder = \"minilm\"\nmax_tokens = 2");
     let out = ws.run(&["plan", file.to_str().unwrap()]).expect_code(2);
     assert!(out.stderr.contains("stages.text.max_tokens") && out.stderr.contains("between 3 and 256"), "{}", out.describe());
     if models_dir().is_some() {
@@ -139,11 +146,7 @@ fn max_tokens_leaves_room_for_text_or_is_a_located_error() {
 #[test]
 fn a_missing_encoder_is_a_located_error() {
     let ws = Ws::new();
-    let file = ws.write(
-        "bad.toml",
-        "[pipeline]\nname = \"bad\"\n\n[stages.data]\nkind = \"caption_ingest\"\nsource = \"builtin:shapes\"\n\n\
-         [stages.text]\nkind = \"text_embed\"\nneeds = [\"data\"]\nencoder = \"/nonexistent/model\"\n",
-    );
+    let file = embed_study(&ws, "bad", "encoder = \"/nonexistent/model\"");
     let out = ws.run(&["plan", file.to_str().unwrap()]).expect_code(2);
     assert!(out.stderr.contains("bad.toml:11:11") && out.stderr.contains("stages.text.encoder"), "{}", out.describe());
     assert!(out.stderr.contains("/nonexistent/model"), "{}", out.describe());
