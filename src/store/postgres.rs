@@ -91,17 +91,6 @@ pub fn redacted(url: &str) -> String {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn passwords_are_redacted() {
-        assert_eq!(super::redacted("postgres://u:secret@h:5432/db?x=1"), "postgres://u:***@h:5432/db?x=1");
-        assert_eq!(super::redacted("postgres://u@h/db"), "postgres://u@h/db");
-        assert_eq!(super::redacted("postgres://h/db@x"), "postgres://h/db@x");
-        assert_eq!(super::redacted("nonsense"), "(not a URL)");
-    }
-}
-
 /// Runs one arbitrary read-only query (`ablate sql`, a dashboard panel); the
 /// server cancels it once it has run for `limit` (`statement_timeout`, for
 /// this transaction only), whether or not anyone still waits for it.
@@ -124,4 +113,15 @@ pub(super) async fn limited_query(
     let rows = rows?;
     ended?;
     Ok(rows)
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn passwords_are_redacted() {
+        assert_eq!(super::redacted("postgres://u:secret@h:5432/db?x=1"), "postgres://u:***@h:5432/db?x=1");
+        assert_eq!(super::redacted("postgres://u@h/db"), "postgres://u@h/db");
+        assert_eq!(super::redacted("postgres://h/db@x"), "postgres://h/db@x");
+        assert_eq!(super::redacted("nonsense"), "(not a URL)");
+    }
 }
