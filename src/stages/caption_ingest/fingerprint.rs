@@ -53,7 +53,10 @@ pub(super) fn of(source: &Source, image_root: Option<&Path>) -> anyhow::Result<O
     // with many ingest instances of one source reads it once per `plan`.
     type Signature = (String, Option<PathBuf>, Vec<(u64, Option<SystemTime>)>);
     static CACHE: Mutex<Vec<(Signature, String)>> = Mutex::new(Vec::new());
-    let stats = text_files.iter().map(|p| std::fs::metadata(p).map(|m| (m.len(), m.modified().ok()))).collect::<Result<_, _>>()?;
+    let stats = text_files
+        .iter()
+        .map(|p| std::fs::metadata(p).map(|m| (m.len(), m.modified().ok())).with_context(|| format!("cannot read {}", p.display())))
+        .collect::<anyhow::Result<_>>()?;
     let signature: Signature = (format!("{source:?}"), image_root.map(Path::to_path_buf), stats);
     if let Some((_, hash)) = CACHE.lock().expect("not poisoned").iter().find(|(s, _)| *s == signature) {
         return Ok(Some(hash.clone()));
