@@ -178,3 +178,26 @@ fn a_bad_database_url_is_named_without_its_password() {
     assert!(out.stderr.contains("connecting to postgres://u:***@127.0.0.1:9/none"), "{}", out.describe());
     assert!(!out.stderr.contains("hunter2"), "{}", out.describe());
 }
+
+/// A workspace used with `--db` and without it holds objects of both stores:
+/// `gc` without `--db` refuses (it cannot see what the server references),
+/// and with it keeps what either store references.
+#[test]
+fn gc_keeps_the_objects_of_both_stores_of_a_workspace() {
+    let Some(mut ws) = Ws::postgres() else { return };
+    let study =
+        |name: &str| format!("[pipeline]\nname = \"{name}\"\n[stages.a]\nkind = \"command\"\nrun = \"echo {name} > $ABLATE_OUT/a.txt\"\n");
+    let (on_server, local) = (ws.write("server.toml", &study("server")), ws.write("local.toml", &study("local")));
+    ws.run(&["run", on_server.to_str().unwrap()]).ok();
+    let mut server = None;
+    ws.swap_db(&mut server);
+    ws.run(&["run", local.to_str().unwrap()]).ok();
+    let out = ws.run(&["gc"]).expect_code(2);
+    assert!(out.stderr.contains("also holds objects of the PostgreSQL store") && out.stderr.contains("--db"), "{}", out.describe());
+    ws.swap_db(&mut server);
+    let gc = ws.run(&["gc", "--json"]).ok().json();
+    assert_eq!(gc["objects_deleted"], serde_json::json!([]), "{gc}");
+    assert_eq!(rows(&ws.plan(&on_server), "a")[0]["status"], "cached");
+    ws.swap_db(&mut server);
+    assert_eq!(rows(&ws.plan(&local), "a")[0]["status"], "cached", "the SQLite store's objects are still there");
+}

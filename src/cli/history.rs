@@ -307,6 +307,16 @@ pub async fn lineage(workspace: &Workspace, id: &str, json: bool) -> anyhow::Res
 }
 
 pub async fn gc(workspace: &Workspace, dry_run: bool, json: bool) -> anyhow::Result<ExitCode> {
+    // Objects written for a PostgreSQL store are unknown to the SQLite file.
+    let servers = workspace.servers_used();
+    if workspace.db.is_none() && !servers.is_empty() {
+        return Err(UsageError(format!(
+            "{} also holds objects of the PostgreSQL store {}: run gc with --db (it keeps what either store references)",
+            workspace.root.display(),
+            servers.join(", ")
+        ))
+        .into());
+    }
     // Only an existing store decides what is unreferenced: a new, empty one
     // (a lost or replaced ablate.db) references nothing.
     let store =
@@ -321,13 +331,23 @@ pub async fn gc(workspace: &Workspace, dry_run: bool, json: bool) -> anyhow::Res
         store.recover_stale().await?;
         store
     };
-    let referenced = store.referenced_hashes().await?;
-    let running = store.running_attempt_ids().await?;
+    let mut referenced = store.referenced_hashes().await?;
+    let mut running = store.running_attempt_ids().await?;
     // A running attempt stores an object a moment before it records it, so
     // an object that changed since the oldest running attempt began may be
     // one of those: spared (from a minute earlier, for the clocks of other
     // hosts sharing the workspace).
-    let spare_since = store.oldest_running_start().await?.map(|t| t - std::time::Duration::from_secs(60));
+    let mut oldest = store.oldest_running_start().await?;
+    // A workspace used with --db and without it holds objects of both stores.
+    if workspace.db.is_some()
+        && let Some(local) = Store::open_read_only(&Workspace { db: None, ..workspace.clone() }).await?
+    {
+        referenced.extend(local.referenced_hashes().await?);
+        running.extend(local.running_attempt_ids().await?);
+        oldest = oldest.into_iter().chain(local.oldest_running_start().await?).min();
+        local.close().await;
+    }
+    let spare_since = oldest.map(|t| t - std::time::Duration::from_secs(60));
     let mut deleted = Vec::new();
     let mut spared = 0;
     let mut bytes = 0u64;

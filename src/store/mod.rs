@@ -74,6 +74,16 @@ impl Workspace {
     pub fn db_path(&self) -> PathBuf {
         self.root.join("ablate.db")
     }
+    /// Written when a PostgreSQL store writes into this workspace: its
+    /// objects may then be referenced by a store that the SQLite file knows
+    /// nothing of (one redacted URL a line, for messages).
+    pub fn servers_path(&self) -> PathBuf {
+        self.root.join("postgres-stores")
+    }
+    /// The PostgreSQL stores (redacted URLs) that have written into this workspace.
+    pub fn servers_used(&self) -> Vec<String> {
+        std::fs::read_to_string(self.servers_path()).map(|t| t.lines().map(str::to_owned).collect()).unwrap_or_default()
+    }
     /// Whether a store may already exist: the SQLite file is there, or the
     /// database is a server (which only connecting can tell).
     pub fn store_may_exist(&self) -> bool {
@@ -154,6 +164,11 @@ impl Store {
         };
         backend.migrator().run(&pool).await.with_context(|| format!("applying store migrations to {}", workspace.db_display()))?;
         drop(lock);
+        if backend == Backend::Postgres && !workspace.servers_used().contains(&workspace.db_display()) {
+            use std::io::Write as _;
+            let mut file = std::fs::OpenOptions::new().create(true).append(true).open(workspace.servers_path())?;
+            writeln!(file, "{}", workspace.db_display())?;
+        }
         Ok(Store { pool, sql: backend.dialect(), workspace: workspace.clone(), read_only: false })
     }
 

@@ -162,6 +162,12 @@ impl Ws {
         Some(ws)
     }
 
+    /// Exchanges this scratch area's PostgreSQL store (`None`: its SQLite
+    /// file) with `db`, for a workspace used both ways.
+    pub fn swap_db(&mut self, db: &mut Option<(String, String)>) {
+        std::mem::swap(&mut self.pg, db);
+    }
+
     /// The `--db` URL of this scratch area's store, when it is on PostgreSQL.
     pub fn db_url(&self) -> Option<&str> {
         self.pg.as_ref().map(|(url, _)| url.as_str())
