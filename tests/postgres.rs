@@ -156,6 +156,10 @@ fn postgres_store_answers_like_sqlite() {
     assert_eq!(results[0].1, results[1].1, "the same SQL gives the same rows");
     assert_eq!(results[0].2, results[1].2, "views have the same names and columns");
 
+    // PostgreSQL's casts are casts, not `:name` parameters (docs/cluster.md uses them).
+    let cast = pg.run(&["sql", "SELECT '7'::int AS n, json_extract(axes, '$.seed')::int AS seed FROM v_instances LIMIT 1", "--json"]).ok();
+    assert_eq!(cast.json()[0]["n"], 7, "{}", cast.describe());
+
     // Arbitrary SQL is read-only on PostgreSQL too, and says why.
     let out = pg.run(&["sql", "DELETE FROM runs"]);
     assert_eq!(out.code, Some(2), "{}", out.describe());

@@ -201,6 +201,10 @@ fn prepare_sql_for(sql: &str, prefix: char) -> PreparedSql {
                 out.push(chars[i]);
                 i += 1;
             }
+        } else if c == ':' && chars.get(i + 1) == Some(&':') {
+            // PostgreSQL's cast (`x::int`), not a parameter.
+            out.push_str("::");
+            i += 2;
         } else if c == ':' && chars.get(i + 1).is_some_and(|n| n.is_ascii_alphabetic() || *n == '_') {
             let start = i + 1;
             i = start;
@@ -475,7 +479,7 @@ impl Store {
 
 #[cfg(test)]
 mod tests {
-    use super::prepare_sql;
+    use super::{prepare_sql, prepare_sql_for};
 
     #[test]
     fn named_params_become_numbered_outside_literals() {
@@ -487,5 +491,9 @@ mod tests {
         assert_eq!(p.sql, "SELECT strftime('%H:%M', 'now'), [a:b] -- vacuum");
         assert!(p.names.is_empty());
         assert_eq!(p.words, vec!["SELECT", "STRFTIME"]);
+        // PostgreSQL casts stay casts.
+        let p = prepare_sql_for("SELECT json_extract(axes, '$.seed')::int, x::text FROM t WHERE s = :stage", '$');
+        assert_eq!(p.sql, "SELECT json_extract(axes, '$.seed')::int, x::text FROM t WHERE s = $1");
+        assert_eq!(p.names, vec!["stage"]);
     }
 }
