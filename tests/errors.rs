@@ -445,6 +445,16 @@ fn a_grid_too_large_to_plan_is_refused_before_it_is_built() {
     assert_located(&err, &file, 9, "stages.x", &["more than 1000000 stage instances", "a 1000 × b 1000 × c 1000 = 1000000000"]);
 }
 
+/// `x-y` and `x_y` (or `ab` and `AB`) would share one `ABLATE_INPUT_` variable.
+#[test]
+fn upstream_stages_whose_input_variables_collide_are_a_located_error() {
+    let (err, file) = reject(
+        "[pipeline]\nname = \"x\"\n\n[stages.x-y]\nkind = \"command\"\nrun = \"true\"\n\n[stages.x_y]\nkind = \"command\"\nrun = \"true\"\n\n\
+         [stages.down]\nkind = \"command\"\nneeds = [\"x-y\", \"x_y\"]\nrun = \"true\"\n",
+    );
+    assert_located(&err, &file, 14, "stages.down.needs", &["`x-y` and `x_y` would both be $ABLATE_INPUT_X_Y"]);
+}
+
 #[test]
 fn parameter_values_a_kind_cannot_use_are_located_errors() {
     let stage = |body: &str| format!("[pipeline]\nname = \"x\"\n\n[stages.a]\nkind = \"command\"\nrun = \"true\"\n\n[stages.s]\n{body}\n");
@@ -452,6 +462,8 @@ fn parameter_values_a_kind_cannot_use_are_located_errors() {
         ("kind = \"command\"\nrun = \"  \"", 10, "stages.s.run", "is empty"),
         ("kind = \"command\"\nrun = \"true\"\nenv = [\"A B=1\"]", 11, "stages.s.env", "not NAME=VALUE"),
         ("kind = \"command\"\nrun = \"true\"\nenv = [\"=x\"]", 11, "stages.s.env", "not NAME=VALUE"),
+        ("kind = \"command\"\nrun = \"true\"\nenv = [\"ABLATE_OUT=/tmp\"]", 11, "stages.s.env", "ABLATE_ are ablate's own"),
+        ("kind = \"command\"\nrun = \"true\"\nenv = [\"X=1\", \"X=2\"]", 11, "stages.s.env", "sets X twice"),
         ("kind = \"command\"\nrun = \"true\"\nneeds = [\"a\", \"a\"]", 11, "stages.s.needs", "names `a` twice"),
         ("kind = \"text_similarity\"\nencoder = \"minilm\"\nthreshold = 2.0", 11, "stages.s.threshold", "[-1, 1]"),
     ] {

@@ -20,7 +20,12 @@ use std::time::Duration;
 
 use anyhow::{Context as _, bail};
 
-use super::{Interrupted, ParamDefault, ParamError, ParamSpec, ParamType, Params, Resources, StageContext, StageKind};
+use super::{Interrupted, ParamDefault, ParamError, ParamSpec, ParamType, Params, Resources, StageContext, StageKind, UpstreamInstance};
+
+/// The variable naming an upstream stage's inputs folder: its name upper-cased, `-` as `_`.
+fn input_var(stage: &str) -> String {
+    format!("ABLATE_INPUT_{}", stage.to_uppercase().replace('-', "_"))
+}
 
 pub struct Command;
 
@@ -57,8 +62,32 @@ impl StageKind for Command {
                 format!("entry {bad:?} is not NAME=VALUE (NAME: letters, digits and '_', not starting with a digit)"),
             ));
         }
+        let env = params.str_list("env");
+        let names: Vec<&str> = env.iter().filter_map(|e| e.split_once('=').map(|(n, _)| n)).collect();
+        if let Some(own) = names.iter().find(|n| n.starts_with("ABLATE_")) {
+            return Err(ParamError::new(
+                "env",
+                format!("sets {own}: names starting with ABLATE_ are ablate's own (outputs, state, inputs)"),
+            ));
+        }
+        if let Some(twice) = names.iter().enumerate().find(|(i, n)| names[..*i].contains(n)).map(|(_, n)| n) {
+            return Err(ParamError::new("env", format!("sets {twice} twice")));
+        }
         if params.str("run").trim().is_empty() {
             return Err(ParamError::new("run", "is empty: give the shell command to run"));
+        }
+        Ok(())
+    }
+    /// Two upstream stages must not share one `ABLATE_INPUT_` variable
+    /// (`x-y` and `x_y`, `ab` and `AB`): one of them would silently vanish.
+    fn check_upstream(&self, _params: &Params, upstream: &[UpstreamInstance<'_>]) -> Result<(), ParamError> {
+        for (i, u) in upstream.iter().enumerate() {
+            if let Some(other) = upstream[..i].iter().find(|o| input_var(o.stage) == input_var(u.stage)) {
+                return Err(ParamError::new(
+                    "needs",
+                    format!("stages `{}` and `{}` would both be ${}: rename one", other.stage, u.stage, input_var(u.stage)),
+                ));
+            }
         }
         Ok(())
     }
@@ -83,8 +112,7 @@ impl StageKind for Command {
                 }
                 std::os::unix::fs::symlink(path, link)?;
             }
-            let var = format!("ABLATE_INPUT_{}", upstream.stage.to_uppercase().replace('-', "_"));
-            process.env(var, &dir);
+            process.env(input_var(upstream.stage.as_str()), &dir);
         }
         for entry in ctx.params().str_list("env") {
             let (name, value) = entry.split_once('=').expect("checked at compile time");
