@@ -131,6 +131,7 @@ run = "echo x >> @C@/after"
     assert!(sent.elapsed() < Duration::from_secs(5), "Ctrl-C must stop the run within seconds, took {:?}", sent.elapsed());
     assert_eq!(out.code, Some(130), "{}", out.describe());
     assert_eq!(ws.count("after"), 0, "nothing starts after Ctrl-C");
+    assert!(out.stdout.contains("0 skipped, 1 not started, 1 interrupted"), "the summary accounts for both: {}", out.describe());
 
     let runs = ws.runs();
     assert_eq!(runs.len(), 1);

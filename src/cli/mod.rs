@@ -609,6 +609,7 @@ async fn run(
             "failed": report.failed.iter().map(|(i, e)| json!({"label": node_label(&plan, *i), "key": plan.nodes[*i].key.as_str(), "error": e})).collect::<Vec<_>>(),
             "skipped": keys(&report.skipped),
             "not_started": keys(&report.not_started),
+            "interrupted": keys(&report.stopped),
             "slurm": slurm_summary.as_ref().map(|s| json!({
                 "jobs_submitted": s.jobs_submitted,
                 "jobs_adopted": s.jobs_adopted,
@@ -625,14 +626,18 @@ async fn run(
             n if report.interrupted => format!(", {n} not started"),
             n => format!(", {n} not started (the run stops at the first failure; --keep-going runs the rest)"),
         };
+        let interrupted = match report.stopped.len() {
+            0 if report.interrupted => " (interrupted)".to_owned(),
+            0 => String::new(),
+            n => format!(", {n} interrupted"),
+        };
         println!(
-            "run {run_id}: {} executed, {} cached, {} done by another run, {} failed, {} skipped{not_started}{}",
+            "run {run_id}: {} executed, {} cached, {} done by another run, {} failed, {} skipped{not_started}{interrupted}",
             report.executed.len(),
             report.cached.len(),
             report.done_elsewhere.len(),
             report.failed.len(),
             report.skipped.len(),
-            if report.interrupted { " (interrupted)" } else { "" }
         );
         // A study with evaluation results ends with its table (`ablate results`).
         if !report.interrupted {

@@ -76,6 +76,8 @@ pub struct RunReport {
     /// Left pending when the run stopped launching (at the first failure
     /// without `--keep-going`, or interrupted).
     pub not_started: Vec<usize>,
+    /// Stopped while running (their checkpoints keep what they had done).
+    pub stopped: Vec<usize>,
     pub interrupted: bool,
 }
 
@@ -434,6 +436,7 @@ impl<'a> Scheduler<'a> {
             JobEnd::Interrupted => {
                 self.state[i] = State::Failed;
                 self.report.interrupted = true;
+                self.report.stopped.push(i);
                 self.observer.finished(&label, key, &NodeOutcome::Interrupted);
             }
             JobEnd::Failed(message) => self.fail(i, message).await?,
