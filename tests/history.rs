@@ -56,6 +56,25 @@ fn graph(text: &str, arrow: &str, node_open: char) -> (BTreeSet<String>, BTreeSe
     (nodes, edges)
 }
 
+/// Names and axis values with backslashes, quotes, line breaks and markup
+/// stay inside their DOT strings and Mermaid labels.
+#[test]
+fn dot_and_mermaid_escape_what_they_quote() {
+    let ws = Ws::new();
+    let file = ws.write(
+        "odd.toml",
+        "[pipeline]\nname = 'ends\\'\n\n[axes]\nv = ['x\\', \"two\\nlines\", '<b>\"q\"&']\n\n\
+         [stages.s]\nkind = \"command\"\nenv = [\"V=${v}\"]\nrun = \"true\"\n",
+    );
+    let dot = ws.run(&["plan", file.to_str().unwrap(), "--format", "dot"]).ok().stdout;
+    assert!(dot.starts_with("digraph \"ends\\\\\" {"), "{dot}");
+    assert!(dot.contains("v=x\\\\ ") && dot.contains("v=two\\nlines") && dot.contains("v=<b>\\\"q\\\"&"), "{dot}");
+    assert_eq!(dot.lines().count(), 3 + 3 + 1, "one line a node: {dot}");
+    let mermaid = ws.run(&["plan", file.to_str().unwrap(), "--format", "mermaid"]).ok().stdout;
+    assert!(mermaid.contains("v=#lt;b#gt;#quot;q#quot;#amp;") && mermaid.contains("v=two lines"), "{mermaid}");
+    assert!(!mermaid.contains("<b>"), "{mermaid}");
+}
+
 #[test]
 fn dot_and_mermaid_have_one_node_per_unique_instance_and_every_edge() {
     let ws = Ws::new();

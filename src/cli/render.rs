@@ -86,17 +86,28 @@ fn node_caption(plan: &Plan, node: usize) -> (String, String) {
     (format!("{} ({})", stages.join(", "), n.kind.name()), format!("{} {}", axes.join(" "), n.key.short()).trim().to_owned())
 }
 
+/// Text inside a DOT double-quoted string: backslashes and quotes escaped,
+/// line breaks as DOT's `\n`.
+fn dot_text(text: &str) -> String {
+    text.replace('\\', "\\\\").replace('"', "\\\"").replace('\r', "").replace('\n', "\\n")
+}
+
+/// Text inside a Mermaid `["..."]` label, which Mermaid renders as HTML:
+/// entity codes for what would end the label or be read as markup.
+fn mermaid_text(text: &str) -> String {
+    text.replace('&', "#amp;").replace('"', "#quot;").replace('<', "#lt;").replace('>', "#gt;").replace('\r', "").replace('\n', " ")
+}
+
 /// Graphviz DOT, nodes filled by status (grey cached, orange to run).
 pub fn dot(plan: &Plan, freshness: &[Freshness]) -> String {
     let mut out = format!(
         "digraph \"{}\" {{\n  rankdir=LR;\n  node [shape=box, style=\"rounded,filled\", fontname=\"Helvetica\"];\n",
-        plan.spec.name.replace('"', "\\\"")
+        dot_text(&plan.spec.name)
     );
     for (i, fresh) in freshness.iter().enumerate() {
         let (title, detail) = node_caption(plan, i);
         let color = if fresh.is_cached() { "#d9d9d9" } else { "#fdb863" };
-        let _ =
-            writeln!(out, "  n{i} [label=\"{}\\n{}\", fillcolor=\"{color}\"];", title.replace('"', "\\\""), detail.replace('"', "\\\""));
+        let _ = writeln!(out, "  n{i} [label=\"{}\\n{}\", fillcolor=\"{color}\"];", dot_text(&title), dot_text(&detail));
     }
     for (i, node) in plan.nodes.iter().enumerate() {
         for &u in &node.upstream {
@@ -113,7 +124,7 @@ pub fn mermaid(plan: &Plan, freshness: &[Freshness]) -> String {
     for (i, fresh) in freshness.iter().enumerate() {
         let (title, detail) = node_caption(plan, i);
         let class = if fresh.is_cached() { "cached" } else { "run" };
-        let _ = writeln!(out, "  n{i}[\"{}<br/>{}\"]:::{class}", title.replace('"', "#quot;"), detail.replace('"', "#quot;"));
+        let _ = writeln!(out, "  n{i}[\"{}<br/>{}\"]:::{class}", mermaid_text(&title), mermaid_text(&detail));
     }
     for (i, node) in plan.nodes.iter().enumerate() {
         for &u in &node.upstream {
