@@ -190,3 +190,28 @@ run = "sleep 300 & echo $! > @R@/background.pid; sh -c 'echo $$ > @R@/child.pid;
     assert!(started.elapsed() < Duration::from_secs(20), "took {:?}", started.elapsed());
     wait_until(Duration::from_secs(5), "the leftover to end", || !alive(&pid("left.pid")));
 }
+
+/// `ablate cancel` stops a live local run like Ctrl-C, and records a run whose
+/// process died as lost instead of signalling its old pid.
+#[test]
+fn cancel_stops_a_live_run_and_records_a_dead_one_lost() {
+    let ws = Ws::new();
+    let file = ws.write(
+        "long.toml",
+        "[pipeline]\nname = \"long\"\n\n[stages.long]\nkind = \"command\"\nrun = \"echo x >> @C@/long; exec sleep 30\"\n",
+    );
+    let run = ws.spawn(&["run", file.to_str().unwrap()]);
+    wait_until(Duration::from_secs(20), "the stage to start", || ws.count("long") == 1);
+    let out = ws.run(&["cancel", "1"]).ok();
+    assert!(out.stdout.contains("sent SIGINT"), "{}", out.describe());
+    assert_eq!(run.wait(Duration::from_secs(10)).code, Some(130));
+    assert_eq!(ws.runs()[0]["status"], "interrupted");
+
+    let mut run = ws.spawn(&["run", file.to_str().unwrap()]);
+    wait_until(Duration::from_secs(20), "the stage to start again", || ws.count("long") == 2);
+    run.child.kill().unwrap();
+    run.child.wait().unwrap();
+    let out = ws.run(&["cancel", "2"]).ok();
+    assert!(out.stdout.contains("not running (lost)"), "{}", out.describe());
+    assert_eq!(ws.runs().iter().find(|r| r["id"] == 2).unwrap()["status"], "lost");
+}

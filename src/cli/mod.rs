@@ -847,6 +847,9 @@ async fn cancel(workspace: &Workspace, run_id: i64) -> anyhow::Result<ExitCode> 
     };
     store.close().await;
     let store = Store::open(workspace).await?;
+    // A local run whose process died (or stopped heartbeating: its pid may
+    // now be another program's) is recorded lost first, and never signalled.
+    store.recover_stale().await?;
     let Some((executor, host, pid, status)) = store.run_executor(run_id).await? else {
         return Err(UsageError(format!("no run {run_id} in this store")).into());
     };
