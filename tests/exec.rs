@@ -132,3 +132,25 @@ run = "echo real > @R@/real.txt; ln -s @R@/real.txt $ABLATE_OUT/alias.txt"
     assert_eq!(failed.len(), 1, "{summary}");
     assert!(failed[0]["error"].as_str().unwrap().contains("alias.txt is a symbolic link"), "{summary}");
 }
+
+/// A stage reads nothing from ablate's terminal: its stdin is empty, so a
+/// script that reads stdin ends instead of waiting for input that never comes.
+#[test]
+fn a_stage_reads_an_empty_stdin() {
+    let ws = Ws::new();
+    let file = ws.write("cat.toml", "[pipeline]\nname = \"cat\"\n\n[stages.c]\nkind = \"command\"\nrun = \"cat > $ABLATE_OUT/in.txt\"\n");
+    // ablate's own stdin stays open (as a terminal's would) while it runs.
+    let mut child = ws.command(&["run", file.to_str().unwrap()]).stdin(std::process::Stdio::piped()).spawn().unwrap();
+    let started = std::time::Instant::now();
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if started.elapsed() > std::time::Duration::from_secs(60) {
+            child.kill().unwrap();
+            panic!("the stage waited for input on ablate's stdin");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    };
+    assert!(status.success());
+}

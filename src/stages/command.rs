@@ -131,7 +131,7 @@ impl StageKind for Command {
                 Ok(())
             });
         }
-        let mut child = process.stdout(Stdio::piped()).spawn().context("starting sh")?;
+        let mut child = process.stdin(Stdio::null()).stdout(Stdio::piped()).spawn().context("starting sh")?;
         let stdout = child.stdout.take().expect("stdout is piped");
 
         // Read metric lines on a thread so the main loop can watch for Ctrl-C.
