@@ -181,17 +181,9 @@ impl Summary {
 /// follow the benchmark files.
 fn sugarcrepe_fingerprint(dir: &Path) -> anyhow::Result<String> {
     let mut hasher = Sha256::new();
-    let mut found = 0;
-    for subset in SUBSETS {
-        let path = dir.join(format!("{subset}.json"));
-        if path.is_file() {
-            hasher.update(subset.as_bytes());
-            hasher.update(std::fs::read(&path).with_context(|| format!("cannot read {}", path.display()))?);
-            found += 1;
-        }
-    }
-    if found == 0 {
-        bail!("no SugarCrepe subset files ({}.json) in {}", SUBSETS.join(".json, "), dir.display());
+    for (subset, path) in sugarcrepe::subset_files(dir)? {
+        hasher.update(subset.as_bytes());
+        hasher.update(std::fs::read(&path).with_context(|| format!("cannot read {}", path.display()))?);
     }
     Ok(hex::encode(hasher.finalize()))
 }

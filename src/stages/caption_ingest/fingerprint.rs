@@ -79,16 +79,7 @@ fn text_files(source: &Source) -> anyhow::Result<Vec<PathBuf>> {
         Source::Shapes => Vec::new(),
         Source::Jsonl(path) | Source::Coco(path) => vec![path.clone()],
         Source::FashionMnist(dir) => fashion::files(dir)?,
-        Source::SugarCrepe(dir) => {
-            let files: Vec<PathBuf> = sugarcrepe::SUBSETS.iter().map(|s| dir.join(format!("{s}.json"))).filter(|p| p.is_file()).collect();
-            anyhow::ensure!(
-                !files.is_empty(),
-                "no SugarCrepe subset files ({}.json) in {}",
-                sugarcrepe::SUBSETS.join(".json, "),
-                dir.display()
-            );
-            files
-        }
+        Source::SugarCrepe(dir) => sugarcrepe::subset_files(dir)?.into_iter().map(|(_, p)| p).collect(),
     })
 }
 

@@ -25,6 +25,16 @@ pub struct Entry {
     pub negative: String,
 }
 
+/// The subset files present in `dir`, in [`SUBSETS`] order; an error when
+/// there is none (what the file fingerprints of a SugarCrepe copy hash).
+pub fn subset_files(dir: &Path) -> anyhow::Result<Vec<(&'static str, std::path::PathBuf)>> {
+    let files: Vec<_> = SUBSETS.iter().map(|&s| (s, dir.join(format!("{s}.json")))).filter(|(_, p)| p.is_file()).collect();
+    if files.is_empty() {
+        bail!("no SugarCrepe subset files ({}.json) in {}", SUBSETS.join(".json, "), dir.display());
+    }
+    Ok(files)
+}
+
 /// Reads `{dir}/{subset}.json`, entries by numeric key; `Ok(None)` when the
 /// file is absent (benchmark copies often hold only some subsets).
 pub fn read_subset(dir: &Path, subset: &str) -> anyhow::Result<Option<Vec<Entry>>> {
