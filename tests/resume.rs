@@ -191,6 +191,39 @@ run = "sleep 300 & echo $! > @R@/background.pid; sh -c 'echo $$ > @R@/child.pid;
     wait_until(Duration::from_secs(5), "the leftover to end", || !alive(&pid("left.pid")));
 }
 
+/// After a `kill -9` of `ablate run`, what a command's shell had started
+/// lives on as an orphan; the rerun stops it before starting the stage
+/// again, so two copies never write to one `$ABLATE_STATE`.
+#[test]
+fn kill_9_then_rerun_stops_what_the_killed_command_left_running() {
+    let ws = Ws::new();
+    let file = ws.write(
+        "orphan.toml",
+        r#"
+[pipeline]
+name = "orphan"
+
+[stages.work]
+kind = "command"
+run = "echo x >> @C@/work; if [ $(wc -l < @C@/work) -eq 1 ]; then sh -c 'echo $$ > @R@/worker.pid; exec sleep 300'; fi; echo ok > $ABLATE_OUT/a.txt"
+"#,
+    );
+    let run = ws.spawn(&["run", file.to_str().unwrap()]);
+    let worker = || std::fs::read_to_string(ws.root().join("worker.pid")).unwrap_or_default().trim().to_owned();
+    wait_until(Duration::from_secs(20), "the worker to start", || !worker().is_empty());
+    let worker = worker();
+    assert_eq!(run.kill9().code, None);
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(alive(&worker), "the worker outlives the killed run (the shell's grandchild)");
+
+    let (code, summary, out) = ws.run_json(&file, &[]);
+    assert_eq!(code, Some(0), "{}", out.describe());
+    assert_eq!(summary["executed"].as_array().unwrap().len(), 1);
+    assert_eq!(ws.count("work"), 2);
+    assert!(!alive(&worker), "the rerun stopped the orphan before starting again");
+    assert!(out.stderr.contains("left running by an earlier attempt"), "{}", out.describe());
+}
+
 /// `ablate cancel` stops a live local run like Ctrl-C, and records a run whose
 /// process died as lost instead of signalling its old pid.
 #[test]
