@@ -455,6 +455,14 @@ fn upstream_stages_whose_input_variables_collide_are_a_located_error() {
     assert_located(&err, &file, 14, "stages.down.needs", &["`x-y` and `x_y` would both be $ABLATE_INPUT_X_Y"]);
 }
 
+/// `text_similarity` with neither SugarCrepe nor an ingest has nothing to
+/// score: an error when compiling, not after the encoder has loaded.
+#[test]
+fn text_similarity_without_caption_pairs_is_a_located_error() {
+    let (err, file) = reject("[pipeline]\nname = \"x\"\n\n[stages.sim]\nkind = \"text_similarity\"\nencoder = \"minilm\"\n");
+    assert_located(&err, &file, 4, "stages.sim", &["no caption pairs", "sugarcrepe"]);
+}
+
 #[test]
 fn parameter_values_a_kind_cannot_use_are_located_errors() {
     let stage = |body: &str| format!("[pipeline]\nname = \"x\"\n\n[stages.a]\nkind = \"command\"\nrun = \"true\"\n\n[stages.s]\n{body}\n");

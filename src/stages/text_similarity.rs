@@ -22,7 +22,7 @@ use sha2::{Digest as _, Sha256};
 use super::caption_ingest::artifacts::IngestText;
 use super::caption_ingest::sugarcrepe::{self, SUBSETS};
 use super::text_common::{self, StageEncoder};
-use super::{ParamDefault, ParamError, ParamSpec, ParamType, Params, Resources, StageContext, StageKind};
+use super::{ParamDefault, ParamError, ParamSpec, ParamType, Params, Resources, StageContext, StageKind, UpstreamInstance};
 
 pub struct TextSimilarity;
 
@@ -76,6 +76,14 @@ impl StageKind for TextSimilarity {
         }
         Ok(derived)
     }
+    /// With neither source of pairs there is nothing to score: say so when
+    /// compiling, not after the encoder has loaded.
+    fn check_upstream(&self, params: &Params, upstream: &[UpstreamInstance<'_>]) -> Result<(), ParamError> {
+        if params.opt_str("sugarcrepe").is_none() && !upstream.iter().any(|u| u.kind == "caption_ingest") {
+            return Err(ParamError::new("needs", NO_PAIRS));
+        }
+        Ok(())
+    }
     fn resources(&self, params: &Params) -> Resources {
         super::device_resources(params)
     }
@@ -110,7 +118,7 @@ impl StageKind for TextSimilarity {
             }
         }
         if pairs.is_empty() {
-            bail!("no caption pairs: set `sugarcrepe` to a directory of SugarCrepe JSON files, or add a caption_ingest stage to `needs`");
+            bail!("no caption pairs: the SugarCrepe files and the ingest's hard negatives hold none");
         }
 
         let mut params = params;
@@ -179,6 +187,9 @@ impl Summary {
 
 /// SHA-256 over the subset files present (names and bytes), so results
 /// follow the benchmark files.
+const NO_PAIRS: &str =
+    "no caption pairs: set `sugarcrepe` to a directory of SugarCrepe JSON files, or add a caption_ingest stage to `needs`";
+
 fn sugarcrepe_fingerprint(dir: &Path) -> anyhow::Result<String> {
     let mut hasher = Sha256::new();
     for (subset, path) in sugarcrepe::subset_files(dir)? {
