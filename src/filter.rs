@@ -361,7 +361,6 @@ fn as_number(v: &Value) -> Option<f64> {
     match v {
         Value::Number(n) => n.as_f64(),
         Value::String(s) => s.trim().parse().ok(),
-        Value::Bool(b) => Some(if *b { 1.0 } else { 0.0 }),
         _ => None,
     }
 }
@@ -375,12 +374,11 @@ fn compare(value: &Value, op: Op, lit: &Literal) -> bool {
         };
         return value_text(value).contains(&needle);
     }
+    // A boolean equals only a boolean: not 1, not "true".
     let ordering = match lit {
         Literal::Num(n) => as_number(value).and_then(|v| v.partial_cmp(n)),
-        Literal::Bool(b) => match value {
-            Value::Bool(v) => Some(v.cmp(b)),
-            other => Some(value_text(other).cmp(&b.to_string())),
-        },
+        Literal::Bool(b) => value.as_bool().map(|v| v.cmp(b)),
+        Literal::Str(_) if value.is_boolean() => None,
         // Numbers compare numerically with numeric text ("0.1" = 0.10).
         Literal::Str(s) => match (value, s.trim().parse::<f64>()) {
             (Value::Number(n), Ok(x)) => n.as_f64().and_then(|v| v.partial_cmp(&x)),
@@ -412,14 +410,31 @@ impl Expr {
 }
 
 impl Expr {
-    /// The first comparison on a field that none of `rows` has, most likely a
-    /// misspelling: its filter would silently select nothing. `None` when
-    /// there are no rows to judge by.
-    pub fn field_no_row_has(&self, rows: &[HistoryRow]) -> Option<ExprError> {
+    /// The first comparison that would silently select nothing: on a field
+    /// none of `rows` has (most likely a misspelling), or of a field that is
+    /// true/false in every row with anything but `true` or `false` (or the
+    /// other way round). `None` when there are no rows to judge by.
+    pub fn unusable_comparison(&self, rows: &[HistoryRow]) -> Option<ExprError> {
         match self {
-            Expr::Cmp { field, column, .. } => (!rows.is_empty() && rows.iter().all(|r| field.get(r).is_none()))
-                .then(|| ExprError { column: *column, message: format!("no row has the field `{}` ({FIELDS})", field.name()) }),
-            Expr::And(a, b) | Expr::Or(a, b) => a.field_no_row_has(rows).or_else(|| b.field_no_row_has(rows)),
+            Expr::Cmp { field, op, value, column } => {
+                let values: Vec<Value> = rows.iter().filter_map(|r| field.get(r)).filter(|v| !v.is_null()).collect();
+                let error = |message| Some(ExprError { column: *column, message });
+                let name = field.name();
+                if rows.is_empty() {
+                    None
+                } else if rows.iter().all(|r| field.get(r).is_none()) {
+                    error(format!("no row has the field `{name}` ({FIELDS})"))
+                } else if *op == Op::Contains {
+                    None // compares text, of any value
+                } else if !values.is_empty() && values.iter().all(Value::is_boolean) && !matches!(value, Literal::Bool(_)) {
+                    error(format!("`{name}` is true or false in every row: compare it with true or false"))
+                } else if matches!(value, Literal::Bool(_)) && !values.iter().any(Value::is_boolean) {
+                    error(format!("`{name}` is never true or false: compare it with a number or a \"string\""))
+                } else {
+                    None
+                }
+            }
+            Expr::And(a, b) | Expr::Or(a, b) => a.unusable_comparison(rows).or_else(|| b.unusable_comparison(rows)),
         }
     }
 }
@@ -498,11 +513,41 @@ mod tests {
     fn a_field_no_row_has_is_named_at_its_column() {
         let rows = [row(json!({"loss": "cosine"}), json!({"lr": 0.1}), &[("top1", 0.5)]), row(json!({}), json!({}), &[])];
         let e = parse("loss = 'a' or (lr > 0 and metric.top5 > 1)").unwrap();
-        let err = e.field_no_row_has(&rows).unwrap();
+        let err = e.unusable_comparison(&rows).unwrap();
         assert_eq!((err.column, err.message.starts_with("no row has the field `metric.top5`")), (27, true), "{err}");
         // One row having the field is enough, and no rows judge nothing.
-        assert_eq!(parse("metric.top1 > 0 and stage = 'x'").unwrap().field_no_row_has(&rows), None);
-        assert_eq!(e.field_no_row_has(&[]), None);
+        assert_eq!(parse("metric.top1 > 0 and stage = 'x'").unwrap().unusable_comparison(&rows), None);
+        assert_eq!(e.unusable_comparison(&[]), None);
+    }
+
+    /// A boolean equals only `true` or `false`: `flip = 1` and `flip = "true"`
+    /// used to select the rows where `flip` is true.
+    #[test]
+    fn booleans_compare_only_with_booleans() {
+        let on = row(json!({"flip": true, "n": 1}), json!({}), &[]);
+        let off = row(json!({"flip": false, "n": 0}), json!({}), &[]);
+        for (text, on_matches, off_matches) in [
+            ("flip = true", true, false),
+            ("flip != true", false, true),
+            ("flip = false", false, true),
+            ("flip = 1", false, false),
+            ("flip = 'true'", false, false),
+            ("n = true", false, false),
+            ("n = 1", true, false),
+        ] {
+            let e = parse(text).unwrap();
+            assert_eq!((e.matches(&on), e.matches(&off)), (on_matches, off_matches), "{text}");
+        }
+        let rows = [on, off];
+        for (text, says) in
+            [("flip = 1", "is true or false in every row"), ("flip > 'a'", "is true or false"), ("n = true", "is never true or false")]
+        {
+            let err = parse(text).unwrap().unusable_comparison(&rows).unwrap_or_else(|| panic!("{text} is accepted"));
+            assert!(err.message.contains(says) && err.column == 1, "{text}: {err}");
+        }
+        for text in ["flip = false", "flip ~ 'ru'", "n >= 0"] {
+            assert_eq!(parse(text).unwrap().unusable_comparison(&rows), None, "{text}");
+        }
     }
 
     #[test]

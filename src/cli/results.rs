@@ -53,7 +53,7 @@ pub async fn history(
     };
     let mut rows: Vec<HistoryRow> = store.history(pipeline.as_deref()).await?;
     if let Some(expr) = &expr {
-        if let Some(e) = expr.field_no_row_has(&rows) {
+        if let Some(e) = expr.unusable_comparison(&rows) {
             return Err(UsageError(format!("invalid --where expression at {}", e.render(filter.unwrap_or_default()))).into());
         }
         rows.retain(|r| expr.matches(r));
