@@ -204,6 +204,9 @@ fn sql_is_read_only() {
         "SELECT 1; DELETE FROM attempts",
         "CREATE TABLE evil (x)",
         "PRAGMA user_version = 7",
+        "PRAGMA journal_mode=DELETE",
+        "PRAGMA main . journal_mode (delete)",
+        "PRAGMA /* c */ query_only = 0",
     ] {
         let out = ws.run(&["sql", write]);
         assert_ne!(out.code, Some(0), "{write} must fail\n{}", out.describe());
@@ -219,6 +222,13 @@ fn sql_is_read_only() {
     }
     ws.run(&["sql", " ; "]).expect_code(2);
     assert_eq!(snapshot(&ws), before, "the store is unchanged");
+    // Pragmas that read still answer.
+    for read in
+        ["PRAGMA table_info(runs)", "PRAGMA main.index_list('metrics')", "PRAGMA user_version", "SELECT * FROM pragma_table_info('runs')"]
+    {
+        let out = ws.run(&["sql", read, "--csv"]).ok();
+        assert!(out.stdout.lines().count() >= 2, "{read}: {}", out.describe());
+    }
     let out = ws.run(&["sql", "SELEC 1"]).expect_code(2);
     assert!(out.stderr.contains("syntax error"), "{}", out.describe());
 }

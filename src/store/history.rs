@@ -146,6 +146,8 @@ pub struct PreparedSql {
     /// Parameter names in number order.
     pub names: Vec<String>,
     words: Vec<String>,
+    /// The bare words and the `=`, `(` and `.` between them, in order.
+    tokens: Vec<String>,
     /// Something other than blanks and comments follows a `;`.
     several_statements: bool,
 }
@@ -153,6 +155,38 @@ pub struct PreparedSql {
 /// Statements that write outside the store even on a read-only connection
 /// (`VACUUM INTO` creates a file, `ATTACH` may create one).
 const REFUSED: &[&str] = &["ATTACH", "VACUUM"];
+
+/// SQLite pragmas that take an argument in parentheses and only read
+/// (`PRAGMA table_info(runs)`); any other `PRAGMA x(v)` or `PRAGMA x = v` sets.
+const READING_PRAGMAS: &[&str] = &[
+    "TABLE_INFO",
+    "TABLE_XINFO",
+    "TABLE_LIST",
+    "INDEX_INFO",
+    "INDEX_XINFO",
+    "INDEX_LIST",
+    "FOREIGN_KEY_LIST",
+    "FOREIGN_KEY_CHECK",
+    "INTEGRITY_CHECK",
+    "QUICK_CHECK",
+];
+
+impl PreparedSql {
+    /// The pragma a `PRAGMA [schema.]name = value` or `name(value)` statement
+    /// would set. Refused before it runs: on the read-only store SQLite fails
+    /// some (`journal_mode`) with "database is locked", and others would change
+    /// a pooled connection for the queries after it.
+    fn pragma_set(&self) -> Option<&str> {
+        let t: Vec<&str> = self.tokens.iter().map(String::as_str).collect();
+        let rest = t.strip_prefix(&["PRAGMA"])?;
+        let rest = if rest.get(1) == Some(&".") { &rest[2..] } else { rest };
+        match rest {
+            [name, "=", ..] => Some(name),
+            [name, "(", ..] if !READING_PRAGMAS.contains(name) => Some(name),
+            _ => None,
+        }
+    }
+}
 
 /// Scans SQL, skipping string literals, quoted identifiers and comments.
 pub fn prepare_sql(sql: &str) -> PreparedSql {
@@ -165,6 +199,7 @@ fn prepare_sql_for(sql: &str, prefix: char) -> PreparedSql {
     let mut out = String::with_capacity(sql.len());
     let mut names: Vec<String> = Vec::new();
     let mut words: Vec<String> = Vec::new();
+    let mut tokens: Vec<String> = Vec::new();
     let (mut ended, mut several_statements) = (false, false);
     let mut i = 0;
     while i < chars.len() {
@@ -229,12 +264,16 @@ fn prepare_sql_for(sql: &str, prefix: char) -> PreparedSql {
             let word: String = chars[start..i].iter().collect();
             out.push_str(&word);
             words.push(word.to_ascii_uppercase());
+            tokens.push(word.to_ascii_uppercase());
         } else {
+            if matches!(c, '=' | '(' | '.') {
+                tokens.push(c.to_string());
+            }
             out.push(c);
             i += 1;
         }
     }
-    PreparedSql { sql: out, names, words, several_statements }
+    PreparedSql { sql: out, names, words, tokens, several_statements }
 }
 
 /// The attempt whose curves an instance shows (key bound as `$1`): its done
@@ -325,7 +364,11 @@ impl Store {
     ) -> anyhow::Result<QueryResult> {
         anyhow::ensure!(self.read_only, "arbitrary SQL runs only on a store opened read-only");
         anyhow::ensure!(!sql.trim().trim_matches(';').trim().is_empty(), "the query is empty");
-        let PreparedSql { sql, names, words, several_statements } = prepare_sql_for(sql, self.sql.param_prefix);
+        let prepared = prepare_sql_for(sql, self.sql.param_prefix);
+        if let Some(pragma) = prepared.pragma_set() {
+            anyhow::bail!("refused: PRAGMA {} sets a value, and queries on the store are read-only", pragma.to_ascii_lowercase());
+        }
+        let PreparedSql { sql, names, words, several_statements, .. } = prepared;
         anyhow::ensure!(!several_statements, "give one statement at a time (the results of several would be mixed in one table)");
         if let Some(word) = words.iter().find(|w| REFUSED.contains(&w.as_str())) {
             anyhow::bail!("refused: {word} can write files, and queries on the store are read-only");
