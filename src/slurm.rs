@@ -170,10 +170,19 @@ pub async fn scancel_pending(ids: &[String]) -> anyhow::Result<()> {
     let mut args = vec!["--state=PENDING".to_owned()];
     args.extend(ids.iter().cloned());
     let out = tool("scancel", &args, &[]).await?;
-    if !out.status.success() {
+    if !out.status.success() && !only_already_ended(&String::from_utf8_lossy(&out.stderr)) {
         return Err(failure("scancel", &out));
     }
     Ok(())
+}
+
+/// Whether scancel's complaints are all about jobs that ended before it
+/// came (Slurm cancels the jobs below a failed one itself): nothing was
+/// left to cancel.
+fn only_already_ended(stderr: &str) -> bool {
+    let mut complaints = stderr.lines().filter(|l| !l.trim().is_empty()).peekable();
+    complaints.peek().is_some()
+        && complaints.all(|l| l.contains("already completing or completed") || l.contains("Invalid job id specified"))
 }
 
 /// Quotes a word for `sh`.
@@ -187,6 +196,14 @@ pub fn shell_quote(word: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn scancel_complaints_about_ended_jobs_are_not_failures() {
+        assert!(only_already_ended("scancel: error: Kill job error on job id 12: Job/step already completing or completed\n"));
+        assert!(only_already_ended("scancel: error: Kill job error on job id 13_1: Invalid job id specified\n"));
+        assert!(!only_already_ended("scancel: error: Unable to contact slurm controller (connect failure)\n"));
+        assert!(!only_already_ended(""));
+    }
 
     #[test]
     fn squeue_lines_name_array_tasks_and_plain_jobs() {

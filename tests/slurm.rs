@@ -346,6 +346,7 @@ fn a_failed_job_skips_its_downstream_and_retries_resubmit_it() {
     assert!(summary["failed"][0]["error"].as_str().unwrap().contains("exit"), "{summary}");
     assert_eq!(summary["skipped"].as_array().unwrap().len(), 1, "{summary}");
     assert_eq!(ws.count("after"), 0);
+    assert!(!out.stderr.contains("polling Slurm failed"), "{}", out.describe());
 
     // With --retries 1 (on a fresh workspace): failed once, resubmitted, done, and its downstream too.
     let ws = Ws::new();
@@ -395,6 +396,8 @@ fn without_keep_going_a_failure_cancels_jobs_not_started_and_with_it_they_run() 
     assert_eq!((ws.count("bad"), ws.count("slow"), ws.count("later")), (1, 1, 0), "{}", out.describe());
     let plan = ws.plan(&file);
     assert_eq!(with_status(&plan, "run"), BTreeSet::from([key_of(&plan, "bad"), key_of(&plan, "later")]), "what is left to do");
+    assert_eq!(keys_in(&summary, "not_started"), BTreeSet::from([key_of(&plan, "later")]), "the summary accounts for it: {summary}");
+    assert!(!out.stderr.contains("polling Slurm failed"), "{}", out.describe());
 
     // --keep-going: everything independent of the failure runs.
     let ws = Ws::new();

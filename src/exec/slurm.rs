@@ -112,6 +112,10 @@ pub async fn run_plan_on_slurm(
     }
     follower.follow(cancel).await?;
     store.finish_settled_slurm_runs(run_id).await?;
+    // Left to do: cancelled by ablate at the first failure, never submitted
+    // after it, or still waiting on another process when interrupted.
+    follower.report.not_started =
+        (0..plan.nodes.len()).filter(|&i| matches!(follower.state[i], State::Waiting | State::Elsewhere)).collect();
     Ok((follower.report, follower.summary))
 }
 
@@ -742,7 +746,12 @@ impl<'a> Follower<'a> {
             job.cancelled = true; // its end then reads "cancelled by ablate"
         }
         self.store.mark_slurm_cancelled(&rows).await?;
-        slurm::scancel_pending(&ids).await
+        // Not an error of the poll that got here: the jobs then close as
+        // they end, cancelled or not.
+        if let Err(e) = slurm::scancel_pending(&ids).await {
+            tracing::warn!("cancelling the jobs not started yet failed, so they may run: {e:#}");
+        }
+        Ok(())
     }
 
     /// Ctrl-C while following: offer to cancel the study's jobs.
