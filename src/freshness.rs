@@ -161,7 +161,11 @@ fn why_run(plan: &Plan, node: &crate::pipeline::Node, previous: &Previous, lates
     }
     let binding = &plan.bindings[node.bindings[0]];
     let lookup = (plan.stage_name(binding).to_owned(), Plan::axes_json(binding).to_string());
-    let earlier = previous.get(&lookup).and_then(|list| list.iter().find(|p| p.key != node.key.as_str()));
+    // What changed since the last instance that ran there, else since the
+    // last one a `plan` saw (edits planned but never run are not the baseline).
+    let others: Vec<&crate::store::PreviousBinding> =
+        previous.get(&lookup).map(|list| list.iter().filter(|p| p.key != node.key.as_str()).collect()).unwrap_or_default();
+    let earlier = others.iter().find(|p| p.ran).or(others.first());
     match earlier {
         None => Reason::NeverRun,
         Some(p) if p.kind != node.kind.name() => Reason::KindChanged { from: p.kind.clone(), to: node.kind.name().to_owned() },

@@ -159,6 +159,22 @@ fn a_rerun_executes_nothing() {
     assert_eq!(ws.all_counts(), counts, "no stage command ran again");
 }
 
+/// The reason names what changed since the instance last ran, not since
+/// the last `plan` (an edit planned but never run is no baseline).
+#[test]
+fn the_reason_compares_with_what_last_ran() {
+    let ws = Ws::new();
+    let stage =
+        |run: &str, env: &str| format!("[pipeline]\nname = \"r\"\n\n[stages.a]\nkind = \"command\"\nrun = \"{run}\"\nenv = [\"{env}\"]\n");
+    let file = ws.write("r.toml", &stage("true", "A=1"));
+    let (code, _, out) = ws.run_json(&file, &[]);
+    assert_eq!(code, Some(0), "{}", out.describe());
+    let file = ws.write("r.toml", &stage("true", "A=2"));
+    assert_eq!(ws.plan(&file)[0]["reason"], "parameter changed (env)");
+    let file = ws.write("r.toml", &stage("echo", "A=2"));
+    assert_eq!(ws.plan(&file)[0]["reason"], "parameter changed (env, run)");
+}
+
 #[test]
 fn changing_one_parameter_reruns_exactly_the_affected_instances() {
     let ws = Ws::new();

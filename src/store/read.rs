@@ -48,6 +48,8 @@ pub struct PreviousBinding {
     pub kind: String,
     pub kind_version: i64,
     pub params: Value,
+    /// Some attempt ran it (rather than a `plan` that only saw it).
+    pub ran: bool,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -168,7 +170,9 @@ impl Store {
     /// Earlier instances of each (stage, axes) of a pipeline, most recent first.
     pub async fn previous_bindings(&self, pipeline: &str) -> anyhow::Result<HashMap<(String, String), Vec<PreviousBinding>>> {
         let rows = sqlx::query(
-            "SELECT b.stage, b.axes, i.key, i.kind_version, i.params, i.kind FROM instance_bindings b JOIN stage_instances i ON i.id = b.instance_id
+            "SELECT b.stage, b.axes, i.key, i.kind_version, i.params, i.kind,
+                    CASE WHEN EXISTS (SELECT 1 FROM attempts a WHERE a.instance_id = i.id) THEN 1 ELSE 0 END
+             FROM instance_bindings b JOIN stage_instances i ON i.id = b.instance_id
              WHERE b.pipeline_name = $1 ORDER BY b.seen_at DESC, i.id DESC",
         )
         .bind(pipeline)
@@ -181,6 +185,7 @@ impl Store {
                 kind: row.get(5),
                 kind_version: row.get(3),
                 params: serde_json::from_str(row.get::<&str, _>(4)).unwrap_or(Value::Null),
+                ran: row.get::<i64, _>(6) != 0,
             });
         }
         Ok(out)
