@@ -8,6 +8,7 @@ pub mod cli;
 pub mod dashboard;
 pub mod eval;
 pub mod exec;
+pub mod file_fingerprint;
 pub mod filter;
 pub mod freshness;
 pub mod gpu;

@@ -25,6 +25,8 @@ use anyhow::{Context as _, anyhow, bail};
 use burn::prelude::*;
 use sha2::{Digest as _, Sha256};
 
+use crate::file_fingerprint::{Remembered, hash_file};
+
 pub use pooling::Pooling;
 pub use tokenize::{MAX_TOKENS_LIMIT, Tokens, check_max_tokens};
 
@@ -134,26 +136,11 @@ impl EncoderSpec {
         }
     }
 
-    /// [`Self::fingerprint`], remembered for this process by the files' sizes
-    /// and modification times: a grid with many instances of one encoder
-    /// hashes its weights once per `plan` or `run`.
+    /// [`Self::fingerprint`], remembered for this process while the files
+    /// are unchanged (see [`Remembered`]).
     pub fn fingerprint_cached(&self) -> anyhow::Result<String> {
-        type Signature = Vec<(PathBuf, u64, Option<std::time::SystemTime>)>;
-        static CACHE: std::sync::Mutex<Vec<(Signature, String)>> = std::sync::Mutex::new(Vec::new());
-        let signature: Signature = self
-            .weight_files()?
-            .into_iter()
-            .map(|p| {
-                let meta = std::fs::metadata(&p).with_context(|| format!("cannot read {}", p.display()))?;
-                Ok((p, meta.len(), meta.modified().ok()))
-            })
-            .collect::<anyhow::Result<_>>()?;
-        if let Some((_, hash)) = CACHE.lock().expect("not poisoned").iter().find(|(s, _)| *s == signature) {
-            return Ok(hash.clone());
-        }
-        let hash = self.fingerprint()?;
-        CACHE.lock().expect("not poisoned").push((signature, hash.clone()));
-        Ok(hash)
+        static REMEMBERED: Remembered = Remembered::new();
+        REMEMBERED.get(String::new(), &self.weight_files()?, || self.fingerprint())
     }
 
     /// SHA-256 over the weight files' names and contents: a cache key that
@@ -161,16 +148,7 @@ impl EncoderSpec {
     pub fn fingerprint(&self) -> anyhow::Result<String> {
         let mut hasher = Sha256::new();
         for path in self.weight_files()? {
-            hasher.update(path.file_name().map(|n| n.as_encoded_bytes()).unwrap_or_default());
-            let mut file = std::fs::File::open(&path).with_context(|| format!("cannot read {}", path.display()))?;
-            let mut buf = vec![0u8; 1 << 20];
-            loop {
-                let n = file.read(&mut buf).with_context(|| format!("cannot read {}", path.display()))?;
-                if n == 0 {
-                    break;
-                }
-                hasher.update(&buf[..n]);
-            }
+            hash_file(&mut hasher, &path)?;
         }
         Ok(hex::encode(hasher.finalize()))
     }

@@ -11,8 +11,6 @@
 //! `run --force` on the ingest stage.
 
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
-use std::time::SystemTime;
 
 use anyhow::Context as _;
 use serde::Deserialize;
@@ -21,18 +19,11 @@ use sha2::{Digest as _, Sha256};
 use super::Source;
 use super::dataset::resolve;
 use super::{fashion, jsonl, sugarcrepe};
+use crate::file_fingerprint::{Remembered, hash_file};
 
 struct Hasher(Sha256);
 
 impl Hasher {
-    /// A file's name and bytes.
-    fn file(&mut self, path: &Path) -> anyhow::Result<()> {
-        let mut file = std::fs::File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
-        self.0.update(path.file_name().map(|n| n.as_encoded_bytes()).unwrap_or_default());
-        std::io::copy(&mut file, &mut self.0).with_context(|| format!("cannot read {}", path.display()))?;
-        Ok(())
-    }
-
     /// An image as written in the source, and its size (a missing one as
     /// such: the ingest fails or skips it, by `on_error`).
     fn image(&mut self, name: &str, path: &Path) {
@@ -49,27 +40,17 @@ pub(super) fn of(source: &Source, image_root: Option<&Path>) -> anyhow::Result<O
     if text_files.is_empty() {
         return Ok(None);
     }
-    // Remembered for this process by the text files' sizes and times: a grid
-    // with many ingest instances of one source reads it once per `plan`.
-    type Signature = (String, Option<PathBuf>, Vec<(u64, Option<SystemTime>)>);
-    static CACHE: Mutex<Vec<(Signature, String)>> = Mutex::new(Vec::new());
-    let stats = text_files
-        .iter()
-        .map(|p| std::fs::metadata(p).map(|m| (m.len(), m.modified().ok())).with_context(|| format!("cannot read {}", p.display())))
-        .collect::<anyhow::Result<_>>()?;
-    let signature: Signature = (format!("{source:?}"), image_root.map(Path::to_path_buf), stats);
-    if let Some((_, hash)) = CACHE.lock().expect("not poisoned").iter().find(|(s, _)| *s == signature) {
-        return Ok(Some(hash.clone()));
-    }
-    let mut h = Hasher(Sha256::new());
-    for path in &text_files {
-        h.file(path)?;
-    }
-    for (name, path) in images(source, image_root)? {
-        h.image(&name, &path);
-    }
-    let hash = hex::encode(h.0.finalize());
-    CACHE.lock().expect("not poisoned").push((signature, hash.clone()));
+    static REMEMBERED: Remembered = Remembered::new();
+    let hash = REMEMBERED.get(format!("{source:?} {image_root:?}"), &text_files, || {
+        let mut h = Hasher(Sha256::new());
+        for path in &text_files {
+            hash_file(&mut h.0, path)?;
+        }
+        for (name, path) in images(source, image_root)? {
+            h.image(&name, &path);
+        }
+        Ok(hex::encode(h.0.finalize()))
+    })?;
     Ok(Some(hash))
 }
 
