@@ -169,6 +169,29 @@ fn postgres_store_answers_like_sqlite() {
     assert_eq!(pg.psql("SELECT COUNT(*) FROM runs").trim(), "2", "no run was deleted");
 }
 
+/// `sql` gives back the doubles the server holds, to the last bit (they
+/// travel as JSON text, which serde_json alone may read one unit off).
+#[test]
+fn sql_gives_back_doubles_exactly() {
+    let Some(pg) = Ws::postgres() else { return };
+    let file = pg.write("small.toml", "[pipeline]\nname = \"d\"\n\n[stages.a]\nkind = \"command\"\nrun = \"true\"\n");
+    pg.run(&["run", file.to_str().unwrap()]).ok();
+    let mut state = 0x9e37_79b9_7f4a_7c15_u64;
+    let values: Vec<f64> = (0..400)
+        .map(|_| {
+            state = state.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1_442_695_040_888_963_407);
+            // Mantissas of every kind, exponents from 1e-30 to 1e30.
+            f64::from_bits((state >> 12) | ((1023 - 100 + (state >> 56) % 200) << 52))
+        })
+        .collect();
+    let list: Vec<String> = values.iter().enumerate().map(|(i, v)| format!("({i}, {v:e}::float8)")).collect();
+    let out = pg.run(&["sql", &format!("SELECT x FROM (VALUES {}) AS t(i, x) ORDER BY i", list.join(", ")), "--csv"]).ok();
+    let got: Vec<f64> = out.stdout.lines().skip(1).map(|l| l.parse().unwrap()).collect();
+    let wrong: Vec<(f64, f64)> = values.iter().zip(&got).filter(|(a, b)| a != b).map(|(a, b)| (*a, *b)).collect();
+    assert_eq!(got.len(), values.len());
+    assert!(wrong.is_empty(), "{} of {} differ, e.g. {:?}", wrong.len(), values.len(), &wrong[..wrong.len().min(3)]);
+}
+
 #[test]
 fn a_bad_database_url_is_named_without_its_password() {
     let ws = Ws::new();

@@ -118,6 +118,22 @@ fn cell(row: &AnyRow, i: usize) -> Value {
 /// with its columns in their order: serde_json's maps would sort them.
 struct OrderedRow(Vec<(String, Value)>);
 
+/// A cell's JSON text as a value. A number is read by the standard library,
+/// which rounds correctly: serde_json (without `float_roundtrip`) may be one
+/// unit off in the last digit of a double the server wrote exactly.
+fn json_cell(raw: &serde_json::value::RawValue) -> serde_json::Result<Value> {
+    let text = raw.get();
+    if text.starts_with(|c: char| c == '-' || c.is_ascii_digit()) {
+        if let Ok(n) = text.parse::<i64>() {
+            return Ok(Value::from(n));
+        }
+        if let Some(n) = text.parse::<f64>().ok().and_then(serde_json::Number::from_f64) {
+            return Ok(Value::Number(n));
+        }
+    }
+    serde_json::from_str(text)
+}
+
 impl<'de> serde::Deserialize<'de> for OrderedRow {
     fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
         struct Columns;
@@ -128,8 +144,8 @@ impl<'de> serde::Deserialize<'de> for OrderedRow {
             }
             fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<OrderedRow, A::Error> {
                 let mut columns = Vec::new();
-                while let Some(entry) = map.next_entry::<String, Value>()? {
-                    columns.push(entry);
+                while let Some((name, raw)) = map.next_entry::<String, Box<serde_json::value::RawValue>>()? {
+                    columns.push((name, json_cell(&raw).map_err(serde::de::Error::custom)?));
                 }
                 Ok(OrderedRow(columns))
             }
