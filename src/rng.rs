@@ -11,6 +11,11 @@
 pub struct Rng(u64);
 
 impl Rng {
+    /// The generator whose state is `state` (for streams derived another way).
+    pub fn from_state(state: u64) -> Rng {
+        Rng(state)
+    }
+
     /// The stream for `seed` and a list of keys (purpose and counters).
     pub fn keyed(seed: u64, keys: &[u64]) -> Rng {
         let mut rng = Rng(seed ^ 0x5851_f42d_4c95_7f2d);

@@ -1,30 +1,27 @@
-//! A tiny deterministic PRNG (SplitMix64).
+//! The generated datasets' random draws: the crate's SplitMix64
+//! ([`crate::rng`]), with per-item streams and the draws captions need.
 //!
 //! Our own rather than a crate's so that generated datasets stay byte-identical
-//! for a seed whatever crate versions the lock file picks.
+//! for a seed whatever crate versions the lock file picks. The streams and
+//! draws here are part of the data: changing them changes every dataset.
 
 #[derive(Debug, Clone)]
-pub(super) struct Rng(u64);
+pub(super) struct Rng(crate::rng::Rng);
 
 impl Rng {
     #[cfg(test)]
     pub(super) fn new(seed: u64) -> Self {
-        Rng(seed)
+        Rng(crate::rng::Rng::from_state(seed))
     }
 
     /// An independent stream for item `index` of the stream family `seed`.
     pub(super) fn for_item(seed: u64, stream: u64, index: u64) -> Self {
-        let mut base = Rng(seed ^ stream.wrapping_mul(0xA076_1D64_78BD_642F));
-        let s = base.next_u64();
-        Rng(s ^ index.wrapping_mul(0xE703_7ED1_A0B4_28DB))
+        let s = crate::rng::Rng::from_state(seed ^ stream.wrapping_mul(0xA076_1D64_78BD_642F)).next_u64();
+        Rng(crate::rng::Rng::from_state(s ^ index.wrapping_mul(0xE703_7ED1_A0B4_28DB)))
     }
 
     pub(super) fn next_u64(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
+        self.0.next_u64()
     }
 
     /// Uniform in `0..n` (`n` > 0). The modulo bias is irrelevant at our sizes.
