@@ -408,6 +408,54 @@ fn without_keep_going_a_failure_cancels_jobs_not_started_and_with_it_they_run() 
     assert_eq!((ws.count("bad"), ws.count("slow"), ws.count("later")), (1, 1, 1));
 }
 
+/// `--force` under Slurm, as locally: a dependant whose forced upstream
+/// wrote other bytes reruns, one whose upstream wrote the same bytes stands.
+#[test]
+fn force_reruns_the_dependants_whose_inputs_changed() {
+    if !slurm() {
+        return;
+    }
+    let ws = Ws::new();
+    let file = ws.write(
+        "nd.toml",
+        r#"
+[pipeline]
+name = "nd"
+
+[stages.stamp]
+kind = "command"
+run = "date +%s%N > $ABLATE_OUT/x.txt"
+
+[stages.fixed]
+kind = "command"
+run = "echo same > $ABLATE_OUT/x.txt"
+
+[stages.copy]
+kind = "command"
+needs = ["stamp"]
+run = "echo x >> @C@/copy; cp $ABLATE_INPUT_STAMP/x.txt $ABLATE_OUT/y.txt"
+
+[stages.reader]
+kind = "command"
+needs = ["fixed"]
+run = "echo x >> @C@/reader; cp $ABLATE_INPUT_FIXED/x.txt $ABLATE_OUT/y.txt"
+"#,
+    );
+    let (code, _, out) = run_slurm(&ws, &file, &[]);
+    assert_eq!(code, Some(0), "{}", out.describe());
+    let (code, summary, out) = run_slurm(&ws, &file, &["--force", "stamp", "--force", "fixed"]);
+    assert_eq!(code, Some(0), "{}", out.describe());
+    let plan = ws.plan(&file);
+    assert_eq!(
+        keys_in(&summary, "executed"),
+        BTreeSet::from([key_of(&plan, "stamp"), key_of(&plan, "fixed"), key_of(&plan, "copy")]),
+        "{summary}"
+    );
+    assert_eq!(keys_in(&summary, "cached"), BTreeSet::from([key_of(&plan, "reader")]), "{summary}");
+    assert_eq!((ws.count("copy"), ws.count("reader")), (2, 1));
+    assert!(plan.iter().all(|r| r["status"] == "cached"), "{plan:?}");
+}
+
 const SLEEPY: &str = r#"
 [pipeline]
 name = "sleepy"

@@ -268,9 +268,8 @@ impl<'a> Scheduler<'a> {
         if self.forced_directly[i] || self.before_force[i].is_none() {
             return None;
         }
-        let outputs = |d: &DoneAttempt| d.artifacts.iter().map(|a| (a.name.clone(), a.hash.clone())).collect::<Vec<_>>();
         let unchanged = self.plan.nodes[i].upstream.iter().all(|&u| match (&self.before_force[u], &self.state[u]) {
-            (Some(before), State::Done(now)) => outputs(before) == outputs(now),
+            (Some(before), State::Done(now)) => same_outputs(before, now),
             _ => true,
         });
         if unchanged { self.before_force[i].take() } else { None }
@@ -473,6 +472,12 @@ impl<'a> Scheduler<'a> {
 /// Whether node `i` is an instance of one of the stages `names`.
 pub(crate) fn in_stages(plan: &Plan, i: usize, names: &[String]) -> bool {
     plan.nodes[i].bindings.iter().any(|&b| names.iter().any(|s| s == plan.stage_name(&plan.bindings[b])))
+}
+
+/// Whether two attempts wrote the same artifacts (names and contents).
+pub(crate) fn same_outputs(a: &DoneAttempt, b: &DoneAttempt) -> bool {
+    let outputs = |d: &DoneAttempt| d.artifacts.iter().map(|a| (a.name.clone(), a.hash.clone())).collect::<Vec<_>>();
+    outputs(a) == outputs(b)
 }
 
 /// The nodes `--force STAGE` may rerun: that stage's instances and everything

@@ -28,7 +28,7 @@ use crate::freshness::Freshness;
 use crate::pipeline::Plan;
 use crate::slurm::{self, JobInfo, shell_quote};
 use crate::stages::CancelToken;
-use crate::store::{JobClosed, SlurmJobEnd, SlurmJobRow, SlurmTask, Store};
+use crate::store::{DoneAttempt, JobClosed, SlurmJobEnd, SlurmJobRow, SlurmTask, Store};
 
 /// How to submit (the `--executor slurm` options of `ablate run`).
 #[derive(Debug, Clone, Default)]
@@ -257,7 +257,13 @@ struct Follower<'a> {
     depth: Vec<usize>,
     /// Failed jobs of each node in this run (for `--retries`).
     failures: Vec<u32>,
+    /// Submitted with `exec --force`: the stages `--force` names, and the
+    /// dependants whose forced upstream wrote other outputs.
     forced: Vec<bool>,
+    /// The done attempt each node `--force` may rerun had before this run. A
+    /// dependant of forced nodes waits until they are done, then keeps it if
+    /// they wrote what they had written before (as in a local run).
+    before_force: Vec<Option<DoneAttempt>>,
     /// Numbers batch scripts within the run.
     scripts: usize,
     dir: PathBuf,
@@ -298,6 +304,7 @@ impl<'a> Follower<'a> {
             depth,
             failures: vec![0; n],
             forced: vec![false; n],
+            before_force: vec![None; n],
             scripts: 0,
             dir,
             report: RunReport::default(),
@@ -328,12 +335,15 @@ impl<'a> Follower<'a> {
     async fn select(&mut self, freshness: Vec<Freshness>) -> anyhow::Result<()> {
         let n = self.plan.nodes.len();
         let mut pending = vec![false; n];
-        // Only the stages named: jobs are submitted before their upstream
-        // reruns, so whether its outputs changed is not known yet.
+        let may_rerun = super::forced_nodes(self.plan, &self.options.force);
         for (i, fresh) in freshness.into_iter().enumerate() {
             self.forced[i] = super::in_stages(self.plan, i, &self.options.force);
             pending[i] = match fresh {
-                Freshness::Cached(_) if !self.forced[i] => false,
+                Freshness::Cached(_) if !may_rerun[i] => false,
+                Freshness::Cached(done) => {
+                    self.before_force[i] = Some(done);
+                    true
+                }
                 Freshness::Broken(done, reason) => {
                     self.store.invalidate(done.attempt_id, &reason.to_string()).await?;
                     true
@@ -408,6 +418,20 @@ impl<'a> Follower<'a> {
         self.state[i] = State::Done;
     }
 
+    /// Whether every upstream node `--force` reran wrote what it had written
+    /// before this run.
+    async fn upstream_unchanged(&self, i: usize) -> anyhow::Result<bool> {
+        for &u in &self.plan.nodes[i].upstream {
+            if let Some(before) = &self.before_force[u] {
+                let now = self.store.done_attempt_of(self.ids[u]).await?.context("a done attempt vanished")?;
+                if !super::same_outputs(before, &now) {
+                    return Ok(false);
+                }
+            }
+        }
+        Ok(true)
+    }
+
     /// Submits every waiting instance whose upstream is done or in Slurm,
     /// grouped into arrays by (depth, stage, resources), shallowest first so
     /// that deeper groups can depend on the jobs just submitted.
@@ -422,6 +446,22 @@ impl<'a> Follower<'a> {
             if let Some(&bad) = upstream.iter().find(|&&u| matches!(self.state[u], State::Failed | State::Skipped)) {
                 self.skip(i, bad).await?;
                 continue;
+            }
+            if !self.forced[i] && self.before_force[i].is_some() {
+                // A done dependant of forced reruns. Detached, nobody is left
+                // to compare their outputs: it reruns.
+                if !self.slurm.detach {
+                    if !upstream.iter().all(|&u| self.state[u] == State::Done) {
+                        continue;
+                    }
+                    if self.upstream_unchanged(i).await? {
+                        self.before_force[i] = None;
+                        self.report.cached.push(i);
+                        self.set_done(i);
+                        continue;
+                    }
+                }
+                self.forced[i] = true;
             }
             ready[i] = upstream.iter().all(|&u| ready[u] || matches!(self.state[u], State::Done | State::Live(_)));
         }
