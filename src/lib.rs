@@ -16,6 +16,7 @@ pub mod loss;
 pub mod model;
 pub mod pipeline;
 pub mod pivot;
+pub mod process_group;
 pub mod rng;
 pub mod slurm;
 pub mod stages;

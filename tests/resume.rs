@@ -192,10 +192,11 @@ run = "sleep 300 & echo $! > @R@/background.pid; sh -c 'echo $$ > @R@/child.pid;
 }
 
 /// After a `kill -9` of `ablate run`, what a command's shell had started
-/// lives on as an orphan; the rerun stops it before starting the stage
-/// again, so two copies never write to one `$ABLATE_STATE`.
+/// lives on as an orphan. `ablate cancel` of the dead run stops it, and so
+/// does a rerun before starting the stage again, so two copies never write
+/// to one `$ABLATE_STATE`.
 #[test]
-fn kill_9_then_rerun_stops_what_the_killed_command_left_running() {
+fn what_a_killed_runs_command_left_running_is_stopped_by_cancel_or_a_rerun() {
     let ws = Ws::new();
     let file = ws.write(
         "orphan.toml",
@@ -205,21 +206,32 @@ name = "orphan"
 
 [stages.work]
 kind = "command"
-run = "echo x >> @C@/work; if [ $(wc -l < @C@/work) -eq 1 ]; then sh -c 'echo $$ > @R@/worker.pid; exec sleep 300'; fi; echo ok > $ABLATE_OUT/a.txt"
+run = "echo x >> @C@/work; if [ -f @R@/spawn ]; then rm @R@/spawn; sh -c 'echo $$ > @R@/worker.pid; exec sleep 300'; fi; echo ok > $ABLATE_OUT/a.txt"
 "#,
     );
-    let run = ws.spawn(&["run", file.to_str().unwrap()]);
-    let worker = || std::fs::read_to_string(ws.root().join("worker.pid")).unwrap_or_default().trim().to_owned();
-    wait_until(Duration::from_secs(20), "the worker to start", || !worker().is_empty());
-    let worker = worker();
-    assert_eq!(run.kill9().code, None);
-    std::thread::sleep(Duration::from_millis(300));
-    assert!(alive(&worker), "the worker outlives the killed run (the shell's grandchild)");
+    let orphan = || {
+        let _ = std::fs::remove_file(ws.root().join("worker.pid"));
+        std::fs::write(ws.root().join("spawn"), "").unwrap();
+        let run = ws.spawn(&["run", file.to_str().unwrap()]);
+        let worker = || std::fs::read_to_string(ws.root().join("worker.pid")).unwrap_or_default().trim().to_owned();
+        wait_until(Duration::from_secs(20), "the worker to start", || !worker().is_empty());
+        assert_eq!(run.kill9().code, None);
+        std::thread::sleep(Duration::from_millis(300));
+        let worker = worker();
+        assert!(alive(&worker), "the worker outlives the killed run (the shell's grandchild)");
+        worker
+    };
 
+    let worker = orphan();
+    let out = ws.run(&["cancel", "1"]).ok();
+    assert!(out.stdout.contains("stopped 1 process group"), "{}", out.describe());
+    assert!(!alive(&worker), "cancel stopped the orphan");
+
+    let worker = orphan();
     let (code, summary, out) = ws.run_json(&file, &[]);
     assert_eq!(code, Some(0), "{}", out.describe());
     assert_eq!(summary["executed"].as_array().unwrap().len(), 1);
-    assert_eq!(ws.count("work"), 2);
+    assert_eq!(ws.count("work"), 3);
     assert!(!alive(&worker), "the rerun stopped the orphan before starting again");
     assert!(out.stderr.contains("left running by an earlier attempt"), "{}", out.describe());
 }

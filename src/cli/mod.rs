@@ -861,6 +861,20 @@ async fn cancel(workspace: &Workspace, run_id: i64) -> anyhow::Result<ExitCode> 
         println!("run {run_id}: cancelled {cancelled} Slurm job(s)");
         return Ok(ExitCode::SUCCESS);
     }
+    if status == "lost" && host == crate::store::host_name() {
+        // Its process died, but the commands it ran may have left processes
+        // behind (a `kill -9` does not reach a shell's children).
+        let mut stopped = 0;
+        for key in store.lost_instances_of_run(run_id).await? {
+            if let Ok(state_dir) = std::fs::canonicalize(workspace.state_dir(&key)) {
+                stopped += crate::process_group::stop_leftovers(&state_dir, crate::process_group::STOP_GRACE);
+            }
+        }
+        if stopped > 0 {
+            println!("run {run_id} is not running (lost): stopped {stopped} process group(s) its commands had left running");
+            return Ok(ExitCode::SUCCESS);
+        }
+    }
     if status != "running" {
         println!("run {run_id} is not running ({status}): nothing to cancel");
         return Ok(ExitCode::SUCCESS);

@@ -12,7 +12,7 @@
 //! everything it started (its process group: SIGTERM, then SIGKILL after a
 //! grace period), and so does the end of the command for anything it left
 //! running in the background. What a `kill -9` of ablate left running is
-//! stopped when the instance runs again (see `stop_leftovers`).
+//! stopped when the instance runs again (see [`stop_leftovers`]).
 
 use std::io::{BufRead, BufReader};
 use std::path::Path;
@@ -20,6 +20,8 @@ use std::process::{Command as Process, Stdio};
 use std::time::Duration;
 
 use anyhow::{Context as _, bail};
+
+use crate::process_group::{STOP_GRACE, stop_group, stop_leftovers};
 
 use super::{Interrupted, ParamDefault, ParamError, ParamSpec, ParamType, Params, Resources, StageContext, StageKind, UpstreamInstance};
 
@@ -102,7 +104,7 @@ impl StageKind for Command {
         // state folder names this instance whatever path led to the workspace.
         let out_dir = std::path::absolute(ctx.out_dir()?)?;
         let state_dir = std::fs::canonicalize(ctx.state_dir()?)?;
-        stop_leftovers(&state_dir);
+        stop_leftovers(&state_dir, STOP_GRACE);
         let inputs_root = state_dir.join("inputs");
         let mut process = Process::new("sh");
         process.arg("-e").arg("-c").arg(&script).env("ABLATE_OUT", &out_dir).env("ABLATE_STATE", &state_dir);
@@ -209,83 +211,6 @@ fn written_files(out: &Path) -> anyhow::Result<Vec<String>> {
     }
     names.sort();
     Ok(names)
-}
-
-/// How long a stopped command has to exit after SIGTERM (say, to write a
-/// checkpoint) before its process group is killed.
-const STOP_GRACE: Duration = Duration::from_secs(10);
-
-/// SIGTERM to the command's process group, SIGKILL to what is left of it
-/// after `grace` (or once its shell has exited), then the shell reaped.
-fn stop_group(child: &mut std::process::Child, grace: Duration) {
-    if let Ok(group) = libc::pid_t::try_from(child.id()) {
-        // The group's leader is `child` (spawned with `process_group(0)`,
-        // not yet reaped here), so the group id is still ours.
-        terminate_group(group, grace);
-    }
-    let _ = child.wait();
-}
-
-/// SIGTERM to process group `group`, SIGKILL to what is left of it after
-/// `grace`; false if there was no such group.
-fn terminate_group(group: libc::pid_t, grace: Duration) -> bool {
-    // SAFETY: killpg only sends a signal.
-    let signal = |sig| unsafe { libc::killpg(group, sig) };
-    if signal(libc::SIGTERM) != 0 {
-        return false;
-    }
-    let deadline = std::time::Instant::now() + grace;
-    while std::time::Instant::now() < deadline && !group_is_gone(group) {
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    signal(libc::SIGKILL);
-    true
-}
-
-/// Stops what an earlier attempt of this instance left running. A `kill -9`
-/// of `ablate run` takes the command's shell with it (PDEATHSIG), but not
-/// what the shell started: without this, the rerun would start a second
-/// copy beside the orphan, both writing to `$ABLATE_STATE`. The orphans are
-/// known by that variable in their environment: it names this instance's
-/// state folder, in this workspace, and nothing else.
-fn stop_leftovers(state_dir: &Path) {
-    let mut marker = b"ABLATE_STATE=".to_vec();
-    marker.extend_from_slice(state_dir.as_os_str().as_encoded_bytes());
-    let own = std::process::id() as libc::pid_t;
-    let mut groups: Vec<libc::pid_t> = processes()
-        .filter(|&pid| pid != own)
-        .filter(|&pid| std::fs::read(format!("/proc/{pid}/environ")).is_ok_and(|env| env.split(|&b| b == 0).any(|e| e == marker)))
-        .filter_map(|pid| Some(proc_stat(pid)?.1))
-        .collect();
-    groups.sort_unstable();
-    groups.dedup();
-    for group in groups {
-        if terminate_group(group, STOP_GRACE) {
-            tracing::warn!("stopped process group {group}, left running by an earlier attempt of this stage");
-            let deadline = std::time::Instant::now() + Duration::from_secs(2);
-            while std::time::Instant::now() < deadline && !group_is_gone(group) {
-                std::thread::sleep(Duration::from_millis(20));
-            }
-        }
-    }
-}
-
-/// The ids of the processes in /proc.
-fn processes() -> impl Iterator<Item = libc::pid_t> {
-    std::fs::read_dir("/proc").into_iter().flatten().flatten().filter_map(|e| e.file_name().to_str()?.parse().ok())
-}
-
-/// A process's state letter and process group, from /proc/PID/stat.
-fn proc_stat(pid: libc::pid_t) -> Option<(String, libc::pid_t)> {
-    // "pid (comm) state ppid pgrp ...": comm may hold spaces and parentheses.
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    let fields: Vec<&str> = stat.get(stat.rfind(')')? + 2..)?.split_whitespace().collect();
-    Some((fields.first()?.to_string(), fields.get(2)?.parse().ok()?))
-}
-
-/// Whether no process of the group is left but, at most, its unreaped leader.
-fn group_is_gone(group: libc::pid_t) -> bool {
-    !processes().any(|pid| proc_stat(pid).is_some_and(|(state, pgrp)| pgrp == group && state != "Z"))
 }
 
 fn parse_metric_line(rest: &str) -> anyhow::Result<(String, f64, Option<i64>)> {

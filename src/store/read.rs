@@ -167,6 +167,21 @@ impl Store {
         Ok(out)
     }
 
+    /// Keys of the instances whose attempt in `run_id` was lost and that no
+    /// attempt runs now: what the run's dead process may have left running.
+    pub async fn lost_instances_of_run(&self, run_id: i64) -> anyhow::Result<Vec<String>> {
+        let rows = sqlx::query(
+            "SELECT DISTINCT i.key FROM attempts a JOIN stage_instances i ON i.id = a.instance_id
+             WHERE a.run_id = $1 AND a.status = 'lost'
+               AND NOT EXISTS (SELECT 1 FROM attempts r WHERE r.instance_id = i.id AND r.status = 'running')
+             ORDER BY i.key",
+        )
+        .bind(run_id)
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows.iter().map(|r| r.get(0)).collect())
+    }
+
     /// Earlier instances of each (stage, axes) of a pipeline, most recent first.
     pub async fn previous_bindings(&self, pipeline: &str) -> anyhow::Result<HashMap<(String, String), Vec<PreviousBinding>>> {
         let rows = sqlx::query(
