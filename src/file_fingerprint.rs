@@ -26,6 +26,12 @@ type Signature = (String, Vec<(PathBuf, u64, Option<SystemTime>)>);
 /// or one manifest hashes it once per `plan` or `run`, not once per instance.
 pub struct Remembered(Mutex<Vec<(Signature, String)>>);
 
+impl Default for Remembered {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
 impl Remembered {
     pub const fn new() -> Self {
         Remembered(Mutex::new(Vec::new()))

@@ -296,29 +296,19 @@ fn a_stage_whose_kind_changed_says_so() {
 #[test]
 fn force_reruns_dependants_whose_inputs_changed() {
     let ws = Ws::new();
-    let file = ws.write(
-        "nd.toml",
-        r#"
-[pipeline]
-name = "nd"
-
-[stages.stamp]
-kind = "command"
-run = "date +%s%N > $ABLATE_OUT/x.txt"
-
-[stages.copy]
-kind = "command"
-needs = ["stamp"]
-run = "echo x >> @C@/copy; cp $ABLATE_INPUT_STAMP/x.txt $ABLATE_OUT/y.txt"
-"#,
-    );
+    let file = ws.write("nd.toml", FORCED);
     let (code, _, out) = ws.run_json(&file, &[]);
     assert_eq!(code, Some(0), "{}", out.describe());
-    let (code, summary, out) = ws.run_json(&file, &["--force", "stamp"]);
+    let (code, summary, out) = ws.run_json(&file, &["--force", "stamp", "--force", "fixed"]);
     assert_eq!(code, Some(0), "{}", out.describe());
     let plan = ws.plan(&file);
-    assert!(keys_in(&summary, "executed").contains(&key_of(&plan, "copy")), "{summary}");
-    assert_eq!(ws.count("copy"), 2);
+    assert_eq!(
+        keys_in(&summary, "executed"),
+        BTreeSet::from([key_of(&plan, "stamp"), key_of(&plan, "fixed"), key_of(&plan, "copy")]),
+        "{summary}"
+    );
+    assert_eq!(keys_in(&summary, "cached"), BTreeSet::from([key_of(&plan, "reader")]), "{summary}");
+    assert_eq!((ws.count("copy"), ws.count("reader")), (2, 1));
     let read = |stage: &str, name: &str| {
         let show = ws.show(&key_of(&plan, stage));
         let a = show["artifacts"].as_array().unwrap().iter().find(|a| a["name"] == name).unwrap().clone();

@@ -416,31 +416,7 @@ fn force_reruns_the_dependants_whose_inputs_changed() {
         return;
     }
     let ws = Ws::new();
-    let file = ws.write(
-        "nd.toml",
-        r#"
-[pipeline]
-name = "nd"
-
-[stages.stamp]
-kind = "command"
-run = "date +%s%N > $ABLATE_OUT/x.txt"
-
-[stages.fixed]
-kind = "command"
-run = "echo same > $ABLATE_OUT/x.txt"
-
-[stages.copy]
-kind = "command"
-needs = ["stamp"]
-run = "echo x >> @C@/copy; cp $ABLATE_INPUT_STAMP/x.txt $ABLATE_OUT/y.txt"
-
-[stages.reader]
-kind = "command"
-needs = ["fixed"]
-run = "echo x >> @C@/reader; cp $ABLATE_INPUT_FIXED/x.txt $ABLATE_OUT/y.txt"
-"#,
-    );
+    let file = ws.write("nd.toml", FORCED);
     let (code, _, out) = run_slurm(&ws, &file, &[]);
     assert_eq!(code, Some(0), "{}", out.describe());
     let (code, summary, out) = run_slurm(&ws, &file, &["--force", "stamp", "--force", "fixed"]);

@@ -16,6 +16,32 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
+/// For `--force stamp --force fixed`: `stamp` writes other bytes each time
+/// (a timestamp, like a nondeterministic GPU sum), `fixed` the same bytes;
+/// `copy` and `reader` read them.
+pub const FORCED: &str = r#"
+[pipeline]
+name = "nd"
+
+[stages.stamp]
+kind = "command"
+run = "date +%s%N > $ABLATE_OUT/x.txt"
+
+[stages.fixed]
+kind = "command"
+run = "echo same > $ABLATE_OUT/x.txt"
+
+[stages.copy]
+kind = "command"
+needs = ["stamp"]
+run = "echo x >> @C@/copy; cp $ABLATE_INPUT_STAMP/x.txt $ABLATE_OUT/y.txt"
+
+[stages.reader]
+kind = "command"
+needs = ["fixed"]
+run = "echo x >> @C@/reader; cp $ABLATE_INPUT_FIXED/x.txt $ABLATE_OUT/y.txt"
+"#;
+
 /// Default limit for one CLI invocation: a hung binary fails the test instead of the suite.
 pub const TIMEOUT: Duration = Duration::from_secs(60);
 
