@@ -301,14 +301,8 @@ fn force_reruns_dependants_whose_inputs_changed() {
     assert_eq!(code, Some(0), "{}", out.describe());
     let (code, summary, out) = ws.run_json(&file, &["--force", "stamp", "--force", "fixed"]);
     assert_eq!(code, Some(0), "{}", out.describe());
+    assert_forced_outcome(&ws, &file, &summary);
     let plan = ws.plan(&file);
-    assert_eq!(
-        keys_in(&summary, "executed"),
-        BTreeSet::from([key_of(&plan, "stamp"), key_of(&plan, "fixed"), key_of(&plan, "copy")]),
-        "{summary}"
-    );
-    assert_eq!(keys_in(&summary, "cached"), BTreeSet::from([key_of(&plan, "reader")]), "{summary}");
-    assert_eq!((ws.count("copy"), ws.count("reader")), (2, 1));
     let read = |stage: &str, name: &str| {
         let show = ws.show(&key_of(&plan, stage));
         let a = show["artifacts"].as_array().unwrap().iter().find(|a| a["name"] == name).unwrap().clone();

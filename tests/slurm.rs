@@ -421,15 +421,7 @@ fn force_reruns_the_dependants_whose_inputs_changed() {
     assert_eq!(code, Some(0), "{}", out.describe());
     let (code, summary, out) = run_slurm(&ws, &file, &["--force", "stamp", "--force", "fixed"]);
     assert_eq!(code, Some(0), "{}", out.describe());
-    let plan = ws.plan(&file);
-    assert_eq!(
-        keys_in(&summary, "executed"),
-        BTreeSet::from([key_of(&plan, "stamp"), key_of(&plan, "fixed"), key_of(&plan, "copy")]),
-        "{summary}"
-    );
-    assert_eq!(keys_in(&summary, "cached"), BTreeSet::from([key_of(&plan, "reader")]), "{summary}");
-    assert_eq!((ws.count("copy"), ws.count("reader")), (2, 1));
-    assert!(plan.iter().all(|r| r["status"] == "cached"), "{plan:?}");
+    assert_forced_outcome(&ws, &file, &summary);
 }
 
 const SLEEPY: &str = r#"

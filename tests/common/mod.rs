@@ -42,6 +42,18 @@ needs = ["fixed"]
 run = "echo x >> @C@/reader; cp $ABLATE_INPUT_FIXED/x.txt $ABLATE_OUT/y.txt"
 "#;
 
+/// What `run --force stamp --force fixed` of [`FORCED`] must have done:
+/// rerun both and `copy`, kept `reader`.
+#[track_caller]
+pub fn assert_forced_outcome(ws: &Ws, file: &Path, summary: &Value) {
+    let plan = ws.plan(file);
+    let want = BTreeSet::from([key_of(&plan, "stamp"), key_of(&plan, "fixed"), key_of(&plan, "copy")]);
+    assert_eq!(keys_in(summary, "executed"), want, "{summary}");
+    assert_eq!(keys_in(summary, "cached"), BTreeSet::from([key_of(&plan, "reader")]), "{summary}");
+    assert_eq!((ws.count("copy"), ws.count("reader")), (2, 1));
+    assert!(plan.iter().all(|r| r["status"] == "cached"), "{plan:?}");
+}
+
 /// Default limit for one CLI invocation: a hung binary fails the test instead of the suite.
 pub const TIMEOUT: Duration = Duration::from_secs(60);
 
