@@ -207,6 +207,10 @@ fn sql_is_read_only() {
         "PRAGMA journal_mode=DELETE",
         "PRAGMA main . journal_mode (delete)",
         "PRAGMA /* c */ query_only = 0",
+        "PRAGMA \"journal_mode\" = DELETE",
+        "PRAGMA 'cache_size' = 1",
+        "PRAGMA [main].\"journal_mode\" = DELETE",
+        "PRAGMA `main`.cache_size(1)",
     ] {
         let out = ws.run(&["sql", write]);
         assert_ne!(out.code, Some(0), "{write} must fail\n{}", out.describe());

@@ -162,7 +162,8 @@ pub struct PreparedSql {
     /// Parameter names in number order.
     pub names: Vec<String>,
     words: Vec<String>,
-    /// The bare words and the `=`, `(` and `.` between them, in order.
+    /// The bare words, quoted names and strings (without their quotes), and
+    /// the `=`, `(` and `.` between them, upper-cased, in order.
     tokens: Vec<String>,
     /// Something other than blanks and comments follows a `;`.
     several_statements: bool,
@@ -172,8 +173,8 @@ pub struct PreparedSql {
 /// (`VACUUM INTO` creates a file, `ATTACH` may create one).
 const REFUSED: &[&str] = &["ATTACH", "VACUUM"];
 
-/// SQLite pragmas that take an argument in parentheses and only read
-/// (`PRAGMA table_info(runs)`); any other `PRAGMA x(v)` or `PRAGMA x = v` sets.
+/// SQLite pragmas that take an argument and only read (`PRAGMA
+/// table_info(runs)`); any other pragma given a value sets it.
 const READING_PRAGMAS: &[&str] = &[
     "TABLE_INFO",
     "TABLE_XINFO",
@@ -189,17 +190,21 @@ const READING_PRAGMAS: &[&str] = &[
 
 impl PreparedSql {
     /// The pragma a `PRAGMA [schema.]name = value` or `name(value)` statement
-    /// would set. Refused before it runs: on the read-only store SQLite fails
-    /// some (`journal_mode`) with "database is locked", and others would change
-    /// a pooled connection for the queries after it.
+    /// would set (names quoted or not). Refused before it runs: on the
+    /// read-only store SQLite fails some (`journal_mode`) with "database is
+    /// locked", and others would change a pooled connection for the queries
+    /// after it. A pragma without a value, or one that reads, passes.
     fn pragma_set(&self) -> Option<&str> {
         let t: Vec<&str> = self.tokens.iter().map(String::as_str).collect();
         let rest = t.strip_prefix(&["PRAGMA"])?;
-        let rest = if rest.get(1) == Some(&".") { &rest[2..] } else { rest };
+        let rest = match rest {
+            [_, ".", name @ ..] => name,
+            _ => rest,
+        };
         match rest {
-            [name, "=", ..] => Some(name),
-            [name, "(", ..] if !READING_PRAGMAS.contains(name) => Some(name),
-            _ => None,
+            [] | [_] => None,
+            [name, ..] if READING_PRAGMAS.contains(name) => None,
+            [name, ..] => Some(name),
         }
     }
 }
@@ -233,6 +238,7 @@ fn prepare_sql_for(sql: &str, prefix: char) -> PreparedSql {
         if let Some(close) = closing {
             out.push(c);
             i += 1;
+            let start = i;
             while i < chars.len() {
                 out.push(chars[i]);
                 i += 1;
@@ -240,6 +246,8 @@ fn prepare_sql_for(sql: &str, prefix: char) -> PreparedSql {
                     break;
                 }
             }
+            let end = if chars.get(i - 1) == Some(&close) && i > start { i - 1 } else { i };
+            tokens.push(chars[start..end].iter().collect::<String>().to_uppercase());
         } else if c == '-' && chars.get(i + 1) == Some(&'-') {
             while i < chars.len() && chars[i] != '\n' {
                 out.push(chars[i]);
