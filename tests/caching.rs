@@ -294,6 +294,12 @@ fn a_stage_whose_kind_changed_says_so() {
 /// nondeterministic GPU sum) takes what read its outputs along; one that
 /// writes the same bytes does not.
 #[test]
+fn force_restarts_a_dependant_that_was_not_done() {
+    let ws = Ws::new();
+    forced_dependant_starts_afresh(&ws, |file, extra| ws.run_json(file, extra));
+}
+
+#[test]
 fn force_reruns_dependants_whose_inputs_changed() {
     let ws = Ws::new();
     let file = ws.write("nd.toml", FORCED);

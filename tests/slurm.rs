@@ -424,6 +424,15 @@ fn force_reruns_the_dependants_whose_inputs_changed() {
     assert_forced_outcome(&ws, &file, &summary);
 }
 
+#[test]
+fn force_restarts_a_dependant_that_was_not_done() {
+    if !slurm() {
+        return;
+    }
+    let ws = Ws::new();
+    forced_dependant_starts_afresh(&ws, |file, extra| run_slurm(&ws, file, extra));
+}
+
 const SLEEPY: &str = r#"
 [pipeline]
 name = "sleepy"

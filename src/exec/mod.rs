@@ -474,9 +474,12 @@ pub(crate) fn in_stages(plan: &Plan, i: usize, names: &[String]) -> bool {
     plan.nodes[i].bindings.iter().any(|&b| names.iter().any(|s| s == plan.stage_name(&plan.bindings[b])))
 }
 
-/// Whether two attempts wrote the same artifacts (names and contents).
+/// Whether two attempts wrote the same artifacts (names and contents), in
+/// whatever order the store listed them.
 pub(crate) fn same_outputs(a: &DoneAttempt, b: &DoneAttempt) -> bool {
-    let outputs = |d: &DoneAttempt| d.artifacts.iter().map(|a| (a.name.clone(), a.hash.clone())).collect::<Vec<_>>();
+    fn outputs(d: &DoneAttempt) -> std::collections::BTreeSet<(&str, &str)> {
+        d.artifacts.iter().map(|a| (a.name.as_str(), a.hash.as_str())).collect()
+    }
     outputs(a) == outputs(b)
 }
 

@@ -337,7 +337,9 @@ impl<'a> Follower<'a> {
         let mut pending = vec![false; n];
         let may_rerun = super::forced_nodes(self.plan, &self.options.force);
         for (i, fresh) in freshness.into_iter().enumerate() {
-            self.forced[i] = super::in_stages(self.plan, i, &self.options.force);
+            // A dependant that is not done either starts afresh too (as
+            // locally): a checkpoint of it was made from the old inputs.
+            self.forced[i] = super::in_stages(self.plan, i, &self.options.force) || (may_rerun[i] && !fresh.is_cached());
             pending[i] = match fresh {
                 Freshness::Cached(_) if !may_rerun[i] => false,
                 Freshness::Cached(done) => {

@@ -48,7 +48,8 @@ pub struct PreviousBinding {
     pub kind: String,
     pub kind_version: i64,
     pub params: Value,
-    /// Some attempt ran it (rather than a `plan` that only saw it).
+    /// Some attempt ran it (rather than a `plan` that only saw it, or a run
+    /// that skipped it below a failure).
     pub ran: bool,
 }
 
@@ -186,7 +187,7 @@ impl Store {
     pub async fn previous_bindings(&self, pipeline: &str) -> anyhow::Result<HashMap<(String, String), Vec<PreviousBinding>>> {
         let rows = sqlx::query(
             "SELECT b.stage, b.axes, i.key, i.kind_version, i.params, i.kind,
-                    CASE WHEN EXISTS (SELECT 1 FROM attempts a WHERE a.instance_id = i.id) THEN 1 ELSE 0 END
+                    CASE WHEN EXISTS (SELECT 1 FROM attempts a WHERE a.instance_id = i.id AND a.status <> 'skipped') THEN 1 ELSE 0 END
              FROM instance_bindings b JOIN stage_instances i ON i.id = b.instance_id
              WHERE b.pipeline_name = $1 ORDER BY b.seen_at DESC, i.id DESC",
         )

@@ -54,6 +54,36 @@ pub fn assert_forced_outcome(ws: &Ws, file: &Path, summary: &Value) {
     assert!(plan.iter().all(|r| r["status"] == "cached"), "{plan:?}");
 }
 
+/// `down` fails once, leaving a checkpoint in its state, unless `@R@/ok` exists.
+const RESUMABLE: &str = r#"
+[pipeline]
+name = "resumable"
+
+[stages.up]
+kind = "command"
+run = "date +%s%N > $ABLATE_OUT/x.txt"
+
+[stages.down]
+kind = "command"
+needs = ["up"]
+run = "if [ -f $ABLATE_STATE/ckpt ]; then echo resumed > $ABLATE_OUT/r.txt; exit 0; fi; touch $ABLATE_STATE/ckpt; [ -f @R@/ok ]; echo fresh > $ABLATE_OUT/r.txt"
+"#;
+
+/// `--force up` restarts `down`, which is not done, from scratch: the
+/// checkpoint it left was made from the old inputs. `run` runs the file
+/// (locally or under Slurm) and returns the exit code and summary.
+pub fn forced_dependant_starts_afresh(ws: &Ws, run: impl Fn(&Path, &[&str]) -> (Option<i32>, Value, Out)) {
+    let file = ws.write("resumable.toml", RESUMABLE);
+    let (code, _, out) = run(&file, &[]);
+    assert_eq!(code, Some(1), "down fails the first time: {}", out.describe());
+    std::fs::write(ws.root().join("ok"), "").unwrap();
+    let (code, _, out) = run(&file, &["--force", "up"]);
+    assert_eq!(code, Some(0), "{}", out.describe());
+    let show = ws.show(&key_of(&ws.plan(&file), "down"));
+    let r = show["artifacts"].as_array().unwrap().iter().find(|a| a["name"] == "r.txt").unwrap().clone();
+    assert_eq!(std::fs::read_to_string(ws.store().join(r["path"].as_str().unwrap())).unwrap(), "fresh\n");
+}
+
 /// Default limit for one CLI invocation: a hung binary fails the test instead of the suite.
 pub const TIMEOUT: Duration = Duration::from_secs(60);
 
