@@ -424,6 +424,38 @@ fn force_reruns_the_dependants_whose_inputs_changed() {
     assert_forced_outcome(&ws, &file, &summary);
 }
 
+/// Ctrl-C while a forced job runs, keeping the jobs: the dependants that
+/// waited to compare its outputs are submitted to rerun after it, instead
+/// of staying cached on the old outputs.
+#[test]
+fn force_interrupted_while_its_job_runs_leaves_no_stale_dependant() {
+    if !slurm() {
+        return;
+    }
+    let ws = Ws::new();
+    let slow = FORCED.replace(
+        "run = \"date +%s%N > $ABLATE_OUT/x.txt\"",
+        "run = \"echo x >> @C@/stamp; while [ ! -f @R@/go ]; do sleep 0.2; done; date +%s%N > $ABLATE_OUT/x.txt\"",
+    );
+    let file = ws.write("nd.toml", &slow);
+    go(&ws);
+    let (code, _, out) = run_slurm(&ws, &file, &[]);
+    assert_eq!(code, Some(0), "{}", out.describe());
+    std::fs::remove_file(ws.root().join("go")).unwrap();
+    let follower = ws.spawn(&["run", file.to_str().unwrap(), "--executor", "slurm", "--json", "--force", "stamp"]);
+    wait_until(LONG, "the forced job to start", || ws.count("stamp") == 2);
+    tool("kill", &["-INT", &follower.pid().to_string()]);
+    let out = follower.wait(LONG);
+    assert_eq!(out.code, Some(130), "{}", out.describe());
+    assert!(out.stderr.contains("submitting 1 job(s) that depend on the forced stage"), "{}", out.describe());
+    go(&ws);
+    wait_until(LONG, "the dependant to rerun", || ws.count("copy") == 2 && ws.plan(&file).iter().all(|r| r["status"] == "cached"));
+    let (code, summary, out) = run_slurm(&ws, &file, &[]);
+    assert_eq!(code, Some(0), "{}", out.describe());
+    assert_eq!(summary["executed"].as_array().unwrap().len(), 0, "{summary}");
+    assert_eq!((ws.count("stamp"), ws.count("copy"), ws.count("reader")), (2, 2, 1));
+}
+
 #[test]
 fn force_restarts_a_dependant_that_was_not_done() {
     if !slurm() {

@@ -264,6 +264,8 @@ struct Follower<'a> {
     /// dependant of forced nodes waits until they are done, then keeps it if
     /// they wrote what they had written before (as in a local run).
     before_force: Vec<Option<DoneAttempt>>,
+    /// Interrupted with jobs left running: nobody will compare outputs.
+    unattended: bool,
     /// Numbers batch scripts within the run.
     scripts: usize,
     dir: PathBuf,
@@ -305,6 +307,7 @@ impl<'a> Follower<'a> {
             failures: vec![0; n],
             forced: vec![false; n],
             before_force: vec![None; n],
+            unattended: false,
             scripts: 0,
             dir,
             report: RunReport::default(),
@@ -420,6 +423,11 @@ impl<'a> Follower<'a> {
         self.state[i] = State::Done;
     }
 
+    /// A done dependant of forced nodes, not submitted yet.
+    fn is_held(&self, i: usize) -> bool {
+        self.state[i] == State::Waiting && !self.forced[i] && self.before_force[i].is_some()
+    }
+
     /// Whether every upstream node `--force` reran wrote what it had written
     /// before this run.
     async fn upstream_unchanged(&self, i: usize) -> anyhow::Result<bool> {
@@ -449,10 +457,10 @@ impl<'a> Follower<'a> {
                 self.skip(i, bad).await?;
                 continue;
             }
-            if !self.forced[i] && self.before_force[i].is_some() {
-                // A done dependant of forced reruns. Detached, nobody is left
-                // to compare their outputs: it reruns.
-                if !self.slurm.detach {
+            if self.is_held(i) {
+                // A done dependant of forced reruns. With nobody left to
+                // compare their outputs (detached, or interrupted), it reruns.
+                if !self.slurm.detach && !self.unattended {
                     if !upstream.iter().all(|&u| self.state[u] == State::Done) {
                         continue;
                     }
@@ -801,7 +809,19 @@ impl<'a> Follower<'a> {
         self.report.interrupted = true;
         let live = self.live_jobs();
         self.summary.jobs_left = live.len();
-        if live.is_empty() || !self.observer.confirm_cancel(self.run_id, live.len()) {
+        if live.is_empty() {
+            return Ok(());
+        }
+        if !self.observer.confirm_cancel(self.run_id, live.len()) {
+            // Dependants held back to compare a forced job's outputs would
+            // be left on the old ones, cached: they rerun after it instead.
+            let held = (0..self.state.len()).filter(|&i| self.is_held(i)).count();
+            if held > 0 {
+                tracing::warn!("submitting {held} job(s) that depend on the forced stage(s), to rerun once those end");
+                self.unattended = true;
+                self.submit_ready().await?;
+                self.summary.jobs_left = self.live_count();
+            }
             return Ok(());
         }
         cancel_run(self.store, self.run_id).await?;
