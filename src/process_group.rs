@@ -1,6 +1,7 @@
 //! Stopping a `command` stage's processes as a group: the group a running
 //! command leads, and the orphans a killed ablate left behind.
 
+use std::collections::BTreeSet;
 use std::path::Path;
 use std::time::Duration;
 
@@ -11,28 +12,17 @@ pub const STOP_GRACE: Duration = Duration::from_secs(10);
 /// SIGTERM to the command's process group, SIGKILL to what is left of it
 /// after `grace` (or once its shell has exited), then the shell reaped.
 pub fn stop_group(child: &mut std::process::Child, grace: Duration) {
+    // The group's leader is `child` (spawned with `process_group(0)`, not
+    // yet reaped here), so the group id cannot name another group.
     if let Ok(group) = libc::pid_t::try_from(child.id()) {
-        // The group's leader is `child` (spawned with `process_group(0)`,
-        // not yet reaped here), so the group id is still ours.
-        terminate_group(group, grace);
+        // SAFETY: killpg only sends a signal.
+        let signal = |sig| unsafe { libc::killpg(group, sig) };
+        if signal(libc::SIGTERM) == 0 {
+            wait_until(grace, || group_is_gone(group));
+            signal(libc::SIGKILL);
+        }
     }
     let _ = child.wait();
-}
-
-/// SIGTERM to process group `group`, SIGKILL to what is left of it after
-/// `grace`; false if there was no such group.
-fn terminate_group(group: libc::pid_t, grace: Duration) -> bool {
-    // SAFETY: killpg only sends a signal.
-    let signal = |sig| unsafe { libc::killpg(group, sig) };
-    if signal(libc::SIGTERM) != 0 {
-        return false;
-    }
-    let deadline = std::time::Instant::now() + grace;
-    while std::time::Instant::now() < deadline && !group_is_gone(group) {
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    signal(libc::SIGKILL);
-    true
 }
 
 /// Stops what a command of the instance whose state folder is `state_dir`
@@ -45,26 +35,43 @@ fn terminate_group(group: libc::pid_t, grace: Duration) -> bool {
 pub fn stop_leftovers(state_dir: &Path, grace: Duration) -> usize {
     let mut marker = b"ABLATE_STATE=".to_vec();
     marker.extend_from_slice(state_dir.as_os_str().as_encoded_bytes());
-    let own = std::process::id() as libc::pid_t;
-    let mut groups: Vec<libc::pid_t> = processes()
-        .filter(|&pid| pid != own)
-        .filter(|&pid| std::fs::read(format!("/proc/{pid}/environ")).is_ok_and(|env| env.split(|&b| b == 0).any(|e| e == marker)))
-        .filter_map(|pid| Some(proc_stat(pid)?.1))
-        .collect();
-    groups.sort_unstable();
-    groups.dedup();
-    let mut stopped = 0;
-    for group in groups {
-        if terminate_group(group, grace) {
-            tracing::warn!("stopped process group {group}, left running by an earlier attempt of this stage");
-            stopped += 1;
-            let deadline = std::time::Instant::now() + Duration::from_secs(2);
-            while std::time::Instant::now() < deadline && !group_is_gone(group) {
-                std::thread::sleep(Duration::from_millis(20));
-            }
+    // SAFETY: getpgrp only reads the calling process's group.
+    let (own, own_group) = (std::process::id() as libc::pid_t, unsafe { libc::getpgrp() });
+    // The groups of live processes holding the marker, never ablate's own.
+    // Each signal follows a fresh scan: once its processes have exited, a
+    // group id may name another program's group.
+    let groups = || -> BTreeSet<libc::pid_t> {
+        processes()
+            .filter(|&pid| pid != own)
+            .filter(|&pid| std::fs::read(format!("/proc/{pid}/environ")).is_ok_and(|env| env.split(|&b| b == 0).any(|e| e == marker)))
+            .filter_map(|pid| proc_stat(pid).filter(|(state, _)| state != "Z").map(|(_, group)| group))
+            .filter(|&group| group != own_group)
+            .collect()
+    };
+    let found = groups();
+    let signal = |sig| {
+        for group in groups() {
+            // SAFETY: killpg only sends a signal.
+            unsafe { libc::killpg(group, sig) };
         }
+    };
+    if found.is_empty() {
+        return 0;
     }
-    stopped
+    tracing::warn!("stopping process group(s) {found:?}, left running by an earlier attempt of this stage");
+    signal(libc::SIGTERM);
+    wait_until(grace, || groups().is_empty());
+    signal(libc::SIGKILL);
+    wait_until(Duration::from_secs(2), || groups().is_empty());
+    found.len()
+}
+
+/// Polls `done` until it holds or `limit` has passed.
+fn wait_until(limit: Duration, mut done: impl FnMut() -> bool) {
+    let deadline = std::time::Instant::now() + limit;
+    while std::time::Instant::now() < deadline && !done() {
+        std::thread::sleep(Duration::from_millis(20));
+    }
 }
 
 /// The ids of the processes in /proc.

@@ -866,6 +866,10 @@ async fn cancel(workspace: &Workspace, run_id: i64) -> anyhow::Result<ExitCode> 
         // behind (a `kill -9` does not reach a shell's children).
         let mut stopped = 0;
         for key in store.lost_instances_of_run(run_id).await? {
+            // Asked again for each: a new run may have taken the instance up meanwhile.
+            if !store.lost_instances_of_run(run_id).await?.contains(&key) {
+                continue;
+            }
             if let Ok(state_dir) = std::fs::canonicalize(workspace.state_dir(&key)) {
                 stopped += crate::process_group::stop_leftovers(&state_dir, crate::process_group::STOP_GRACE);
             }
