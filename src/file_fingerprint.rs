@@ -11,9 +11,11 @@ use sha2::{Digest as _, Sha256};
 
 /// Feeds a file's name and then its bytes to `hasher`.
 pub fn hash_file(hasher: &mut Sha256, path: &Path) -> anyhow::Result<()> {
-    let mut file = std::fs::File::open(path).with_context(|| format!("cannot read {}", path.display()))?;
+    let file = std::fs::File::open(path).with_context(|| format!("cannot read {}", path.display()))?;
     hasher.update(path.file_name().map(|n| n.as_encoded_bytes()).unwrap_or_default());
-    std::io::copy(&mut file, hasher).with_context(|| format!("cannot read {}", path.display()))?;
+    // Large reads: weights run to gigabytes.
+    std::io::copy(&mut std::io::BufReader::with_capacity(1 << 20, file), hasher)
+        .with_context(|| format!("cannot read {}", path.display()))?;
     Ok(())
 }
 

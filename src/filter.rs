@@ -427,7 +427,7 @@ impl Expr {
                 } else if *op == Op::Contains {
                     None // compares text, of any value
                 } else if !values.is_empty() && values.iter().all(Value::is_boolean) && !matches!(value, Literal::Bool(_)) {
-                    error(format!("`{name}` is true or false in every row: compare it with true or false"))
+                    error(format!("`{name}` is true or false in every row that has it: compare it with true or false"))
                 } else if matches!(value, Literal::Bool(_)) && !values.iter().any(Value::is_boolean) {
                     error(format!("`{name}` is never true or false: compare it with a number or a \"string\""))
                 } else {
@@ -539,9 +539,11 @@ mod tests {
             assert_eq!((e.matches(&on), e.matches(&off)), (on_matches, off_matches), "{text}");
         }
         let rows = [on, off];
-        for (text, says) in
-            [("flip = 1", "is true or false in every row"), ("flip > 'a'", "is true or false"), ("n = true", "is never true or false")]
-        {
+        for (text, says) in [
+            ("flip = 1", "is true or false in every row that has it"),
+            ("flip > 'a'", "is true or false"),
+            ("n = true", "is never true or false"),
+        ] {
             let err = parse(text).unwrap().unusable_comparison(&rows).unwrap_or_else(|| panic!("{text} is accepted"));
             assert!(err.message.contains(says) && err.column == 1, "{text}: {err}");
         }

@@ -80,7 +80,10 @@ impl StageKind for TextSimilarity {
     /// compiling, not after the encoder has loaded.
     fn check_upstream(&self, params: &Params, upstream: &[UpstreamInstance<'_>]) -> Result<(), ParamError> {
         if params.opt_str("sugarcrepe").is_none() && !upstream.iter().any(|u| u.kind == "caption_ingest") {
-            return Err(ParamError::new("needs", NO_PAIRS));
+            return Err(ParamError::new(
+                "needs",
+                "no caption pairs: set `sugarcrepe` to a directory of SugarCrepe JSON files, or add a caption_ingest stage to `needs`",
+            ));
         }
         Ok(())
     }
@@ -187,9 +190,6 @@ impl Summary {
 
 /// SHA-256 over the subset files present (names and bytes), so results
 /// follow the benchmark files.
-const NO_PAIRS: &str =
-    "no caption pairs: set `sugarcrepe` to a directory of SugarCrepe JSON files, or add a caption_ingest stage to `needs`";
-
 fn sugarcrepe_fingerprint(dir: &Path) -> anyhow::Result<String> {
     let mut hasher = Sha256::new();
     for (subset, path) in sugarcrepe::subset_files(dir)? {
