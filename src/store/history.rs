@@ -119,16 +119,25 @@ fn cell(row: &AnyRow, i: usize) -> Value {
 struct OrderedRow(Vec<(String, Value)>);
 
 /// A cell's JSON text as a value. A number is read by the standard library,
-/// which rounds correctly: serde_json (without `float_roundtrip`) may be one
-/// unit off in the last digit of a double the server wrote exactly.
+/// which rounds correctly: serde_json (without `float_roundtrip`, which
+/// would rebuild half the dependency tree) may be one unit off in the last
+/// digit of a double the server wrote exactly. Integers stay integers up to
+/// u64, `-0` stays a negative zero, and a `numeric` too large for a double
+/// comes back as its digits. Numbers nested in JSON values are serde_json's.
 fn json_cell(raw: &serde_json::value::RawValue) -> serde_json::Result<Value> {
     let text = raw.get();
     if text.starts_with(|c: char| c == '-' || c.is_ascii_digit()) {
-        if let Ok(n) = text.parse::<i64>() {
-            return Ok(Value::from(n));
-        }
-        if let Some(n) = text.parse::<f64>().ok().and_then(serde_json::Number::from_f64) {
+        let integer = !text.contains(['.', 'e', 'E']) && text != "-0";
+        let number = if integer {
+            text.parse::<i64>().map(serde_json::Number::from).or_else(|_| text.parse::<u64>().map(serde_json::Number::from)).ok()
+        } else {
+            None
+        };
+        if let Some(n) = number.or_else(|| text.parse::<f64>().ok().and_then(serde_json::Number::from_f64)) {
             return Ok(Value::Number(n));
+        }
+        if text.parse::<f64>().is_ok() {
+            return Ok(Value::String(text.to_owned())); // a `numeric` beyond doubles: its digits
         }
     }
     serde_json::from_str(text)
@@ -541,6 +550,23 @@ impl Store {
             out.extend(self.run_by_id(id).await?);
         }
         Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod json_cell_tests {
+    use super::json_cell;
+
+    #[test]
+    fn numbers_keep_their_kind_and_every_bit() {
+        let cell = |text: &str| json_cell(&serde_json::value::RawValue::from_string(text.to_owned()).unwrap()).unwrap();
+        assert_eq!(cell("18446744073709551615").as_u64(), Some(u64::MAX));
+        assert_eq!(cell("-9223372036854775808").as_i64(), Some(i64::MIN));
+        assert!(cell("-0").as_f64().is_some_and(|z| z == 0.0 && z.is_sign_negative()));
+        assert_eq!(cell("22.535182651462346").as_f64(), Some(22.535182651462346));
+        assert_eq!(cell("1e400"), serde_json::json!("1e400"), "a numeric beyond doubles keeps its digits");
+        assert_eq!(cell("\"x\""), serde_json::json!("x"));
+        assert_eq!(cell("[1, 2]"), serde_json::json!([1, 2]));
     }
 }
 
