@@ -96,7 +96,7 @@ fn main() {
                 })
                 .await
                 .expect("put task");
-                store.commit_done(attempt_id, id, &[("out.txt".into(), object)], &[]).await.expect("commit");
+                store.commit_done(attempt_id, id, &[("out.txt".into(), object)], &[], &[]).await.expect("commit");
                 drop(permit);
             });
         }

@@ -24,6 +24,9 @@ pub enum Reason {
         to: String,
     },
     UpstreamChanged,
+    /// Its done attempt read outputs of this upstream stage that have since
+    /// been replaced by other ones (the upstream ran again, writing other bytes).
+    UpstreamOutputChanged(String),
     CodeVersionChanged {
         from: i64,
         to: i64,
@@ -41,6 +44,7 @@ impl std::fmt::Display for Reason {
             Reason::ParamsChanged(names) => write!(f, "parameter changed ({})", names.join(", ")),
             Reason::KindChanged { from, to } => write!(f, "stage kind changed ({from} → {to})"),
             Reason::UpstreamChanged => write!(f, "upstream changed"),
+            Reason::UpstreamOutputChanged(stage) => write!(f, "upstream output changed ({stage})"),
             Reason::CodeVersionChanged { from, to } => write!(f, "code version changed ({from} → {to})"),
             Reason::ArtifactMissing(name) => write!(f, "artifact missing ({name})"),
             Reason::ArtifactCorrupt(name) => write!(f, "artifact corrupt ({name})"),
@@ -102,8 +106,9 @@ pub async fn assess(plan: &Plan, store: Option<&Store>) -> anyhow::Result<Vec<Fr
         }
     }
 
+    let stale = stale_inputs(plan, &done, store.superseded_inputs(&keys).await?);
     let mut out: Vec<Option<Freshness>> = Vec::with_capacity(plan.nodes.len());
-    for slot in &mut done {
+    for (i, slot) in done.iter_mut().enumerate() {
         let Some(attempt) = slot.take() else {
             out.push(None);
             continue;
@@ -113,6 +118,7 @@ pub async fn assess(plan: &Plan, store: Option<&Store>) -> anyhow::Result<Vec<Fr
             Some(Verified::Corrupt) => Some(Reason::ArtifactCorrupt(a.name.clone())),
             _ => None,
         });
+        let broken = broken.or_else(|| stale.get(&i).cloned());
         out.push(Some(match broken {
             None => Freshness::Cached(attempt),
             Some(reason) => Freshness::Broken(attempt, reason),
@@ -130,6 +136,28 @@ pub async fn assess(plan: &Plan, store: Option<&Store>) -> anyhow::Result<Vec<Fr
         }
     }
     Ok(out.into_iter().map(|f| f.expect("every node assessed")).collect())
+}
+
+/// The done nodes that read upstream outputs which have since been replaced
+/// by other bytes, with the reason. An upstream that ran again and wrote the
+/// same bytes leaves its readers standing.
+fn stale_inputs(
+    plan: &Plan,
+    done: &[Option<DoneAttempt>],
+    superseded: Vec<(usize, i64, i64, Vec<(String, String)>)>,
+) -> HashMap<usize, Reason> {
+    let mut stale = HashMap::new();
+    for (i, instance_id, _, read) in superseded {
+        let Some(&u) = plan.nodes[i].upstream.iter().find(|&&u| done[u].as_ref().is_some_and(|d| d.instance_id == instance_id)) else {
+            continue;
+        };
+        let then: std::collections::BTreeSet<(&str, &str)> = read.iter().map(|(n, h)| (n.as_str(), h.as_str())).collect();
+        if done[u].as_ref().is_some_and(|now| now.outputs() != then) {
+            let stage = plan.stage_name(&plan.bindings[plan.nodes[u].bindings[0]]).to_owned();
+            stale.entry(i).or_insert(Reason::UpstreamOutputChanged(stage));
+        }
+    }
+    stale
 }
 
 /// Verifies objects in parallel; returns each one's state by hash.

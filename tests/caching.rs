@@ -293,6 +293,32 @@ fn a_stage_whose_kind_changed_says_so() {
 /// A forced stage that writes other bytes this time (a timestamp, a
 /// nondeterministic GPU sum) takes what read its outputs along; one that
 /// writes the same bytes does not.
+/// A dependant left out of a forced rerun (`--only`, or a Slurm submitter
+/// that died while the forced job ran) that read outputs since replaced by
+/// other bytes is stale: `plan` says so and the next run reruns it alone.
+#[test]
+fn a_dependant_that_read_replaced_outputs_runs_again() {
+    let ws = Ws::new();
+    let file = ws.write("nd.toml", FORCED);
+    let (code, _, out) = ws.run_json(&file, &[]);
+    assert_eq!(code, Some(0), "{}", out.describe());
+    let (code, summary, out) = ws.run_json(&file, &["--force", "stamp", "--force", "fixed", "--only", "stamp", "--only", "fixed"]);
+    assert_eq!(code, Some(0), "{}", out.describe());
+    assert_eq!(summary["executed"].as_array().unwrap().len(), 2, "{summary}");
+
+    let plan = ws.plan(&file);
+    let copy = rows(&plan, "copy")[0];
+    assert_eq!((copy["status"].as_str(), copy["reason"].as_str()), (Some("run"), Some("upstream output changed (stamp)")), "{copy}");
+    assert_eq!(rows(&plan, "reader")[0]["status"], "cached", "fixed wrote the same bytes");
+    let (code, summary, out) = ws.run_json(&file, &[]);
+    assert_eq!(code, Some(0), "{}", out.describe());
+    assert_eq!(keys_in(&summary, "executed"), BTreeSet::from([key_of(&plan, "copy")]), "{summary}");
+    assert_eq!((ws.count("copy"), ws.count("reader")), (2, 1));
+    let show = ws.show(&key_of(&plan, "copy"));
+    assert_eq!(attempt_statuses(&show), vec!["invalidated", "done"], "{show}");
+    assert!(ws.plan(&file).iter().all(|r| r["status"] == "cached"));
+}
+
 #[test]
 fn force_restarts_a_dependant_that_was_not_done() {
     let ws = Ws::new();

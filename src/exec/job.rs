@@ -128,7 +128,8 @@ pub async fn run_job(
     };
     let end = match outcome {
         Ok(artifacts) => {
-            store.commit_done(attempt_id, job.instance_id, &artifacts, &metrics).await?;
+            let inputs: Vec<i64> = job.upstream.iter().map(|u| u.done.attempt_id).collect();
+            store.commit_done(attempt_id, job.instance_id, &artifacts, &metrics, &inputs).await?;
             JobEnd::Done
         }
         Err(e) if e.is::<Interrupted>() => {

@@ -269,7 +269,7 @@ impl<'a> Scheduler<'a> {
             return None;
         }
         let unchanged = self.plan.nodes[i].upstream.iter().all(|&u| match (&self.before_force[u], &self.state[u]) {
-            (Some(before), State::Done(now)) => same_outputs(before, now),
+            (Some(before), State::Done(now)) => before.outputs() == now.outputs(),
             _ => true,
         });
         if unchanged { self.before_force[i].take() } else { None }
@@ -472,15 +472,6 @@ impl<'a> Scheduler<'a> {
 /// Whether node `i` is an instance of one of the stages `names`.
 pub(crate) fn in_stages(plan: &Plan, i: usize, names: &[String]) -> bool {
     plan.nodes[i].bindings.iter().any(|&b| names.iter().any(|s| s == plan.stage_name(&plan.bindings[b])))
-}
-
-/// Whether two attempts wrote the same artifacts (names and contents), in
-/// whatever order the store listed them.
-pub(crate) fn same_outputs(a: &DoneAttempt, b: &DoneAttempt) -> bool {
-    fn outputs(d: &DoneAttempt) -> std::collections::BTreeSet<(&str, &str)> {
-        d.artifacts.iter().map(|a| (a.name.as_str(), a.hash.as_str())).collect()
-    }
-    outputs(a) == outputs(b)
 }
 
 /// The nodes `--force STAGE` may rerun: that stage's instances and everything

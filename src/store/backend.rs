@@ -70,6 +70,11 @@ pub(super) struct Dialect {
     /// attempt_id, artifact, hash, bytes, object_bytes, mtime_ns], ...]` for
     /// the latest done attempt of each key (one row per artifact).
     pub done_attempts: &'static str,
+    /// `$1` a JSON array of keys; returns `[[position, upstream instance id,
+    /// upstream attempt id], ...]`: for the latest done attempt of each key,
+    /// the upstream attempts it read that are no longer their instance's
+    /// latest done one (see `attempt_inputs`).
+    pub superseded_inputs: &'static str,
     /// An expression ordering metric rows of `metrics m` by insertion.
     pub metric_insertion_order: &'static str,
     /// How generated placeholders are numbered (`?1` or `$1`): `:name`

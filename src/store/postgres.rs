@@ -33,6 +33,13 @@ pub(super) const DIALECT: Dialect = Dialect {
          JOIN attempts a ON a.id = (SELECT MAX(id) FROM attempts WHERE instance_id = i.id AND status = 'done')
          LEFT JOIN artifacts ar ON ar.attempt_id = a.id
          LEFT JOIN objects o ON o.hash = ar.hash",
+    superseded_inputs: "SELECT json_agg(json_build_array(k.n - 1, ua.instance_id, ua.id))::text
+         FROM jsonb_array_elements_text($1::jsonb) WITH ORDINALITY AS k(key, n)
+         JOIN stage_instances i ON i.key = k.key
+         JOIN attempts a ON a.id = (SELECT MAX(id) FROM attempts WHERE instance_id = i.id AND status = 'done')
+         JOIN attempt_inputs ai ON ai.attempt_id = a.id
+         JOIN attempts ua ON ua.id = ai.upstream_attempt_id
+         WHERE ua.id <> COALESCE((SELECT MAX(id) FROM attempts WHERE instance_id = ua.instance_id AND status = 'done'), ua.id)",
     metric_insertion_order: "m.id",
     param_prefix: '$',
     user_query_as_json: Some("SELECT row_to_json(q)::text FROM ({query}) AS q"),

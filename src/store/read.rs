@@ -29,6 +29,14 @@ pub struct DoneAttempt {
     pub artifacts: Vec<ArtifactRecord>,
 }
 
+impl DoneAttempt {
+    /// Its artifacts as (name, hash): what a reader of its outputs got,
+    /// whatever order the store listed them in.
+    pub fn outputs(&self) -> std::collections::BTreeSet<(&str, &str)> {
+        self.artifacts.iter().map(|a| (a.name.as_str(), a.hash.as_str())).collect()
+    }
+}
+
 /// An instance as stored.
 #[derive(Debug, Clone, Serialize)]
 pub struct InstanceRecord {
@@ -164,6 +172,33 @@ impl Store {
         }
         for done in out.iter_mut().flatten() {
             done.artifacts.sort_by(|a, b| a.name.cmp(&b.name));
+        }
+        Ok(out)
+    }
+
+    /// For the latest done attempt of each of `keys`, the upstream attempts
+    /// it read that have since been superseded (their instance ran again),
+    /// as (position in `keys`, upstream instance id, the attempt read, the
+    /// (name, hash) outputs of that attempt). Empty on a store from before
+    /// attempts recorded what they read, when it is opened read-only.
+    pub async fn superseded_inputs(&self, keys: &[&str]) -> anyhow::Result<Vec<(usize, i64, i64, Vec<(String, String)>)>> {
+        let json: Option<String> =
+            match sqlx::query_scalar(self.sql.superseded_inputs).bind(serde_json::to_string(keys)?).fetch_one(&self.pool).await {
+                Ok(json) => json,
+                Err(e) if self.read_only && e.to_string().contains("attempt_inputs") => return Ok(Vec::new()),
+                Err(e) => return Err(e.into()),
+            };
+        let rows: Vec<(usize, i64, i64)> = serde_json::from_str(json.as_deref().unwrap_or("[]"))?;
+        let mut out = Vec::with_capacity(rows.len());
+        for (position, instance_id, attempt_id) in rows {
+            let outputs = sqlx::query("SELECT name, hash FROM artifacts WHERE attempt_id = $1")
+                .bind(attempt_id)
+                .fetch_all(&self.pool)
+                .await?
+                .iter()
+                .map(|r| (r.get(0), r.get(1)))
+                .collect();
+            out.push((position, instance_id, attempt_id, outputs));
         }
         Ok(out)
     }

@@ -34,6 +34,13 @@ pub(super) const DIALECT: Dialect = Dialect {
          JOIN attempts a ON a.id = (SELECT MAX(id) FROM attempts WHERE instance_id = i.id AND status = 'done')
          LEFT JOIN artifacts ar ON ar.attempt_id = a.id
          LEFT JOIN objects o ON o.hash = ar.hash",
+    superseded_inputs: "SELECT json_group_array(json_array(k.key, ua.instance_id, ua.id))
+         FROM json_each($1) k
+         JOIN stage_instances i ON i.key = k.value
+         JOIN attempts a ON a.id = (SELECT MAX(id) FROM attempts WHERE instance_id = i.id AND status = 'done')
+         JOIN attempt_inputs ai ON ai.attempt_id = a.id
+         JOIN attempts ua ON ua.id = ai.upstream_attempt_id
+         WHERE ua.id <> COALESCE((SELECT MAX(id) FROM attempts WHERE instance_id = ua.instance_id AND status = 'done'), ua.id)",
     metric_insertion_order: "m.rowid",
     param_prefix: '?',
     user_query_as_json: None,

@@ -380,16 +380,25 @@ impl Store {
         Ok(())
     }
 
-    /// Records a successful attempt's artifacts and metrics and marks it done, atomically.
+    /// Records a successful attempt's artifacts, metrics and `inputs` (the
+    /// upstream attempts whose outputs it read) and marks it done, atomically.
     pub async fn commit_done(
         &self,
         attempt_id: i64,
         instance_id: i64,
         artifacts: &[(String, PutObject)],
         metrics: &[MetricPoint],
+        inputs: &[i64],
     ) -> anyhow::Result<()> {
         self.check_writable()?;
         let mut tx = self.begin_write().await?;
+        for upstream in inputs {
+            sqlx::query("INSERT INTO attempt_inputs (attempt_id, upstream_attempt_id) VALUES ($1, $2) ON CONFLICT DO NOTHING")
+                .bind(attempt_id)
+                .bind(upstream)
+                .execute(&mut *tx)
+                .await?;
+        }
         // Objects are upserted in hash order, so two commits sharing objects
         // lock their rows in the same order and cannot deadlock (PostgreSQL).
         let mut by_hash: Vec<&(String, PutObject)> = artifacts.iter().collect();
