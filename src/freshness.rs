@@ -11,7 +11,7 @@ use std::collections::HashMap;
 use serde_json::Value;
 
 use crate::pipeline::Plan;
-use crate::store::{DoneAttempt, ObjectStat, ObjectStore, Store, Verified};
+use crate::store::{DoneAttempt, ObjectStat, ObjectStore, Store, SupersededInput, Verified};
 
 #[derive(Debug, Clone, PartialEq)]
 pub enum Reason {
@@ -141,14 +141,11 @@ pub async fn assess(plan: &Plan, store: Option<&Store>) -> anyhow::Result<Vec<Fr
 /// The done nodes that read upstream outputs which have since been replaced
 /// by other bytes, with the reason. An upstream that ran again and wrote the
 /// same bytes leaves its readers standing.
-fn stale_inputs(
-    plan: &Plan,
-    done: &[Option<DoneAttempt>],
-    superseded: Vec<(usize, i64, i64, Vec<(String, String)>)>,
-) -> HashMap<usize, Reason> {
+fn stale_inputs(plan: &Plan, done: &[Option<DoneAttempt>], superseded: Vec<SupersededInput>) -> HashMap<usize, Reason> {
     let mut stale = HashMap::new();
-    for (i, instance_id, _, read) in superseded {
-        let Some(&u) = plan.nodes[i].upstream.iter().find(|&&u| done[u].as_ref().is_some_and(|d| d.instance_id == instance_id)) else {
+    for SupersededInput { position: i, upstream_instance_id, outputs: read } in superseded {
+        let Some(&u) = plan.nodes[i].upstream.iter().find(|&&u| done[u].as_ref().is_some_and(|d| d.instance_id == upstream_instance_id))
+        else {
             continue;
         };
         let then: std::collections::BTreeSet<(&str, &str)> = read.iter().map(|(n, h)| (n.as_str(), h.as_str())).collect();

@@ -29,6 +29,16 @@ pub struct DoneAttempt {
     pub artifacts: Vec<ArtifactRecord>,
 }
 
+/// An upstream attempt a done attempt read, no longer its instance's latest.
+#[derive(Debug, Clone)]
+pub struct SupersededInput {
+    /// The reader's position in the keys asked about.
+    pub position: usize,
+    pub upstream_instance_id: i64,
+    /// What the reader got: (name, hash) of each artifact.
+    pub outputs: Vec<(String, String)>,
+}
+
 impl DoneAttempt {
     /// Its artifacts as (name, hash): what a reader of its outputs got,
     /// whatever order the store listed them in.
@@ -177,11 +187,10 @@ impl Store {
     }
 
     /// For the latest done attempt of each of `keys`, the upstream attempts
-    /// it read that have since been superseded (their instance ran again),
-    /// as (position in `keys`, upstream instance id, the attempt read, the
-    /// (name, hash) outputs of that attempt). Empty on a store from before
-    /// attempts recorded what they read, when it is opened read-only.
-    pub async fn superseded_inputs(&self, keys: &[&str]) -> anyhow::Result<Vec<(usize, i64, i64, Vec<(String, String)>)>> {
+    /// it read that have since been superseded (their instance ran again).
+    /// Empty on a store from before attempts recorded what they read, when
+    /// it is opened read-only.
+    pub async fn superseded_inputs(&self, keys: &[&str]) -> anyhow::Result<Vec<SupersededInput>> {
         let json: Option<String> =
             match sqlx::query_scalar(self.sql.superseded_inputs).bind(serde_json::to_string(keys)?).fetch_one(&self.pool).await {
                 Ok(json) => json,
@@ -198,7 +207,7 @@ impl Store {
                 .iter()
                 .map(|r| (r.get(0), r.get(1)))
                 .collect();
-            out.push((position, instance_id, attempt_id, outputs));
+            out.push(SupersededInput { position, upstream_instance_id: instance_id, outputs });
         }
         Ok(out)
     }
