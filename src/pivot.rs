@@ -89,6 +89,35 @@ impl Pivot {
     }
 }
 
+/// The rows of a study's current version: of stages it still has, with axes
+/// it still has, at values it still has. An edit that drops an axis, a value
+/// or a stage leaves the older rows in the store (`history` lists them);
+/// averaged with the new ones they would pass for more seeds. Also returns
+/// how many rows were left out.
+pub fn current_version(rows: Vec<HistoryRow>, spec: &crate::pipeline::PipelineSpec) -> (Vec<HistoryRow>, usize) {
+    let total = rows.len();
+    let kept: Vec<HistoryRow> = rows
+        .into_iter()
+        .filter(|r| {
+            spec.stages.iter().any(|s| s.name == r.stage)
+                && r.axes.iter().all(|(name, value)| spec.axes.iter().any(|a| a.name == *name && a.values.contains(value)))
+        })
+        .collect();
+    let left_out = total - kept.len();
+    (kept, left_out)
+}
+
+/// [`current_version`] of the study `name` as last run (else as last
+/// planned), from the file text the store keeps; all rows if it no longer parses.
+pub async fn current_rows(store: &crate::store::Store, name: &str) -> anyhow::Result<(Vec<HistoryRow>, usize)> {
+    let rows = store.history(Some(name)).await?;
+    let Some(source) = store.pipeline_source(name).await? else { return Ok((rows, 0)) };
+    match crate::pipeline::parse::parse(crate::pipeline::SourceFile { path: source.path.into(), text: source.text }) {
+        Ok(spec) => Ok(current_version(rows, &spec)),
+        Err(_) => Ok((rows, 0)),
+    }
+}
+
 /// The rows that stand for each (pipeline, stage, axes) now: a binding planned
 /// again with new parameters supersedes the older instance.
 pub fn latest(rows: &[HistoryRow]) -> Vec<&HistoryRow> {

@@ -350,8 +350,41 @@ fn results_of_an_edited_file_say_which_rows_are_stale() {
     ws.write("edited.toml", &pipeline("0.7", "0"));
     let stale = ws.run(&["results", f]).ok();
     assert!(stale.stderr.contains("1 result row(s) come from an earlier version"), "{}", stale.describe());
-    assert!(stale.stderr.contains("1 result row(s) are of stages or axis values"), "{}", stale.describe());
+    assert!(stale.stderr.contains("left out 1 result row(s) of stages, axes or values the study no longer has"), "{}", stale.describe());
     ws.run(&["run", f]).ok();
     let rerun = ws.run(&["results", f]).ok();
     assert!(!rerun.stderr.contains("earlier version"), "{}", rerun.describe());
+}
+
+/// An edit that drops an axis leaves the older rows in the store; the
+/// results of the study as it stands must not average them in as seeds.
+#[test]
+fn results_leave_out_rows_of_axes_a_study_no_longer_has() {
+    let ws = Ws::new();
+    let v1 = "[pipeline]\nname = \"axes\"\n\n[axes]\nloss = [\"a\", \"b\"]\nseed = [0]\n\n[stages.eval]\nkind = \"command\"\nrun = \": ${loss} ${seed}; echo ablate:metric m 1\"\n";
+    let v2 = "[pipeline]\nname = \"axes\"\n\n[axes]\nloss = [\"a\", \"b\"]\n\n[stages.eval]\nkind = \"command\"\nrun = \": ${loss}; echo ablate:metric m 2\"\n";
+    let file = ws.write("axes.toml", v1);
+    let f = file.to_str().unwrap();
+    ws.run(&["run", f]).ok();
+    ws.write("axes.toml", v2);
+    ws.run(&["run", f]).ok();
+    for target in [f, "axes"] {
+        let out = ws.run(&["results", target, "--metric", "m", "--json"]).ok();
+        let rows = out.json();
+        let cells: Vec<(String, f64, u64)> = rows
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| {
+                (
+                    r["axes"]["loss"].as_str().unwrap().to_owned(),
+                    r["metrics"]["m"]["mean"].as_f64().unwrap(),
+                    r["metrics"]["m"]["n"].as_u64().unwrap(),
+                )
+            })
+            .collect();
+        assert_eq!(cells, vec![("a".into(), 2.0, 1), ("b".into(), 2.0, 1)], "{target}: {}", out.describe());
+        assert!(out.stderr.contains("left out 2 result row(s)"), "{}", out.describe());
+    }
+    assert_eq!(history(&ws, &[]).len(), 4, "history still lists every row");
 }

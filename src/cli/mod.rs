@@ -643,8 +643,9 @@ async fn run(
         if !report.interrupted {
             let axis_values: Vec<(String, Vec<serde_json::Value>)> =
                 plan.spec.axes.iter().map(|a| (a.name.clone(), a.values.clone())).collect();
-            let rows = store.history(Some(&plan.spec.name)).await?;
+            let (rows, left_out) = crate::pivot::current_version(store.history(Some(&plan.spec.name)).await?, &plan.spec);
             if let Ok(Some(table)) = results::summary_table(&rows, &[], &[], &axis_values) {
+                results::warn_left_out(left_out);
                 println!();
                 results::print_summary(&table, tabular::Format::Table);
             }

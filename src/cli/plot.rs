@@ -112,7 +112,8 @@ pub async fn plot(workspace: &Workspace, command: PlotCommand) -> anyhow::Result
             let size = out.checked()?;
             let store = open(workspace).await?;
             let name = study_name(&store, &study).await?;
-            let history = store.history(Some(&name)).await?;
+            let (history, left_out) = pivot::current_rows(&store, &name).await?;
+            super::results::warn_left_out(left_out);
             if let Some(stage) = &stage
                 && !history.iter().any(|r| r.stage == *stage)
             {

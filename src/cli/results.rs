@@ -336,10 +336,15 @@ pub async fn results(workspace: &Workspace, target: &str, metrics: &[String], by
     let store = open(workspace).await?;
     let name = study_name(&store, target).await?;
     let axis_values = study_axes(&store, &name).await?;
-    let rows = store.history(Some(&name)).await?;
-    if Path::new(target).is_file() {
+    let (rows, left_out) = if Path::new(target).is_file() {
+        let spec = parse(SourceFile::read(Path::new(target))?)?;
+        let (rows, left_out) = pivot::current_version(store.history(Some(&name)).await?, &spec);
         warn_if_stale(Path::new(target), &rows, metrics);
-    }
+        (rows, left_out)
+    } else {
+        pivot::current_rows(&store, &name).await?
+    };
+    warn_left_out(left_out);
     match summary_table(&rows, metrics, by, &axis_values)? {
         Some(table) => {
             print_summary(&table, format);
@@ -360,24 +365,26 @@ pub async fn results(workspace: &Workspace, target: &str, metrics: &[String], by
 
 /// Says (on stderr) when the table is not the file's as it stands: cells
 /// whose latest finished instance is not the one the file now plans (the
-/// file was edited and not rerun), or that the file no longer has.
+/// file was edited and not rerun).
 fn warn_if_stale(file: &Path, rows: &[HistoryRow], metrics: &[String]) {
     let Ok(plan) = crate::pipeline::compile(file) else { return };
     let planned: HashMap<(&str, String), &str> =
         plan.bindings.iter().map(|b| ((plan.stage_name(b), Plan::axes_json(b).to_string()), plan.nodes[b.node].key.as_str())).collect();
-    let (mut outdated, mut dropped) = (0, 0);
-    for row in pivot::latest(rows).into_iter().filter(|r| metrics.is_empty() || metrics.iter().any(|m| r.metrics.contains_key(m))) {
-        match planned.get(&(row.stage.as_str(), Value::Object(row.axes.clone()).to_string())) {
-            Some(key) if *key != row.key => outdated += 1,
-            Some(_) => {}
-            None => dropped += 1,
-        }
-    }
+    let outdated = pivot::latest(rows)
+        .into_iter()
+        .filter(|r| metrics.is_empty() || metrics.iter().any(|m| r.metrics.contains_key(m)))
+        .filter(|row| planned.get(&(row.stage.as_str(), Value::Object(row.axes.clone()).to_string())).is_some_and(|key| *key != row.key))
+        .count();
     if outdated > 0 {
         tracing::warn!("{outdated} result row(s) come from an earlier version of {}: run it to update them", file.display());
     }
-    if dropped > 0 {
-        tracing::warn!("{dropped} result row(s) are of stages or axis values {} no longer has", file.display());
+}
+
+/// Says (on stderr) how many result rows of earlier versions of a study
+/// (stages, axes or values it no longer has) a table leaves out.
+pub(super) fn warn_left_out(left_out: usize) {
+    if left_out > 0 {
+        tracing::warn!("left out {left_out} result row(s) of stages, axes or values the study no longer has (`ablate history` lists them)");
     }
 }
 

@@ -520,13 +520,18 @@ impl Store {
         Ok(RunGraph { nodes, edges })
     }
 
-    /// The latest stored source of a pipeline, by name.
+    /// The stored source of a pipeline's version last run (else of the
+    /// newest text planned), by name.
     pub async fn pipeline_source(&self, name: &str) -> anyhow::Result<Option<PipelineSource>> {
-        let row = sqlx::query("SELECT name, path, source FROM pipelines WHERE name = $1 ORDER BY id DESC LIMIT 1")
-            .bind(name)
-            .fetch_optional(&self.pool)
-            .await
-            .context("reading pipelines")?;
+        // The version last run, else the last new text planned.
+        let row = sqlx::query(
+            "SELECT p.name, p.path, p.source FROM pipelines p WHERE p.name = $1
+             ORDER BY COALESCE((SELECT MAX(r.id) FROM runs r WHERE r.pipeline_id = p.id), 0) DESC, p.id DESC LIMIT 1",
+        )
+        .bind(name)
+        .fetch_optional(&self.pool)
+        .await
+        .context("reading pipelines")?;
         Ok(row.map(|r| PipelineSource { name: r.get(0), path: r.get(1), text: r.get(2) }))
     }
 

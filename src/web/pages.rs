@@ -346,7 +346,7 @@ pub async fn pivot(State(state): State<Arc<AppState>>, Path(name): Path<String>,
         pipeline: Some(name.clone()),
         stage: q.stage.filter(|s| !s.trim().is_empty()),
     };
-    let history = store.history(Some(&name)).await?;
+    let (history, _) = pivot::current_rows(&store, &name).await?;
     check_pivot(&spec, &history)?;
     let p = pivot::pivot(&history, &spec);
     let body = if p.is_empty() {

@@ -66,7 +66,7 @@ pub async fn body(store: &Store, pipeline: &str, links: bool) -> anyhow::Result<
         out.push_str(&section(&format!("DAG of run {}", latest.id), &super::dag::svg(&graph, links)));
     }
 
-    let history = store.history(Some(pipeline)).await?;
+    let (history, _) = pivot::current_rows(store, pipeline).await?;
     let rows = pivot::latest(&history);
     if rows.is_empty() {
         out.push_str(&section("Results", &html::empty("no data yet: no stage of this pipeline has finished")));
