@@ -94,8 +94,9 @@ fn exec_rejects_unknown_keys_and_missing_stores() {
 }
 
 /// Files below folders of `$ABLATE_OUT` are artifacts too, named
-/// `folder/file`, and reach downstream commands at the same place; a
-/// symbolic link fails the stage instead of vanishing.
+/// `folder/file`, and reach downstream commands at the same place (names
+/// may hold spaces, `+` and `=`); a symbolic link fails the stage instead of
+/// vanishing, and the outputs are kept in its state folder.
 #[test]
 fn files_in_output_folders_are_artifacts_and_links_are_refused() {
     let ws = Ws::new();
@@ -107,7 +108,7 @@ name = "nest"
 
 [stages.a]
 kind = "command"
-run = "echo top > $ABLATE_OUT/top.txt; mkdir -p $ABLATE_OUT/sub/deeper; echo one > $ABLATE_OUT/sub/one.txt; echo two > $ABLATE_OUT/sub/deeper/two.txt"
+run = "echo top > $ABLATE_OUT/top.txt; mkdir -p $ABLATE_OUT/sub/deeper; echo one > $ABLATE_OUT/sub/one.txt; echo two > $ABLATE_OUT/sub/deeper/two.txt; echo w > \"$ABLATE_OUT/model final+lr=0.1.pt\""
 
 [stages.b]
 kind = "command"
@@ -116,7 +117,7 @@ run = "cat $ABLATE_INPUT_A/sub/one.txt $ABLATE_INPUT_A/sub/deeper/two.txt > $ABL
 
 [stages.link]
 kind = "command"
-run = "echo real > @R@/real.txt; ln -s @R@/real.txt $ABLATE_OUT/alias.txt"
+run = "echo real > @R@/real.txt; ln -s @R@/real.txt $ABLATE_OUT/alias.txt; echo work > $ABLATE_OUT/work.txt"
 "#,
     );
     let (code, summary, out) = ws.run_json(&file, &["--keep-going"]);
@@ -124,13 +125,17 @@ run = "echo real > @R@/real.txt; ln -s @R@/real.txt $ABLATE_OUT/alias.txt"
     let plan = ws.plan(&file);
     let a = ws.show(&key_of(&plan, "a"));
     let names: Vec<&str> = a["artifacts"].as_array().unwrap().iter().map(|x| x["name"].as_str().unwrap()).collect();
-    assert_eq!(names, vec!["sub/deeper/two.txt", "sub/one.txt", "top.txt"]);
+    assert_eq!(names, vec!["model final+lr=0.1.pt", "sub/deeper/two.txt", "sub/one.txt", "top.txt"]);
     let b = ws.show(&key_of(&plan, "b"));
     let path = ws.store().join(b["artifacts"][0]["path"].as_str().unwrap());
     assert_eq!(std::fs::read_to_string(path).unwrap(), "one\ntwo\n");
     let failed = summary["failed"].as_array().unwrap();
     assert_eq!(failed.len(), 1, "{summary}");
-    assert!(failed[0]["error"].as_str().unwrap().contains("alias.txt is a symbolic link"), "{summary}");
+    let error = failed[0]["error"].as_str().unwrap();
+    assert!(error.contains("alias.txt is a symbolic link"), "{summary}");
+    // The command's work is not thrown away with the failed attempt.
+    let kept = error.rsplit_once("kept in ").unwrap().1.trim_end_matches(')');
+    assert_eq!(std::fs::read_to_string(std::path::Path::new(kept).join("work.txt")).unwrap(), "work\n", "{error}");
 }
 
 /// A stage reads nothing from ablate's terminal: its stdin is empty, so a

@@ -177,8 +177,13 @@ impl StageKind for Command {
         if !status.success() {
             bail!("command {script:?} exited with {status}");
         }
-        for name in written_files(&out_dir)? {
-            ctx.output(&name)?;
+        let registered = written_files(&out_dir).and_then(|names| names.iter().try_for_each(|name| ctx.output(name).map(drop)));
+        if let Err(e) = registered {
+            // The command's work must not go with the failed attempt's folder.
+            let kept = state_dir.join("unsaved-outputs");
+            let _ = std::fs::remove_dir_all(&kept);
+            std::fs::rename(&out_dir, &kept).with_context(|| format!("{e:#}; keeping its outputs in {}", kept.display()))?;
+            bail!("{e:#} (the command's outputs are kept in {})", kept.display());
         }
         Ok(())
     }

@@ -153,11 +153,12 @@ impl StageContext {
 
     /// Registers an output artifact and returns the path to write it to.
     pub fn output(&mut self, name: &str) -> anyhow::Result<PathBuf> {
-        let segment_ok = |seg: &str| {
-            !seg.is_empty() && seg != "." && seg != ".." && seg.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
-        };
+        // Any file name a researcher might write (`model final.pt`,
+        // `lr=0.1+wd.json`), but no control characters (they break the
+        // line-based listings) and nothing that climbs out of the folder.
+        let segment_ok = |seg: &str| !seg.is_empty() && seg != "." && seg != ".." && !seg.chars().any(char::is_control);
         if !name.split('/').all(segment_ok) {
-            bail!("invalid artifact name {name:?}: use letters, digits, '.', '_' and '-' (and '/' between folder names)");
+            bail!("invalid artifact name {name:?}: no control characters (such as a line break), and no empty, '.' or '..' folder names");
         }
         let path = self.out_dir.join(name);
         let folder = path.parent().unwrap_or(&self.out_dir);
