@@ -14,7 +14,9 @@
 //! - `text_encoder.safetensors` (`text.*`) and `vocab.json` or
 //!   `tokenizer.json`: the scratch tower and its tokenizer.
 //! - `model.json`: the configuration (presets, dims, loss) to rebuild it.
-//! - `curve.csv`: step, loss, lr, logit scale, gradient norm, images/s.
+//! - `curve.csv`: step, loss, lr, logit scale, gradient norm (throughput,
+//!   wall-clock, is only in the store: the files a run writes are the same
+//!   bytes each time).
 //! - `checkpoint.safetensors`: the final training state (model, AdamW
 //!   moments, step), to continue training elsewhere.
 
@@ -344,7 +346,8 @@ impl StageKind for Train {
         write_curve(&ctx.output("curve.csv")?, &trained.history)?;
         std::fs::copy(&checkpoint_path, ctx.output("checkpoint.safetensors")?).context("copying the final checkpoint")?;
 
-        let measured: Vec<f64> = trained.history.iter().skip(1).map(|r| r.images_per_s).collect();
+        // Measured in this attempt (not steps resumed from a checkpoint), past the first.
+        let measured: Vec<f64> = trained.history.iter().filter(|r| r.images_per_s > 0.0).skip(1).map(|r| r.images_per_s).collect();
         if !measured.is_empty() {
             ctx.metric("train.images_per_s", measured.iter().sum::<f64>() / measured.len() as f64);
         }
@@ -392,7 +395,10 @@ impl Observer for StageObserver<'_> {
         self.ctx.metric_at("train.loss", step, r.loss);
         self.ctx.metric_at("train.lr", step, r.lr);
         self.ctx.metric_at("train.grad_norm", step, r.grad_norm);
-        self.ctx.metric_at("train.images_per_s", step, r.images_per_s);
+        if r.images_per_s > 0.0 {
+            // Not for a step replayed from a checkpoint: its time was not kept.
+            self.ctx.metric_at("train.images_per_s", step, r.images_per_s);
+        }
         if let Some(s) = r.logit_scale {
             self.ctx.metric_at("train.logit_scale", step, s);
         }
@@ -420,10 +426,10 @@ impl Observer for StageObserver<'_> {
 }
 
 fn write_curve(path: &PathBuf, history: &[StepRecord]) -> anyhow::Result<()> {
-    let mut out = String::from("step,loss,lr,logit_scale,grad_norm,images_per_s\n");
+    let mut out = String::from("step,loss,lr,logit_scale,grad_norm\n");
     for r in history {
         let scale = r.logit_scale.map(|s| s.to_string()).unwrap_or_default();
-        writeln!(out, "{},{},{},{},{},{}", r.step + 1, r.loss, r.lr, scale, r.grad_norm, r.images_per_s).expect("string write");
+        writeln!(out, "{},{},{},{},{}", r.step + 1, r.loss, r.lr, scale, r.grad_norm).expect("string write");
     }
     std::fs::write(path, out).with_context(|| format!("writing {}", path.display()))
 }

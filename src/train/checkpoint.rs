@@ -23,6 +23,10 @@ pub struct StepRecord {
     pub lr: f64,
     pub logit_scale: Option<f64>,
     pub grad_norm: f64,
+    /// Wall-clock throughput: in the store's metrics, never in a file, so a
+    /// rerun writes the same bytes and what read them stands (0 for a step
+    /// read back from a checkpoint).
+    #[serde(skip, default)]
     pub images_per_s: f64,
 }
 
