@@ -195,7 +195,7 @@ enum Command {
         /// Only this pipeline's instances.
         #[arg(long)]
         pipeline: Option<String>,
-        /// Filter, e.g. `loss = "cosine" and (captions = "long" or metric.sugarcrepe.mean > 0.7)`;
+        /// Filter, e.g. `loss = "cosine" and (captions = "long" or metric.compositional.mean > 0.7)`;
         /// operators = != < <= > >= ~ (contains); fields: axis or parameter names, param.X, axis.X, metric.X.
         #[arg(long = "where", value_name = "EXPR")]
         filter: Option<String>,
