@@ -409,11 +409,24 @@ fn command_line_mistakes_exit_2_with_a_clear_message() {
         (vec!["bench-train", "--loss", "mse"], "infonce, siglip, cosine"),
         (vec!["exec", &b], "upstream stage `a`"),
         (vec!["--db", "postgres://u:p@", "runs"], "not a valid database URL"),
+        (vec!["run", f, "--detach"], "--detach is an option of --executor slurm"),
+        (vec!["run", f, "--retries", "2"], "--retries is an option of --executor slurm"),
+        (vec!["run", f, "--executor", "slurm", "--array-limit", "0"], "--array-limit must be 1 or more"),
+        (vec!["run", f, "--only", "a", "--force", "b"], "--force b: `b` does not run under --only a"),
     ];
     for (args, says) in cases {
         let out = ws.run(&args).expect_code(2);
         assert!(out.stderr.contains(says), "{args:?}\n{}", out.describe());
     }
+    // Empty variables mean unset (`ABLATE_DB= ablate runs`).
+    let out = std::process::Command::new(bin())
+        .args(["--workspace", ws.store().to_str().unwrap(), "plan", f])
+        .env("ABLATE_DB", "")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = std::process::Command::new(bin()).args(["plan", f]).env("ABLATE_WORKSPACE", "").current_dir(ws.root()).output().unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
     let out = std::process::Command::new(bin()).args(["--workspace", &a_file, "run", f]).output().unwrap();
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("is not a directory"), "{}", String::from_utf8_lossy(&out.stderr));

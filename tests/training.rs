@@ -88,7 +88,8 @@ fn kill_9_during_training_then_rerun_gives_bit_identical_weights() {
     assert_eq!(metric(&a, "train.resumed_from_step"), None);
     // Every file, not only the weights: a rerun that writes the same bytes
     // leaves what read them standing.
-    for name in ["image_encoder.safetensors", "text_encoder.safetensors", "vocab.json", "model.json", "curve.csv", "checkpoint.safetensors"] {
+    for name in ["image_encoder.safetensors", "text_encoder.safetensors", "vocab.json", "model.json", "curve.csv", "checkpoint.safetensors"]
+    {
         assert_eq!(artifact(&straight, &a, name).0, artifact(&killed, &b, name).0, "{name} differs after resuming");
     }
     // The curve is whole: one loss per step, the resumed steps included.

@@ -271,6 +271,8 @@ enum Command {
     },
 }
 
+const DEFAULT_ARRAY_LIMIT: usize = 1000;
+
 /// `ablate run --executor slurm` options.
 #[derive(clap::Args)]
 struct SlurmArgs {
@@ -293,7 +295,7 @@ struct SlurmArgs {
     #[arg(long, value_name = "N", default_value_t = 0, help_heading = "Slurm")]
     retries: u32,
     /// Most tasks in one job array (one sbatch call).
-    #[arg(long, value_name = "N", default_value_t = 1000, help_heading = "Slurm")]
+    #[arg(long, value_name = "N", default_value_t = DEFAULT_ARRAY_LIMIT, help_heading = "Slurm")]
     array_limit: usize,
 }
 
@@ -368,6 +370,23 @@ async fn dispatch(cli: Cli, bars: indicatif::MultiProgress) -> anyhow::Result<Ex
                 force,
                 only,
             };
+            if executor != Executor::Slurm {
+                let given = [
+                    ("--partition", slurm.partition.is_some()),
+                    ("--account", slurm.account.is_some()),
+                    ("--qos", slurm.qos.is_some()),
+                    ("--sbatch-arg", !slurm.sbatch_args.is_empty()),
+                    ("--detach", slurm.detach),
+                    ("--retries", slurm.retries != 0),
+                    ("--array-limit", slurm.array_limit != DEFAULT_ARRAY_LIMIT),
+                ];
+                if let Some((flag, _)) = given.iter().find(|(_, set)| *set) {
+                    return Err(UsageError(format!("{flag} is an option of --executor slurm; this run is local")).into());
+                }
+            }
+            if slurm.array_limit == 0 {
+                return Err(UsageError("--array-limit must be 1 or more".into()).into());
+            }
             let slurm = (executor == Executor::Slurm).then_some(SlurmOptions {
                 partition: slurm.partition,
                 account: slurm.account,
@@ -548,6 +567,24 @@ async fn run(
         if !plan.spec.stages.iter().any(|s| &s.name == name) {
             let names: Vec<&str> = plan.spec.stages.iter().map(|s| s.name.as_str()).collect();
             return Err(UsageError(format!("no stage named `{name}` in {} (stages: {})", file.display(), names.join(", "))).into());
+        }
+    }
+    if !options.only.is_empty() {
+        // --only runs those stages and what they need: a forced stage outside that would silently not run.
+        let mut selected: Vec<&str> = options.only.iter().map(String::as_str).collect();
+        let mut i = 0;
+        while i < selected.len() {
+            if let Some(stage) = plan.spec.stages.iter().find(|s| s.name == selected[i]) {
+                selected.extend(stage.needs.iter().map(String::as_str).filter(|n| !selected.contains(n)).collect::<Vec<_>>());
+            }
+            i += 1;
+        }
+        if let Some(left) = options.force.iter().find(|f| !selected.contains(&f.as_str())) {
+            return Err(UsageError(format!(
+                "--force {left}: `{left}` does not run under --only {} (neither named nor needed by it)",
+                options.only.join(" --only ")
+            ))
+            .into());
         }
     }
     if slurm.is_some() && workspace.db.is_none() {

@@ -353,8 +353,10 @@ pub async fn results(workspace: &Workspace, target: &str, metrics: &[String], by
         None => {
             let mut known: BTreeSet<&str> = BTreeSet::new();
             rows.iter().for_each(|r| known.extend(r.metrics.keys().map(String::as_str)));
-            let known = if known.is_empty() {
+            let known = if rows.is_empty() {
                 "none yet: run the pipeline first".to_owned()
+            } else if known.is_empty() {
+                "none: its finished stages recorded no metrics".to_owned()
             } else {
                 known.into_iter().collect::<Vec<_>>().join(", ")
             };

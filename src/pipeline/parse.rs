@@ -209,7 +209,7 @@ fn parse_axes(file: &SourceFile, root: &Table, errors: &mut Vec<Diagnostic>) -> 
         let dotted = format!("axes.{name}");
         let span = item_span(table, name);
         if !valid_name(name) {
-            errors.push(file.error(key_span(table, name), &dotted, "axis names use letters, digits, '_' and '-'"));
+            errors.push(file.error(key_span(table, name), &dotted, "axis names use ASCII letters, digits, '_' and '-'"));
             continue;
         }
         let Some(array) = item.as_array() else {
@@ -278,7 +278,7 @@ fn parse_stages(file: &SourceFile, root: &Table, axes: &[Axis], errors: &mut Vec
     for (name, item) in stages_table.iter() {
         let dotted = format!("stages.{name}");
         if !valid_name(name) {
-            errors.push(file.error(key_span(stages_table, name), &dotted, "stage names use letters, digits, '_' and '-'"));
+            errors.push(file.error(key_span(stages_table, name), &dotted, "stage names use ASCII letters, digits, '_' and '-'"));
             continue;
         }
         let Some(table) = as_table(item) else {
