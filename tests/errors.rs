@@ -476,6 +476,20 @@ fn text_similarity_without_caption_pairs_is_a_located_error() {
     assert_located(&err, &file, 4, "stages.sim", &["no caption pairs", "sugarcrepe"]);
 }
 
+/// An axis no stage references adds nothing to the grid: said, located.
+#[test]
+fn an_axis_no_stage_uses_is_a_located_warning() {
+    let ws = Ws::new();
+    let file = ws.write("u.toml", "[pipeline]\nname = \"u\"\n\n[axes]\nseed = [0, 1]\nlos = [\"a\", \"b\"]\n\n[stages.s]\nkind = \"command\"\nrun = \"echo ${seed}\"\n");
+    let out = ws.run(&["plan", file.to_str().unwrap()]).ok();
+    assert!(
+        out.stderr.contains(&format!("{}:6:", file.display())) && out.stderr.contains("axes.los: no stage uses this axis"),
+        "{}",
+        out.describe()
+    );
+    assert!(!out.stderr.contains("axes.seed"), "{}", out.describe());
+}
+
 #[test]
 fn parameter_values_a_kind_cannot_use_are_located_errors() {
     let stage = |body: &str| format!("[pipeline]\nname = \"x\"\n\n[stages.a]\nkind = \"command\"\nrun = \"true\"\n\n[stages.s]\n{body}\n");

@@ -448,7 +448,11 @@ fn positive_seconds(text: &str) -> Result<f64, String> {
 }
 
 fn compile(file: &Path) -> anyhow::Result<Plan> {
-    Ok(pipeline::compile(file)?)
+    let plan = pipeline::compile(file)?;
+    for unused in plan.unused_axes() {
+        tracing::warn!("{unused}");
+    }
+    Ok(plan)
 }
 
 fn print_json(value: &serde_json::Value) {

@@ -54,6 +54,23 @@ pub struct Plan {
 }
 
 impl Plan {
+    /// Axes that no stage uses (no `${axis}` anywhere): most likely a
+    /// forgotten reference, and the grid silently lacks that dimension.
+    pub fn unused_axes(&self) -> Vec<super::Diagnostic> {
+        self.spec
+            .axes
+            .iter()
+            .filter(|axis| !self.bindings.iter().any(|b| b.axes.iter().any(|(name, _)| *name == axis.name)))
+            .map(|axis| {
+                self.spec.file.error(
+                    axis.span.clone(),
+                    &format!("axes.{}", axis.name),
+                    format!("no stage uses this axis (no `${{{}}}`): it adds nothing to the grid", axis.name),
+                )
+            })
+            .collect()
+    }
+
     pub fn stage_name(&self, binding: &Binding) -> &str {
         &self.spec.stages[binding.stage].name
     }
