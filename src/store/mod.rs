@@ -253,7 +253,18 @@ impl Drop for FileLock {
 
 /// Now, as stored: RFC 3339 UTC text with milliseconds.
 pub fn now_text() -> String {
-    chrono::Utc::now().format("%Y-%m-%dT%H:%M:%S%.3fZ").to_string()
+    time_text(chrono::Utc::now())
+}
+
+/// A time as the store writes it (UTC, milliseconds).
+fn time_text(t: chrono::DateTime<chrono::Utc>) -> String {
+    t.format("%Y-%m-%dT%H:%M:%S%.3fZ").to_string()
+}
+
+/// A heartbeat (milliseconds since the epoch) as the store writes times: a
+/// process found dead ended, as far as anyone knows, at its last beat.
+pub fn heartbeat_text(ms: i64) -> String {
+    chrono::DateTime::from_timestamp_millis(ms).map_or_else(now_text, time_text)
 }
 
 pub fn now_ms() -> i64 {

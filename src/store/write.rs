@@ -268,7 +268,7 @@ impl Store {
         for row in attempts {
             let (id, h, pid, beat): (i64, String, i64, i64) = (row.get(0), row.get(1), row.get(2), row.get(3));
             if is_stale(&host, cutoff, &h, pid, beat) {
-                mark_lost(&mut tx, id, format!("process {pid} on {h} stopped without finishing")).await?;
+                mark_lost(&mut tx, id, format!("process {pid} on {h} stopped without finishing"), beat).await?;
                 recovered += 1;
             }
         }
@@ -279,7 +279,7 @@ impl Store {
             let (id, h, pid, beat): (i64, String, i64, i64) = (row.get(0), row.get(1), row.get(2), row.get(3));
             if is_stale(&host, cutoff, &h, pid, beat) {
                 sqlx::query("UPDATE runs SET status = 'lost', ended_at = $1 WHERE id = $2 AND status = 'running'")
-                    .bind(now_text())
+                    .bind(super::heartbeat_text(beat))
                     .bind(id)
                     .execute(&mut *tx)
                     .await?;
@@ -333,7 +333,7 @@ impl Store {
                     Some(s) if same_job => format!("Slurm requeued job {s}; process {pid} on {h} was stopped"),
                     _ => format!("process {pid} on {h} stopped without finishing"),
                 };
-                mark_lost(&mut tx, id, why).await?;
+                mark_lost(&mut tx, id, why, beat).await?;
             } else {
                 tx.commit().await?;
                 return Ok(Claim::RunningElsewhere { run_id: other_run, host: h, pid });
@@ -587,9 +587,10 @@ fn values_list(prefix: char, rows: usize, width: usize) -> String {
 }
 
 /// Marks a running attempt whose process is gone as lost, with the reason.
-async fn mark_lost(tx: &mut sqlx::Transaction<'static, Any>, attempt_id: i64, why: String) -> anyhow::Result<()> {
+/// Marks a running attempt lost, ended at its last heartbeat.
+async fn mark_lost(tx: &mut sqlx::Transaction<'static, Any>, attempt_id: i64, why: String, heartbeat_ms: i64) -> anyhow::Result<()> {
     sqlx::query("UPDATE attempts SET status = 'lost', ended_at = $1, error = $2 WHERE id = $3 AND status = 'running'")
-        .bind(now_text())
+        .bind(super::heartbeat_text(heartbeat_ms))
         .bind(why)
         .bind(attempt_id)
         .execute(&mut **tx)
