@@ -256,7 +256,11 @@ fn cancel_stops_a_live_run_and_records_a_dead_one_lost() {
     wait_until(Duration::from_secs(20), "the stage to start again", || ws.count("long") == 2);
     run.child.kill().unwrap();
     run.child.wait().unwrap();
+    std::thread::sleep(Duration::from_secs(8));
     let out = ws.run(&["cancel", "2"]).ok();
     assert!(out.stdout.contains("not running (lost)"), "{}", out.describe());
-    assert_eq!(ws.runs().iter().find(|r| r["id"] == 2).unwrap()["status"], "lost");
+    let lost = ws.runs().into_iter().find(|r| r["id"] == 2).unwrap();
+    assert_eq!(lost["status"], "lost");
+    // Ended at its last heartbeat (every 5 s), not when cancel noticed.
+    assert!(lost["duration_s"].as_f64().unwrap() < 7.0, "{lost}");
 }
