@@ -89,6 +89,29 @@ impl Pivot {
     }
 }
 
+/// The pivot's axes and stage exist among the rows of its pipeline (all
+/// rows when it names none), and no axis is both a row and a column (as
+/// `results --by` and `plot bars` check): a misspelt axis would otherwise
+/// fold every row into one cell.
+pub fn check(spec: &PivotSpec, history: &[HistoryRow]) -> Result<(), String> {
+    let rows: Vec<&HistoryRow> = history.iter().filter(|r| spec.pipeline.as_ref().is_none_or(|p| *p == r.pipeline)).collect();
+    let axes = distinct(rows.iter().flat_map(|r| r.axes.keys().map(String::as_str)).chain(["stage"]));
+    let asked: Vec<&String> = spec.rows.iter().chain(&spec.cols).collect();
+    if let Some(unknown) = asked.iter().find(|a| !axes.contains(&a.as_str())) {
+        return Err(format!("`{unknown}` is not an axis of this study (axes: {})", axes.join(", ")));
+    }
+    if let Some(twice) = asked.iter().enumerate().find(|(i, a)| asked[..*i].contains(a)).map(|(_, a)| a) {
+        return Err(format!("`{twice}` is named twice in rows and cols"));
+    }
+    if let Some(stage) = &spec.stage
+        && !rows.iter().any(|r| r.stage == *stage)
+    {
+        let stages = distinct(rows.iter().map(|r| r.stage.as_str()));
+        return Err(format!("no finished instance of stage `{stage}` (stages: {})", stages.join(", ")));
+    }
+    Ok(())
+}
+
 /// The rows of a study's current version: of stages it still has, with axes
 /// it still has, at values it still has. An edit that drops an axis, a value
 /// or a stage leaves the older rows in the store (`history` lists them);

@@ -114,6 +114,12 @@ title = "huge values"
 chart = "line"
 sql = "SELECT 0 AS x, 1e308 AS y UNION ALL SELECT 1, -1e308"
 [[panels]]
+title = "misspelt axis"
+pivot = { metric = "zero_shot.top1", rows = ["los"] }
+[[panels]]
+title = "misspelt parameter"
+sql = "SELECT stage FROM v_results WHERE stage = :stag"
+[[panels]]
 title = "endless"
 sql = "WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c) SELECT count(*) FROM c"
 "#,
@@ -134,7 +140,9 @@ sql = "WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c) SELECT co
     assert!(page.body.contains("invalid panel") && page.body.contains("pie"));
     assert!(page.body.contains("no data yet"));
     assert!(page.body.contains("too many to draw") && page.body.contains("showing the first 1000 of 1500 rows"));
-    assert_eq!(page.body.matches("class=\"error\"").count(), 6, "{}", page.body);
+    assert!(page.body.contains("`los` is not an axis of this study"), "{}", page.body);
+    assert!(page.body.contains("the query uses :stag, which neither"), "{}", page.body);
+    assert_eq!(page.body.matches("class=\"error\"").count(), 8, "{}", page.body);
     assert!(page.body.matches("no data yet").count() >= 2, "empty pivot and unplottable values");
     // A parameter value with SQL in it is bound, not run.
     let page = fetch(server.addr, "/dashboards/mixed?stage=eval'%20OR%20'1'='1");

@@ -347,7 +347,7 @@ pub async fn pivot(State(state): State<Arc<AppState>>, Path(name): Path<String>,
         stage: q.stage.filter(|s| !s.trim().is_empty()),
     };
     let (history, _) = pivot::current_rows(&store, &name).await?;
-    check_pivot(&spec, &history)?;
+    pivot::check(&spec, &history).map_err(WebError::BadRequest)?;
     let p = pivot::pivot(&history, &spec);
     let body = if p.is_empty() {
         html::empty(&format!("no data yet: no finished instance of {name} has recorded `{metric}`"))
@@ -355,26 +355,6 @@ pub async fn pivot(State(state): State<Arc<AppState>>, Path(name): Path<String>,
         format!("{}{}", panels::pivot_table(&p), Chart::Bar(p.bar_chart(&metric)).svg(CHART_SIZE)?)
     };
     Ok(Page::new(&format!("{name}: {metric}"), format!("<h1>{}: {}</h1>{}", esc(&name), esc(&metric), section("Pivot", &body))))
-}
-
-/// The pivot's axes and stage exist among the study's rows, and no axis is
-/// both a row and a column (as `results --by` and `plot bars` check).
-fn check_pivot(spec: &PivotSpec, history: &[crate::store::HistoryRow]) -> Result<()> {
-    let axes = pivot::distinct(history.iter().flat_map(|r| r.axes.keys().map(String::as_str)).chain(["stage"]));
-    let asked: Vec<&String> = spec.rows.iter().chain(&spec.cols).collect();
-    if let Some(unknown) = asked.iter().find(|a| !axes.contains(&a.as_str())) {
-        return Err(WebError::BadRequest(format!("`{unknown}` is not an axis of this study (axes: {})", axes.join(", "))));
-    }
-    if let Some(twice) = asked.iter().enumerate().find(|(i, a)| asked[..*i].contains(a)).map(|(_, a)| a) {
-        return Err(WebError::BadRequest(format!("`{twice}` is named twice in rows and cols")));
-    }
-    if let Some(stage) = &spec.stage
-        && !history.iter().any(|r| r.stage == *stage)
-    {
-        let stages = pivot::distinct(history.iter().map(|r| r.stage.as_str()));
-        return Err(WebError::BadRequest(format!("no finished instance of stage `{stage}` (stages: {})", stages.join(", "))));
-    }
-    Ok(())
 }
 
 pub async fn dashboards(State(state): State<Arc<AppState>>) -> Result<Page> {

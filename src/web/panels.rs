@@ -56,6 +56,14 @@ pub async fn panel(ctx: &Ctx<'_>, title: &str, spec: &Result<Panel, String>, par
 async fn body(ctx: &Ctx<'_>, p: &Panel, params: &HashMap<String, String>) -> anyhow::Result<String> {
     match &p.source {
         Source::Sql(sql) => {
+            // A parameter the dashboard does not set would bind NULL and
+            // match nothing: a misspelt `:pipline` reads as "no data yet".
+            if let Some(unset) = crate::store::prepare_sql(sql).names.into_iter().find(|n| !params.contains_key(n)) {
+                let mut set: Vec<&str> = params.keys().map(String::as_str).collect();
+                set.sort_unstable();
+                let set = if set.is_empty() { "none".to_owned() } else { set.join(", ") };
+                anyhow::bail!("the query uses :{unset}, which neither the dashboard's [params] nor the URL sets (params: {set})");
+            }
             let result = ctx.store.read_only_query(sql, params, Some(ctx.query_timeout)).await?;
             if result.rows.is_empty() {
                 return Ok(html::empty("no data yet"));
@@ -73,11 +81,13 @@ async fn body(ctx: &Ctx<'_>, p: &Panel, params: &HashMap<String, String>) -> any
             if spec.pipeline.is_none() {
                 spec.pipeline = params.get("pipeline").cloned();
             }
-            let pivot = pivot::pivot(ctx.history().await?, &spec);
+            let history = ctx.history().await?;
+            let pivot = pivot::pivot(history, &spec);
             if pivot.is_empty() {
                 let of = spec.pipeline.as_ref().map(|p| format!(" of {p}")).unwrap_or_default();
                 return Ok(html::empty(&format!("no data yet: no finished instance{of} has recorded `{}`", spec.metric)));
             }
+            pivot::check(&spec, history).map_err(|e| anyhow::anyhow!(e))?;
             match p.chart {
                 ChartKind::Bar => Ok(format!("{}{}", Chart::Bar(pivot.bar_chart("")).svg(CHART_SIZE)?, over_note(&pivot))),
                 _ => Ok(pivot_table(&pivot)),
