@@ -64,9 +64,11 @@ fn pages_render_from_the_store() {
     assert_eq!(lift.status, 200);
     assert!(lift.body.matches("no data yet").count() >= 5, "{}", lift.body);
     assert!(!lift.body.contains("class=\"error\""), "{}", lift.body);
-    // Dashboard parameters come from the URL and are bound: the study's loss curves appear.
+    // Dashboard parameters come from the URL and are bound: the study's final
+    // metrics appear, and pivots on an axis it lacks say so.
     let lift = fetch(a, "/dashboards/lift-vs-clip?pipeline=study");
-    assert!(lift.body.contains("Training loss curves") && lift.body.contains("<svg"), "{}", lift.body);
+    assert!(lift.body.contains("All final metrics of the study") && lift.body.contains("<td>eval</td>"), "{}", lift.body);
+    assert!(lift.body.contains("`encoder` is not an axis of this study"), "{}", lift.body);
 }
 
 #[test]
