@@ -397,6 +397,10 @@ fn without_keep_going_a_failure_cancels_jobs_not_started_and_with_it_they_run() 
     let plan = ws.plan(&file);
     assert_eq!(with_status(&plan, "run"), BTreeSet::from([key_of(&plan, "bad"), key_of(&plan, "later")]), "what is left to do");
     assert_eq!(keys_in(&summary, "not_started"), BTreeSet::from([key_of(&plan, "later")]), "the summary accounts for it: {summary}");
+    // `show RUN` lists that job too, though it never made an attempt.
+    let show = ws.run(&["show", "1"]).ok().stdout;
+    let jobs = show.split_once("\nSlurm jobs").map(|(_, j)| j.to_owned()).unwrap_or_default();
+    assert!(jobs.contains(&key_of(&plan, "later")[..12]), "{show}");
     assert!(!out.stderr.contains("polling Slurm failed"), "{}", out.describe());
 
     // --keep-going: everything independent of the failure runs.

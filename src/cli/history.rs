@@ -97,20 +97,28 @@ pub async fn show(workspace: &Workspace, id: &str, json: bool) -> anyhow::Result
             table.row(row);
         }
         print!("{}", table.render());
-        let open: Vec<_> = jobs.into_iter().filter(|j| j.open).collect();
-        if !open.is_empty() {
-            println!(
-                "\nSlurm jobs not finished yet (`ablate run FILE --executor slurm` follows them, `ablate cancel {run_id}` cancels them):"
-            );
-            let mut table = Table::new(&["SLURM JOB", "KEY", "KIND", "STATE", "REASON", "NODE", "LOG"]);
-            for j in open {
+        // Every job, ended ones too: a job cancelled before it started
+        // (by ablate, Slurm or someone) has no attempt above.
+        if !jobs.is_empty() {
+            let open = jobs.iter().filter(|j| j.open).count();
+            if open > 0 {
+                println!(
+                    "\nSlurm jobs ({open} not finished yet: `ablate run FILE --executor slurm` follows them, `ablate cancel {run_id}` cancels them):"
+                );
+            } else {
+                println!("\nSlurm jobs:");
+            }
+            let mut table = Table::new(&["SLURM JOB", "KEY", "KIND", "STATE", "REASON", "NODE", "EXIT", "LOG"]);
+            for j in jobs {
+                let state = if j.open { format!("{} (open)", j.state) } else { j.state };
                 table.row(vec![
                     j.job,
                     j.key[..12].to_owned(),
                     j.kind,
-                    j.state,
+                    state,
                     j.reason.unwrap_or_default(),
                     j.node.unwrap_or_default(),
+                    j.exit_code.unwrap_or_default(),
                     j.log_path,
                 ]);
             }
