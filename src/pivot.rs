@@ -82,7 +82,12 @@ impl Pivot {
                 .enumerate()
                 .map(|(c, name)| BarSeries {
                     name: if self.spec.cols.is_empty() { String::new() } else { name.clone() },
-                    bars: self.cells.iter().map(|row| row[c].map(|cell| (cell.mean, Some(cell.std)))).collect(),
+                    // A NaN or infinite mean (a diverged run) has no bar; tables show it.
+                    bars: self
+                        .cells
+                        .iter()
+                        .map(|row| row[c].filter(|cell| cell.mean.is_finite()).map(|cell| (cell.mean, Some(cell.std))))
+                        .collect(),
                 })
                 .collect(),
         }
@@ -192,7 +197,7 @@ pub fn pivot(rows: &[HistoryRow], spec: &PivotSpec) -> Pivot {
         .into_iter()
         .filter(|r| spec.pipeline.as_ref().is_none_or(|p| *p == r.pipeline))
         .filter(|r| spec.stage.as_ref().is_none_or(|s| *s == r.stage))
-        .filter(|r| r.metrics.get(&spec.metric).is_some_and(|v| v.is_finite()))
+        .filter(|r| r.metrics.contains_key(&spec.metric))
         .collect();
     let mut row_labels: Vec<String> = Vec::new();
     let mut col_labels: Vec<String> = Vec::new();
@@ -306,7 +311,8 @@ pub fn summarize(
             let metrics = metrics
                 .iter()
                 .filter_map(|m| {
-                    let values: Vec<f64> = members.iter().filter_map(|r| r.metrics.get(m).copied()).filter(|v| v.is_finite()).collect();
+                    // A NaN (a diverged seed) makes the cell NaN rather than vanish.
+                    let values: Vec<f64> = members.iter().filter_map(|r| r.metrics.get(m).copied()).collect();
                     (!values.is_empty()).then(|| (m.clone(), Cell::of(&values)))
                 })
                 .collect();

@@ -388,3 +388,21 @@ fn results_leave_out_rows_of_axes_a_study_no_longer_has() {
     }
     assert_eq!(history(&ws, &[]).len(), 4, "history still lists every row");
 }
+
+/// A metric that went NaN or infinite (a diverged training) is a result:
+/// listed, and the cell it falls in reads NaN instead of vanishing.
+#[test]
+fn a_non_finite_metric_is_shown_not_dropped() {
+    let ws = Ws::new();
+    let file = ws.write(
+        "nan.toml",
+        "[pipeline]\nname = \"nan\"\n\n[axes]\nx = [1, 2]\n\n[stages.s]\nkind = \"command\"\nrun = \"[ ${x} = 2 ] && echo ablate:metric m nan || echo ablate:metric m 1\"\n",
+    );
+    let f = file.to_str().unwrap();
+    ws.run(&["run", f]).ok();
+    let rows = history(&ws, &[]);
+    assert!(rows.iter().all(|r| r["metrics"].as_object().unwrap().contains_key("m")), "{rows:?}");
+    let table = ws.run(&["results", f, "--metric", "m"]).ok().stdout;
+    assert!(table.lines().any(|l| l.starts_with('2') && l.contains("NaN")), "{table}");
+    ws.run(&["plot", "bars", f, "--metric", "m", "--by", "x", "-o", ws.root().join("m.svg").to_str().unwrap()]).ok();
+}

@@ -354,14 +354,15 @@ impl Store {
             .collect())
     }
 
-    /// Final metric values of every done instance, by key.
+    /// Final metric values of every done instance, by key. A value stored
+    /// as NULL (NaN or an infinity: a diverged training, say) comes back as
+    /// NaN, not left out: that a metric went bad is a result too.
     pub async fn final_metrics(&self) -> anyhow::Result<HashMap<String, BTreeMap<String, f64>>> {
         let rows = sqlx::query("SELECT key, name, value FROM v_metrics").fetch_all(&self.pool).await?;
         let mut out: HashMap<String, BTreeMap<String, f64>> = HashMap::new();
         for r in rows {
-            if let Some(value) = r.get::<Option<f64>, _>(2) {
-                out.entry(r.get(0)).or_default().insert(r.get(1), value);
-            }
+            let value = r.get::<Option<f64>, _>(2).unwrap_or(f64::NAN);
+            out.entry(r.get(0)).or_default().insert(r.get(1), value);
         }
         Ok(out)
     }
