@@ -49,7 +49,7 @@ impl Cell {
 
     /// `0.712 ± 0.013 (n=3)`, or just the value when there is one.
     pub fn text(&self) -> String {
-        if self.n > 1 { format!("{:.4} ± {:.4} (n={})", self.mean, self.std, self.n) } else { format!("{:.4}", self.mean) }
+        if self.n > 1 { format!("{} ± {} (n={})", four(self.mean), four(self.std), self.n) } else { four(self.mean) }
     }
 }
 
@@ -144,6 +144,12 @@ pub async fn current_rows(store: &crate::store::Store, name: &str) -> anyhow::Re
         Ok(spec) => Ok(current_version(rows, &spec)),
         Err(_) => Ok((rows, 0)),
     }
+}
+
+/// Four decimals, or three significant digits for a value too small to show
+/// in them (a learning rate of 4.8e-5 is not `0.0000`).
+fn four(v: f64) -> String {
+    if v != 0.0 && v.abs() < 5e-5 { format!("{v:.3e}") } else { format!("{v:.4}") }
 }
 
 /// The rows that stand for each (pipeline, stage, axes) now: a binding planned
@@ -326,6 +332,14 @@ mod tests {
     use serde_json::json;
 
     use super::*;
+
+    #[test]
+    fn cells_show_small_values() {
+        assert_eq!(Cell::of(&[4.775e-5]).text(), "4.775e-5");
+        assert_eq!(Cell::of(&[0.71234]).text(), "0.7123");
+        assert_eq!(Cell::of(&[0.5, 0.5]).text(), "0.5000 ± 0.0000 (n=2)");
+        assert_eq!(Cell::of(&[f64::NAN]).text(), "NaN");
+    }
 
     fn row(loss: &str, seed: i64, top1: f64, seen: &str) -> HistoryRow {
         HistoryRow {

@@ -141,6 +141,11 @@ fn compare_instances_and_runs() {
         assert_eq!(t["params"], serde_json::json!([{"name": "env", "a": ["LR=0.001"], "b": ["LR=0.01"]}]), "{t}");
     }
     assert!(pairs.iter().any(|p| p["stage"] == "study/data" && p["same_key"] == true));
+    // Runs with nothing in common say so (not "parameters: identical").
+    let other = ws.write("other.toml", "[pipeline]\nname = \"other\"\n\n[stages.o]\nkind = \"command\"\nrun = \"true\"\n");
+    ws.run(&["run", other.to_str().unwrap()]).ok();
+    let text = ws.run(&["compare", "1", "3"]).ok().stdout;
+    assert!(text.contains("no instance in common") && !text.contains("identical"), "{text}");
     // Errors: unknown run, mixed kinds.
     ws.run(&["compare", "1", "99"]).expect_code(2);
     ws.run(&["compare", "1", &a]).expect_code(2);

@@ -228,16 +228,16 @@ pub async fn compare(workspace: &Workspace, a: &str, b: &str, json: bool) -> any
         }
     }
     println!();
-    if np == 0 {
-        println!("parameters: identical")
+    if report["pairs"].as_array().is_some_and(Vec::is_empty) {
+        println!("no instance in common (runs are paired by stage and axis values)");
     } else {
-        print!("{}", params.render())
-    }
-    println!();
-    if nm == 0 {
-        println!("metrics: none recorded")
-    } else {
-        print!("{}", metrics.render())
+        if np == 0 {
+            println!("parameters: identical")
+        } else {
+            print!("{}", params.render())
+        }
+        println!();
+        if nm == 0 { println!("metrics: none recorded") } else { print!("{}", metrics.render()) }
     }
     for side in ["only_in_a", "only_in_b"] {
         for o in rows_of(&report[side]) {

@@ -122,7 +122,7 @@ impl Store {
 
     pub async fn start_run(&self, pipeline_id: Option<i64>, command: &str, argv: &[String]) -> anyhow::Result<i64> {
         self.check_writable()?;
-        let user = std::env::var("USER").or_else(|_| std::env::var("LOGNAME")).unwrap_or_else(|_| "unknown".into());
+        let user = std::env::var("USER").or_else(|_| std::env::var("LOGNAME")).unwrap_or_else(|_| account_name());
         let id: i64 = sqlx::query_scalar(
             "INSERT INTO runs (pipeline_id, command, argv, host, pid, \"user\", git_revision, ablate_version, started_at, heartbeat_at, status)
              VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, 'running') RETURNING id",
@@ -587,6 +587,20 @@ fn values_list(prefix: char, rows: usize, width: usize) -> String {
 }
 
 /// Marks a running attempt whose process is gone as lost, with the reason.
+/// The account this process runs as, from the password database (cron jobs
+/// and containers often have no `$USER`).
+fn account_name() -> String {
+    // SAFETY: getpwuid returns a pointer into static storage or null; the name
+    // is copied out at once, before any other call could overwrite it.
+    unsafe {
+        let entry = libc::getpwuid(libc::getuid());
+        if entry.is_null() || (*entry).pw_name.is_null() {
+            return "unknown".into();
+        }
+        std::ffi::CStr::from_ptr((*entry).pw_name).to_string_lossy().into_owned()
+    }
+}
+
 /// Marks a running attempt lost, ended at its last heartbeat.
 async fn mark_lost(tx: &mut sqlx::Transaction<'static, Any>, attempt_id: i64, why: String, heartbeat_ms: i64) -> anyhow::Result<()> {
     sqlx::query("UPDATE attempts SET status = 'lost', ended_at = $1, error = $2 WHERE id = $3 AND status = 'running'")
