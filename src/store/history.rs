@@ -118,12 +118,10 @@ fn cell(row: &AnyRow, i: usize) -> Value {
 /// with its columns in their order: serde_json's maps would sort them.
 struct OrderedRow(Vec<(String, Value)>);
 
-/// A cell's JSON text as a value. A number is read by the standard library,
-/// which rounds correctly: serde_json (without `float_roundtrip`, which
-/// would rebuild half the dependency tree) may be one unit off in the last
-/// digit of a double the server wrote exactly. Integers stay integers up to
-/// u64, `-0` stays a negative zero, and a `numeric` too large for a double
-/// comes back as its digits. Numbers nested in JSON values are serde_json's.
+/// A cell's JSON text as a value, a number keeping what the server wrote:
+/// integers stay integers up to u64, `-0` stays a negative zero, a double
+/// is read exactly, and a `numeric` too large for a double comes back as
+/// its digits (serde_json would fail the whole row on it).
 fn json_cell(raw: &serde_json::value::RawValue) -> serde_json::Result<Value> {
     let text = raw.get();
     if text.starts_with(|c: char| c == '-' || c.is_ascii_digit()) {
