@@ -385,7 +385,7 @@ impl Store {
     }
 
     pub async fn runs(&self, limit: i64) -> anyhow::Result<Vec<RunRecord>> {
-        let rows = sqlx::query("SELECT id, pipeline, command, status, host, \"user\", started_at, ended_at, duration_s, done, failed, skipped FROM v_runs ORDER BY id DESC LIMIT $1")
+        let rows = sqlx::query("SELECT v.id, v.pipeline, v.command, v.status, v.host, v.\"user\", v.started_at, v.ended_at, v.duration_s, v.done, v.failed, v.skipped, r.pid, r.heartbeat_at, r.executor FROM v_runs v JOIN runs r ON r.id = v.id ORDER BY v.id DESC LIMIT $1")
             .bind(limit)
             .fetch_all(&self.pool)
             .await?;
@@ -393,7 +393,7 @@ impl Store {
     }
 
     pub async fn run_by_id(&self, id: i64) -> anyhow::Result<Option<RunRecord>> {
-        let row = sqlx::query("SELECT id, pipeline, command, status, host, \"user\", started_at, ended_at, duration_s, done, failed, skipped FROM v_runs WHERE id = $1")
+        let row = sqlx::query("SELECT v.id, v.pipeline, v.command, v.status, v.host, v.\"user\", v.started_at, v.ended_at, v.duration_s, v.done, v.failed, v.skipped, r.pid, r.heartbeat_at, r.executor FROM v_runs v JOIN runs r ON r.id = v.id WHERE v.id = $1")
             .bind(id)
             .fetch_optional(&self.pool)
             .await?;
@@ -440,7 +440,7 @@ impl Store {
 }
 
 fn run(row: &AnyRow) -> RunRecord {
-    RunRecord {
+    let mut run = RunRecord {
         id: row.get(0),
         pipeline: row.get(1),
         command: row.get(2),
@@ -453,5 +453,18 @@ fn run(row: &AnyRow) -> RunRecord {
         done: row.get(9),
         failed: row.get(10),
         skipped: row.get(11),
+    };
+    // A local run whose process is gone is lost, though only the next
+    // writer records it so: read-only commands must not say `running`.
+    let (pid, beat, executor): (i64, i64, String) = (row.get(12), row.get(13), row.get(14));
+    if run.status == "running"
+        && executor == "local"
+        && super::write::is_stale(&super::host_name(), super::now_ms() - super::write::lease_ms(), &run.host, pid, beat)
+    {
+        run.status = "lost".into();
+        run.ended_at = Some(super::heartbeat_text(beat));
+        let started = chrono::DateTime::parse_from_rfc3339(&run.started_at).map(|t| t.timestamp_millis()).ok();
+        run.duration_s = started.map(|s| (beat - s).max(0) as f64 / 1000.0);
     }
+    run
 }

@@ -612,7 +612,8 @@ async fn mark_lost(tx: &mut sqlx::Transaction<'static, Any>, attempt_id: i64, wh
     Ok(())
 }
 
-fn is_stale(this_host: &str, cutoff_ms: i64, host: &str, pid: i64, heartbeat_ms: i64) -> bool {
+/// Whether a claim or run is dead: its process gone on this host, or its lease run out.
+pub(super) fn is_stale(this_host: &str, cutoff_ms: i64, host: &str, pid: i64, heartbeat_ms: i64) -> bool {
     (host == this_host && !pid_alive(pid)) || heartbeat_ms < cutoff_ms
 }
 
