@@ -131,11 +131,12 @@ fn json_cell(raw: &serde_json::value::RawValue) -> serde_json::Result<Value> {
         } else {
             None
         };
-        if let Some(n) = number.or_else(|| text.parse::<f64>().ok().and_then(serde_json::Number::from_f64)) {
+        if let Some(n) = number {
             return Ok(Value::Number(n));
         }
-        if text.parse::<f64>().is_ok() {
-            return Ok(Value::String(text.to_owned())); // a `numeric` beyond doubles: its digits
+        if let Ok(double) = text.parse::<f64>() {
+            // A `numeric` beyond doubles keeps its digits.
+            return Ok(serde_json::Number::from_f64(double).map_or_else(|| Value::String(text.to_owned()), Value::Number));
         }
     }
     serde_json::from_str(text)

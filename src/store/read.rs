@@ -385,18 +385,12 @@ impl Store {
     }
 
     pub async fn runs(&self, limit: i64) -> anyhow::Result<Vec<RunRecord>> {
-        let rows = sqlx::query("SELECT v.id, v.pipeline, v.command, v.status, v.host, v.\"user\", v.started_at, v.ended_at, v.duration_s, v.done, v.failed, v.skipped, r.pid, r.heartbeat_at, r.executor FROM v_runs v JOIN runs r ON r.id = v.id ORDER BY v.id DESC LIMIT $1")
-            .bind(limit)
-            .fetch_all(&self.pool)
-            .await?;
+        let rows = sqlx::query(&format!("{RUN_SELECT} ORDER BY v.id DESC LIMIT $1")).bind(limit).fetch_all(&self.pool).await?;
         Ok(rows.iter().map(run).collect())
     }
 
     pub async fn run_by_id(&self, id: i64) -> anyhow::Result<Option<RunRecord>> {
-        let row = sqlx::query("SELECT v.id, v.pipeline, v.command, v.status, v.host, v.\"user\", v.started_at, v.ended_at, v.duration_s, v.done, v.failed, v.skipped, r.pid, r.heartbeat_at, r.executor FROM v_runs v JOIN runs r ON r.id = v.id WHERE v.id = $1")
-            .bind(id)
-            .fetch_optional(&self.pool)
-            .await?;
+        let row = sqlx::query(&format!("{RUN_SELECT} WHERE v.id = $1")).bind(id).fetch_optional(&self.pool).await?;
         Ok(row.as_ref().map(run))
     }
 
@@ -438,6 +432,9 @@ impl Store {
         Ok(rows.into_iter().collect())
     }
 }
+
+/// The columns [`run`] reads, of `v_runs v` and `runs r`.
+const RUN_SELECT: &str = "SELECT v.id, v.pipeline, v.command, v.status, v.host, v.\"user\", v.started_at, v.ended_at, v.duration_s, v.done, v.failed, v.skipped, r.pid, r.heartbeat_at, r.executor FROM v_runs v JOIN runs r ON r.id = v.id";
 
 fn run(row: &AnyRow) -> RunRecord {
     let mut run = RunRecord {
