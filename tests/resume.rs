@@ -261,6 +261,8 @@ fn cancel_stops_a_live_run_and_records_a_dead_one_lost() {
     let seen = ws.runs().into_iter().find(|r| r["id"] == 2).unwrap();
     assert_eq!(seen["status"], "lost", "{seen}");
     assert!(seen["duration_s"].as_f64().unwrap() < 7.0, "{seen}");
+    let out = ws.run(&["plan", file.to_str().unwrap()]).ok();
+    assert!(out.stdout.contains("never finished (last attempt lost)"), "{}", out.describe());
     let out = ws.run(&["cancel", "2"]).ok();
     assert!(out.stdout.contains("not running (lost)"), "{}", out.describe());
     let lost = ws.runs().into_iter().find(|r| r["id"] == 2).unwrap();

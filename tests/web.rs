@@ -214,6 +214,13 @@ fn unknown_things_are_404_and_requests_cannot_inject_or_traverse() {
         let r = fetch(a, &format!("/pipelines/study/pivot?metric=sugarcrepe.mean&{bad}"));
         assert_eq!(r.status, 400, "{bad}: {}", r.body);
     }
+    // A repeated parameter is answered in the page, not by a bare 400 text.
+    let r = fetch(a, "/pipelines/study/pivot?metric=sugarcrepe.mean&metric=loss&rows=loss");
+    assert_eq!(r.status, 400);
+    assert!(r.body.contains("give one metric") && r.body.contains("</html>"), "{}", r.body);
+    let r = fetch(a, "/pipelines/study/pivot?metric=sugarcrepe.mean&metric=sugarcrepe.mean&rows=loss&rows=captions");
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert!(r.body.contains("0.6050") && r.body.contains("0.8050"), "{}", r.body);
     assert_eq!(fetch(a, "/dashboards/ok").status, 200);
     assert_eq!(ws.runs().len(), 1, "the store is unchanged");
     assert!(server.alive());

@@ -370,10 +370,21 @@ impl Store {
 
     /// The latest attempt status of every instance that has one, by key.
     pub async fn latest_attempt_statuses(&self) -> anyhow::Result<HashMap<String, String>> {
-        let rows = sqlx::query("SELECT i.key, a.status FROM attempts a JOIN stage_instances i ON i.id = a.instance_id WHERE a.id IN (SELECT MAX(id) FROM attempts GROUP BY instance_id)")
-            .fetch_all(&self.pool)
-            .await?;
-        Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())
+        let rows = sqlx::query(
+            "SELECT i.key, a.status, r.host, r.pid, r.heartbeat_at, r.executor FROM attempts a
+             JOIN stage_instances i ON i.id = a.instance_id JOIN runs r ON r.id = a.run_id
+             WHERE a.id IN (SELECT MAX(id) FROM attempts GROUP BY instance_id)",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows
+            .iter()
+            .map(|r| {
+                let status: String = r.get(1);
+                let lost = status == "running" && local_run_gone(&r.get::<String, _>(2), r.get(3), r.get(4), &r.get::<String, _>(5));
+                (r.get(0), if lost { "lost".to_owned() } else { status })
+            })
+            .collect())
     }
 
     pub async fn metrics_of_attempt(&self, attempt_id: i64) -> anyhow::Result<Vec<MetricRecord>> {
@@ -436,6 +447,12 @@ impl Store {
 /// The columns [`run`] reads, of `v_runs v` and `runs r`.
 const RUN_SELECT: &str = "SELECT v.id, v.pipeline, v.command, v.status, v.host, v.\"user\", v.started_at, v.ended_at, v.duration_s, v.done, v.failed, v.skipped, r.pid, r.heartbeat_at, r.executor FROM v_runs v JOIN runs r ON r.id = v.id";
 
+/// Whether a run still recorded `running` is a local one whose process is
+/// gone. Only the next writer records it lost, so read-only commands check.
+fn local_run_gone(host: &str, pid: i64, heartbeat_ms: i64, executor: &str) -> bool {
+    executor == "local" && super::write::is_stale(&super::host_name(), super::now_ms() - super::write::lease_ms(), host, pid, heartbeat_ms)
+}
+
 fn run(row: &AnyRow) -> RunRecord {
     let mut run = RunRecord {
         id: row.get(0),
@@ -451,13 +468,8 @@ fn run(row: &AnyRow) -> RunRecord {
         failed: row.get(10),
         skipped: row.get(11),
     };
-    // A local run whose process is gone is lost, though only the next
-    // writer records it so: read-only commands must not say `running`.
     let (pid, beat, executor): (i64, i64, String) = (row.get(12), row.get(13), row.get(14));
-    if run.status == "running"
-        && executor == "local"
-        && super::write::is_stale(&super::host_name(), super::now_ms() - super::write::lease_ms(), &run.host, pid, beat)
-    {
+    if run.status == "running" && local_run_gone(&run.host, pid, beat, &executor) {
         run.status = "lost".into();
         run.ended_at = Some(super::heartbeat_text(beat));
         let started = chrono::DateTime::parse_from_rfc3339(&run.started_at).map(|t| t.timestamp_millis()).ok();

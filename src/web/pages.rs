@@ -320,32 +320,58 @@ pub async fn pipeline(State(state): State<Arc<AppState>>, Path(name): Path<Strin
     Ok(Page::new(&name, format!("<h1>Pipeline {}</h1>{form}{body}", esc(&name))))
 }
 
-#[derive(serde::Deserialize)]
-pub struct PivotQuery {
+/// A pivot's URL parameters. Read as pairs, not a struct, so a repeated
+/// parameter is answered in the page rather than by axum's plain-text 400:
+/// `rows`/`cols` given twice add up, two different metrics or stages are an error.
+struct PivotQuery {
     metric: Option<String>,
-    rows: Option<String>,
-    cols: Option<String>,
+    rows: Vec<String>,
+    cols: Vec<String>,
     stage: Option<String>,
 }
 
-fn axis_list(text: Option<&str>) -> Vec<String> {
-    text.unwrap_or("").split(',').map(str::trim).filter(|s| !s.is_empty()).map(str::to_owned).collect()
+impl PivotQuery {
+    fn from_pairs(pairs: Vec<(String, String)>) -> std::result::Result<Self, WebError> {
+        let mut q = PivotQuery { metric: None, rows: vec![], cols: vec![], stage: None };
+        for (key, value) in pairs {
+            let value = value.trim().to_owned();
+            match key.as_str() {
+                "rows" => q.rows.extend(axis_list(&value)),
+                "cols" => q.cols.extend(axis_list(&value)),
+                "metric" | "stage" if value.is_empty() => {}
+                "metric" | "stage" => {
+                    let slot = if key == "metric" { &mut q.metric } else { &mut q.stage };
+                    match slot {
+                        Some(before) if *before != value => {
+                            return Err(WebError::BadRequest(format!("give one {key}, not both `{before}` and `{value}`")));
+                        }
+                        _ => *slot = Some(value),
+                    }
+                }
+                _ => {}
+            }
+        }
+        Ok(q)
+    }
+}
+
+fn axis_list(text: &str) -> Vec<String> {
+    text.split(',').map(str::trim).filter(|s| !s.is_empty()).map(str::to_owned).collect()
 }
 
 /// An ablation pivot chosen in the URL; the parameters only select among loaded rows.
-pub async fn pivot(State(state): State<Arc<AppState>>, Path(name): Path<String>, Query(q): Query<PivotQuery>) -> Result<Page> {
+pub async fn pivot(
+    State(state): State<Arc<AppState>>,
+    Path(name): Path<String>,
+    Query(pairs): Query<Vec<(String, String)>>,
+) -> Result<Page> {
     let store = state.store().await?;
     known_pipeline(store, &name).await?;
-    let Some(metric) = q.metric.filter(|m| !m.trim().is_empty()) else {
+    let q = PivotQuery::from_pairs(pairs)?;
+    let Some(metric) = q.metric else {
         return Err(WebError::BadRequest("give ?metric=NAME (and rows=AXIS,... cols=AXIS)".into()));
     };
-    let spec = PivotSpec {
-        metric: metric.clone(),
-        rows: axis_list(q.rows.as_deref()),
-        cols: axis_list(q.cols.as_deref()),
-        pipeline: Some(name.clone()),
-        stage: q.stage.filter(|s| !s.trim().is_empty()),
-    };
+    let spec = PivotSpec { metric: metric.clone(), rows: q.rows, cols: q.cols, pipeline: Some(name.clone()), stage: q.stage };
     let (history, _) = pivot::current_rows(&store, &name).await?;
     pivot::check(&spec, &history).map_err(WebError::BadRequest)?;
     let p = pivot::pivot(&history, &spec);
