@@ -437,11 +437,7 @@ fn force_interrupted_while_its_job_runs_leaves_no_stale_dependant() {
         return;
     }
     let ws = Ws::new();
-    let slow = FORCED.replace(
-        "run = \"date +%s%N > $ABLATE_OUT/x.txt\"",
-        "run = \"echo x >> @C@/stamp; while [ ! -f @R@/go ]; do sleep 0.2; done; date +%s%N > $ABLATE_OUT/x.txt\"",
-    );
-    let file = ws.write("nd.toml", &slow);
+    let file = ws.write("nd.toml", &slow_stamp());
     go(&ws);
     let (code, _, out) = run_slurm(&ws, &file, &[]);
     assert_eq!(code, Some(0), "{}", out.describe());
@@ -458,6 +454,48 @@ fn force_interrupted_while_its_job_runs_leaves_no_stale_dependant() {
     assert_eq!(code, Some(0), "{}", out.describe());
     assert_eq!(summary["executed"].as_array().unwrap().len(), 0, "{summary}");
     assert_eq!((ws.count("stamp"), ws.count("copy"), ws.count("reader")), (2, 2, 1));
+}
+
+/// The submitter killed (-9) while a forced job runs: nobody is left to
+/// decide the held dependant, so the lineage check must. Once the forced job
+/// ends, `plan` names the changed upstream and the next run reruns only it.
+#[test]
+fn force_whose_submitter_dies_leaves_the_dependant_to_the_lineage_check() {
+    if !slurm() {
+        return;
+    }
+    let ws = Ws::new();
+    let file = ws.write("nd.toml", &slow_stamp());
+    go(&ws);
+    let (code, _, out) = run_slurm(&ws, &file, &[]);
+    assert_eq!(code, Some(0), "{}", out.describe());
+    std::fs::remove_file(ws.root().join("go")).unwrap();
+    let follower = ws.spawn(&["run", file.to_str().unwrap(), "--executor", "slurm", "--json", "--force", "stamp"]);
+    wait_until(LONG, "the forced job to start", || ws.count("stamp") == 2);
+    follower.kill9();
+    go(&ws);
+    let status_of = |stage: &str| {
+        let plan = ws.plan(&file);
+        let row = plan.iter().find(|r| r["stage"] == stage).unwrap().clone();
+        (row["status"].as_str().unwrap().to_owned(), row["reason"].as_str().unwrap_or("").to_owned())
+    };
+    let stamp = key_of(&ws.plan(&file), "stamp");
+    wait_until(LONG, "the forced job to finish on its own", || attempt_statuses(&ws.show(&stamp)) == ["done", "done"]);
+    assert_eq!(status_of("copy"), ("run".to_owned(), "upstream output changed (stamp)".to_owned()));
+    assert_eq!(status_of("reader").0, "cached");
+    let (code, summary, out) = run_slurm(&ws, &file, &[]);
+    assert_eq!(code, Some(0), "{}", out.describe());
+    let plan = ws.plan(&file);
+    assert_eq!(keys_in(&summary, "executed"), BTreeSet::from([key_of(&plan, "copy")]), "{summary}");
+    assert_eq!((ws.count("stamp"), ws.count("copy"), ws.count("reader")), (2, 2, 1));
+}
+
+/// [`FORCED`] whose `stamp` counts its runs and waits for `@R@/go`.
+fn slow_stamp() -> String {
+    FORCED.replace(
+        "run = \"date +%s%N > $ABLATE_OUT/x.txt\"",
+        "run = \"echo x >> @C@/stamp; while [ ! -f @R@/go ]; do sleep 0.2; done; date +%s%N > $ABLATE_OUT/x.txt\"",
+    )
 }
 
 #[test]
