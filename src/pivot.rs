@@ -198,6 +198,9 @@ fn label(row: &HistoryRow, axes: &[String]) -> String {
 }
 
 /// Pivots the latest rows matching the spec's pipeline, stage and metric.
+/// When the metric comes from several stages (LIFT and CLIP evaluated by two
+/// `evaluate` stages) and the spec places `stage` nowhere, `stage` leads the
+/// rows: averaging two branches into one bar would pass for seeds.
 pub fn pivot(rows: &[HistoryRow], spec: &PivotSpec) -> Pivot {
     let selected: Vec<&HistoryRow> = latest(rows)
         .into_iter()
@@ -205,6 +208,11 @@ pub fn pivot(rows: &[HistoryRow], spec: &PivotSpec) -> Pivot {
         .filter(|r| spec.stage.as_ref().is_none_or(|s| *s == r.stage))
         .filter(|r| r.metrics.contains_key(&spec.metric))
         .collect();
+    let mut spec = spec.clone();
+    let placed = |axis: &str| spec.rows.iter().chain(&spec.cols).any(|a| a == axis);
+    if !placed("stage") && distinct(selected.iter().map(|r| r.stage.as_str())).len() > 1 {
+        spec.rows.insert(0, "stage".to_owned());
+    }
     let mut row_labels: Vec<String> = Vec::new();
     let mut col_labels: Vec<String> = Vec::new();
     let mut values: HashMap<(usize, usize), Vec<f64>> = HashMap::new();
@@ -223,7 +231,7 @@ pub fn pivot(rows: &[HistoryRow], spec: &PivotSpec) -> Pivot {
     let cells =
         (0..row_labels.len()).map(|ri| (0..col_labels.len()).map(|ci| values.get(&(ri, ci)).map(|v| Cell::of(v))).collect()).collect();
     let over = varying_axes(&selected).into_iter().filter(|a| !spec.rows.contains(a) && !spec.cols.contains(a)).collect();
-    Pivot { spec: spec.clone(), row_labels, col_labels, cells, over }
+    Pivot { spec, row_labels, col_labels, cells, over }
 }
 
 /// Axes that take more than one value among the rows, in first-seen order.
@@ -354,6 +362,23 @@ mod tests {
             run_id: 1,
             seen_at: seen.into(),
         }
+    }
+
+    #[test]
+    fn a_metric_of_several_stages_is_pivoted_by_stage_first() {
+        let mut clip = row("infonce", 0, 0.2, "1");
+        clip.stage = "eval_clip".into();
+        let rows = vec![clip, row("infonce", 0, 0.6, "1"), row("infonce", 1, 0.8, "1")];
+        let spec = PivotSpec { metric: "top1".into(), rows: vec!["loss".into()], ..Default::default() };
+        let p = pivot(&rows, &spec);
+        assert_eq!(p.spec.rows, ["stage", "loss"]);
+        assert_eq!(p.row_labels, ["eval_clip / infonce", "eval / infonce"]);
+        assert_eq!(p.cells[1][0].unwrap().n, 2);
+        // Placed by the spec, or one stage chosen: as asked.
+        let by_stage = PivotSpec { cols: vec!["stage".into()], ..spec.clone() };
+        assert_eq!(pivot(&rows, &by_stage).spec.rows, ["loss"]);
+        let one = PivotSpec { stage: Some("eval".into()), ..spec };
+        assert_eq!(pivot(&rows, &one).row_labels, ["infonce"]);
     }
 
     #[test]

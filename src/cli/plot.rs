@@ -31,7 +31,8 @@ pub enum PlotCommand {
         study: String,
         #[arg(long)]
         metric: String,
-        /// The axis along the x axis.
+        /// The axis along the x axis (or `stage`). Bars of several stages are
+        /// never pooled: without `--stage`, the stage leads the groups.
         #[arg(long)]
         by: String,
         /// An axis whose values become side-by-side bars (and a legend).
@@ -134,7 +135,7 @@ pub async fn plot(workspace: &Workspace, command: PlotCommand) -> anyhow::Result
                 return Err(UsageError(format!("--by and --series both name `{by}`: give --series another axis")).into());
             }
             for axis in std::iter::once(&by).chain(series.as_ref()) {
-                if !with_metric.iter().any(|r| r.axes.contains_key(axis)) {
+                if axis != "stage" && !with_metric.iter().any(|r| r.axes.contains_key(axis)) {
                     let axes = pivot::distinct(with_metric.iter().flat_map(|r| r.axes.keys().map(String::as_str))).join(", ");
                     return Err(
                         UsageError(format!("`{axis}` is not an axis of the instances that recorded `{metric}` (axes: {axes})")).into()
