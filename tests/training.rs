@@ -139,9 +139,17 @@ fn a_loss_that_becomes_nan_fails_the_stage_with_the_step() {
     let show = ws.show(&key_of(&ws.plan(&file), "train"));
     let error = show["attempts"][0]["error"].as_str().unwrap_or_default();
     assert!(error.contains("at step") && error.contains("last finite step"), "{show}");
-    // The finite steps before it are kept as the curve of the failed attempt.
-    let kept = ws.run(&["sql", "SELECT count(*) AS n FROM metrics WHERE name = 'train.loss'", "--json"]).ok().json();
+    // The finite steps before it are kept as the curve of the failed attempt,
+    // numbered as the message numbers them (from 1).
+    let kept = ws.run(&["sql", "SELECT count(*) AS n, max(step) AS last FROM metrics WHERE name = 'train.loss'", "--json"]).ok().json();
     assert!(kept[0]["n"].as_i64().unwrap() > 0, "{kept}");
+    let number_after = |text: &str| -> i64 {
+        let rest = &error[error.find(text).unwrap() + text.len()..];
+        rest.chars().take_while(char::is_ascii_digit).collect::<String>().parse().unwrap()
+    };
+    let last = kept[0]["last"].as_i64().unwrap();
+    assert_eq!(number_after("last finite step "), last, "{error}");
+    assert_eq!(number_after(" at step "), last + 1, "{error}");
 }
 
 #[test]

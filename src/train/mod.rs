@@ -95,13 +95,15 @@ pub trait Observer: Send {
 pub enum Stopped {
     #[error("interrupted at step {0}; the checkpoint keeps it")]
     Interrupted(usize),
-    #[error("the {what} became {value} at step {step}{}", last_finite(.last))]
+    /// `step` counts from 0; the message counts from 1, as the store, the
+    /// curve and the progress bar do.
+    #[error("the {what} became {value} at step {}{}", .step + 1, last_finite(.last))]
     NonFinite { what: &'static str, step: usize, value: f64, last: Option<StepRecord> },
 }
 
 fn last_finite(last: &Option<StepRecord>) -> String {
     match last {
-        Some(r) => format!(" (last finite step {}: loss {}, gradient norm {}, lr {})", r.step, r.loss, r.grad_norm, r.lr),
+        Some(r) => format!(" (last finite step {}: loss {}, gradient norm {}, lr {})", r.step + 1, r.loss, r.grad_norm, r.lr),
         None => " (the first step)".to_owned(),
     }
 }
