@@ -41,6 +41,7 @@ pub struct Train;
 
 /// Steps when neither `steps` nor `epochs` is given: the CPU demo's size.
 pub const DEFAULT_STEPS: i64 = 300;
+const DEFAULT_TEXT_MODEL: &str = "text-micro";
 
 const PARAMS: &[ParamSpec] = &[
     ParamSpec::new(
@@ -56,7 +57,12 @@ const PARAMS: &[ParamSpec] = &[
         ParamDefault::Str("avg"),
         "ViT pooling: mean of patch tokens (LIFT) or a class token",
     ),
-    ParamSpec::new("text_model", ParamType::OneOf(TextPreset::NAMES), ParamDefault::Str("text-micro"), "scratch text tower preset"),
+    ParamSpec::new(
+        "text_model",
+        ParamType::OneOf(TextPreset::NAMES),
+        ParamDefault::Str(DEFAULT_TEXT_MODEL),
+        "scratch text tower preset (with text = \"frozen\", ignored and not part of the key)",
+    ),
     ParamSpec::new("captions", ParamType::OneOf(&["short", "long"]), ParamDefault::Str("short"), "which captions to train on"),
     ParamSpec::new("loss", ParamType::OneOf(Loss::NAMES), ParamDefault::Str("infonce"), "infonce | siglip | cosine"),
     ParamSpec::new("projector_layers", ParamType::Int, ParamDefault::Int(2), "head depth: 2 = Linear-GELU-Linear (LIFT), 1 = Linear"),
@@ -168,6 +174,11 @@ impl StageKind for Train {
         let mut derived = Vec::new();
         if params.get("steps").is_none() && params.get("epochs").is_none() {
             derived.push(("steps".to_owned(), Value::from(DEFAULT_STEPS)));
+        }
+        // The frozen side has no text tower: its preset must not split the
+        // key of otherwise identical work (a grid whose `text` axis varies).
+        if params.str("text") == "frozen" && params.str("text_model") != DEFAULT_TEXT_MODEL {
+            derived.push(("text_model".to_owned(), Value::from(DEFAULT_TEXT_MODEL)));
         }
         if let Some(path) = params.opt_str("tokenizer") {
             let bytes = std::fs::read(path).map_err(|e| ParamError::new("tokenizer", format!("reading {path}: {e}")))?;
@@ -432,4 +443,20 @@ fn write_curve(path: &PathBuf, history: &[StepRecord]) -> anyhow::Result<()> {
         writeln!(out, "{},{},{},{},{}", r.step + 1, r.loss, r.lr, scale, r.grad_norm).expect("string write");
     }
     std::fs::write(path, out).with_context(|| format!("writing {}", path.display()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn derived(params: Value) -> Vec<(String, Value)> {
+        Train.derive(&Params(params.as_object().unwrap().clone())).unwrap()
+    }
+
+    #[test]
+    fn a_frozen_training_keys_no_text_tower_preset() {
+        let frozen = derived(serde_json::json!({"text": "frozen", "text_model": "text-tiny", "steps": 10}));
+        assert_eq!(frozen, [("text_model".to_owned(), Value::from(DEFAULT_TEXT_MODEL))]);
+        assert!(derived(serde_json::json!({"text": "scratch", "text_model": "text-tiny", "steps": 10})).is_empty());
+    }
 }
