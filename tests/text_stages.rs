@@ -193,7 +193,8 @@ fn text_similarity_on_sugarcrepe_and_ingest_negatives() {
 /// A frozen training pairs the ingest's images with the cache's rows by
 /// position: a cache of another ingest, or of the other caption length, is a
 /// located error when planning. Its evaluation on the training split scores
-/// retrieval and zero-shot (the cache has no negatives of training images).
+/// retrieval and zero-shot (the cache has no negatives of training images, so
+/// asking for the compositional suite there is one too).
 #[test]
 fn a_frozen_training_checks_its_cache_and_evaluates_on_the_training_split() {
     if models_dir().is_none() {
@@ -220,6 +221,11 @@ fn a_frozen_training_checks_its_cache_and_evaluates_on_the_training_split() {
     let long = ws.write("long.toml", &study("data", "captions = \"long\"\n"));
     let out = ws.run(&["plan", long.to_str().unwrap()]).expect_code(2);
     assert!(out.stderr.contains("stages.lift.captions") && out.stderr.contains("embeds the short captions"), "{}", out.describe());
+    // Nor has it negatives of training images: scoring them is caught when planning.
+    let compositional =
+        ws.write("compositional.toml", &study("data", "").replace("suites = [\"retrieval\"", "suites = [\"compositional\", \"retrieval\""));
+    let out = ws.run(&["plan", compositional.to_str().unwrap()]).expect_code(2);
+    assert!(out.stderr.contains("stages.eval.split") && out.stderr.contains("negatives of test images only"), "{}", out.describe());
 
     let good = ws.write("good.toml", &study("data", ""));
     ws.run(&["run", good.to_str().unwrap()]).ok();

@@ -29,7 +29,9 @@ use anyhow::{Context as _, bail};
 use burn::prelude::*;
 
 use super::caption_ingest::artifacts::{IngestImages, IngestText, SplitName};
-use super::{ParamDefault, ParamError, ParamSpec, ParamType, Params, Resources, StageContext, StageKind, UpstreamOutputs};
+use super::{
+    ParamDefault, ParamError, ParamSpec, ParamType, Params, Resources, StageContext, StageKind, UpstreamInstance, UpstreamOutputs,
+};
 use crate::eval::{compositional, retrieval, zero_shot};
 use crate::loss::l2_normalize;
 use crate::model::named::{HostTensor, Layout, load};
@@ -93,6 +95,25 @@ impl StageKind for Evaluate {
     }
     fn required_upstream(&self, _params: &Params) -> Vec<&'static str> {
         vec!["train", "caption_ingest"]
+    }
+
+    /// A frozen cache holds the hard negatives of test images only, so the
+    /// compositional suite of a frozen text side scores the test split.
+    fn check_upstream(&self, params: &Params, upstream: &[UpstreamInstance<'_>]) -> Result<(), ParamError> {
+        if let Some(cache) = UpstreamInstance::of_kind(upstream, "text_embed")
+            && params.str("split") == "train"
+            && params.str_list("suites").iter().any(|s| s == "compositional")
+        {
+            return Err(ParamError::new(
+                "split",
+                format!(
+                    "is \"train\" but text_embed stage `{}` holds the hard negatives of test images only: \
+                     score the compositional suite with split = \"test\", or leave it out of `suites`",
+                    cache.stage
+                ),
+            ));
+        }
+        Ok(())
     }
 
     fn resources(&self, params: &Params) -> Resources {
