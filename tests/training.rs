@@ -130,6 +130,20 @@ fn a_running_training_shows_its_curve_so_far() {
     assert!(page.headers.to_ascii_lowercase().contains("refresh: 5"), "the page reloads while it runs: {}", page.headers);
 }
 
+/// Each checkpoint replaces the previous one in the store: a finished
+/// training leaves no earlier checkpoint behind in `objects/`.
+#[test]
+fn replaced_checkpoints_do_not_pile_up_in_the_object_store() {
+    let ws = Ws::new();
+    let file = ws.write("p.toml", &pipeline("steps = 6\ncheckpoint_every = 1"));
+    ws.run(&["run", file.to_str().unwrap()]).ok();
+    let gc = ws.run(&["gc", "--dry-run", "--json"]).ok().json();
+    assert_eq!(gc["objects_deleted"], serde_json::json!([]), "{gc}");
+    let show = ws.show(&key_of(&ws.plan(&file), "train"));
+    let (_, checkpoint) = artifact(&ws, &show, "checkpoint.safetensors");
+    assert!(checkpoint.is_file(), "the last checkpoint stays");
+}
+
 #[test]
 fn a_loss_that_becomes_nan_fails_the_stage_with_the_step() {
     let ws = Ws::new();

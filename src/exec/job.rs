@@ -96,6 +96,7 @@ pub async fn run_job(
         })
         .collect();
     let (recorder, records) = StoreRecorder::new(objects.clone(), attempt_dir.join("recorded"));
+    let recorded_early = recorder.recorded.clone();
     let writer = tokio::spawn(write_records(store.clone(), job.instance_id, attempt_id, records));
     let mut ctx = StageContext::new(job.params.clone(), upstream, attempt_dir.join("out"), workspace.state_dir(&job.key), cancel, progress)
         .with_recorder(Arc::new(recorder));
@@ -130,6 +131,16 @@ pub async fn run_job(
         Ok(artifacts) => {
             let inputs: Vec<i64> = job.upstream.iter().map(|u| u.done.attempt_id).collect();
             store.commit_done(attempt_id, job.instance_id, &artifacts, &metrics, &inputs).await?;
+            // A final output that replaced what the attempt recorded early.
+            let early: Vec<(String, u64)> = {
+                let early = recorded_early.lock().expect("recorded");
+                artifacts.iter().filter_map(|(name, object)| early.get(name).filter(|(hash, _)| *hash != object.hash).cloned()).collect()
+            };
+            for (hash, inode) in early {
+                if let Err(e) = forget_replaced(&store, &hash, inode).await {
+                    tracing::warn!("deleting a replaced object {hash}: {e:#}");
+                }
+            }
             JobEnd::Done
         }
         Err(e) if e.is::<Interrupted>() => {
@@ -147,9 +158,14 @@ pub async fn run_job(
 }
 
 /// What a running stage sends to the store before it ends.
+/// Objects recorded while an attempt runs, by artifact name: (hash, inode).
+type Recorded = Arc<std::sync::Mutex<std::collections::HashMap<String, (String, u64)>>>;
+
 enum Record {
     Metrics(Vec<MetricPoint>),
-    Artifact(String, PutObject),
+    /// An artifact, and the object (hash, inode) it replaces for this
+    /// attempt: the previous checkpoint, deleted once nothing references it.
+    Artifact(String, PutObject, Option<(String, u64)>),
     Device(String),
 }
 
@@ -160,12 +176,14 @@ struct StoreRecorder {
     /// Where a recorded file is linked (or copied) before it moves into the object store.
     staging: std::path::PathBuf,
     sender: tokio::sync::mpsc::UnboundedSender<Record>,
+    /// The object each artifact name last recorded, with its inode.
+    recorded: Recorded,
 }
 
 impl StoreRecorder {
     fn new(objects: ObjectStore, staging: std::path::PathBuf) -> (Self, tokio::sync::mpsc::UnboundedReceiver<Record>) {
         let (sender, receiver) = tokio::sync::mpsc::unbounded_channel();
-        (StoreRecorder { objects, staging, sender }, receiver)
+        (StoreRecorder { objects, staging, sender, recorded: Recorded::default() }, receiver)
     }
 
     fn send(&self, record: Record) {
@@ -189,7 +207,12 @@ impl Recorder for StoreRecorder {
             std::fs::copy(path, &staged).with_context(|| format!("copying {} for the store", path.display()))?;
         }
         let object = self.objects.put(&staged).with_context(|| format!("storing artifact {name}"))?;
-        self.send(Record::Artifact(name.to_owned(), object));
+        let replaced = match self.objects.inode(&object.hash)? {
+            Some(inode) => self.recorded.lock().expect("recorded").insert(name.to_owned(), (object.hash.clone(), inode)),
+            None => None,
+        };
+        let replaced = replaced.filter(|(hash, _)| *hash != object.hash);
+        self.send(Record::Artifact(name.to_owned(), object, replaced));
         Ok(())
     }
 
@@ -210,8 +233,17 @@ async fn write_records(
     while let Some(record) = records.recv().await {
         let written = match &record {
             Record::Metrics(points) => store.insert_metrics(instance_id, attempt_id, points).await.context("recording metrics"),
-            Record::Artifact(name, object) => {
-                store.record_artifact(instance_id, attempt_id, name, object).await.with_context(|| format!("recording artifact {name}"))
+            Record::Artifact(name, object, replaced) => {
+                let recorded = store
+                    .record_artifact(instance_id, attempt_id, name, object)
+                    .await
+                    .with_context(|| format!("recording artifact {name}"));
+                match (recorded, replaced) {
+                    (Ok(()), Some((hash, inode))) => {
+                        forget_replaced(&store, hash, *inode).await.with_context(|| format!("deleting the replaced {name}"))
+                    }
+                    (recorded, _) => recorded,
+                }
             }
             Record::Device(device) => store.set_attempt_device(attempt_id, device).await.context("recording the device"),
         };
@@ -221,6 +253,21 @@ async fn write_records(
         }
     }
     first_error.map_or(Ok(()), Err)
+}
+
+/// Deletes an object an attempt recorded and then replaced (an earlier
+/// checkpoint) when no artifact references it: otherwise every checkpoint
+/// of a long training would stay in `objects/` until `ablate gc`. Left to
+/// `gc` when another store shares the workspace's objects.
+async fn forget_replaced(store: &Store, hash: &str, inode: u64) -> anyhow::Result<()> {
+    let workspace = store.workspace();
+    if !workspace.objects_unshared() || store.hash_referenced(hash).await? {
+        return Ok(());
+    }
+    if workspace.objects().remove_if_unchanged(hash, inode)? {
+        store.forget_objects(&[hash.to_owned()]).await?;
+    }
+    Ok(())
 }
 
 fn panic_message(panic: &Box<dyn std::any::Any + Send>) -> String {

@@ -84,6 +84,14 @@ impl Workspace {
     pub fn servers_used(&self) -> Vec<String> {
         std::fs::read_to_string(self.servers_path()).map(|t| t.lines().map(str::to_owned).collect()).unwrap_or_default()
     }
+    /// Whether this workspace's objects belong to this store alone, so that
+    /// an object it no longer references is referenced by nobody.
+    pub fn objects_unshared(&self) -> bool {
+        match &self.db {
+            None => self.servers_used().is_empty(),
+            Some(_) => !self.db_path().exists() && self.servers_used() == [self.db_display()],
+        }
+    }
     /// Whether a store may already exist: the SQLite file is there, or the
     /// database is a server (which only connecting can tell).
     pub fn store_may_exist(&self) -> bool {

@@ -73,6 +73,40 @@ impl ObjectStore {
         Ok(PutObject { rel_path: Self::rel_path(&hash), hash, stat })
     }
 
+    /// The inode an object has now (`None` when it is missing): a later
+    /// [`ObjectStore::put`] of the same bytes renames a new file into place.
+    pub fn inode(&self, hash: &str) -> io::Result<Option<u64>> {
+        match fs::metadata(self.path(hash)) {
+            Ok(m) => Ok(Some(m.ino())),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Deletes the object `hash` if it is still the file that had inode
+    /// `inode`, that is, nobody stored the same bytes again since. The file
+    /// is first renamed aside, so a `put` racing with this lands a fresh
+    /// object instead of losing it; one that got in before the rename is
+    /// seen by its inode and put back. True when it was deleted.
+    pub fn remove_if_unchanged(&self, hash: &str, inode: u64) -> io::Result<bool> {
+        if self.inode(hash)? != Some(inode) {
+            return Ok(false);
+        }
+        let path = self.path(hash);
+        let aside = path.with_file_name(format!(".{hash}.replaced.{}", std::process::id()));
+        match fs::rename(&path, &aside) {
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(false),
+            other => other?,
+        }
+        if fs::metadata(&aside)?.ino() == inode {
+            fs::remove_file(&aside)?;
+            Ok(true)
+        } else {
+            fs::rename(&aside, &path)?;
+            Ok(false)
+        }
+    }
+
     /// Checks an object: a matching stat is trusted, anything else is re-hashed.
     pub fn verify(&self, hash: &str, recorded: Option<ObjectStat>) -> io::Result<Verified> {
         let path = self.path(hash);

@@ -424,6 +424,13 @@ impl Store {
         Ok(rows.into_iter().collect())
     }
 
+    /// Whether any artifact row (of any attempt) names this object.
+    pub async fn hash_referenced(&self, hash: &str) -> anyhow::Result<bool> {
+        let found: Option<i64> =
+            sqlx::query_scalar("SELECT 1 FROM artifacts WHERE hash = $1 LIMIT 1").bind(hash).fetch_optional(&self.pool).await?;
+        Ok(found.is_some())
+    }
+
     /// When the oldest attempt still marked running started, if any.
     pub async fn oldest_running_start(&self) -> anyhow::Result<Option<std::time::SystemTime>> {
         let started: Option<String> =
