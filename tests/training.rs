@@ -130,6 +130,19 @@ fn a_running_training_shows_its_curve_so_far() {
     assert!(page.headers.to_ascii_lowercase().contains("refresh: 5"), "the page reloads while it runs: {}", page.headers);
 }
 
+/// Without a terminal (a log file, a Slurm job's output) training progress
+/// is logged as lines: each tenth of the way, with loss, images/s and ETA.
+#[test]
+fn without_a_terminal_progress_is_logged_each_tenth() {
+    let ws = Ws::new();
+    let file = ws.write("p.toml", &pipeline("steps = 20"));
+    let out = ws.run(&["run", file.to_str().unwrap()]).ok();
+    let lines: Vec<&str> = out.stderr.lines().filter(|l| l.contains(" · loss ")).collect();
+    assert_eq!(lines.len(), 10, "{}", out.describe());
+    assert!(lines[0].contains("train") && lines[0].contains("step 2/20") && lines[0].contains("img/s · eta"), "{lines:?}");
+    assert!(lines[9].contains("step 20/20"), "{lines:?}");
+}
+
 /// Each checkpoint replaces the previous one in the store: a finished
 /// training leaves no earlier checkpoint behind in `objects/`.
 #[test]

@@ -57,17 +57,48 @@ impl Bars {
     }
 }
 
-struct BarProgress(ProgressBar);
+struct BarProgress {
+    bar: ProgressBar,
+    label: String,
+    /// Without a terminal (a log file, a Slurm job's output) no bar is drawn:
+    /// progress is logged as lines instead, at each tenth of the way and at
+    /// least every [`PLAIN_EVERY`]. The last line's tenth and time.
+    plain: Option<std::sync::Mutex<(u64, Instant)>>,
+}
+
+const PLAIN_EVERY: Duration = Duration::from_secs(60);
+
+impl BarProgress {
+    /// Called with each new message, which stages set right after the
+    /// position (train: step, loss, images/s, ETA).
+    fn log_line(&self) {
+        let Some(last) = &self.plain else { return };
+        let (pos, len) = (self.bar.position(), self.bar.length().unwrap_or(0));
+        let tenth = if len > 0 { pos * 10 / len } else { 0 };
+        let mut last = last.lock().expect("not poisoned");
+        if pos == 0 || (tenth <= last.0 && last.1.elapsed() < PLAIN_EVERY) {
+            return;
+        }
+        *last = (tenth, Instant::now());
+        let (count, msg) = (format!("{pos}/{len}"), self.bar.message());
+        if msg.contains(&count) {
+            tracing::info!("      {} · {msg}", self.label);
+        } else {
+            tracing::info!("      {} {count} · {msg}", self.label);
+        }
+    }
+}
 
 impl Progress for BarProgress {
     fn set_length(&self, len: u64) {
-        self.0.set_length(len);
+        self.bar.set_length(len);
     }
     fn set_position(&self, pos: u64) {
-        self.0.set_position(pos);
+        self.bar.set_position(pos);
     }
     fn set_message(&self, msg: String) {
-        self.0.set_message(msg);
+        self.bar.set_message(msg);
+        self.log_line();
     }
 }
 
@@ -83,7 +114,8 @@ impl Observer for Bars {
         bar.enable_steady_tick(Duration::from_millis(250));
         tracing::info!("start {label} ({})", &key[..12]);
         self.started.lock().expect("not poisoned").insert(key.to_owned(), (bar.clone(), Instant::now()));
-        Arc::new(BarProgress(bar))
+        let plain = (!std::io::IsTerminal::is_terminal(&std::io::stderr())).then(|| std::sync::Mutex::new((0, Instant::now())));
+        Arc::new(BarProgress { bar, label: label.to_owned(), plain })
     }
 
     fn finished(&self, label: &str, key: &str, outcome: &NodeOutcome) {
