@@ -436,14 +436,7 @@ fn force_interrupted_while_its_job_runs_leaves_no_stale_dependant() {
     if !slurm() {
         return;
     }
-    let ws = Ws::new();
-    let file = ws.write("nd.toml", &slow_stamp());
-    go(&ws);
-    let (code, _, out) = run_slurm(&ws, &file, &[]);
-    assert_eq!(code, Some(0), "{}", out.describe());
-    std::fs::remove_file(ws.root().join("go")).unwrap();
-    let follower = ws.spawn(&["run", file.to_str().unwrap(), "--executor", "slurm", "--json", "--force", "stamp"]);
-    wait_until(LONG, "the forced job to start", || ws.count("stamp") == 2);
+    let (ws, file, follower) = forced_stamp_running();
     tool("kill", &["-INT", &follower.pid().to_string()]);
     let out = follower.wait(LONG);
     assert_eq!(out.code, Some(130), "{}", out.describe());
@@ -464,14 +457,7 @@ fn force_whose_submitter_dies_leaves_the_dependant_to_the_lineage_check() {
     if !slurm() {
         return;
     }
-    let ws = Ws::new();
-    let file = ws.write("nd.toml", &slow_stamp());
-    go(&ws);
-    let (code, _, out) = run_slurm(&ws, &file, &[]);
-    assert_eq!(code, Some(0), "{}", out.describe());
-    std::fs::remove_file(ws.root().join("go")).unwrap();
-    let follower = ws.spawn(&["run", file.to_str().unwrap(), "--executor", "slurm", "--json", "--force", "stamp"]);
-    wait_until(LONG, "the forced job to start", || ws.count("stamp") == 2);
+    let (ws, file, follower) = forced_stamp_running();
     follower.kill9();
     go(&ws);
     let status_of = |stage: &str| {
@@ -490,12 +476,22 @@ fn force_whose_submitter_dies_leaves_the_dependant_to_the_lineage_check() {
     assert_eq!((ws.count("stamp"), ws.count("copy"), ws.count("reader")), (2, 2, 1));
 }
 
-/// [`FORCED`] whose `stamp` counts its runs and waits for `@R@/go`.
-fn slow_stamp() -> String {
-    FORCED.replace(
+/// [`FORCED`] run once under Slurm, then `run --force stamp` following it,
+/// its forced `stamp` job started and waiting for `@R@/go`.
+fn forced_stamp_running() -> (Ws, std::path::PathBuf, Bg) {
+    let ws = Ws::new();
+    let slow = FORCED.replace(
         "run = \"date +%s%N > $ABLATE_OUT/x.txt\"",
         "run = \"echo x >> @C@/stamp; while [ ! -f @R@/go ]; do sleep 0.2; done; date +%s%N > $ABLATE_OUT/x.txt\"",
-    )
+    );
+    let file = ws.write("nd.toml", &slow);
+    go(&ws);
+    let (code, _, out) = run_slurm(&ws, &file, &[]);
+    assert_eq!(code, Some(0), "{}", out.describe());
+    std::fs::remove_file(ws.root().join("go")).unwrap();
+    let follower = ws.spawn(&["run", file.to_str().unwrap(), "--executor", "slurm", "--json", "--force", "stamp"]);
+    wait_until(LONG, "the forced job to start", || ws.count("stamp") == 2);
+    (ws, file, follower)
 }
 
 #[test]
