@@ -157,10 +157,10 @@ pub async fn run_job(
     Ok(end)
 }
 
-/// What a running stage sends to the store before it ends.
 /// Objects recorded while an attempt runs, by artifact name: (hash, inode).
 type Recorded = Arc<std::sync::Mutex<std::collections::HashMap<String, (String, u64)>>>;
 
+/// What a running stage sends to the store before it ends.
 enum Record {
     Metrics(Vec<MetricPoint>),
     /// An artifact, and the object (hash, inode) it replaces for this
