@@ -137,9 +137,7 @@ pub async fn run_job(
                 artifacts.iter().filter_map(|(name, object)| early.get(name).filter(|(hash, _)| *hash != object.hash).cloned()).collect()
             };
             for (hash, inode) in early {
-                if let Err(e) = forget_replaced(&store, &hash, inode).await {
-                    tracing::warn!("deleting a replaced object {hash}: {e:#}");
-                }
+                forget_replaced(&store, &hash, inode).await;
             }
             JobEnd::Done
         }
@@ -238,12 +236,10 @@ async fn write_records(
                     .record_artifact(instance_id, attempt_id, name, object)
                     .await
                     .with_context(|| format!("recording artifact {name}"));
-                match (recorded, replaced) {
-                    (Ok(()), Some((hash, inode))) => {
-                        forget_replaced(&store, hash, *inode).await.with_context(|| format!("deleting the replaced {name}"))
-                    }
-                    (recorded, _) => recorded,
+                if let (Ok(()), Some((hash, inode))) = (&recorded, replaced) {
+                    forget_replaced(&store, hash, *inode).await;
                 }
+                recorded
             }
             Record::Device(device) => store.set_attempt_device(attempt_id, device).await.context("recording the device"),
         };
@@ -258,16 +254,19 @@ async fn write_records(
 /// Deletes an object an attempt recorded and then replaced (an earlier
 /// checkpoint) when no artifact references it: otherwise every checkpoint
 /// of a long training would stay in `objects/` until `ablate gc`. Left to
-/// `gc` when another store shares the workspace's objects.
-async fn forget_replaced(store: &Store, hash: &str, inode: u64) -> anyhow::Result<()> {
+/// `gc` when another store shares the workspace's objects. A failure here
+/// is a warning: what `gc` can still delete never fails the attempt.
+async fn forget_replaced(store: &Store, hash: &str, inode: u64) {
     let workspace = store.workspace();
-    if !workspace.objects_unshared() || store.hash_referenced(hash).await? {
-        return Ok(());
+    let forget = async {
+        if workspace.objects_unshared() && !store.hash_referenced(hash).await? && workspace.objects().remove_if_unchanged(hash, inode)? {
+            store.forget_objects(&[hash.to_owned()]).await?;
+        }
+        anyhow::Ok(())
+    };
+    if let Err(e) = forget.await {
+        tracing::warn!("deleting the replaced object {hash} (ablate gc will): {e:#}");
     }
-    if workspace.objects().remove_if_unchanged(hash, inode)? {
-        store.forget_objects(&[hash.to_owned()]).await?;
-    }
-    Ok(())
 }
 
 fn panic_message(panic: &Box<dyn std::any::Any + Send>) -> String {
