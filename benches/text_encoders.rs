@@ -3,7 +3,7 @@
 //!     cargo bench --bench text_encoders                 # both encoders
 //!     cargo bench --bench text_encoders -- minilm 1024  # one encoder, N captions
 //!
-//! Captions are real COCO captions from SugarCrepe (../shared/data/sugarcrepe),
+//! Captions are real COCO captions from SugarCrepe (data/sugarcrepe, vendored),
 //! embedded at batch 64 with the encoders' default pooling and max_tokens 77.
 //! The Python anchor on the same captions is scripts/bench-text-reference.py;
 //! results go to docs/BENCHMARKS.md.
@@ -17,7 +17,7 @@ const BATCH: usize = 64;
 const MAX_TOKENS: usize = 77;
 
 fn captions(n: usize) -> anyhow::Result<Vec<String>> {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/data/sugarcrepe");
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("data/sugarcrepe");
     let mut out = Vec::with_capacity(n);
     for subset in ["replace_obj", "replace_att", "replace_rel", "add_obj", "swap_att"] {
         let path = root.join(format!("{subset}.json"));

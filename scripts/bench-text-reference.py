@@ -21,7 +21,7 @@ BATCH, MAX_TOKENS = 64, 77
 def captions(n):
     out = []
     for subset in ["replace_obj", "replace_att", "replace_rel", "add_obj", "swap_att"]:
-        with open(os.path.join(ROOT, "..", "shared", "data", "sugarcrepe", subset + ".json")) as f:
+        with open(os.path.join(ROOT, "data", "sugarcrepe", subset + ".json")) as f:
             d = json.load(f)
         for k in sorted(d, key=int):
             if len(out) == n:

@@ -157,7 +157,7 @@ fn text_similarity_on_sugarcrepe_and_ingest_negatives() {
     if models_dir().is_none() {
         return;
     }
-    let sugarcrepe = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/data/sugarcrepe");
+    let sugarcrepe = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("data/sugarcrepe");
     let ws = Ws::new();
     let text = format!(
         "[pipeline]\nname = \"sim\"\n\n[stages.data]\nkind = \"caption_ingest\"\nsource = \"builtin:shapes\"\nimages = 20\nresolution = 8\n\n\
