@@ -118,7 +118,9 @@ fn truncation_keeps_eos_for_decoders() {
     assert_eq!(*tokens[0].ids.last().unwrap(), 2);
     assert!(!tokens[1].truncated);
     assert!(encoder.tokenize(&["x"], 1).is_err(), "max_tokens 1 leaves no room");
-    assert!(encoder.tokenize(&["x"], 257).is_err(), "max_tokens is capped at 256");
+    let over = EmbedOptions { pooling: Pooling::Eos, max_tokens: 8193, batch_size: 1, normalize: true };
+    let err = encoder.embed(&["x"], &over).unwrap_err().to_string();
+    assert!(err.contains("exceeds the encoder's own limit of 8192 tokens"), "{err}");
 }
 
 #[test]

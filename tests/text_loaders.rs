@@ -144,7 +144,7 @@ fn export_smollm2(gguf_path: &Path, dir: &Path, model_type: &str, extra: impl Fn
         "num_attention_heads": heads, "num_key_value_heads": kv, "vocab_size": tensors["model.embed_tokens.weight"].0[0],
         "rms_norm_eps": file.get("llama.attention.layer_norm_rms_epsilon").unwrap().as_f64().unwrap(),
         "rope_theta": file.get("llama.rope.freq_base").unwrap().as_f64().unwrap(),
-        "rope_scaling": null, "eos_token_id": 2, "tie_word_embeddings": true,
+        "max_position_embeddings": int("context_length"), "rope_scaling": null, "eos_token_id": 2, "tie_word_embeddings": true,
     });
     std::fs::write(dir.join("config.json"), config.to_string()).unwrap();
     std::fs::write(dir.join("tokenizer.json"), TextTokenizer::from_gguf(&file).unwrap().to_json().unwrap()).unwrap();

@@ -135,12 +135,39 @@ fn max_tokens_leaves_room_for_text_or_is_a_located_error() {
     let ws = Ws::new();
     let file = embed_study(&ws, "short", "encoder = \"minilm\"\nmax_tokens = 2");
     let out = ws.run(&["plan", file.to_str().unwrap()]).expect_code(2);
-    assert!(out.stderr.contains("stages.text.max_tokens") && out.stderr.contains("between 3 and 256"), "{}", out.describe());
+    assert!(out.stderr.contains("stages.text.max_tokens") && out.stderr.contains("is below 3"), "{}", out.describe());
     if models_dir().is_some() {
         let out = ws.run(&["embed", "--encoder", "minilm", "--max-tokens", "2", "hello"]).expect_code(2);
-        assert!(out.stderr.contains("--max-tokens must be between 3 and 256"), "{}", out.describe());
+        assert!(out.stderr.contains("--max-tokens 2 is below 3"), "{}", out.describe());
         ws.run(&["embed", "--encoder", "minilm", "--max-tokens", "3", "hello"]).ok();
     }
+}
+
+#[test]
+fn max_tokens_defaults_to_the_encoders_own_limit_and_may_not_exceed_it() {
+    if models_dir().is_none() {
+        return;
+    }
+    let ws = Ws::new();
+    // MiniLM: sentence_bert_config.json's max_seq_length; SmolLM2: the GGUF's context length.
+    for (encoder, limit) in [("minilm", 256), ("smollm2", 8192)] {
+        let file = embed_study(&ws, encoder, &format!("encoder = \"{encoder}\""));
+        let plan = ws.plan(&file);
+        let over = embed_study(&ws, &format!("{encoder}-over"), &format!("encoder = \"{encoder}\"\nmax_tokens = {}", limit + 1));
+        let out = ws.run(&["plan", over.to_str().unwrap()]).expect_code(2);
+        let wanted = format!("exceeds the encoder's own limit of {limit} tokens");
+        assert!(
+            out.stderr.contains("-over.toml:12:14:") && out.stderr.contains("stages.text.max_tokens") && out.stderr.contains(&wanted),
+            "{}",
+            out.describe()
+        );
+        let at_limit = embed_study(&ws, &format!("{encoder}-at"), &format!("encoder = \"{encoder}\"\nmax_tokens = {limit}"));
+        assert_eq!(key_of(&ws.plan(&at_limit), "text"), key_of(&plan, "text"), "the default is the limit, written or not");
+        let below = embed_study(&ws, &format!("{encoder}-below"), &format!("encoder = \"{encoder}\"\nmax_tokens = {}", limit - 1));
+        assert_ne!(key_of(&ws.plan(&below), "text"), key_of(&plan, "text"), "max_tokens is keyed");
+    }
+    let out = ws.run(&["embed", "--encoder", "minilm", "--max-tokens", "257", "hello"]).expect_code(2);
+    assert!(out.stderr.contains("--max-tokens 257 exceeds the encoder's own limit of 256 tokens"), "{}", out.describe());
 }
 
 #[test]

@@ -173,9 +173,9 @@ enum Command {
         /// mean | cls | eos (default: the encoder family's own: mean for BERT, eos for decoders).
         #[arg(long)]
         pooling: Option<String>,
-        /// Texts longer than this many tokens are truncated (3 to 256).
-        #[arg(long, default_value_t = 77)]
-        max_tokens: usize,
+        /// Texts longer than this many tokens are truncated (default and largest: the encoder's own limit).
+        #[arg(long)]
+        max_tokens: Option<usize>,
         /// auto | cpu | cuda:N.
         #[arg(long, default_value = "cpu")]
         device: String,
@@ -937,7 +937,14 @@ async fn cancel(workspace: &Workspace, run_id: i64) -> anyhow::Result<ExitCode> 
     Ok(ExitCode::SUCCESS)
 }
 
-fn embed(encoder: &str, pooling: Option<&str>, max_tokens: usize, device: &str, json: bool, texts: &[String]) -> anyhow::Result<ExitCode> {
+fn embed(
+    encoder: &str,
+    pooling: Option<&str>,
+    max_tokens: Option<usize>,
+    device: &str,
+    json: bool,
+    texts: &[String],
+) -> anyhow::Result<ExitCode> {
     use crate::text::device::{DeviceRequest, LoadedEncoder};
     use crate::text::{EmbedOptions, EncoderSpec, Pooling, check_max_tokens};
     let usage = |e: anyhow::Error| UsageError(format!("{e:#}"));
@@ -946,7 +953,9 @@ fn embed(encoder: &str, pooling: Option<&str>, max_tokens: usize, device: &str, 
         Some(p) => p.parse().map_err(usage)?,
         None => spec.family().map_err(usage)?.default_pooling(),
     };
-    check_max_tokens(max_tokens).map_err(|e| UsageError(format!("--max-tokens {e}")))?;
+    let limit = spec.token_limit().map_err(usage)?;
+    let max_tokens = max_tokens.unwrap_or(limit);
+    check_max_tokens(max_tokens, limit).map_err(|e| UsageError(format!("--max-tokens {e}")))?;
     // A GPU asked for that is not there is a usage error.
     let device = DeviceRequest::parse(device).map_err(UsageError)?.resolve().map_err(usage)?;
     let loaded = LoadedEncoder::load(&spec, device)?;

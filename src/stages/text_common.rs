@@ -24,15 +24,22 @@ pub const POOLING: ParamSpec = ParamSpec::new(
     ParamDefault::Absent,
     "mean | cls | eos (default: mean for BERT encoders, eos for decoder LLMs)",
 );
-pub const MAX_TOKENS: ParamSpec =
-    ParamSpec::new("max_tokens", ParamType::Int, ParamDefault::Int(77), "longer texts are truncated (and counted); at most 256");
+pub const MAX_TOKENS: ParamSpec = ParamSpec::new(
+    "max_tokens",
+    ParamType::Int,
+    ParamDefault::Absent,
+    "longer texts are truncated (and counted); default and largest: the encoder's own limit (max_seq_length, else max_position_embeddings; a GGUF's context length)",
+);
 pub const BATCH_SIZE: ParamSpec = ParamSpec::new("batch_size", ParamType::Int, ParamDefault::Int(64), "texts per forward pass");
 pub const DEVICE: ParamSpec = ParamSpec::new("device", ParamType::Str, ParamDefault::Str("auto"), "auto | cpu | cuda:N");
 pub const NORMALIZE: ParamSpec = ParamSpec::new("normalize", ParamType::Bool, ParamDefault::Bool(true), "L2-normalise the embeddings");
 
-/// Checks the shared parameters.
+/// Checks the shared parameters (`max_tokens`'s upper bound, the encoder's
+/// own limit, is checked in [`derive`]).
 pub fn check(params: &Params) -> Result<(), ParamError> {
-    check_max_tokens(usize::try_from(params.int("max_tokens")).unwrap_or(0)).map_err(|e| ParamError::new("max_tokens", e))?;
+    if params.get("max_tokens").is_some() {
+        check_max_tokens(given_max_tokens(params), usize::MAX).map_err(|e| ParamError::new("max_tokens", e))?;
+    }
     if params.int("batch_size") < 1 {
         return Err(ParamError::new("batch_size", "must be at least 1"));
     }
@@ -40,17 +47,28 @@ pub fn check(params: &Params) -> Result<(), ParamError> {
     Ok(())
 }
 
-/// The encoder's weight fingerprint (so the cache follows the model files) and
-/// the pooling its family defaults to when none is given.
+/// The encoder's weight fingerprint (so the cache follows the model files),
+/// and, when not given, the pooling its family defaults to and its own token
+/// limit as `max_tokens` (a given `max_tokens` must not exceed that limit).
 pub fn derive(params: &Params) -> Result<Vec<(String, Value)>, ParamError> {
     let encoder_error = |e: anyhow::Error| ParamError::new("encoder", format!("{e:#}"));
     let spec = EncoderSpec::resolve(params.str("encoder")).map_err(encoder_error)?;
     let mut derived = vec![("encoder_sha256".to_owned(), Value::from(spec.fingerprint_cached().map_err(encoder_error)?))];
+    let limit = spec.token_limit().map_err(encoder_error)?;
+    match params.get("max_tokens") {
+        Some(_) => check_max_tokens(given_max_tokens(params), limit).map_err(|e| ParamError::new("max_tokens", e))?,
+        None => derived.push(("max_tokens".to_owned(), Value::from(limit))),
+    }
     if params.get("pooling").is_none() {
         let family = spec.family().map_err(encoder_error)?;
         derived.push(("pooling".to_owned(), Value::from(family.default_pooling().name())));
     }
     Ok(derived)
+}
+
+/// The `max_tokens` the file gives (a negative value reads as 0, out of range).
+fn given_max_tokens(params: &Params) -> usize {
+    usize::try_from(params.int("max_tokens")).unwrap_or(0)
 }
 
 /// An encoder loaded for a stage, with its options.

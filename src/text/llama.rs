@@ -16,7 +16,6 @@ use burn::tensor::module::attention;
 use burn::tensor::ops::AttentionModuleOptions;
 
 use super::gguf::GgufFile;
-use super::tokenize::MAX_TOKENS_LIMIT;
 use super::weights::{Linear, SafetensorFiles, expect_shape, tensor1, tensor2};
 
 #[derive(Debug, Clone, PartialEq)]
@@ -30,6 +29,8 @@ pub struct LlamaConfig {
     pub vocab_size: usize,
     pub rms_norm_eps: f64,
     pub rope_theta: f64,
+    /// Positions the model was trained for (context length): the RoPE tables' size.
+    pub max_positions: usize,
     /// Q/K/V projections carry biases (Qwen2).
     pub qkv_bias: bool,
 }
@@ -58,6 +59,7 @@ impl LlamaConfig {
             vocab_size: int("vocab_size")?,
             rms_norm_eps: config["rms_norm_eps"].as_f64().unwrap_or(1e-6),
             rope_theta: config["rope_theta"].as_f64().unwrap_or(10_000.0),
+            max_positions: int("max_position_embeddings")?,
             qkv_bias: model_type == "qwen2" || config["attention_bias"].as_bool().unwrap_or(false),
         };
         cfg.validate().with_context(|| format!("{at}"))?;
@@ -86,6 +88,7 @@ impl LlamaConfig {
             vocab_size,
             rms_norm_eps: float("attention.layer_norm_rms_epsilon").unwrap_or(1e-5),
             rope_theta: float("rope.freq_base").unwrap_or(10_000.0),
+            max_positions: int("context_length")?,
             qkv_bias: gguf.tensors.contains_key("blk.0.attn_q.bias"),
         };
         cfg.validate().with_context(|| format!("{}", gguf.path.display()))?;
@@ -95,6 +98,9 @@ impl LlamaConfig {
     fn validate(&self) -> anyhow::Result<()> {
         if self.num_heads == 0 || self.num_kv_heads == 0 || !self.num_heads.is_multiple_of(self.num_kv_heads) {
             bail!("attention heads {} are not a multiple of key/value heads {}", self.num_heads, self.num_kv_heads);
+        }
+        if self.max_positions == 0 {
+            bail!("the context length is 0");
         }
         if self.head_dim == 0 || !self.head_dim.is_multiple_of(2) {
             bail!("head dimension {} must be even for rotary embeddings", self.head_dim);
@@ -275,7 +281,7 @@ impl<B: Backend> LlamaModel<B> {
             });
         }
         let norm = tensor1(get("model.norm.weight", &[d])?, device);
-        let (cos, sin) = rope_tables(hd, c.rope_theta, MAX_TOKENS_LIMIT);
+        let (cos, sin) = rope_tables(hd, c.rope_theta, c.max_positions);
         Ok(LlamaModel { config, embed, blocks, norm, cos, sin })
     }
 
@@ -285,8 +291,8 @@ impl<B: Backend> LlamaModel<B> {
     /// padded positions' outputs are never read by pooling.
     pub fn forward(&self, ids: Tensor<B, 2, Int>) -> anyhow::Result<Tensor<B, 3>> {
         let [batch, seq] = ids.dims();
-        if seq > MAX_TOKENS_LIMIT {
-            bail!("sequence of {seq} tokens exceeds {MAX_TOKENS_LIMIT}");
+        if seq > self.config.max_positions {
+            bail!("sequence of {seq} tokens exceeds the model's context length of {}", self.config.max_positions);
         }
         let c = &self.config;
         let (d, hd, heads) = (c.hidden_size, c.head_dim, c.num_heads);

@@ -28,7 +28,7 @@ use sha2::{Digest as _, Sha256};
 use crate::file_fingerprint::{Remembered, hash_file};
 
 pub use pooling::Pooling;
-pub use tokenize::{MAX_TOKENS_LIMIT, Tokens, check_max_tokens};
+pub use tokenize::{Tokens, check_max_tokens};
 
 use bert::{BertConfig, BertModel};
 use gguf::GgufFile;
@@ -117,6 +117,50 @@ impl EncoderSpec {
         }
     }
 
+    /// The longest token sequence the encoder was made for, `max_tokens`'s
+    /// default and upper bound: a sentence-transformers directory's
+    /// `sentence_bert_config.json` `max_seq_length` (what sentence-transformers
+    /// truncates at), else config.json's `max_position_embeddings`; a GGUF
+    /// decoder's `{arch}.context_length`.
+    pub fn token_limit(&self) -> anyhow::Result<usize> {
+        static REMEMBERED: Remembered = Remembered::new();
+        let files = match self {
+            EncoderSpec::Gguf(p) => vec![p.clone()],
+            EncoderSpec::HfDir(dir) => {
+                ["sentence_bert_config.json", "config.json"].iter().map(|f| dir.join(f)).filter(|p| p.is_file()).collect()
+            }
+        };
+        let limit = REMEMBERED.get("token_limit".into(), &files, || self.read_token_limit().map(|n| n.to_string()))?;
+        Ok(limit.parse().expect("remembered as a number"))
+    }
+
+    fn read_token_limit(&self) -> anyhow::Result<usize> {
+        let read_json = |path: &Path| -> anyhow::Result<serde_json::Value> {
+            let text = std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
+            serde_json::from_str(&text).with_context(|| format!("{} is not valid JSON", path.display()))
+        };
+        let positive = |value: Option<u64>, what: String| match value {
+            Some(n) if n > 0 => Ok(n as usize),
+            _ => Err(anyhow!("{what} is missing or not a positive integer")),
+        };
+        match self {
+            EncoderSpec::Gguf(path) => {
+                let file = GgufFile::open(path)?;
+                let arch = file.str("general.architecture")?;
+                let key = format!("{arch}.context_length");
+                positive(file.get(&key).and_then(gguf::Value::as_u64), format!("{}: {key}", path.display()))
+            }
+            EncoderSpec::HfDir(dir) => {
+                let sbert = dir.join("sentence_bert_config.json");
+                if sbert.is_file() {
+                    return positive(read_json(&sbert)?["max_seq_length"].as_u64(), format!("{}: max_seq_length", sbert.display()));
+                }
+                let config = dir.join("config.json");
+                positive(read_json(&config)?["max_position_embeddings"].as_u64(), format!("{}: max_position_embeddings", config.display()))
+            }
+        }
+    }
+
     /// The files whose bytes determine the encoder's output (weights, tokenizer, config).
     pub fn weight_files(&self) -> anyhow::Result<Vec<PathBuf>> {
         match self {
@@ -199,10 +243,17 @@ pub struct TextEncoder<B: Backend> {
     spec: EncoderSpec,
     family: Family,
     dim: usize,
+    /// [`EncoderSpec::token_limit`]: the largest `max_tokens`.
+    token_limit: usize,
     tokenizer: TextTokenizer,
     model: Model<B>,
     device: B::Device,
 }
+
+/// Tokens per batch row the batching aims at: a batch of long texts holds
+/// fewer rows, so activation memory stays near that of `batch_size` rows of
+/// this many tokens however long the texts are.
+const TOKENS_PER_ROW: usize = 256;
 
 impl<B: Backend> TextEncoder<B> {
     pub fn load(spec: &EncoderSpec, device: &B::Device) -> anyhow::Result<Self> {
@@ -224,7 +275,15 @@ impl<B: Backend> TextEncoder<B> {
         let tokenizer = TextTokenizer::from_gguf(&file)?;
         let dim = config.hidden_size;
         let model = LlamaModel::load(config, &LlamaSource::Gguf { file: &file, permuted_qk }, device)?;
-        Ok(TextEncoder { spec: spec.clone(), family: Family::Llama, dim, tokenizer, model: Model::Llama(model), device: device.clone() })
+        Ok(TextEncoder {
+            spec: spec.clone(),
+            family: Family::Llama,
+            dim,
+            token_limit: spec.token_limit()?,
+            tokenizer,
+            model: Model::Llama(model),
+            device: device.clone(),
+        })
     }
 
     fn load_hf(spec: &EncoderSpec, dir: &Path, device: &B::Device) -> anyhow::Result<Self> {
@@ -245,6 +304,7 @@ impl<B: Backend> TextEncoder<B> {
                     spec: spec.clone(),
                     family: Family::Bert,
                     dim,
+                    token_limit: spec.token_limit()?,
                     tokenizer,
                     model: Model::Bert(model),
                     device: device.clone(),
@@ -261,6 +321,7 @@ impl<B: Backend> TextEncoder<B> {
                     spec: spec.clone(),
                     family: Family::Llama,
                     dim,
+                    token_limit: spec.token_limit()?,
                     tokenizer,
                     model: Model::Llama(model),
                     device: device.clone(),
@@ -286,6 +347,10 @@ impl<B: Backend> TextEncoder<B> {
     /// Embedding width.
     pub fn dim(&self) -> usize {
         self.dim
+    }
+    /// The longest token sequence the encoder takes: `max_tokens`'s default and bound.
+    pub fn token_limit(&self) -> usize {
+        self.token_limit
     }
     /// The pooling the model was trained for: mean for BERT sentence encoders, eos for decoders.
     pub fn default_pooling(&self) -> Pooling {
@@ -347,12 +412,15 @@ impl<B: Backend> TextEncoder<B> {
         if opts.batch_size == 0 {
             bail!("batch_size must be at least 1");
         }
+        check_max_tokens(opts.max_tokens, self.token_limit).map_err(|e| anyhow!("max_tokens = {e}"))?;
         let tokens = self.tokenize(texts, opts.max_tokens)?;
         let mut order: Vec<usize> = (0..tokens.len()).collect();
         order.sort_by_key(|&i| tokens[i].ids.len());
         let mut embeddings: Vec<Vec<f32>> = vec![Vec::new(); tokens.len()];
         let mut done = 0;
-        for chunk in order.chunks(opts.batch_size) {
+        let lengths: Vec<usize> = order.iter().map(|&i| tokens[i].ids.len()).collect();
+        for range in token_budget_batches(&lengths, opts.batch_size) {
+            let chunk = &order[range];
             let batch: Vec<&[u32]> = chunk.iter().map(|&i| tokens[i].ids.as_slice()).collect();
             for (&i, mut e) in chunk.iter().zip(self.embed_tokens(&batch, opts.pooling)?) {
                 if opts.normalize {
@@ -369,6 +437,25 @@ impl<B: Backend> TextEncoder<B> {
             .map(|(t, embedding)| EmbeddedText { tokens: t.ids, embedding, truncated: t.truncated })
             .collect())
     }
+}
+
+/// Consecutive ranges of `sorted_lengths` (ascending) as batches of at most
+/// `batch_size` rows and at most `batch_size * TOKENS_PER_ROW` padded tokens
+/// (at least one row each).
+fn token_budget_batches(sorted_lengths: &[usize], batch_size: usize) -> Vec<std::ops::Range<usize>> {
+    let budget = batch_size * TOKENS_PER_ROW;
+    let mut batches = Vec::new();
+    let mut start = 0;
+    while start < sorted_lengths.len() {
+        let mut end = start + 1;
+        // Sorted ascending: the last row is the longest, so it sets the padding.
+        while end < sorted_lengths.len() && end - start < batch_size && (end + 1 - start) * sorted_lengths[end] <= budget {
+            end += 1;
+        }
+        batches.push(start..end);
+        start = end;
+    }
+    batches
 }
 
 /// The decoder's end-of-sequence id from config.json (an id or a list of ids),
@@ -403,4 +490,18 @@ pub fn embed(spec: &str, pooling: Pooling, max_tokens: usize, texts: &[String]) 
     let encoder = TextEncoder::<Cpu>::load(&spec, &Default::default())?;
     let texts: Vec<&str> = texts.iter().map(String::as_str).collect();
     encoder.embed(&texts, &EmbedOptions { pooling, max_tokens, batch_size: 64, normalize: true })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn batches_hold_rows_and_padded_tokens_within_budget() {
+        // Short texts: rows are the limit.
+        assert_eq!(token_budget_batches(&[5; 10], 4), [0..4, 4..8, 8..10]);
+        // Long texts: 2 rows of 512 fill the 4 × 256 token budget; a longer one stands alone.
+        assert_eq!(token_budget_batches(&[10, 512, 512, 512, 2048], 4), [0..2, 2..4, 4..5]);
+        assert!(token_budget_batches(&[], 8).is_empty());
+    }
 }

@@ -22,8 +22,6 @@ use tokenizers::{Tokenizer, TruncationDirection};
 
 use super::gguf::GgufFile;
 
-/// The largest `max_tokens` accepted (LIFT's captions are short; it bounds memory).
-pub const MAX_TOKENS_LIMIT: usize = 256;
 /// The smallest: one token of text beside the (at most two) special tokens
 /// the supported encoders add, so that no valid setting fails at run time.
 pub const MIN_MAX_TOKENS: usize = 3;
@@ -116,7 +114,9 @@ impl TextTokenizer {
 
     /// Tokenizes each text, cutting the content so the result has at most `max_tokens` ids.
     pub fn encode(&self, texts: &[&str], max_tokens: usize) -> anyhow::Result<Vec<Tokens>> {
-        check_max_tokens(max_tokens).map_err(|e| anyhow!("max_tokens = {max_tokens}: {e}"))?;
+        if max_tokens < MIN_MAX_TOKENS {
+            bail!("max_tokens = {max_tokens} is below {MIN_MAX_TOKENS}");
+        }
         let (add_specials, reserved) = match &self.policy {
             Policy::PostProcessor => {
                 (true, self.inner.get_post_processor().map_or(0, |p| tokenizers::PostProcessor::added_tokens(p, false)))
@@ -164,10 +164,14 @@ impl TextTokenizer {
     }
 }
 
-/// Whether `max_tokens` is in range; the error is a sentence fragment.
-pub fn check_max_tokens(max_tokens: usize) -> Result<(), String> {
-    if !(MIN_MAX_TOKENS..=MAX_TOKENS_LIMIT).contains(&max_tokens) {
-        return Err(format!("must be between {MIN_MAX_TOKENS} and {MAX_TOKENS_LIMIT}"));
+/// Whether `max_tokens` is in range for an encoder made for `limit` tokens
+/// ([`super::EncoderSpec::token_limit`]); the error is a sentence fragment.
+pub fn check_max_tokens(max_tokens: usize, limit: usize) -> Result<(), String> {
+    if max_tokens > limit {
+        return Err(format!("{max_tokens} exceeds the encoder's own limit of {limit} tokens (leave it out to use the limit)"));
+    }
+    if max_tokens < MIN_MAX_TOKENS {
+        return Err(format!("{max_tokens} is below {MIN_MAX_TOKENS} (room for one token of text beside the special tokens)"));
     }
     Ok(())
 }
