@@ -275,15 +275,17 @@ impl<B: Backend> TextEncoder<B> {
         let tokenizer = TextTokenizer::from_gguf(&file)?;
         let dim = config.hidden_size;
         let model = LlamaModel::load(config, &LlamaSource::Gguf { file: &file, permuted_qk }, device)?;
-        Ok(TextEncoder {
-            spec: spec.clone(),
-            family: Family::Llama,
-            dim,
-            token_limit: spec.token_limit()?,
-            tokenizer,
-            model: Model::Llama(model),
-            device: device.clone(),
-        })
+        Self::assemble(spec, dim, tokenizer, Model::Llama(model), device)
+    }
+
+    /// The encoder around a loaded model; the family follows the model.
+    fn assemble(spec: &EncoderSpec, dim: usize, tokenizer: TextTokenizer, model: Model<B>, device: &B::Device) -> anyhow::Result<Self> {
+        let family = match model {
+            Model::Bert(_) => Family::Bert,
+            Model::Llama(_) => Family::Llama,
+        };
+        let token_limit = spec.token_limit()?;
+        Ok(TextEncoder { spec: spec.clone(), family, dim, token_limit, tokenizer, model, device: device.clone() })
     }
 
     fn load_hf(spec: &EncoderSpec, dir: &Path, device: &B::Device) -> anyhow::Result<Self> {
@@ -300,15 +302,7 @@ impl<B: Backend> TextEncoder<B> {
                 let tokenizer = TextTokenizer::bert(&tokenizer_path)?;
                 let dim = cfg.hidden_size;
                 let model = BertModel::load(dir, cfg, device)?;
-                Ok(TextEncoder {
-                    spec: spec.clone(),
-                    family: Family::Bert,
-                    dim,
-                    token_limit: spec.token_limit()?,
-                    tokenizer,
-                    model: Model::Bert(model),
-                    device: device.clone(),
-                })
+                Self::assemble(spec, dim, tokenizer, Model::Bert(model), device)
             }
             "llama" | "qwen2" | "mistral" => {
                 let cfg = LlamaConfig::from_hf(&config, &config_path)?;
@@ -317,15 +311,7 @@ impl<B: Backend> TextEncoder<B> {
                 let st = SafetensorFiles::open(dir)?;
                 let dim = cfg.hidden_size;
                 let model = LlamaModel::load(cfg, &LlamaSource::Safetensors(&st), device)?;
-                Ok(TextEncoder {
-                    spec: spec.clone(),
-                    family: Family::Llama,
-                    dim,
-                    token_limit: spec.token_limit()?,
-                    tokenizer,
-                    model: Model::Llama(model),
-                    device: device.clone(),
-                })
+                Self::assemble(spec, dim, tokenizer, Model::Llama(model), device)
             }
             other => {
                 let archs = config["architectures"].as_array().map(|a| a.iter().filter_map(|v| v.as_str()).collect::<Vec<_>>().join(", "));
