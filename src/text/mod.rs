@@ -146,9 +146,7 @@ impl EncoderSpec {
         match self {
             EncoderSpec::Gguf(path) => {
                 let file = GgufFile::open(path)?;
-                let arch = file.str("general.architecture")?;
-                let key = format!("{arch}.context_length");
-                positive(file.get(&key).and_then(gguf::Value::as_u64), format!("{}: {key}", path.display()))
+                Ok(LlamaConfig::from_gguf(&file, file.str("general.architecture")?)?.max_positions)
             }
             EncoderSpec::HfDir(dir) => {
                 let sbert = dir.join("sentence_bert_config.json");
@@ -274,17 +272,25 @@ impl<B: Backend> TextEncoder<B> {
         let config = LlamaConfig::from_gguf(&file, &arch)?;
         let tokenizer = TextTokenizer::from_gguf(&file)?;
         let dim = config.hidden_size;
+        // The GGUF's context length is its token limit ([`EncoderSpec::token_limit`]).
+        let token_limit = config.max_positions;
         let model = LlamaModel::load(config, &LlamaSource::Gguf { file: &file, permuted_qk }, device)?;
-        Self::assemble(spec, dim, tokenizer, Model::Llama(model), device)
+        Self::assemble(spec, dim, token_limit, tokenizer, Model::Llama(model), device)
     }
 
     /// The encoder around a loaded model; the family follows the model.
-    fn assemble(spec: &EncoderSpec, dim: usize, tokenizer: TextTokenizer, model: Model<B>, device: &B::Device) -> anyhow::Result<Self> {
+    fn assemble(
+        spec: &EncoderSpec,
+        dim: usize,
+        token_limit: usize,
+        tokenizer: TextTokenizer,
+        model: Model<B>,
+        device: &B::Device,
+    ) -> anyhow::Result<Self> {
         let family = match model {
             Model::Bert(_) => Family::Bert,
             Model::Llama(_) => Family::Llama,
         };
-        let token_limit = spec.token_limit()?;
         Ok(TextEncoder { spec: spec.clone(), family, dim, token_limit, tokenizer, model, device: device.clone() })
     }
 
@@ -302,7 +308,7 @@ impl<B: Backend> TextEncoder<B> {
                 let tokenizer = TextTokenizer::bert(&tokenizer_path)?;
                 let dim = cfg.hidden_size;
                 let model = BertModel::load(dir, cfg, device)?;
-                Self::assemble(spec, dim, tokenizer, Model::Bert(model), device)
+                Self::assemble(spec, dim, spec.token_limit()?, tokenizer, Model::Bert(model), device)
             }
             "llama" | "qwen2" | "mistral" => {
                 let cfg = LlamaConfig::from_hf(&config, &config_path)?;
@@ -311,7 +317,7 @@ impl<B: Backend> TextEncoder<B> {
                 let st = SafetensorFiles::open(dir)?;
                 let dim = cfg.hidden_size;
                 let model = LlamaModel::load(cfg, &LlamaSource::Safetensors(&st), device)?;
-                Self::assemble(spec, dim, tokenizer, Model::Llama(model), device)
+                Self::assemble(spec, dim, spec.token_limit()?, tokenizer, Model::Llama(model), device)
             }
             other => {
                 let archs = config["architectures"].as_array().map(|a| a.iter().filter_map(|v| v.as_str()).collect::<Vec<_>>().join(", "));
@@ -333,10 +339,6 @@ impl<B: Backend> TextEncoder<B> {
     /// Embedding width.
     pub fn dim(&self) -> usize {
         self.dim
-    }
-    /// The longest token sequence the encoder takes: `max_tokens`'s default and bound.
-    pub fn token_limit(&self) -> usize {
-        self.token_limit
     }
     /// The pooling the model was trained for: mean for BERT sentence encoders, eos for decoders.
     pub fn default_pooling(&self) -> Pooling {

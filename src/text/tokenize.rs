@@ -114,9 +114,8 @@ impl TextTokenizer {
 
     /// Tokenizes each text, cutting the content so the result has at most `max_tokens` ids.
     pub fn encode(&self, texts: &[&str], max_tokens: usize) -> anyhow::Result<Vec<Tokens>> {
-        if max_tokens < MIN_MAX_TOKENS {
-            bail!("max_tokens = {max_tokens} is below {MIN_MAX_TOKENS}");
-        }
+        // The encoder's own limit is checked where it is known (`TextEncoder::embed`).
+        check_max_tokens(max_tokens, usize::MAX).map_err(|e| anyhow!("max_tokens = {e}"))?;
         let (add_specials, reserved) = match &self.policy {
             Policy::PostProcessor => {
                 (true, self.inner.get_post_processor().map_or(0, |p| tokenizers::PostProcessor::added_tokens(p, false)))
