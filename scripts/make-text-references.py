@@ -8,6 +8,9 @@
   Each prompt is tokenized without special tokens, `<|im_end|>` (eos, id 2) is appended, and
   the final hidden state (`last_hidden_state`, after the final RMSNorm) at that eos is stored,
   together with the mean over all tokens of the same states.
+- Long texts (`long_items`): templated scene descriptions of about 100 to 1,000 tokens, as LIFT's
+  recaptions are, embedded at each encoder's own limit (MiniLM: sentence-transformers' default
+  `max_seq_length`, 256; SmolLM2: untruncated), plus one text of over 2,048 tokens for SmolLM2.
 
 Writes tests/fixtures/text/{minilm,smollm2}.json. Run once after scripts/fetch-models:
 
@@ -61,6 +64,51 @@ PROMPTS = [
 ]
 
 
+# Token targets of the long texts (MiniLM word pieces, without [CLS]/[SEP]).
+LONG_TARGETS = [100, 180, 300, 520, 1000]
+# The decoder must embed at least 2,048 tokens.
+DECODER_LONG_TARGET = 2100
+
+
+def long_texts(count_tokens, targets):
+    """Deterministic scene descriptions, grown sentence by sentence until each
+    reaches its token target: varied words, numbers, punctuation and accents."""
+    import random
+
+    rng = random.Random(2026)
+    colours = ["red", "blue", "green", "yellow", "purple", "orange", "grey", "teal", "crimson", "beige"]
+    sizes = ["small", "large", "tiny", "huge", "medium-sized"]
+    things = ["cube", "sphere", "cylinder", "cone", "triangle", "square", "mug", "bicycle", "lamp", "café table"]
+    relations = ["to the left of", "to the right of", "above", "below", "behind", "in front of", "next to", "on top of"]
+    extras = [
+        "The lighting is soft and comes from a window on the left.",
+        "In the background, a blurred city skyline is visible at dusk.",
+        "The photo was taken in 2019 with a 35 mm lens.",
+        "A caption printed underneath reads: \"Still life, no. 7\".",
+        "Shadows fall diagonally across the wooden floor.",
+        "Nothing else in the scene is moving; it looks like a studio set-up.",
+    ]
+    texts = []
+    for target in targets:
+        parts = []
+        while True:
+            if rng.random() < 0.25:
+                parts.append(rng.choice(extras))
+            else:
+                a = (rng.choice(sizes), rng.choice(colours), rng.choice(things))
+                b = (rng.choice(sizes), rng.choice(colours), rng.choice(things))
+                n = rng.randint(2, 12)
+                parts.append(
+                    f"A {' '.join(a)} sits {rng.choice(relations)} a {' '.join(b)}, and {n} {rng.choice(colours)} "
+                    f"{rng.choice(things)}s are scattered around them."
+                )
+            text = " ".join(parts)
+            if count_tokens(text) >= target:
+                texts.append(text)
+                break
+    return texts
+
+
 def floats(t):
     return [float(f"{x:.7g}") for x in t.tolist()]
 
@@ -77,6 +125,17 @@ def minilm():
         for text, e in zip(SENTENCES, emb):
             ids = model.tokenizer(text, truncation=True, max_length=max_tokens)["input_ids"]
             items.append({"text": text, "max_tokens": max_tokens, "tokens": ids, "embedding": floats(e)})
+    # Long texts at sentence-transformers' default truncation (the model's max_seq_length).
+    model = SentenceTransformer(path, device="cpu")
+    count = lambda t: len(model.tokenizer(t, add_special_tokens=False)["input_ids"])
+    texts = long_texts(count, LONG_TARGETS)
+    emb = model.encode(texts, convert_to_tensor=True, normalize_embeddings=False, batch_size=8)
+    long_items = []
+    for text, e in zip(texts, emb):
+        ids = model.tokenizer(text, truncation=True, max_length=model.max_seq_length)["input_ids"]
+        long_items.append(
+            {"text": text, "max_tokens": model.max_seq_length, "full_tokens": count(text) + 2, "tokens": ids, "embedding": floats(e)}
+        )
     return {
         "reference": "sentence-transformers %s (Transformer, mean Pooling, Normalize), torch %s"
         % (__import__("sentence_transformers").__version__, torch.__version__),
@@ -84,6 +143,7 @@ def minilm():
         "pooling": "mean",
         "normalized": True,
         "items": items,
+        "long_items": long_items,
     }
 
 
@@ -97,18 +157,26 @@ def smollm2():
     model.eval()
     eos = 2
     items = []
+    from transformers import AutoTokenizer as _T
+
+    wordpieces = _T.from_pretrained(os.path.join(MODELS, "all-MiniLM-L6-v2"))
+    count = lambda t: len(wordpieces(t, add_special_tokens=False)["input_ids"])
+    long = long_texts(count, LONG_TARGETS + [DECODER_LONG_TARGET])
+    long_items = []
     with torch.no_grad():
-        for text in PROMPTS:
-            ids = tok(text, add_special_tokens=False)["input_ids"] + [eos]
-            out = model(input_ids=torch.tensor([ids]))
-            h = out.last_hidden_state[0]
-            items.append({"text": text, "tokens": ids, "eos": floats(h[-1]), "mean": floats(h.mean(0))})
+        for group, texts in ((items, PROMPTS), (long_items, long)):
+            for text in texts:
+                ids = tok(text, add_special_tokens=False)["input_ids"] + [eos]
+                out = model(input_ids=torch.tensor([ids]))
+                h = out.last_hidden_state[0]
+                group.append({"text": text, "tokens": ids, "eos": floats(h[-1]), "mean": floats(h.mean(0))})
     return {
         "reference": "transformers %s loading the GGUF with gguf_file=, float32, torch %s; "
         "hidden states after the final RMSNorm" % (transformers.__version__, torch.__version__),
         "model": name,
         "eos_token_id": eos,
         "items": items,
+        "long_items": long_items,
     }
 
 

@@ -107,6 +107,65 @@ fn smollm2_matches_transformers_gguf() {
     }
 }
 
+/// 100–1,000-token texts at MiniLM's own limit (sentence-transformers' default
+/// `max_seq_length`, 256): the longer ones are cut exactly where it cuts them.
+#[test]
+fn minilm_matches_sentence_transformers_on_long_texts() {
+    let Some(models) = models_dir() else { return };
+    let path = models.join("all-MiniLM-L6-v2");
+    let limit = EncoderSpec::resolve(path.to_str().unwrap()).unwrap().token_limit().unwrap();
+    assert_eq!(limit, 256, "max_seq_length of sentence_bert_config.json");
+    let encoder = load(path);
+    let items = long_items(&fixture("minilm.json"), 100, 1000);
+    let texts: Vec<&str> = items.iter().map(|it| it["text"].as_str().unwrap()).collect();
+    let opts = EmbedOptions { pooling: Pooling::Mean, max_tokens: limit, batch_size: 2, normalize: true };
+    let got = encoder.embed(&texts, &opts).unwrap();
+    let mut worst = f64::INFINITY;
+    for (it, out) in items.iter().zip(&got) {
+        let full = it["full_tokens"].as_u64().unwrap() as usize;
+        assert_eq!(out.tokens, ids(&it["tokens"]), "token ids differ for the {full}-token text");
+        assert_eq!(out.truncated, full > limit, "truncation flag of the {full}-token text");
+        let cos = cosine(&out.embedding, &floats(&it["embedding"]));
+        worst = worst.min(cos);
+        assert!(cos >= 0.9999, "cosine {cos} < 0.9999 for the {full}-token text");
+    }
+    eprintln!("minilm long texts: {} vs sentence-transformers, worst cosine {worst:.9}", items.len());
+}
+
+/// 100–2,255-token texts through SmolLM2 untruncated: `<eos>` pooling against
+/// transformers, so decoders read far past the old 77/256-token caps.
+#[test]
+fn smollm2_matches_transformers_on_long_texts() {
+    let Some(models) = models_dir() else { return };
+    let encoder = load(models.join("SmolLM2-135M-Instruct.Q4_1.gguf"));
+    let items = long_items(&fixture("smollm2.json"), 100, 2048);
+    let texts: Vec<&str> = items.iter().map(|it| it["text"].as_str().unwrap()).collect();
+    // Default options: max_tokens is the GGUF's context length.
+    let opts = EmbedOptions { pooling: Pooling::Eos, max_tokens: 8192, batch_size: 4, normalize: false };
+    let got = encoder.embed(&texts, &opts).unwrap();
+    let mut worst = f64::INFINITY;
+    for (it, out) in items.iter().zip(&got) {
+        let n = out.tokens.len();
+        assert_eq!(out.tokens, ids(&it["tokens"]), "token ids differ for the {n}-token text");
+        assert!(!out.truncated);
+        let cos = cosine(&out.embedding, &floats(&it["eos"]));
+        worst = worst.min(cos);
+        assert!(cos >= 0.999, "eos: cosine {cos} < 0.999 for the {n}-token text");
+    }
+    eprintln!("smollm2 long texts: {} vs transformers (eos), worst cosine {worst:.9}", items.len());
+}
+
+/// The fixture's long texts, checked to span `shortest..=longest` tokens.
+fn long_items(reference: &Value, shortest: usize, longest: usize) -> Vec<Value> {
+    let items = reference["long_items"].as_array().expect("fixture has long_items: rerun scripts/make-text-references.py").clone();
+    let len =
+        |it: &Value| it.get("full_tokens").and_then(Value::as_u64).map_or_else(|| it["tokens"].as_array().unwrap().len(), |n| n as usize);
+    assert!(items.len() >= 5, "{} long texts", items.len());
+    assert!(items.iter().map(len).min().unwrap() >= shortest, "a long text is shorter than {shortest} tokens");
+    assert!(items.iter().map(len).max().unwrap() >= longest, "no long text reaches {longest} tokens");
+    items
+}
+
 #[test]
 fn truncation_keeps_eos_for_decoders() {
     let Some(models) = models_dir() else { return };
