@@ -5,7 +5,7 @@
 
 use std::collections::HashMap;
 use std::io::Write as _;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use anyhow::{Context as _, bail};
 use safetensors::{Dtype, SafeTensors};
@@ -40,36 +40,99 @@ impl RawTensor {
 pub fn write(path: &Path, tensors: &[(String, RawTensor)], metadata: HashMap<String, String>) -> anyhow::Result<()> {
     let mut order: Vec<&(String, RawTensor)> = tensors.iter().collect();
     order.sort_by(|a, b| a.0.cmp(&b.0));
-    let mut header = serde_json::Map::new();
-    if !metadata.is_empty() {
-        let sorted: std::collections::BTreeMap<String, String> = metadata.into_iter().collect();
-        header.insert("__metadata__".into(), serde_json::to_value(sorted)?);
-    }
-    let mut offset = 0usize;
-    for (name, t) in &order {
-        let expected = t.shape.iter().product::<usize>() * t.dtype.bitsize() / 8;
-        if expected != t.bytes.len() {
+    let shapes: Vec<TensorShape> =
+        order.iter().map(|(name, t)| TensorShape { name: name.clone(), dtype: t.dtype, shape: t.shape.clone() }).collect();
+    for ((name, t), declared) in order.iter().zip(&shapes) {
+        if t.bytes.len() != declared.bytes() {
             bail!("tensor `{name}`: {} bytes for shape {:?}", t.bytes.len(), t.shape);
         }
-        let entry = serde_json::json!({"dtype": t.dtype, "shape": t.shape, "data_offsets": [offset, offset + t.bytes.len()]});
-        header.insert(name.clone(), entry);
-        offset += t.bytes.len();
     }
-    // serde_json's Map is a BTreeMap here: keys come out sorted.
-    let mut header = serde_json::to_vec(&header)?;
-    header.resize(header.len().div_ceil(8) * 8, b' ');
-    let tmp = path.with_extension("partial");
-    {
-        let mut out = std::io::BufWriter::new(std::fs::File::create(&tmp).with_context(|| format!("creating {}", tmp.display()))?);
+    let mut out = TensorWriter::create(path, &shapes, metadata)?;
+    for (_, t) in order {
+        out.append(&t.bytes)?;
+    }
+    out.finish()
+}
+
+/// A tensor's name, dtype and shape, declared before its data is written.
+#[derive(Debug, Clone)]
+pub struct TensorShape {
+    pub name: String,
+    pub dtype: Dtype,
+    pub shape: Vec<usize>,
+}
+
+impl TensorShape {
+    pub fn bytes(&self) -> usize {
+        self.shape.iter().product::<usize>() * self.dtype.bitsize() / 8
+    }
+}
+
+/// A safetensors file written as a stream, for tensors too large to hold:
+/// the header (every shape) first, then the data of the tensors in name
+/// order, in pieces of any size. Same bytes as [`write`], same atomicity:
+/// nothing appears under the final name until [`TensorWriter::finish`].
+/// Tensors are declared in name order, the order their data follows.
+pub struct TensorWriter {
+    out: std::io::BufWriter<std::fs::File>,
+    tmp: PathBuf,
+    path: PathBuf,
+    remaining: usize,
+}
+
+impl TensorWriter {
+    pub fn create(path: &Path, tensors: &[TensorShape], metadata: HashMap<String, String>) -> anyhow::Result<TensorWriter> {
+        if let Some(w) = tensors.windows(2).find(|w| w[0].name >= w[1].name) {
+            bail!("{}: tensors declared out of name order (`{}` before `{}`)", path.display(), w[0].name, w[1].name);
+        }
+        let mut header = serde_json::Map::new();
+        if !metadata.is_empty() {
+            let sorted: std::collections::BTreeMap<String, String> = metadata.into_iter().collect();
+            header.insert("__metadata__".into(), serde_json::to_value(sorted)?);
+        }
+        let mut offset = 0usize;
+        for t in tensors {
+            let entry = serde_json::json!({"dtype": t.dtype, "shape": t.shape, "data_offsets": [offset, offset + t.bytes()]});
+            header.insert(t.name.clone(), entry);
+            offset += t.bytes();
+        }
+        // serde_json's Map is a BTreeMap here: keys come out sorted.
+        let mut header = serde_json::to_vec(&header)?;
+        header.resize(header.len().div_ceil(8) * 8, b' ');
+        let tmp = path.with_extension("partial");
+        let file = std::fs::File::create(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
+        let mut out = std::io::BufWriter::with_capacity(1 << 20, file);
         out.write_all(&(header.len() as u64).to_le_bytes())?;
         out.write_all(&header)?;
-        for (_, t) in &order {
-            out.write_all(&t.bytes)?;
-        }
-        out.into_inner().map_err(|e| e.into_error())?.sync_all().with_context(|| format!("writing {}", tmp.display()))?;
+        Ok(TensorWriter { out, tmp, path: path.to_owned(), remaining: offset })
     }
-    std::fs::rename(&tmp, path).with_context(|| format!("renaming {} to {}", tmp.display(), path.display()))?;
-    Ok(())
+
+    /// Appends the next bytes of data (tensors in name order, back to back).
+    pub fn append(&mut self, bytes: &[u8]) -> anyhow::Result<()> {
+        if bytes.len() > self.remaining {
+            bail!("{}: {} bytes more than the declared tensors hold", self.path.display(), bytes.len() - self.remaining);
+        }
+        self.remaining -= bytes.len();
+        self.out.write_all(bytes).with_context(|| format!("writing {}", self.tmp.display()))
+    }
+
+    /// Appends f32 values, little-endian.
+    pub fn append_f32(&mut self, values: &[f32]) -> anyhow::Result<()> {
+        let bytes: Vec<u8> = values.iter().flat_map(|v| v.to_le_bytes()).collect();
+        self.append(&bytes)
+    }
+
+    /// Checks that every declared byte was written, syncs, and renames the
+    /// file into place.
+    pub fn finish(self) -> anyhow::Result<()> {
+        if self.remaining != 0 {
+            bail!("{}: {} declared bytes were never written", self.path.display(), self.remaining);
+        }
+        let file = self.out.into_inner().map_err(|e| e.into_error())?;
+        file.sync_all().with_context(|| format!("writing {}", self.tmp.display()))?;
+        std::fs::rename(&self.tmp, &self.path).with_context(|| format!("renaming {} to {}", self.tmp.display(), self.path.display()))?;
+        Ok(())
+    }
 }
 
 /// A safetensors file read into memory; its header is parsed once.
@@ -158,5 +221,38 @@ mod tests {
         assert_eq!(file.i64("a.rows").unwrap(), vec![7, -1]);
         assert_eq!(file.metadata().get("y").map(String::as_str), Some("2"));
         assert!(file.f32("a.rows").is_err());
+    }
+
+    #[test]
+    fn a_streamed_file_has_the_bytes_of_a_written_one_and_its_declared_size() {
+        let dir = tempfile::tempdir().unwrap();
+        let rows: Vec<f32> = (0..12).map(|i| i as f32 * 0.5).collect();
+        let whole = dir.path().join("whole.safetensors");
+        let tensors = vec![("b".to_owned(), RawTensor::f32(vec![4, 3], &rows)), ("a".to_owned(), RawTensor::i64(&[1, 2, 3, 4]))];
+        write(&whole, &tensors, HashMap::new()).unwrap();
+        let shapes = [
+            TensorShape { name: "a".into(), dtype: Dtype::I64, shape: vec![4] },
+            TensorShape { name: "b".into(), dtype: Dtype::F32, shape: vec![4, 3] },
+        ];
+        let streamed = dir.path().join("streamed.safetensors");
+        let mut out = TensorWriter::create(&streamed, &shapes, HashMap::new()).unwrap();
+        out.append(&RawTensor::i64(&[1, 2, 3, 4]).bytes).unwrap();
+        for row in rows.chunks(3) {
+            out.append_f32(row).unwrap();
+        }
+        assert!(!streamed.exists(), "nothing under the final name before finish");
+        out.finish().unwrap();
+        assert_eq!(std::fs::read(&whole).unwrap(), std::fs::read(&streamed).unwrap());
+
+        let short = dir.path().join("short.safetensors");
+        let mut out = TensorWriter::create(&short, &shapes, HashMap::new()).unwrap();
+        out.append_f32(&rows[..3]).unwrap();
+        assert!(out.finish().unwrap_err().to_string().contains("never written"));
+        assert!(!short.exists());
+        let mut out = TensorWriter::create(&short, &shapes, HashMap::new()).unwrap();
+        assert!(out.append(&[0; 81]).unwrap_err().to_string().contains("more than the declared"));
+        let reversed = [shapes[1].clone(), shapes[0].clone()];
+        let Err(e) = TensorWriter::create(&short, &reversed, HashMap::new()) else { panic!("out-of-order declaration accepted") };
+        assert!(e.to_string().contains("out of name order"), "{e}");
     }
 }

@@ -260,3 +260,64 @@ fn a_frozen_training_checks_its_cache_and_evaluates_on_the_training_split() {
     let metric = |name: &str| eval["metrics"].as_array().unwrap().iter().any(|m| m["name"] == name);
     assert!(metric("retrieval.i2t.r1") && metric("zero_shot.top1") && !metric("compositional.mean"), "{eval}");
 }
+
+/// The streamed cache holds, row for row, what the encoder gives each text
+/// alone: captions in record order, class prompts class-major, and the
+/// negatives (with their positives) of test-split images only.
+#[test]
+fn the_streamed_cache_holds_each_texts_own_embedding() {
+    use ablate::tensor_file::TensorFile;
+    let Some(models) = models_dir() else { return };
+    let ws = Ws::new();
+    let file = embed_study(&ws, "rows", "encoder = \"minilm\"\ncaptions = \"long\"");
+    let text = ws.write(
+        "rows.toml",
+        &std::fs::read_to_string(&file)
+            .unwrap()
+            .replace("source = \"builtin:shapes\"", "source = \"builtin:shapes\"\nimages = 30\nresolution = 8"),
+    );
+    let (code, _, out) = ws.run_json(&text, &[]);
+    assert_eq!(code, Some(0), "{}", out.describe());
+    let plan = ws.plan(&text);
+    let artifact = |stage: &str, name: &str| {
+        let show = ws.show(&key_of(&plan, stage));
+        let a = show["artifacts"].as_array().unwrap().iter().find(|a| a["name"] == name).unwrap().clone();
+        ws.store().join(a["path"].as_str().unwrap())
+    };
+    let lines = |name: &str| -> Vec<Value> {
+        std::fs::read_to_string(artifact("data", name)).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect()
+    };
+    let records = lines("records.jsonl");
+    let classes: Value = serde_json::from_str(&std::fs::read_to_string(artifact("data", "classes.json")).unwrap()).unwrap();
+    let test: Vec<bool> = records.iter().map(|r| r["split"] == "test").collect();
+    let negatives: Vec<Value> = lines("negatives.jsonl").into_iter().filter(|n| test[n["index"].as_u64().unwrap() as usize]).collect();
+    assert!(!negatives.is_empty() && test.contains(&false), "both splits present");
+    let s = |v: &Value| v.as_str().unwrap().to_owned();
+    let captions: Vec<String> = records.iter().flat_map(|r| r["long"].as_array().unwrap().iter().map(s)).collect();
+    let prompts: Vec<String> = classes["classes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|c| classes["templates"].as_array().unwrap().iter().map(move |t| s(t).replace("{}", c.as_str().unwrap())))
+        .collect();
+    let cache = TensorFile::open(&artifact("text", "embeddings.safetensors")).unwrap();
+    let encoder = models.join("all-MiniLM-L6-v2");
+    for (tensor, texts) in [
+        ("captions", captions),
+        ("class_prompts", prompts),
+        ("negative_negative", negatives.iter().map(|n| s(&n["negative"])).collect()),
+        ("negative_positive", negatives.iter().map(|n| s(&n["positive"])).collect()),
+    ] {
+        let rows = cache.f32_rows(tensor).unwrap();
+        assert_eq!(rows.len(), texts.len(), "{tensor}");
+        let want = ablate::text::embed(encoder.to_str().unwrap(), ablate::text::Pooling::Mean, 256, &texts).unwrap();
+        for ((row, want), text) in rows.iter().zip(&want).zip(&texts) {
+            let diff = row.iter().zip(&want.embedding).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
+            assert!(diff < 1e-5, "{tensor}: row of {text:?} differs by {diff}");
+        }
+    }
+    let negative_row = cache.i64("negative_row").unwrap();
+    assert_eq!(negative_row.len(), negatives.len());
+    let state = ws.store().join("state").join(key_of(&plan, "text"));
+    assert!(!state.join("embedded.f32").exists(), "the scratch rows are removed once the cache is written");
+}

@@ -25,10 +25,11 @@
 
 use std::collections::HashMap;
 
-use super::caption_ingest::artifacts::{IngestNegative, IngestText, SplitName};
-use super::text_common::{self, StageEncoder};
+use super::caption_ingest::artifacts::{IngestLine, SplitName, stream_text};
+use super::text_common::{self, DistinctTexts, StageEncoder};
 use super::{ParamDefault, ParamError, ParamSpec, ParamType, Params, Resources, StageContext, StageKind};
-use crate::tensor_file::{self, RawTensor};
+use crate::tensor_file::{RawTensor, TensorShape, TensorWriter};
+use safetensors::Dtype;
 
 pub struct TextEmbed;
 
@@ -77,33 +78,42 @@ impl StageKind for TextEmbed {
     fn run(&self, ctx: &mut StageContext) -> anyhow::Result<()> {
         let params = ctx.params().clone();
         let length = params.str("captions").to_owned();
-        let data = IngestText::read(ctx.upstream_of_kind("caption_ingest")?)?;
         let encoder = StageEncoder::load(&params)?;
 
-        let mut texts: Vec<&str> = Vec::new();
-        let mut caption_image: Vec<i64> = Vec::new();
-        for record in &data.records {
-            for caption in record.captions(&length) {
-                texts.push(caption);
-                caption_image.push(record.index as i64);
+        // Rows as ids of distinct texts, read line by line: millions of
+        // captions are held as their distinct strings.
+        let mut distinct = DistinctTexts::default();
+        let (mut captions, mut caption_image, mut is_test) = (Vec::new(), Vec::new(), Vec::new());
+        let (mut negatives, mut positives, mut negative_row) = (Vec::new(), Vec::new(), Vec::new());
+        let classes = stream_text(ctx.upstream_of_kind("caption_ingest")?, |line| {
+            match line {
+                IngestLine::Record(r) => {
+                    is_test.push(r.split == SplitName::Test);
+                    for caption in r.captions(&length) {
+                        captions.push(distinct.id(caption));
+                        caption_image.push(r.index as i64);
+                    }
+                }
+                // Negatives only serve evaluation, on the test split.
+                IngestLine::Negative(row, n) if is_test[n.index] => {
+                    negatives.push(distinct.id(&n.negative));
+                    positives.push(distinct.id(&n.positive));
+                    negative_row.push(row as i64);
+                }
+                IngestLine::Negative(..) => {}
             }
-        }
-        let n_captions = texts.len();
-        let test_negatives: Vec<(usize, &IngestNegative)> =
-            data.negatives.iter().enumerate().filter(|(_, n)| data.records[n.index].split == SplitName::Test).collect();
-        texts.extend(test_negatives.iter().map(|(_, n)| n.positive.as_str()));
-        texts.extend(test_negatives.iter().map(|(_, n)| n.negative.as_str()));
-        let negative_row: Vec<i64> = test_negatives.iter().map(|(row, _)| *row as i64).collect();
-        let prompts = data.classes.prompts();
-        texts.extend(prompts.iter().map(String::as_str));
+            Ok(())
+        })?;
+        let prompts = classes.prompts();
+        let n_captions = captions.len();
+        let n_prompts = prompts.len();
+        let mut rows = captions;
+        rows.extend(prompts.iter().map(|p| distinct.id(p)));
+        rows.extend(negatives);
+        rows.extend(positives);
 
-        let (rows, stats) = encoder.embed(ctx, &texts)?;
-        let n_neg = test_negatives.len();
-        let (captions, rest) = rows.split_at(n_captions);
-        let (positives, rest) = rest.split_at(n_neg);
-        let (negatives, class_prompts) = rest.split_at(n_neg);
         let dim = encoder.dim();
-
+        let n_neg = negative_row.len();
         let metadata: HashMap<String, String> = [
             ("encoder", params.str("encoder").to_owned()),
             ("encoder_sha256", params.str("encoder_sha256").to_owned()),
@@ -111,22 +121,30 @@ impl StageKind for TextEmbed {
             ("captions", length),
             ("normalize", params.bool("normalize").to_string()),
             ("dim", dim.to_string()),
-            ("classes", data.classes.classes.len().to_string()),
-            ("templates", data.classes.templates.len().to_string()),
+            ("classes", classes.classes.len().to_string()),
+            ("templates", classes.templates.len().to_string()),
         ]
         .into_iter()
         .map(|(k, v)| (k.to_owned(), v))
         .collect();
-        let tensors = [
-            ("captions", RawTensor::f32_rows(captions, dim)),
-            ("caption_image", RawTensor::i64(&caption_image)),
-            ("negative_positive", RawTensor::f32_rows(positives, dim)),
-            ("negative_negative", RawTensor::f32_rows(negatives, dim)),
-            ("negative_row", RawTensor::i64(&negative_row)),
-            ("class_prompts", RawTensor::f32_rows(class_prompts, dim)),
+        // Declared in name order, the order the data follows; the embedded
+        // rows (captions, class prompts, negatives, their positives) stream
+        // in between the two index tensors.
+        let shapes = [
+            ("caption_image", Dtype::I64, vec![n_captions]),
+            ("captions", Dtype::F32, vec![n_captions, dim]),
+            ("class_prompts", Dtype::F32, vec![n_prompts, dim]),
+            ("negative_negative", Dtype::F32, vec![n_neg, dim]),
+            ("negative_positive", Dtype::F32, vec![n_neg, dim]),
+            ("negative_row", Dtype::I64, vec![n_neg]),
         ]
-        .map(|(name, t)| (name.to_owned(), t));
-        tensor_file::write(&ctx.output("embeddings.safetensors")?, &tensors, metadata)?;
+        .map(|(name, dtype, shape)| TensorShape { name: name.to_owned(), dtype, shape });
+        let mut out = TensorWriter::create(&ctx.output("embeddings.safetensors")?, &shapes, metadata)?;
+        out.append(&RawTensor::i64(&caption_image).bytes)?;
+        drop(caption_image);
+        let stats = encoder.embed_into(ctx, &distinct.in_order(), &rows, |row| out.append_f32(row))?;
+        out.append(&RawTensor::i64(&negative_row).bytes)?;
+        out.finish()?;
 
         stats.record(ctx, "embed");
         ctx.metric("embed.dim", dim as f64);

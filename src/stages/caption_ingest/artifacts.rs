@@ -68,21 +68,48 @@ pub struct IngestText {
 
 impl IngestText {
     pub fn read(upstream: &UpstreamOutputs) -> anyhow::Result<IngestText> {
-        let records: Vec<IngestRecord> = read_jsonl(upstream.artifact("records.jsonl")?)?;
-        for (i, r) in records.iter().enumerate() {
-            if r.index != i {
-                bail!("records.jsonl: line {} has index {} (expected {i})", i + 1, r.index);
+        let (mut records, mut negatives) = (Vec::new(), Vec::new());
+        let classes = stream_text(upstream, |line| {
+            match line {
+                IngestLine::Record(r) => records.push(r),
+                IngestLine::Negative(_, n) => negatives.push(n),
             }
-        }
-        let negatives: Vec<IngestNegative> = read_jsonl(upstream.artifact("negatives.jsonl")?)?;
-        if let Some(n) = negatives.iter().find(|n| n.index >= records.len()) {
-            bail!("negatives.jsonl: image index {} is out of range ({} images)", n.index, records.len());
-        }
-        let path = upstream.artifact("classes.json")?;
-        let classes = serde_json::from_slice(&std::fs::read(path).with_context(|| format!("reading {}", path.display()))?)
-            .with_context(|| format!("{} is not a classes file", path.display()))?;
+            Ok(())
+        })?;
         Ok(IngestText { records, negatives, classes })
     }
+}
+
+/// One line of the ingest text, as [`stream_text`] hands it on.
+pub enum IngestLine {
+    Record(IngestRecord),
+    /// A hard negative with its line (0-based) in `negatives.jsonl`.
+    Negative(usize, IngestNegative),
+}
+
+/// The ingest text one line at a time, for consumers that must not hold
+/// every record (`text_embed` over millions of captions): every record in
+/// index order, then every negative; returns the classes.
+pub fn stream_text(upstream: &UpstreamOutputs, mut each: impl FnMut(IngestLine) -> anyhow::Result<()>) -> anyhow::Result<IngestClasses> {
+    let mut n_records = 0;
+    for_each_jsonl(upstream.artifact("records.jsonl")?, |line, r: IngestRecord| {
+        if r.index != n_records {
+            bail!("records.jsonl: line {line} has index {} (expected {n_records})", r.index);
+        }
+        n_records += 1;
+        each(IngestLine::Record(r))
+    })?;
+    let mut row = 0;
+    for_each_jsonl(upstream.artifact("negatives.jsonl")?, |_, n: IngestNegative| {
+        if n.index >= n_records {
+            bail!("negatives.jsonl: image index {} is out of range ({n_records} images)", n.index);
+        }
+        row += 1;
+        each(IngestLine::Negative(row - 1, n))
+    })?;
+    let path = upstream.artifact("classes.json")?;
+    serde_json::from_slice(&std::fs::read(path).with_context(|| format!("reading {}", path.display()))?)
+        .with_context(|| format!("{} is not a classes file", path.display()))
 }
 
 /// The image tensor: `[n, side, side, 3]` u8, row-major HWC RGB.
@@ -114,14 +141,27 @@ impl IngestImages {
 
 /// Reads a JSON-lines file; errors name the file and line.
 pub fn read_jsonl<T: serde::de::DeserializeOwned>(path: &Path) -> anyhow::Result<Vec<T>> {
-    let file = std::fs::File::open(path).with_context(|| format!("reading {}", path.display()))?;
     let mut out = Vec::new();
+    for_each_jsonl(path, |_, item| {
+        out.push(item);
+        Ok(())
+    })?;
+    Ok(out)
+}
+
+/// Calls `each` with every item of a JSON-lines file and its line number
+/// (1-based), one line in memory at a time; errors name the file and line.
+pub fn for_each_jsonl<T: serde::de::DeserializeOwned>(
+    path: &Path,
+    mut each: impl FnMut(usize, T) -> anyhow::Result<()>,
+) -> anyhow::Result<()> {
+    let file = std::fs::File::open(path).with_context(|| format!("reading {}", path.display()))?;
     for (i, line) in std::io::BufReader::new(file).lines().enumerate() {
         let line = line.with_context(|| format!("{}: line {} is not UTF-8", path.display(), i + 1))?;
         if line.trim().is_empty() {
             continue;
         }
-        out.push(serde_json::from_str(&line).with_context(|| format!("{}: line {}", path.display(), i + 1))?);
+        each(i + 1, serde_json::from_str(&line).with_context(|| format!("{}: line {}", path.display(), i + 1))?)?;
     }
-    Ok(out)
+    Ok(())
 }
