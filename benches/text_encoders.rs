@@ -2,6 +2,7 @@
 //!
 //!     cargo bench --bench text_encoders                 # both encoders
 //!     cargo bench --bench text_encoders -- minilm 1024  # one encoder, N captions
+//!     scripts/bench-text-vs-pytorch                     # interleaved with the PyTorch anchor
 //!
 //! Captions are real COCO captions from SugarCrepe (data/sugarcrepe, vendored),
 //! embedded at batch 64 with the encoders' default pooling and max_tokens 77.
@@ -53,9 +54,19 @@ fn bench(name: &str, path: PathBuf, n: usize) -> anyhow::Result<()> {
         "{name:8} {n:5} captions  batch {BATCH}  {:8.1} captions/s  {:9.0} tokens/s  (load {load_s:.1} s, {} threads)",
         n as f64 / secs,
         tokens as f64 / secs,
-        std::thread::available_parallelism().map_or(1, |p| p.get())
+        threads()
     );
     Ok(())
+}
+
+/// The compute threads: `RAYON_NUM_THREADS` (burn Flex and gemm run on
+/// rayon's global pool), else one per core.
+fn threads() -> usize {
+    std::env::var("RAYON_NUM_THREADS")
+        .ok()
+        .and_then(|t| t.parse().ok())
+        .filter(|&t| t > 0)
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |p| p.get()))
 }
 
 fn main() -> anyhow::Result<()> {

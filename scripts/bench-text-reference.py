@@ -3,7 +3,9 @@
 max 77 tokens, through sentence-transformers (MiniLM) and transformers (SmolLM2 GGUF,
 eos pooling), on the CPU with as many torch threads as cores.
 
-    .venv/bin/python scripts/bench-text-reference.py [minilm|smollm2] [N]
+    .venv/bin/python scripts/bench-text-reference.py [minilm|smollm2] [N] [--threads T]
+
+scripts/bench-text-vs-pytorch runs it interleaved with the Rust bench.
 """
 
 import json
@@ -70,8 +72,13 @@ def smollm2(n):
 
 
 def main():
-    which = sys.argv[1] if len(sys.argv) > 1 else None
-    n = int(sys.argv[2]) if len(sys.argv) > 2 else None
+    args = sys.argv[1:]
+    if "--threads" in args:
+        i = args.index("--threads")
+        torch.set_num_threads(int(args[i + 1]))
+        del args[i : i + 2]
+    which = args[0] if args else None
+    n = int(args[1]) if len(args) > 1 else None
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads")
     if which in (None, "minilm"):
         c = n or 1024
