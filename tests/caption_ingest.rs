@@ -126,3 +126,62 @@ fn a_file_source_is_keyed_by_its_files() {
     let out = ws.run(&["plan", file.to_str().unwrap()]).expect_code(2);
     assert!(out.stderr.contains("stages.data.source: cannot read a/m.jsonl"), "{}", out.describe());
 }
+
+/// A webdataset source through the binary: shards listed by a brace range,
+/// keyed by each shard's name, size and time (not its contents), and a
+/// downstream `captions = "long"` refused without `long_field`.
+#[test]
+fn webdataset_shards_are_keyed_cheaply_and_long_captions_need_long_field() {
+    let ws = Ws::new();
+    for shard in 0..2 {
+        let mut tar = tar::Builder::new(std::fs::File::create(ws.root().join(format!("s-{shard:03}.tar"))).unwrap());
+        for i in 0..3 {
+            let mut png = std::io::Cursor::new(Vec::new());
+            image::RgbImage::from_pixel(8, 8, image::Rgb([40 * i, 0, 9])).write_to(&mut png, image::ImageFormat::Png).unwrap();
+            let text = format!("sample {i} of shard {shard}");
+            let json = format!(r#"{{"long": "The long caption of sample {i} of shard {shard}."}}"#);
+            for (ext, bytes) in [("png", png.into_inner()), ("txt", text.into_bytes()), ("json", json.into_bytes())] {
+                let mut header = tar::Header::new_gnu();
+                header.set_size(bytes.len() as u64);
+                header.set_mode(0o644);
+                header.set_cksum();
+                tar.append_data(&mut header, format!("{shard}{i:04}.{ext}"), bytes.as_slice()).unwrap();
+            }
+        }
+        tar.finish().unwrap();
+    }
+    let pipeline = |long_field: &str, captions: &str| {
+        format!(
+            "[pipeline]\nname = \"wds\"\n[stages.data]\nkind = \"caption_ingest\"\nsource = \"webdataset:s-{{000..001}}.tar\"\nresolution = 8\n{long_field}\n\
+             [stages.train]\nkind = \"train\"\nneeds = [\"data\"]\ntext = \"scratch\"\ncaptions = \"{captions}\"\nsteps = 1\nbatch_size = 2\n"
+        )
+    };
+    let file = ws.write("wds.toml", &pipeline("", "long"));
+    let out = ws.run(&["plan", file.to_str().unwrap()]).expect_code(2);
+    assert!(out.stderr.contains("wds.toml:") && out.stderr.contains("stages.train.captions"), "{}", out.describe());
+    assert!(out.stderr.contains("without `long_field`"), "{}", out.describe());
+
+    let file = ws.write("wds.toml", &pipeline("long_field = \"long\"", "long"));
+    let key = || key_of(&ws.plan(&file), "data");
+    let first = key();
+    let (code, _, out) = ws.run_json(&file, &[]);
+    assert_eq!(code, Some(0), "{}", out.describe());
+    let show = ws.show(&first);
+    let records = show["artifacts"].as_array().unwrap().iter().find(|a| a["name"] == "records.jsonl").unwrap().clone();
+    let text = std::fs::read_to_string(ws.store().join(records["path"].as_str().unwrap())).unwrap();
+    assert_eq!(text.lines().count(), 6);
+    assert!(text.contains("The long caption of sample 2 of shard 1."), "{text}");
+    let metric = |name: &str| show["metrics"].as_array().unwrap().iter().find(|m| m["name"] == name).unwrap()["value"].as_f64().unwrap();
+    assert_eq!(metric("ingest.images"), 6.0);
+
+    // A shard written again (a new modification time) re-keys; an unchanged one does not.
+    assert_eq!(key(), first);
+    let shard = std::fs::File::options().write(true).open(ws.root().join("s-001.tar")).unwrap();
+    shard.set_modified(std::time::SystemTime::now() + std::time::Duration::from_secs(5)).unwrap();
+    assert_ne!(key(), first);
+
+    // A shard the pattern lists but the disk lacks is a located error when planning.
+    std::fs::remove_file(ws.root().join("s-000.tar")).unwrap();
+    let out = ws.run(&["plan", file.to_str().unwrap()]).expect_code(2);
+    assert!(out.stderr.contains("stages.data.source: shard s-000.tar does not exist"), "{}", out.describe());
+}

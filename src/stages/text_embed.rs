@@ -26,8 +26,9 @@
 use std::collections::HashMap;
 
 use super::caption_ingest::artifacts::{IngestLine, SplitName, stream_text};
+use super::caption_ingest::check_long_captions;
 use super::text_common::{self, DistinctTexts, StageEncoder};
-use super::{ParamDefault, ParamError, ParamSpec, ParamType, Params, Resources, StageContext, StageKind};
+use super::{ParamDefault, ParamError, ParamSpec, ParamType, Params, Resources, StageContext, StageKind, UpstreamInstance};
 use crate::tensor_file::{RawTensor, TensorShape, TensorWriter};
 use safetensors::Dtype;
 
@@ -69,6 +70,9 @@ impl StageKind for TextEmbed {
     }
     fn required_upstream(&self, _params: &Params) -> Vec<&'static str> {
         vec!["caption_ingest"]
+    }
+    fn check_upstream(&self, params: &Params, upstream: &[UpstreamInstance<'_>]) -> Result<(), ParamError> {
+        check_long_captions(params.str("captions"), upstream)
     }
 
     fn resources(&self, params: &Params) -> Resources {

@@ -199,6 +199,7 @@ impl StageKind for Train {
     /// position: the cache must embed that ingest's captions, of the length
     /// trained on.
     fn check_upstream(&self, params: &Params, upstream: &[UpstreamInstance<'_>]) -> Result<(), ParamError> {
+        super::caption_ingest::check_long_captions(params.str("captions"), upstream)?;
         let (Some(ingest), Some(cache)) =
             (UpstreamInstance::of_kind(upstream, "caption_ingest"), UpstreamInstance::of_kind(upstream, "text_embed"))
         else {

@@ -9,6 +9,11 @@
 //! every `plan` would cost seconds, and a re-encoded image almost always
 //! changes size. An image replaced by one of exactly the same size needs
 //! `run --force` on the ingest stage.
+//!
+//! Webdataset shards enter by path, size and modification time instead
+//! (`webdataset::fingerprint`): tar sizes move in 512-byte blocks, so an
+//! edited caption often keeps the size, and reading the shards is out of the
+//! question at terabyte scale.
 
 use std::path::{Path, PathBuf};
 
@@ -18,7 +23,7 @@ use sha2::{Digest as _, Sha256};
 
 use super::Source;
 use super::dataset::resolve;
-use super::{fashion, jsonl, sugarcrepe};
+use super::{fashion, jsonl, sugarcrepe, webdataset};
 use crate::file_fingerprint::{Remembered, hash_file};
 
 struct Hasher(Sha256);
@@ -36,6 +41,10 @@ impl Hasher {
 
 /// The fingerprint of a file source; `None` for the built-in one.
 pub(super) fn of(source: &Source, image_root: Option<&Path>) -> anyhow::Result<Option<String>> {
+    if let Source::WebDataset(pattern) = source {
+        let shards = webdataset::shards(pattern).map_err(anyhow::Error::msg)?;
+        return webdataset::fingerprint(&shards).map(Some);
+    }
     let text_files = text_files(source)?;
     if text_files.is_empty() {
         return Ok(None);
@@ -57,7 +66,7 @@ pub(super) fn of(source: &Source, image_root: Option<&Path>) -> anyhow::Result<O
 /// The files captions and labels are read from.
 fn text_files(source: &Source) -> anyhow::Result<Vec<PathBuf>> {
     Ok(match source {
-        Source::Shapes => Vec::new(),
+        Source::Shapes | Source::WebDataset(_) => Vec::new(),
         Source::Jsonl(path) | Source::Coco(path) => vec![path.clone()],
         Source::FashionMnist(dir) => fashion::files(dir)?,
         Source::SugarCrepe(dir) => sugarcrepe::subset_files(dir)?.into_iter().map(|(_, p)| p).collect(),
@@ -78,7 +87,7 @@ fn images(source: &Source, image_root: Option<&Path>) -> anyhow::Result<Vec<(Str
             .collect()
     };
     Ok(match source {
-        Source::Shapes | Source::FashionMnist(_) => Vec::new(),
+        Source::Shapes | Source::FashionMnist(_) | Source::WebDataset(_) => Vec::new(),
         Source::Jsonl(path) => {
             #[derive(Deserialize)]
             struct Line {

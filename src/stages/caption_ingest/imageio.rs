@@ -17,6 +17,13 @@ pub(super) fn load_rgb(path: &Path, res: u32) -> anyhow::Result<Vec<u8>> {
     Ok(square_rgb(decoded, res))
 }
 
+/// Decodes an image held in memory (PNG, JPEG or WebP, sniffed from the
+/// content) to `res`×`res` RGB, as [`load_rgb`] does for a file.
+pub(super) fn decode_rgb(bytes: &[u8], res: u32) -> anyhow::Result<Vec<u8>> {
+    let reader = ImageReader::new(std::io::Cursor::new(bytes)).with_guessed_format().context("cannot read image")?;
+    Ok(square_rgb(reader.decode().context("cannot decode image")?, res))
+}
+
 /// Centre crop to a square, then a triangle (bilinear) filter resize; the
 /// filter widens with the scale factor, so large downscales are not aliased.
 ///

@@ -27,6 +27,11 @@
 //!   relative paths against `image_root`, else the manifest's directory.
 //! - `sugarcrepe:DIR` (+ `image_root`, COCO val2017): the official `{subset}.json`
 //!   files; one image per distinct filename; every entry becomes a negative.
+//! - `webdataset:PATTERN`: tar shards as img2dataset writes them (`KEY.jpg|jpeg|
+//!   png|webp`, `KEY.txt`, optional `KEY.json`), listed with brace groups
+//!   (`data/{00000..00099}.tar`); `long_field` names the `.json` field holding a
+//!   long caption, and without it `captions = "long"` downstream is an error.
+//!   See `webdataset.rs`, also for what enters the key.
 //!
 //! For the file sources, `images` is the maximum number of images kept, the first
 //! ones in file order; images dropped under `on_error = "skip"` do not count
@@ -65,24 +70,25 @@ mod jsonl;
 mod rng;
 mod shapes;
 pub mod sugarcrepe;
+mod webdataset;
 
 use std::path::PathBuf;
 
 use anyhow::anyhow;
 
-use super::{ParamDefault, ParamError, ParamSpec, ParamType, Params, StageContext, StageKind};
+use super::{ParamDefault, ParamError, ParamSpec, ParamType, Params, StageContext, StageKind, UpstreamInstance};
 use dataset::Options;
 
 pub struct CaptionIngest;
 
-const SOURCES_HELP: &str = "builtin:shapes, fashion-mnist:DIR, coco:CAPTIONS_JSON, jsonl:MANIFEST, sugarcrepe:DIR";
+const SOURCES_HELP: &str = "builtin:shapes, fashion-mnist:DIR, coco:CAPTIONS_JSON, jsonl:MANIFEST, sugarcrepe:DIR, webdataset:PATTERN";
 
 const PARAMS: &[ParamSpec] = &[
     ParamSpec::new(
         "source",
         ParamType::Str,
         ParamDefault::Required,
-        "builtin:shapes | fashion-mnist:DIR | coco:CAPTIONS_JSON | jsonl:MANIFEST | sugarcrepe:DIR",
+        "builtin:shapes | fashion-mnist:DIR | coco:CAPTIONS_JSON | jsonl:MANIFEST | sugarcrepe:DIR | webdataset:PATTERN (tar shards, e.g. data/{00000..00099}.tar)",
     ),
     ParamSpec::new(
         "images",
@@ -111,6 +117,12 @@ const PARAMS: &[ParamSpec] = &[
         ParamDefault::Str("fail"),
         "a missing or undecodable image or an empty caption: fail, or skip and count it",
     ),
+    ParamSpec::new(
+        "long_field",
+        ParamType::Str,
+        ParamDefault::Absent,
+        "webdataset: the field of each sample's .json holding its long caption (without it, captions = \"long\" downstream is an error)",
+    ),
 ];
 
 /// A parsed `source` parameter.
@@ -121,6 +133,8 @@ enum Source {
     Coco(PathBuf),
     Jsonl(PathBuf),
     SugarCrepe(PathBuf),
+    /// The pattern as written; [`webdataset::shards`] lists the shards.
+    WebDataset(String),
 }
 
 impl Source {
@@ -133,6 +147,13 @@ impl Source {
                 "shapes" => Ok(Source::Shapes),
                 _ => Err(format!("unknown builtin source {s:?}; the only builtin is builtin:shapes")),
             };
+        }
+        if prefix == "webdataset" {
+            if rest.trim().is_empty() {
+                return Err(format!("{s:?} names no shards; expected webdataset:PATTERN, e.g. webdataset:data/{{00000..00099}}.tar"));
+            }
+            webdataset::shards(rest)?;
+            return Ok(Source::WebDataset(rest.to_owned()));
         }
         let ctor: fn(PathBuf) -> Source = match prefix {
             "fashion-mnist" => Source::FashionMnist,
@@ -172,6 +193,13 @@ fn validate(params: &Params) -> Result<(Source, Options), ParamError> {
     let image_root = params.opt_str("image_root").map(PathBuf::from);
     if source.needs_image_root() && image_root.is_none() {
         return Err(ParamError::new("image_root", "is required for coco: and sugarcrepe: sources (the directory holding the images)"));
+    }
+    let long_field = params.opt_str("long_field");
+    if long_field.is_some() && !matches!(source, Source::WebDataset(_)) {
+        return Err(ParamError::new("long_field", "applies to webdataset: sources only"));
+    }
+    if long_field.is_some_and(|f| f.trim().is_empty()) {
+        return Err(ParamError::new("long_field", "is empty; name the .json field that holds the long caption"));
     }
     let opts = Options {
         images,
@@ -217,10 +245,34 @@ impl StageKind for CaptionIngest {
             Source::Coco(path) => coco::ingest(ctx, &opts, path, &root)?,
             Source::Jsonl(path) => jsonl::ingest(ctx, &opts, path, opts.image_root.as_deref())?,
             Source::SugarCrepe(dir) => sugarcrepe::ingest(ctx, &opts, dir, &root)?,
+            Source::WebDataset(pattern) => {
+                let shards = webdataset::shards(pattern).map_err(anyhow::Error::msg)?;
+                let long_field = ctx.params().opt_str("long_field").map(str::to_owned);
+                webdataset::ingest(ctx, &opts, &shards, long_field.as_deref())?
+            }
         };
         let name = ctx.params().str("source").to_owned();
         dataset::write(ctx, data, &opts, &name)
     }
+}
+
+/// For a stage reading captions of `length` from its upstream ingest: long
+/// captions must exist, which a `webdataset:` source without `long_field`
+/// does not give. An error at `captions`, when compiling.
+pub fn check_long_captions(length: &str, upstream: &[UpstreamInstance<'_>]) -> Result<(), ParamError> {
+    let Some(ingest) = UpstreamInstance::of_kind(upstream, "caption_ingest") else { return Ok(()) };
+    let webdataset = ingest.params.opt_str("source").is_some_and(|s| s.starts_with("webdataset:"));
+    if length == "long" && webdataset && ingest.params.opt_str("long_field").is_none() {
+        return Err(ParamError::new(
+            "captions",
+            format!(
+                "is \"long\" but caption_ingest stage `{}` reads webdataset shards without `long_field`, so it has no long captions: \
+                 set its long_field to the .json field that holds them, or use captions = \"short\"",
+                ingest.stage
+            ),
+        ));
+    }
+    Ok(())
 }
 
 #[cfg(test)]

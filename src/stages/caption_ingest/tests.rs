@@ -416,3 +416,138 @@ fn fashion_mnist_source() {
     let err = err_text(run(&tmp.path().join("r4"), json!({"source": "fashion-mnist:/nonexistent/fm"})));
     assert!(err.contains("/nonexistent/fm/train-images-idx3-ubyte"), "{err}");
 }
+
+/// A tar shard of `(member, bytes)`, in order.
+fn write_tar(path: &Path, members: &[(&str, Vec<u8>)]) {
+    std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+    let mut tar = tar::Builder::new(std::fs::File::create(path).unwrap());
+    for (name, bytes) in members {
+        let mut header = tar::Header::new_gnu();
+        header.set_size(bytes.len() as u64);
+        header.set_mode(0o644);
+        header.set_cksum();
+        tar.append_data(&mut header, name, bytes.as_slice()).unwrap();
+    }
+    tar.finish().unwrap();
+}
+
+fn encoded(rgb: [u8; 3], format: image::ImageFormat) -> Vec<u8> {
+    let mut out = std::io::Cursor::new(Vec::new());
+    let img = image::DynamicImage::ImageRgb8(image::RgbImage::from_pixel(12, 8, image::Rgb(rgb)));
+    img.write_to(&mut out, format).unwrap();
+    out.into_inner()
+}
+
+/// Two shards as img2dataset writes them: keys in order, `.jpg`/`.png`/
+/// `.webp` images, `.txt` captions and `.json` metadata with a recaption.
+fn webdataset_fixture(dir: &Path) -> String {
+    use image::ImageFormat::{Jpeg, Png, WebP};
+    let json = |long: &str| format!(r#"{{"url": "http://example.org/x", "recaption": "{long}", "width": 12}}"#).into_bytes();
+    write_tar(
+        &dir.join("shards/00000.tar"),
+        &[
+            ("000000000.jpg", encoded([250, 0, 0], Jpeg)),
+            ("000000000.txt", b"a red square\n".to_vec()),
+            ("000000000.json", json("A large red square fills the whole picture.")),
+            ("000000001.png", encoded([0, 250, 0], Png)),
+            ("000000001.txt", b"a green square".to_vec()),
+            ("000000001.json", json("Green, edge to edge.")),
+        ],
+    );
+    write_tar(
+        &dir.join("shards/00001.tar"),
+        &[
+            ("000010000.webp", encoded([0, 0, 250], WebP)),
+            ("000010000.txt", b"a blue square".to_vec()),
+            ("000010000.json", json("A blue square on nothing else.")),
+        ],
+    );
+    format!("webdataset:{}/shards/{{00000..00001}}.tar", dir.display())
+}
+
+#[test]
+fn webdataset_source() {
+    let tmp = tempfile::tempdir().unwrap();
+    let source = webdataset_fixture(tmp.path());
+    let out = run(tmp.path(), json!({"source": source, "resolution": 8, "long_field": "recaption"})).unwrap();
+    let (shape, data) = tensor(&out);
+    assert_eq!(shape, vec![3, 8, 8, 3]);
+    let pixel = |i: usize| &data[i * 8 * 8 * 3..i * 8 * 8 * 3 + 3];
+    assert!(pixel(0)[0] > 240 && pixel(0)[1] < 10, "jpeg: {:?}", pixel(0));
+    assert_eq!(pixel(1), &[0, 250, 0], "png");
+    assert_eq!(pixel(2), &[0, 0, 250], "webp (lossless)");
+    let records = lines(&out, "records.jsonl");
+    assert_eq!(records[0]["short"], json!(["a red square"]));
+    assert_eq!(records[0]["long"], json!(["A large red square fills the whole picture."]));
+    assert_eq!(records[2]["source"], "00001.tar/000010000");
+    assert_eq!(records[1]["label"], Value::Null);
+    assert_eq!(metrics(&out)["ingest.images"], 3.0);
+
+    // Without long_field, long repeats short (downstream `captions = "long"` is refused when compiling).
+    let out = run(&tmp.path().join("short"), json!({"source": source, "resolution": 8, "images": 2})).unwrap();
+    let records = lines(&out, "records.jsonl");
+    assert_eq!(records.len(), 2, "`images` caps the count, first in shard order");
+    assert_eq!(records[1]["long"], json!(["a green square"]));
+}
+
+#[test]
+fn webdataset_errors_name_the_shard_and_the_member() {
+    let tmp = tempfile::tempdir().unwrap();
+    let source = webdataset_fixture(tmp.path());
+    write_tar(
+        &tmp.path().join("shards/00001.tar"),
+        &[
+            ("000010000.jpg", b"not a jpeg".to_vec()),
+            ("000010000.txt", b"a blue square".to_vec()),
+            ("000010001.png", encoded([9, 9, 9], image::ImageFormat::Png)),
+            ("000010001.txt", b"  ".to_vec()),
+            ("000010002.png", encoded([9, 9, 9], image::ImageFormat::Png)),
+            ("000010002.txt", b"grey".to_vec()),
+            ("000010002.json", br#"{"recaption": 3}"#.to_vec()),
+            ("000010003.txt", b"no image".to_vec()),
+        ],
+    );
+    let given = |extra: Value| {
+        let mut v = json!({"source": source, "resolution": 8, "long_field": "recaption"});
+        v.as_object_mut().unwrap().extend(extra.as_object().unwrap().clone());
+        v
+    };
+    let err = err_text(run(&tmp.path().join("a"), given(json!({}))));
+    assert!(err.contains("00001.tar: member 000010000.jpg: cannot decode image"), "{err}");
+    let out = run(&tmp.path().join("b"), given(json!({"on_error": "skip"}))).unwrap();
+    assert_eq!(metrics(&out)["ingest.skipped"], 4.0);
+    assert_eq!(metrics(&out)["ingest.images"], 2.0);
+
+    let only = |name: &str, members: &[(&str, Vec<u8>)]| {
+        let path = tmp.path().join(name);
+        write_tar(&path, members);
+        let src = format!("webdataset:{}", path.display());
+        err_text(run(&tmp.path().join(format!("{name}.out")), json!({"source": src, "long_field": "recaption"})))
+    };
+    let png = || encoded([1, 2, 3], image::ImageFormat::Png);
+    let err = only("empty.tar", &[("k.png", png()), ("k.txt", b" \n".to_vec())]);
+    assert!(err.contains("empty.tar: member k.txt: empty caption"), "{err}");
+    let err = only("field.tar", &[("k.png", png()), ("k.txt", b"x".to_vec()), ("k.json", br#"{"recaption": 3}"#.to_vec())]);
+    assert!(err.contains("field.tar: member k.json: field \"recaption\" (long_field) is not a string"), "{err}");
+    let err = only("nojson.tar", &[("k.png", png()), ("k.txt", b"x".to_vec())]);
+    assert!(err.contains("nojson.tar: member k.json: missing"), "{err}");
+    let err = only("noimage.tar", &[("k.txt", b"x".to_vec())]);
+    assert!(err.contains("noimage.tar: sample k: no image member"), "{err}");
+
+    // A shard that is not a tar file fails even under skip.
+    std::fs::write(tmp.path().join("junk.tar"), vec![7u8; 1000]).unwrap();
+    let src = format!("webdataset:{}", tmp.path().join("junk.tar").display());
+    let err = err_text(run(&tmp.path().join("junk"), json!({"source": src, "on_error": "skip"})));
+    assert!(err.contains("junk.tar"), "{err}");
+}
+
+#[test]
+fn webdataset_parameters_are_checked_when_compiling() {
+    let check = |given: Value| CaptionIngest.check(&params(given)).err().map(|e| (e.param, e.message));
+    assert!(check(json!({"source": "webdataset:d/{0..9}.tar", "long_field": "caption_long"})).is_none());
+    let (param, msg) = check(json!({"source": "webdataset:d/{0..9.tar"})).unwrap();
+    assert_eq!((param.as_str(), msg.contains("without a `}`")), ("source", true), "{msg}");
+    assert_eq!(check(json!({"source": "webdataset:"})).unwrap().0, "source");
+    assert_eq!(check(json!({"source": "builtin:shapes", "long_field": "x"})).unwrap().0, "long_field");
+    assert_eq!(check(json!({"source": "webdataset:a.tar", "long_field": " "})).unwrap().0, "long_field");
+}
