@@ -18,9 +18,7 @@
 use std::cmp::Ordering;
 use std::fmt;
 
-use serde_json::Value;
-
-use crate::store::HistoryRow;
+use serde_json::{Map, Value};
 
 /// A parse error at a 1-based character column of the expression.
 #[derive(Debug, Clone, PartialEq)]
@@ -46,6 +44,21 @@ impl std::error::Error for ExprError {}
 
 /// The names a field may take, for messages about one that matches nothing.
 pub const FIELDS: &str = "axes by name, param.NAME, metric.NAME, key, stage, pipeline, kind, done_at, run";
+
+/// What an expression reads of a row. The filter states it rather than
+/// naming the store's row type, so it sits below the store (which implements
+/// it for `HistoryRow`).
+pub trait Row {
+    fn axes(&self) -> &Map<String, Value>;
+    fn params(&self) -> &Map<String, Value>;
+    fn metric(&self, name: &str) -> Option<f64>;
+    fn pipeline(&self) -> &str;
+    fn stage(&self) -> &str;
+    fn kind(&self) -> &str;
+    fn key(&self) -> &str;
+    fn done_at(&self) -> Option<&str>;
+    fn run(&self) -> i64;
+}
 
 /// What a name in an expression or a sort key refers to.
 #[derive(Debug, Clone, PartialEq)]
@@ -84,18 +97,18 @@ impl Field {
     }
 
     /// The field's value in a row; `None` when the row lacks it.
-    pub fn get(&self, row: &HistoryRow) -> Option<Value> {
+    pub fn get(&self, row: &impl Row) -> Option<Value> {
         match self {
-            Field::Param(name) => row.params.get(name).cloned(),
-            Field::Axis(name) => row.axes.get(name).cloned(),
-            Field::Metric(name) => row.metrics.get(name).map(|v| Value::from(*v)),
-            Field::Bare(name) => row.axes.get(name).or_else(|| row.params.get(name)).cloned().or_else(|| match name.as_str() {
-                "pipeline" => Some(Value::from(row.pipeline.as_str())),
-                "stage" => Some(Value::from(row.stage.as_str())),
-                "kind" => Some(Value::from(row.kind.as_str())),
-                "key" => Some(Value::from(row.key.as_str())),
-                "done_at" => row.done_at.as_deref().map(Value::from),
-                "run" => Some(Value::from(row.run_id)),
+            Field::Param(name) => row.params().get(name).cloned(),
+            Field::Axis(name) => row.axes().get(name).cloned(),
+            Field::Metric(name) => row.metric(name).map(Value::from),
+            Field::Bare(name) => row.axes().get(name).or_else(|| row.params().get(name)).cloned().or_else(|| match name.as_str() {
+                "pipeline" => Some(Value::from(row.pipeline())),
+                "stage" => Some(Value::from(row.stage())),
+                "kind" => Some(Value::from(row.kind())),
+                "key" => Some(Value::from(row.key())),
+                "done_at" => row.done_at().map(Value::from),
+                "run" => Some(Value::from(row.run())),
                 _ => None,
             }),
         }
@@ -400,7 +413,7 @@ fn compare(value: &Value, op: Op, lit: &Literal) -> bool {
 impl Expr {
     /// Whether a row matches. A comparison on a field the row lacks is false
     /// whatever the operator, so `metric.x != 1` selects rows that have `x`.
-    pub fn matches(&self, row: &HistoryRow) -> bool {
+    pub fn matches(&self, row: &impl Row) -> bool {
         match self {
             Expr::Cmp { field, op, value, .. } => field.get(row).is_some_and(|v| !v.is_null() && compare(&v, *op, value)),
             Expr::And(a, b) => a.matches(row) && b.matches(row),
@@ -414,7 +427,7 @@ impl Expr {
     /// none of `rows` has (most likely a misspelling), or of a field that is
     /// true/false in every row with anything but `true` or `false` (or the
     /// other way round). `None` when there are no rows to judge by.
-    pub fn unusable_comparison(&self, rows: &[HistoryRow]) -> Option<ExprError> {
+    pub fn unusable_comparison<R: Row>(&self, rows: &[R]) -> Option<ExprError> {
         match self {
             Expr::Cmp { field, op, value, column } => {
                 let values: Vec<Value> = rows.iter().filter_map(|r| field.get(r)).filter(|v| !v.is_null()).collect();
@@ -454,25 +467,46 @@ pub fn order_values(a: Option<&Value>, b: Option<&Value>) -> Ordering {
 
 #[cfg(test)]
 mod tests {
-    use std::collections::BTreeMap;
-
     use serde_json::json;
 
     use super::*;
 
-    fn row(axes: Value, params: Value, metrics: &[(&str, f64)]) -> HistoryRow {
-        HistoryRow {
-            pipeline: "p".into(),
-            stage: "train".into(),
-            key: "abcd".into(),
-            kind: "command".into(),
-            axes: axes.as_object().unwrap().clone(),
-            params: params.as_object().unwrap().clone(),
-            metrics: metrics.iter().map(|(k, v)| (k.to_string(), *v)).collect::<BTreeMap<_, _>>(),
-            done_at: None,
-            run_id: 1,
-            seen_at: String::new(),
+    /// A row as JSON: `{"axes": {…}, "params": {…}, "metrics": {…}}`.
+    struct TestRow(Value);
+
+    impl Row for TestRow {
+        fn axes(&self) -> &Map<String, Value> {
+            self.0["axes"].as_object().unwrap()
         }
+        fn params(&self) -> &Map<String, Value> {
+            self.0["params"].as_object().unwrap()
+        }
+        fn metric(&self, name: &str) -> Option<f64> {
+            self.0["metrics"].get(name)?.as_f64()
+        }
+        fn pipeline(&self) -> &str {
+            "p"
+        }
+        fn stage(&self) -> &str {
+            "train"
+        }
+        fn kind(&self) -> &str {
+            "command"
+        }
+        fn key(&self) -> &str {
+            "abcd"
+        }
+        fn done_at(&self) -> Option<&str> {
+            None
+        }
+        fn run(&self) -> i64 {
+            1
+        }
+    }
+
+    fn row(axes: Value, params: Value, metrics: &[(&str, f64)]) -> TestRow {
+        let metrics: Map<String, Value> = metrics.iter().map(|(k, v)| (k.to_string(), Value::from(*v))).collect();
+        TestRow(json!({"axes": axes, "params": params, "metrics": metrics}))
     }
 
     #[test]
@@ -517,7 +551,7 @@ mod tests {
         assert_eq!((err.column, err.message.starts_with("no row has the field `metric.top5`")), (27, true), "{err}");
         // One row having the field is enough, and no rows judge nothing.
         assert_eq!(parse("metric.top1 > 0 and stage = 'x'").unwrap().unusable_comparison(&rows), None);
-        assert_eq!(e.unusable_comparison(&[]), None);
+        assert_eq!(e.unusable_comparison::<TestRow>(&[]), None);
     }
 
     /// A boolean equals only `true` or `false`: `flip = 1` and `flip = "true"`

@@ -7,9 +7,9 @@
 
 use std::collections::HashMap;
 
+use ablate::images::ImageSet;
 use ablate::model::named::{HostTensor, Layout, load};
 use ablate::model::{ClipConfig, ClipModel};
-use ablate::stages::caption_ingest::artifacts::IngestImages;
 use ablate::tensor_file::TensorFile;
 use ablate::text::Cpu;
 use burn::prelude::*;
@@ -33,7 +33,7 @@ fn burn_model_reproduces_pytorch_embeddings() {
     let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
     let images = st.tensor("input.images").unwrap();
     let (n, side) = (images.shape()[0], images.shape()[1]);
-    let images = IngestImages { n, side, pixels: images.data().to_vec() };
+    let images = ImageSet { n, side, pixels: images.data().to_vec() };
     let vit = &config.vit;
     let pixels = ablate::train::data::eval_patches(&images, &(0..n).collect::<Vec<_>>(), vit.image_size, vit.patch_size);
     let x = Tensor::<Cpu, 2>::from_data(TensorData::new(pixels, [n * vit.patches(), vit.patch_dim()]), &device);

@@ -28,7 +28,7 @@ pub(super) async fn study_name(store: &Store, target: &str) -> anyhow::Result<St
     Ok(name)
 }
 
-use crate::pipeline::diag::shorten as clip;
+use crate::echo::shorten as clip;
 
 fn pairs(map: &Map<String, Value>, max: usize) -> String {
     map.iter().map(|(k, v)| format!("{k}={}", clip(&value_text(v), max))).collect::<Vec<_>>().join(" ")

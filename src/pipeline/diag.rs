@@ -91,19 +91,6 @@ struct Snippet {
     width: usize,
 }
 
-/// `text` cut to at most `max` characters (the last one `…`), for echoing
-/// user values in messages and narrow cells.
-pub fn shorten(text: &str, max: usize) -> String {
-    if text.chars().count() <= max {
-        text.to_owned()
-    } else {
-        format!("{}…", text.chars().take(max.saturating_sub(1)).collect::<String>())
-    }
-}
-
-/// How much of a user value a message echoes.
-pub const ECHOED: usize = 60;
-
 /// Characters of a long line shown on each side of the error's column.
 const SNIPPET_CONTEXT: usize = 60;
 

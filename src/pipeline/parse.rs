@@ -8,8 +8,9 @@ use std::ops::Range;
 use serde_json::Value;
 use toml_edit::{ImDocument, Item, Table};
 
-use super::diag::{Diagnostic, Diagnostics, ECHOED, SourceFile, floor_char_boundary, shorten};
+use super::diag::{Diagnostic, Diagnostics, SourceFile, floor_char_boundary};
 use super::template::Template;
+use crate::echo::{ECHOED, shorten};
 use crate::filter::value_text;
 use crate::stages::{self, StageKind};
 

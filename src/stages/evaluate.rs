@@ -28,11 +28,12 @@ use std::collections::HashMap;
 use anyhow::{Context as _, bail};
 use burn::prelude::*;
 
-use super::caption_ingest::artifacts::{IngestImages, IngestText, SplitName};
+use super::caption_ingest::artifacts::{IngestText, SplitName, read_images};
 use super::{
     ParamDefault, ParamError, ParamSpec, ParamType, Params, Resources, StageContext, StageKind, UpstreamInstance, UpstreamOutputs,
 };
 use crate::eval::{compositional, retrieval, zero_shot};
+use crate::images::ImageSet;
 use crate::loss::l2_normalize;
 use crate::model::named::{HostTensor, Layout, load};
 use crate::model::{ClipConfig, ClipModel};
@@ -126,7 +127,7 @@ impl StageKind for Evaluate {
         let trained = ctx.upstream_of_kind("train")?;
         let ingest = ctx.upstream_of_kind("caption_ingest")?;
         let data = IngestText::read(ingest)?;
-        let images = IngestImages::read(ingest)?;
+        let images = read_images(ingest)?;
         let model_json: serde_json::Value = serde_json::from_slice(&std::fs::read(trained.artifact("model.json")?)?)
             .with_context(|| format!("train stage '{}': model.json is not JSON", trained.stage))?;
         let config: ClipConfig = serde_json::from_value(model_json["config"].clone()).context("model.json has no model configuration")?;
@@ -241,7 +242,7 @@ struct EmbedJob<'a> {
     config: &'a ClipConfig,
     trained: &'a UpstreamOutputs,
     text: TextSource<'a>,
-    images: &'a IngestImages,
+    images: &'a ImageSet,
     eval_images: &'a [usize],
     captions: &'a [(usize, &'a str)],
     /// (row in negatives.jsonl, image index).

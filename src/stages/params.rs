@@ -118,7 +118,7 @@ fn quote_all(choices: &[&str]) -> String {
 /// A short description of a value for error messages.
 pub fn describe(value: &Value) -> String {
     match value {
-        Value::String(s) => format!("string \"{}\"", crate::pipeline::diag::shorten(s, crate::pipeline::diag::ECHOED)),
+        Value::String(s) => format!("string \"{}\"", crate::echo::shorten(s, crate::echo::ECHOED)),
         Value::Number(n) if n.is_i64() || n.is_u64() => format!("integer {n}"),
         Value::Number(n) => format!("float {n}"),
         Value::Bool(b) => format!("boolean {b}"),

@@ -26,7 +26,7 @@ use std::path::PathBuf;
 use anyhow::{Context as _, bail};
 use serde_json::{Value, json};
 
-use super::caption_ingest::artifacts::{IngestImages, IngestText, SplitName};
+use super::caption_ingest::artifacts::{IngestText, SplitName, read_images};
 use super::{Interrupted, ParamDefault, ParamError, ParamSpec, ParamType, Params, Resources, StageContext, StageKind, UpstreamInstance};
 use crate::loss::Loss;
 use crate::model::{ClipConfig, TextPreset, VitPreset};
@@ -232,7 +232,7 @@ impl StageKind for Train {
         let params = ctx.params().clone();
         let ingest = ctx.upstream_of_kind("caption_ingest")?;
         let text_data = IngestText::read(ingest)?;
-        let images = IngestImages::read(ingest)?;
+        let images = read_images(ingest)?;
         let length = params.str("captions");
         let frozen = params.str("text") == "frozen";
 

@@ -11,6 +11,7 @@ use sqlx::any::{AnyRow, AnyTypeInfoKind};
 use sqlx::{Column as _, Row as _, ValueRef as _};
 
 use super::{Backend, Store};
+use crate::filter;
 
 /// One finished stage instance as it appears in one (pipeline, stage, axes)
 /// binding, with its final metrics: the row `ablate history` lists.
@@ -30,6 +31,36 @@ pub struct HistoryRow {
     /// axes) supersede earlier ones (the parameters changed in between).
     #[serde(skip)]
     pub seen_at: String,
+}
+
+impl filter::Row for HistoryRow {
+    fn axes(&self) -> &Map<String, Value> {
+        &self.axes
+    }
+    fn params(&self) -> &Map<String, Value> {
+        &self.params
+    }
+    fn metric(&self, name: &str) -> Option<f64> {
+        self.metrics.get(name).copied()
+    }
+    fn pipeline(&self) -> &str {
+        &self.pipeline
+    }
+    fn stage(&self) -> &str {
+        &self.stage
+    }
+    fn kind(&self) -> &str {
+        &self.kind
+    }
+    fn key(&self) -> &str {
+        &self.key
+    }
+    fn done_at(&self) -> Option<&str> {
+        self.done_at.as_deref()
+    }
+    fn run(&self) -> i64 {
+        self.run_id
+    }
 }
 
 /// The result of an arbitrary read-only query: column names and JSON cells.

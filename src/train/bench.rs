@@ -11,10 +11,10 @@ use burn::tensor::backend::AutodiffBackend;
 use super::checkpoint::StepRecord;
 use super::data::Pairs;
 use super::{Observer, StepPhases, TextSide, TrainInputs, TrainSpec};
+use crate::images::ImageSet;
 use crate::loss::Loss;
 use crate::model::{ClipConfig, VitPreset};
 use crate::rng::Rng;
-use crate::stages::caption_ingest::artifacts::IngestImages;
 
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct BenchResult {
@@ -87,7 +87,7 @@ pub fn run<B: AutodiffBackend>(
     let pixels = (0..n * side * side * 3).map(|_| (rng.next_u64() & 0xff) as u8).collect();
     let text: Vec<Vec<f32>> = (0..n).map(|_| (0..dim).map(|_| rng.normal() as f32).collect()).collect();
     let inputs = TrainInputs {
-        images: IngestImages { n, side, pixels },
+        images: ImageSet { n, side, pixels },
         pairs: Pairs { images: (0..n).collect(), captions: (0..n).map(|i| vec![i]).collect() },
         text: TextSide::Frozen(text),
     };

@@ -6,8 +6,8 @@
 //! batch `s` is a pure function of the seed and `s`: the data-order cursor of
 //! a checkpoint is its step.
 
+use crate::images::ImageSet;
 use crate::rng::Rng;
-use crate::stages::caption_ingest::artifacts::IngestImages;
 use rayon::prelude::*;
 
 /// CLIP's (OpenAI's) per-channel image mean and standard deviation.
@@ -148,7 +148,7 @@ fn write_patches(pixels: &[u8], side: usize, rect: Rect, flip: bool, size: usize
 
 /// Patches `[images × patches, 3·patch²]` (flattened) of training images,
 /// each with its random resized crop (and flip, if on).
-pub fn train_patches(images: &IngestImages, plan: &mut BatchPlan, augment: &Augment, size: usize, patch: usize) -> Vec<f32> {
+pub fn train_patches(images: &ImageSet, plan: &mut BatchPlan, augment: &Augment, size: usize, patch: usize) -> Vec<f32> {
     // Images in parallel (each has its own random stream, so the result does
     // not depend on the split); ≈ 3 % of a vit-micro CPU step on one thread.
     let mut out = vec![0f32; plan.images.len() * size * size * 3];
@@ -163,7 +163,7 @@ pub fn train_patches(images: &IngestImages, plan: &mut BatchPlan, augment: &Augm
 }
 
 /// Patches of whole images, resized (evaluation).
-pub fn eval_patches(images: &IngestImages, indices: &[usize], size: usize, patch: usize) -> Vec<f32> {
+pub fn eval_patches(images: &ImageSet, indices: &[usize], size: usize, patch: usize) -> Vec<f32> {
     let mut out = vec![0f32; indices.len() * size * size * 3];
     let full = (0.0, 0.0, images.side as f64, images.side as f64);
     for (out, &i) in out.chunks_exact_mut(size * size * 3).zip(indices) {
@@ -193,7 +193,7 @@ mod tests {
     #[test]
     fn crop_scale_one_keeps_the_whole_image_and_flip_mirrors_it() {
         let pixels: Vec<u8> = (0..16u8).flat_map(|i| [i * 10, i * 10 + 1, i * 10 + 2]).collect();
-        let images = IngestImages { n: 1, side: 4, pixels };
+        let images = ImageSet { n: 1, side: 4, pixels };
         let pairs = Pairs { images: vec![0; 8], captions: vec![vec![0]; 8] };
         let whole = eval_patches(&images, &[0; 8], 4, 2);
         let keep = Augment { crop_scale: 1.0, flip: false };
@@ -205,7 +205,7 @@ mod tests {
         let one = |out: &[f32], i: usize| out[i * 48..(i + 1) * 48].to_vec();
         let source = images.image(0);
         let mirrored: Vec<u8> = (0..4).flat_map(|y| (0..4).rev().flat_map(move |x| source[(y * 4 + x) * 3..][..3].to_vec())).collect();
-        let mirror = eval_patches(&IngestImages { n: 1, side: 4, pixels: mirrored }, &[0], 4, 2);
+        let mirror = eval_patches(&ImageSet { n: 1, side: 4, pixels: mirrored }, &[0], 4, 2);
         let n_flipped = (0..8).filter(|&i| one(&flipped, i) == mirror).count();
         assert!((0..8).all(|i| one(&flipped, i) == mirror || one(&flipped, i) == one(&whole, i)));
         assert!((1..8).contains(&n_flipped), "{n_flipped} of 8 flipped");
@@ -223,7 +223,7 @@ mod tests {
     fn patches_are_channel_major_like_a_conv_kernel() {
         // A 4×4 image where pixel (y, x) has value 10y + x in every channel.
         let pixels: Vec<u8> = (0..4).flat_map(|y| (0..4).flat_map(move |x| [10 * y + x; 3])).collect();
-        let images = IngestImages { n: 1, side: 4, pixels };
+        let images = ImageSet { n: 1, side: 4, pixels };
         let out = eval_patches(&images, &[0], 4, 2);
         assert_eq!(out.len(), 4 * 12);
         let raw = |v: f32, c: usize| ((v * STD[c] + MEAN[c]) * 255.0).round();

@@ -23,10 +23,10 @@ use burn::prelude::*;
 use burn::tensor::backend::AutodiffBackend;
 use sha2::{Digest, Sha256};
 
+use crate::images::ImageSet;
 use crate::loss::{self, Loss};
 use crate::model::named::{self, HostTensor, Layout};
 use crate::model::{ClipConfig, ClipModel};
-use crate::stages::caption_ingest::artifacts::IngestImages;
 use checkpoint::{CheckpointMeta, StepRecord};
 use data::Pairs;
 use optim::{AdamW, AdamWConfig};
@@ -66,7 +66,7 @@ pub enum TextSide {
 }
 
 pub struct TrainInputs {
-    pub images: IngestImages,
+    pub images: ImageSet,
     pub pairs: Pairs,
     pub text: TextSide,
 }

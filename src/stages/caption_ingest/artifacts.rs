@@ -8,6 +8,7 @@ use std::path::Path;
 use anyhow::{Context as _, bail};
 use serde::Deserialize;
 
+use crate::images::ImageSet;
 use crate::stages::UpstreamOutputs;
 
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
@@ -112,31 +113,9 @@ pub fn stream_text(upstream: &UpstreamOutputs, mut each: impl FnMut(IngestLine) 
         .with_context(|| format!("{} is not a classes file", path.display()))
 }
 
-/// The image tensor: `[n, side, side, 3]` u8, row-major HWC RGB.
-pub struct IngestImages {
-    pub n: usize,
-    pub side: usize,
-    pub pixels: Vec<u8>,
-}
-
-impl IngestImages {
-    pub fn read(upstream: &UpstreamOutputs) -> anyhow::Result<IngestImages> {
-        let path = upstream.artifact("images.safetensors")?;
-        let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
-        let tensors = safetensors::SafeTensors::deserialize(&bytes).with_context(|| format!("{} is not safetensors", path.display()))?;
-        let view = tensors.tensor("images").with_context(|| format!("{} has no tensor `images`", path.display()))?;
-        let shape = view.shape();
-        if view.dtype() != safetensors::Dtype::U8 || shape.len() != 4 || shape[1] != shape[2] || shape[3] != 3 {
-            bail!("{}: `images` must be u8 [N, S, S, 3], found {:?} {:?}", path.display(), view.dtype(), shape);
-        }
-        Ok(IngestImages { n: shape[0], side: shape[1], pixels: view.data().to_vec() })
-    }
-
-    /// The pixels of image `i`.
-    pub fn image(&self, i: usize) -> &[u8] {
-        let size = self.side * self.side * 3;
-        &self.pixels[i * size..(i + 1) * size]
-    }
+/// The image tensor (`images.safetensors`).
+pub fn read_images(upstream: &UpstreamOutputs) -> anyhow::Result<ImageSet> {
+    ImageSet::read(upstream.artifact("images.safetensors")?)
 }
 
 /// Reads a JSON-lines file; errors name the file and line.
