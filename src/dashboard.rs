@@ -16,6 +16,10 @@
 //! title = "Zero-shot top-1"
 //! chart = "bar"
 //! pivot = { metric = "zero_shot.top1", rows = ["text"], cols = ["loss"] }
+//!
+//! [[panels]]
+//! title = "Claims"
+//! claims = { pipeline = "lift-vs-clip" }  # or `claims = {}`: the `pipeline` parameter
 //! ```
 //!
 //! A SQL panel drawn as a chart takes its columns by name: `x`, `y` and
@@ -43,6 +47,16 @@ pub enum ChartKind {
 pub enum Source {
     Sql(String),
     Pivot(PivotSpec),
+    Claims(ClaimsSpec),
+}
+
+/// A panel listing a study's `[[claims]]` with their verdicts.
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct ClaimsSpec {
+    /// The study (default: the dashboard's `pipeline` parameter).
+    #[serde(default)]
+    pub pipeline: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -85,6 +99,7 @@ struct PanelSpec {
     chart: Option<ChartKind>,
     sql: Option<String>,
     pivot: Option<PivotSpec>,
+    claims: Option<ClaimsSpec>,
     x: Option<String>,
     y: Option<String>,
     series: Option<String>,
@@ -94,9 +109,15 @@ struct PanelSpec {
 fn panel(value: toml::Value) -> Result<Panel, String> {
     let spec: PanelSpec = value.try_into().map_err(|e: toml::de::Error| e.message().trim().to_owned())?;
     let chart = spec.chart.unwrap_or(ChartKind::Table);
-    let source = match (spec.sql, spec.pivot) {
-        (Some(sql), None) => Source::Sql(sql),
-        (None, Some(pivot)) => {
+    let source = match (spec.sql, spec.pivot, spec.claims) {
+        (None, None, Some(claims)) => {
+            if chart != ChartKind::Table {
+                return Err("a claims panel is a table".into());
+            }
+            Source::Claims(claims)
+        }
+        (Some(sql), None, None) => Source::Sql(sql),
+        (None, Some(pivot), None) => {
             if chart == ChartKind::Line {
                 return Err("a pivot panel is drawn as a table or bars, not a line".into());
             }
@@ -105,8 +126,8 @@ fn panel(value: toml::Value) -> Result<Panel, String> {
             }
             Source::Pivot(pivot)
         }
-        (Some(_), Some(_)) => return Err("give either `sql` or `pivot`, not both".into()),
-        (None, None) => return Err("a panel needs `sql` or `pivot`".into()),
+        (None, None, None) => return Err("a panel needs `sql`, `pivot` or `claims`".into()),
+        _ => return Err("give one of `sql`, `pivot` and `claims`, not both".into()),
     };
     Ok(Panel { title: spec.title, chart, source, x: spec.x, y: spec.y, series: spec.series, error: spec.error })
 }

@@ -4,6 +4,7 @@
 
 pub mod alloc;
 pub mod chart;
+pub mod claims;
 pub mod cli;
 pub mod dashboard;
 pub mod echo;

@@ -138,12 +138,28 @@ pub fn current_version(rows: Vec<HistoryRow>, spec: &crate::pipeline::PipelineSp
 /// [`current_version`] of the study `name` as last run (else as last
 /// planned), from the file text the store keeps; all rows if it no longer parses.
 pub async fn current_rows(store: &crate::store::Store, name: &str) -> anyhow::Result<(Vec<HistoryRow>, usize)> {
+    current_study(store, name).await.map(|(_, rows, left_out)| (rows, left_out))
+}
+
+/// [`current_rows`] with the parsed file they follow (`None` if it no longer parses).
+pub async fn current_study(
+    store: &crate::store::Store,
+    name: &str,
+) -> anyhow::Result<(Option<crate::pipeline::PipelineSpec>, Vec<HistoryRow>, usize)> {
     let rows = store.history(Some(name)).await?;
-    let Some(source) = store.pipeline_source(name).await? else { return Ok((rows, 0)) };
-    match crate::pipeline::parse::parse(crate::pipeline::SourceFile { path: source.path.into(), text: source.text }) {
-        Ok(spec) => Ok(current_version(rows, &spec)),
-        Err(_) => Ok((rows, 0)),
-    }
+    Ok(match stored_spec(store, name).await? {
+        Some(spec) => {
+            let (rows, left_out) = current_version(rows, &spec);
+            (Some(spec), rows, left_out)
+        }
+        None => (None, rows, 0),
+    })
+}
+
+/// The study `name` as the store last recorded its file, if that still parses.
+pub async fn stored_spec(store: &crate::store::Store, name: &str) -> anyhow::Result<Option<crate::pipeline::PipelineSpec>> {
+    let Some(source) = store.pipeline_source(name).await? else { return Ok(None) };
+    Ok(crate::pipeline::parse::parse(crate::pipeline::SourceFile { path: source.path.into(), text: source.text }).ok())
 }
 
 /// Four decimals, or three significant digits for a value too small to show

@@ -1,5 +1,6 @@
 //! The command line. The only module that writes to stdout.
 
+mod claims;
 mod history;
 mod plot;
 mod progress;
@@ -226,6 +227,13 @@ enum Command {
         #[arg(long)]
         csv: bool,
     },
+    /// The pipeline file's [[claims]], each decided on the study's results: mean a − b over
+    /// paired cells, its 95 % bootstrap CI and the verdict.
+    Claims {
+        file: PathBuf,
+        #[arg(long)]
+        json: bool,
+    },
     /// Two instances (keys) or two runs (ids) side by side: parameters that differ, metrics with deltas.
     Compare {
         a: String,
@@ -426,6 +434,7 @@ async fn dispatch(cli: Cli, bars: indicatif::MultiProgress) -> anyhow::Result<Ex
         Command::Results { file, metrics, by, json, csv } => {
             results::results(&workspace, &file, &metrics, &by, tabular::Format::from_flags(json, csv)).await
         }
+        Command::Claims { file, json } => claims::claims(&workspace, &file, json).await,
         Command::Compare { a, b, json } => results::compare(&workspace, &a, &b, json).await,
         Command::Sql { query, json, csv, timeout } => {
             let limit = timeout.map(std::time::Duration::from_secs_f64);
@@ -690,6 +699,7 @@ async fn run(
                 println!();
                 results::print_summary(&table, tabular::Format::Table);
             }
+            claims::print_after_results(&plan.spec, &rows);
         }
         if let Some(s) = &slurm_summary {
             println!("slurm: {} job(s) submitted, {} adopted, {} still pending or running", s.jobs_submitted, s.jobs_adopted, s.jobs_left);

@@ -336,18 +336,21 @@ pub async fn results(workspace: &Workspace, target: &str, metrics: &[String], by
     let store = open(workspace).await?;
     let name = study_name(&store, target).await?;
     let axis_values = study_axes(&store, &name).await?;
-    let (rows, left_out) = if Path::new(target).is_file() {
+    let (spec, rows, left_out) = if Path::new(target).is_file() {
         let spec = parse(SourceFile::read(Path::new(target))?)?;
         let (rows, left_out) = pivot::current_version(store.history(Some(&name)).await?, &spec);
         warn_if_stale(Path::new(target), &rows, metrics);
-        (rows, left_out)
+        (Some(spec), rows, left_out)
     } else {
-        pivot::current_rows(&store, &name).await?
+        pivot::current_study(&store, &name).await?
     };
     warn_left_out(left_out);
     match summary_table(&rows, metrics, by, &axis_values)? {
         Some(table) => {
             print_summary(&table, format);
+            if let (Some(spec), Format::Table) = (&spec, format) {
+                super::claims::print_after_results(spec, &rows);
+            }
             Ok(ExitCode::SUCCESS)
         }
         None => {

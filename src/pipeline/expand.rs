@@ -93,19 +93,14 @@ impl Plan {
     }
 }
 
-/// The most stage instances one pipeline file may expand to (a million plan
-/// in about 40 s and 3.5 GB).
-pub const MAX_INSTANCES: usize = 1_000_000;
-
-/// Compiles a parsed pipeline into its instance DAG, or every problem found.
-pub fn expand(spec: PipelineSpec) -> Result<Plan, Diagnostics> {
-    let order = stage_order(&spec)?;
+/// The axes each stage spans (its own references plus its upstream
+/// stages'), as indices into `spec.axes` in declaration order; `order` is
+/// upstream first.
+fn spanned_axes(spec: &PipelineSpec, order: &[usize]) -> Vec<Vec<usize>> {
     let axis_index: HashMap<&str, usize> = spec.axes.iter().enumerate().map(|(i, a)| (a.name.as_str(), i)).collect();
     let stage_index: HashMap<&str, usize> = spec.stages.iter().enumerate().map(|(i, s)| (s.name.as_str(), i)).collect();
-
-    // The axes each stage spans (own references plus upstream), sorted by declaration.
     let mut stage_axes: Vec<Vec<usize>> = vec![Vec::new(); spec.stages.len()];
-    for &s in &order {
+    for &s in order {
         let stage = &spec.stages[s];
         let mut axes: Vec<usize> =
             stage.params.iter().flat_map(|p| p.template.axis_refs()).filter_map(|a| axis_index.get(a).copied()).collect();
@@ -116,6 +111,25 @@ pub fn expand(spec: PipelineSpec) -> Result<Plan, Diagnostics> {
         axes.dedup();
         stage_axes[s] = axes;
     }
+    stage_axes
+}
+
+/// The axes each stage of `spec` spans, by stage index (what its instances
+/// differ in), without resolving parameters: for reading results by cell.
+pub fn stage_axes(spec: &PipelineSpec) -> Result<Vec<Vec<usize>>, Diagnostics> {
+    Ok(spanned_axes(spec, &stage_order(spec)?))
+}
+
+/// The most stage instances one pipeline file may expand to (a million plan
+/// in about 40 s and 3.5 GB).
+pub const MAX_INSTANCES: usize = 1_000_000;
+
+/// Compiles a parsed pipeline into its instance DAG, or every problem found.
+pub fn expand(spec: PipelineSpec) -> Result<Plan, Diagnostics> {
+    let order = stage_order(&spec)?;
+    let stage_index: HashMap<&str, usize> = spec.stages.iter().enumerate().map(|(i, s)| (s.name.as_str(), i)).collect();
+    let stage_axes = spanned_axes(&spec, &order);
+    let axis_index: HashMap<&str, usize> = spec.axes.iter().enumerate().map(|(i, a)| (a.name.as_str(), i)).collect();
 
     let mut nodes: Vec<Node> = Vec::new();
     let mut bindings: Vec<Binding> = Vec::new();

@@ -19,6 +19,9 @@ pub fn compile(path: &Path) -> Result<Plan, Diagnostics> {
     compile_source(file)
 }
 
+/// Parses and expands `file`, and checks its claims against the instances it plans.
 pub fn compile_source(file: SourceFile) -> Result<Plan, Diagnostics> {
-    expand::expand(parse::parse(file)?)
+    let plan = expand::expand(parse::parse(file)?)?;
+    crate::claims::check(&plan.spec)?;
+    Ok(plan)
 }

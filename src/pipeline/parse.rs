@@ -64,6 +64,8 @@ pub struct PipelineSpec {
     pub description: Option<String>,
     pub axes: Vec<Axis>,
     pub stages: Vec<StageSpec>,
+    /// `[[claims]]`: read from results, never part of a key.
+    pub claims: Vec<crate::claims::Claim>,
 }
 
 const RESERVED_STAGE_KEYS: &[&str] = &["kind", "needs", "resources"];
@@ -81,15 +83,20 @@ pub fn parse(file: SourceFile) -> Result<PipelineSpec, Diagnostics> {
     let mut errors = Vec::new();
     let root = doc.as_table();
     for (key, _) in root.iter() {
-        if !matches!(key, "pipeline" | "axes" | "stages") {
-            errors.push(file.error(key_span(root, key), key, "unknown top-level table (expected [pipeline], [axes] and [stages.NAME])"));
+        if !matches!(key, "pipeline" | "axes" | "stages" | "claims") {
+            errors.push(file.error(
+                key_span(root, key),
+                key,
+                "unknown top-level table (expected [pipeline], [axes], [stages.NAME] and [[claims]])",
+            ));
         }
     }
 
     let (name, description) = parse_header(&file, root, &mut errors);
     let axes = parse_axes(&file, root, &mut errors);
     let stages = parse_stages(&file, root, &axes, &mut errors);
-    if errors.is_empty() { Ok(PipelineSpec { name, description, axes, stages, file }) } else { Err(Diagnostics(errors)) }
+    let claims = crate::claims::parse::parse(&file, root, &axes, &stages, &mut errors);
+    if errors.is_empty() { Ok(PipelineSpec { name, description, axes, stages, claims, file }) } else { Err(Diagnostics(errors)) }
 }
 
 /// Best-effort dotted key at a byte offset of text that does not parse: the
@@ -160,11 +167,11 @@ fn without_strings(line: &str) -> String {
     out
 }
 
-fn key_span(table: &Table, key: &str) -> Option<Range<usize>> {
+pub(crate) fn key_span(table: &Table, key: &str) -> Option<Range<usize>> {
     table.key(key).and_then(|k| k.span())
 }
 
-fn item_span(table: &Table, key: &str) -> Option<Range<usize>> {
+pub(crate) fn item_span(table: &Table, key: &str) -> Option<Range<usize>> {
     table.get(key).and_then(Item::span).or_else(|| key_span(table, key))
 }
 
@@ -252,7 +259,7 @@ fn parse_axes(file: &SourceFile, root: &Table, errors: &mut Vec<Diagnostic>) -> 
     axes
 }
 
-fn scalar(value: &toml_edit::Value) -> Option<Value> {
+pub(crate) fn scalar(value: &toml_edit::Value) -> Option<Value> {
     match value {
         toml_edit::Value::String(s) => Some(Value::from(s.value().as_str())),
         toml_edit::Value::Integer(i) => Some(Value::from(*i.value())),

@@ -10,8 +10,10 @@ use tokio::sync::OnceCell;
 
 use super::html::{self, Cell, esc};
 use crate::chart::{BarChart, BarSeries, Chart, LineChart, Series};
+use crate::claims::{self, Outcome};
 use crate::dashboard::{ChartKind, Panel, Source};
 use crate::filter::value_text;
+use crate::pipeline::PipelineSpec;
 use crate::pivot::{self, Pivot};
 use crate::store::{HistoryRow, QueryResult, Store};
 
@@ -76,6 +78,19 @@ async fn body(ctx: &Ctx<'_>, p: &Panel, params: &HashMap<String, String>) -> any
                 }
             }
         }
+        Source::Claims(claims) => {
+            let Some(name) = claims.pipeline.as_ref().or_else(|| params.get("pipeline")) else {
+                anyhow::bail!("a claims panel needs a pipeline: claims = {{ pipeline = \"NAME\" }} or the dashboard's [params] pipeline");
+            };
+            let Some(spec) = pivot::stored_spec(ctx.store, name).await? else {
+                anyhow::bail!("no pipeline `{name}` in this store (or its file no longer parses)");
+            };
+            if spec.claims.is_empty() {
+                return Ok(html::empty(&format!("the pipeline `{name}` declares no [[claims]]")));
+            }
+            let rows: Vec<HistoryRow> = ctx.history().await?.iter().filter(|r| r.pipeline == *name).cloned().collect();
+            Ok(claims_table(&spec, &pivot::current_version(rows, &spec).0))
+        }
         Source::Pivot(spec) => {
             let mut spec = spec.clone();
             if spec.pipeline.is_none() {
@@ -94,6 +109,33 @@ async fn body(ctx: &Ctx<'_>, p: &Panel, params: &HashMap<String, String>) -> any
             }
         }
     }
+}
+
+/// A study's claims with their verdicts (study page, report, `claims`
+/// panels), `history` being its rows as it stands; a claim that cannot be
+/// decided shows its error in place.
+pub fn claims_table(spec: &PipelineSpec, history: &[HistoryRow]) -> String {
+    let outcomes = match claims::evaluate(spec, history) {
+        Ok(outcomes) => outcomes,
+        Err(e) => return html::error_box(&e.to_string()),
+    };
+    let mut rows = Vec::new();
+    let mut notes = String::new();
+    for outcome in outcomes {
+        match outcome {
+            Ok(o) => {
+                let cells = o.cells();
+                // Name, metric and expectation are text; the rest numbers, the verdict a status word.
+                let mut row: Vec<Cell> = cells[..3].iter().cloned().map(Cell::Text).collect();
+                row.extend(cells[3..7].iter().cloned().map(Cell::Num));
+                row.push(Cell::Raw(html::status(&cells[7])));
+                rows.push(row);
+                let _ = write!(notes, "<li>{}</li>", esc(&o.note()));
+            }
+            Err(e) => notes.push_str(&format!("<li>{}</li>", html::error_box(&e.to_string()))),
+        }
+    }
+    format!("{}<ul class=\"notes\">{notes}</ul>", html::table(&Outcome::HEADER, rows))
 }
 
 /// Most rows a table panel shows: a page must stay loadable whatever a query returns.

@@ -1,5 +1,5 @@
-//! One study (pipeline) on a page: its runs, the DAG of its latest run, a
-//! results table and an ablation pivot with bars per metric, and training
+//! One study (pipeline) on a page: its runs, the DAG of its latest run, its
+//! claims with their verdicts, a results table and an ablation pivot with bars per metric, and training
 //! curves. The pipeline page and `ablate report` render the same body; the
 //! report without links, so that the file stands alone.
 
@@ -7,7 +7,7 @@ use std::collections::BTreeSet;
 use std::fmt::Write as _;
 
 use super::html::{self, Cell, esc, url};
-use super::panels::{CHART_SIZE, pivot_table, section};
+use super::panels::{CHART_SIZE, claims_table, pivot_table, section};
 use crate::chart::{Chart, LineChart, Series};
 use crate::filter::value_text;
 use crate::pipeline::{SourceFile, parse::parse};
@@ -66,7 +66,10 @@ pub async fn body(store: &Store, pipeline: &str, links: bool) -> anyhow::Result<
         out.push_str(&section(&format!("DAG of run {}", latest.id), &super::dag::svg(&graph, links)));
     }
 
-    let (history, _) = pivot::current_rows(store, pipeline).await?;
+    let (spec, history, _) = pivot::current_study(store, pipeline).await?;
+    if let Some(spec) = spec.as_ref().filter(|s| !s.claims.is_empty()) {
+        out.push_str(&section("Claims", &claims_table(spec, &history)));
+    }
     let rows = pivot::latest(&history);
     if rows.is_empty() {
         out.push_str(&section("Results", &html::empty("no data yet: no stage of this pipeline has finished")));
