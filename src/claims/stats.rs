@@ -87,3 +87,83 @@ pub fn verdict(expect: Expect, margin: f64, ci_low: f64, ci_high: f64) -> Verdic
         (false, false) => Verdict::Inconclusive,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `scripts/make-claims-references.py`: a − b of 8 pairs, the mean, and
+    /// numpy's percentile bootstrap (10,000 resamples) averaged over 50 numpy
+    /// seeds. The bounds move by about 2e-4 between seeds; ablate's stream is
+    /// another draw, so it must land within 1e-3 (5 standard deviations).
+    const A: [f64; 8] = [0.712, 0.698, 0.731, 0.705, 0.689, 0.720, 0.701, 0.716];
+    const B: [f64; 8] = [0.655, 0.671, 0.660, 0.688, 0.649, 0.667, 0.690, 0.652];
+    const NUMPY_MEAN: f64 = 0.042499999999999954;
+    const NUMPY_CI: (f64, f64) = (0.02791462499999997, 0.05659018749999993);
+
+    #[test]
+    fn bootstrap_matches_numpy() {
+        let diffs: Vec<f64> = A.iter().zip(&B).map(|(a, b)| a - b).collect();
+        let e = paired_bootstrap(&diffs);
+        // numpy sums pairwise, ablate in order: equal up to rounding.
+        assert!((e.mean_diff - NUMPY_MEAN).abs() < 1e-15, "{e:?}");
+        assert!((e.ci_low - NUMPY_CI.0).abs() < 1e-3, "{e:?} vs numpy {NUMPY_CI:?}");
+        assert!((e.ci_high - NUMPY_CI.1).abs() < 1e-3, "{e:?} vs numpy {NUMPY_CI:?}");
+        assert!(e.ci_low < e.mean_diff && e.mean_diff < e.ci_high);
+        // Fixed seed: the same differences give the same bits.
+        assert_eq!(paired_bootstrap(&diffs), e);
+    }
+
+    #[test]
+    fn degenerate_samples() {
+        let one = paired_bootstrap(&[0.25]);
+        assert_eq!((one.mean_diff, one.ci_low, one.ci_high), (0.25, 0.25, 0.25));
+        let nan = paired_bootstrap(&[0.1, f64::NAN]);
+        assert!(nan.mean_diff.is_nan() && nan.ci_low.is_nan() && nan.ci_high.is_nan());
+        assert_eq!(verdict(Expect::Greater, 0.0, nan.ci_low, nan.ci_high), Verdict::Inconclusive);
+    }
+
+    #[test]
+    fn percentile_interpolates_like_numpy() {
+        // np.percentile([1, 2, 3, 4], [2.5, 97.5]) == [1.075, 3.925]
+        assert!((percentile(&[1.0, 2.0, 3.0, 4.0], 0.025) - 1.075).abs() < 1e-12);
+        assert!((percentile(&[1.0, 2.0, 3.0, 4.0], 0.975) - 3.925).abs() < 1e-12);
+    }
+
+    #[test]
+    fn verdict_boundaries() {
+        use Expect::*;
+        use Verdict::*;
+        let m = 0.1;
+        let cases = [
+            // greater: low end above the margin; high end below it; touching decides nothing.
+            (Greater, (0.1001, 0.3), Supported),
+            (Greater, (0.1, 0.3), Inconclusive),
+            (Greater, (-0.2, 0.0999), Contradicted),
+            (Greater, (-0.2, 0.1), Inconclusive),
+            (Greater, (0.05, 0.15), Inconclusive),
+            // less: the mirror, around −margin.
+            (Less, (-0.3, -0.1001), Supported),
+            (Less, (-0.3, -0.1), Inconclusive),
+            (Less, (-0.0999, 0.2), Contradicted),
+            (Less, (-0.1, 0.2), Inconclusive),
+            (Less, (-0.15, -0.05), Inconclusive),
+            // equivalent: inside (−m, m); wholly outside it; straddling a bound.
+            (Equivalent, (-0.0999, 0.0999), Supported),
+            (Equivalent, (-0.1, 0.05), Inconclusive),
+            (Equivalent, (-0.05, 0.1), Inconclusive),
+            (Equivalent, (0.1, 0.2), Contradicted),
+            (Equivalent, (-0.2, -0.1), Contradicted),
+            (Equivalent, (0.0999, 0.2), Inconclusive),
+            (Equivalent, (-0.2, 0.2), Inconclusive),
+        ];
+        for (expect, (lo, hi), want) in cases {
+            assert_eq!(verdict(expect, m, lo, hi), want, "{expect:?} [{lo}, {hi}] margin {m}");
+        }
+        // Margin 0 (the default for greater and less): the sign of the interval.
+        assert_eq!(verdict(Greater, 0.0, 0.0, 1.0), Inconclusive);
+        assert_eq!(verdict(Greater, 0.0, 1e-9, 1.0), Supported);
+        assert_eq!(verdict(Less, 0.0, -1.0, -1e-9), Supported);
+        assert_eq!(verdict(Less, 0.0, 1e-9, 1.0), Contradicted);
+    }
+}
