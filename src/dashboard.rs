@@ -219,12 +219,21 @@ sql = "SELECT 1"
 title = "both"
 sql = "SELECT 1"
 pivot = { metric = "m" }
+[[panels]]
+title = "claims"
+claims = { pipeline = "p" }
+[[panels]]
+title = "claims as bars"
+chart = "bar"
+claims = {}
 "#,
         )
         .unwrap();
         assert_eq!(d.title, "T");
         assert_eq!(d.params["n"], "3");
-        assert_eq!(d.panels.len(), 4);
+        assert_eq!(d.panels.len(), 6);
+        assert!(matches!(&d.panels[4].1.as_ref().unwrap().source, Source::Claims(c) if c.pipeline.as_deref() == Some("p")));
+        assert!(d.panels[5].1.as_ref().unwrap_err().contains("a claims panel is a table"));
         assert_eq!(d.panels[0].1.as_ref().unwrap().chart, ChartKind::Table);
         assert!(matches!(&d.panels[1].1.as_ref().unwrap().source, Source::Pivot(p) if p.rows == ["loss"]));
         assert!(d.panels[2].1.as_ref().unwrap_err().contains("pie"), "{:?}", d.panels[2].1);

@@ -2,6 +2,8 @@
 //! claims decided by `ablate claims`, and shown by `results`, `run` and `report`.
 
 mod common;
+#[path = "common/http.rs"]
+mod http;
 
 use common::*;
 use serde_json::Value;
@@ -105,6 +107,17 @@ fn claims_are_decided_on_the_finished_study() {
     ws.run(&["report", file.to_str().unwrap(), "--html", html.to_str().unwrap()]).ok();
     let html = std::fs::read_to_string(html).unwrap();
     assert!(html.contains("Claims") && html.contains("new is as good as old") && html.contains("contradicted"), "{html}");
+
+    // The study page and a dashboard panel list them too.
+    let dir = ws.root().join("dashboards");
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("c.toml"), "[params]\npipeline = \"claims\"\n[[panels]]\ntitle = \"verdicts\"\nclaims = {}\n").unwrap();
+    let server = http::Server::start(&ws, &dir);
+    let page = http::fetch(server.addr, "/pipelines/claims");
+    assert!(page.body.contains("new beats old") && page.body.contains("supported"), "{}", page.body);
+    let panel = http::fetch(server.addr, "/dashboards/c");
+    assert!(panel.body.contains("<h2>verdicts</h2>") && panel.body.contains("new is worse"), "{}", panel.body);
+    assert!(panel.body.contains("contradicted") && !panel.body.contains("class=\"error\""), "{}", panel.body);
 }
 
 #[test]

@@ -82,8 +82,11 @@ async fn body(ctx: &Ctx<'_>, p: &Panel, params: &HashMap<String, String>) -> any
             let Some(name) = claims.pipeline.as_ref().or_else(|| params.get("pipeline")) else {
                 anyhow::bail!("a claims panel needs a pipeline: claims = {{ pipeline = \"NAME\" }} or the dashboard's [params] pipeline");
             };
+            if ctx.store.pipeline_source(name).await?.is_none() {
+                return Ok(html::empty(&format!("no data yet: the pipeline `{name}` has not run here")));
+            }
             let Some(spec) = pivot::stored_spec(ctx.store, name).await? else {
-                anyhow::bail!("no pipeline `{name}` in this store (or its file no longer parses)");
+                anyhow::bail!("the stored file of pipeline `{name}` no longer parses");
             };
             if spec.claims.is_empty() {
                 return Ok(html::empty(&format!("the pipeline `{name}` declares no [[claims]]")));
