@@ -163,13 +163,14 @@ pub fn check(spec: &PipelineSpec) -> Result<(), Diagnostics> {
         return Ok(());
     }
     let cells = pairing::cells(spec)?;
-    let errors: Vec<Diagnostic> = spec.claims.iter().filter_map(|claim| pairing::planned(spec, &cells, claim).err()).collect();
+    let errors: Vec<Diagnostic> =
+        spec.claims.iter().filter_map(|claim| pairing::planned(spec, &cells, claim).err()).flat_map(|e| e.0).collect();
     if errors.is_empty() { Ok(()) } else { Err(Diagnostics(errors)) }
 }
 
 /// Each claim of `spec` decided on `rows` (the study's results as it
 /// stands), or the located error that keeps it from being decided.
-pub fn evaluate(spec: &PipelineSpec, rows: &[HistoryRow]) -> Result<Vec<Result<Outcome, Diagnostic>>, Diagnostics> {
+pub fn evaluate(spec: &PipelineSpec, rows: &[HistoryRow]) -> Result<Vec<Result<Outcome, Diagnostics>>, Diagnostics> {
     let cells = pairing::cells(spec)?;
     let values = pairing::Values::new(rows);
     Ok(spec.claims.iter().map(|claim| decide(spec, &cells, &values, claim)).collect())
@@ -181,11 +182,11 @@ pub fn evaluate_all(spec: &PipelineSpec, rows: &[HistoryRow]) -> Result<Vec<Outc
     if errors.is_empty() {
         Ok(ok.into_iter().map(|o| o.expect("partitioned")).collect())
     } else {
-        Err(Diagnostics(errors.into_iter().filter_map(Result::err).collect()))
+        Err(Diagnostics(errors.into_iter().filter_map(Result::err).flat_map(|e| e.0).collect()))
     }
 }
 
-fn decide(spec: &PipelineSpec, cells: &[pairing::Cell], values: &pairing::Values, claim: &Claim) -> Result<Outcome, Diagnostic> {
+fn decide(spec: &PipelineSpec, cells: &[pairing::Cell], values: &pairing::Values, claim: &Claim) -> Result<Outcome, Diagnostics> {
     let pairing = pairing::measured(spec, cells, values, claim)?;
     let diffs: Vec<f64> = pairing.pairs.iter().filter_map(|p| Some(p.a? - p.b?)).collect();
     let missing = pairing.missing;

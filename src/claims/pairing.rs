@@ -12,7 +12,7 @@ use serde_json::Value;
 
 use super::{Averaged, Claim, Selection};
 use crate::filter::value_text;
-use crate::pipeline::{Diagnostic, Diagnostics, PipelineSpec, expand};
+use crate::pipeline::{Diagnostics, PipelineSpec, expand};
 use crate::pivot;
 use crate::store::HistoryRow;
 
@@ -109,14 +109,14 @@ pub struct Measured {
 }
 
 /// The claim's cells as the file plans them, paired (the check before anything runs).
-pub fn planned(spec: &PipelineSpec, cells: &[Cell], claim: &Claim) -> Result<(), Diagnostic> {
+pub fn planned(spec: &PipelineSpec, cells: &[Cell], claim: &Claim) -> Result<(), Diagnostics> {
     let a = side(spec, cells, claim, &claim.a, "a")?;
     let b = side(spec, cells, claim, &claim.b, "b")?;
     pair(spec, claim, &a, &b).map(|_| ())
 }
 
 /// The claim's cells that can carry its metric, paired, with their values.
-pub fn measured(spec: &PipelineSpec, cells: &[Cell], values: &Values, claim: &Claim) -> Result<Measured, Diagnostic> {
+pub fn measured(spec: &PipelineSpec, cells: &[Cell], values: &Values, claim: &Claim) -> Result<Measured, Diagnostics> {
     let a = side(spec, cells, claim, &claim.a, "a")?;
     let b = side(spec, cells, claim, &claim.b, "b")?;
     let a = with_metric(spec, claim, values, a)?;
@@ -133,14 +133,14 @@ pub fn measured(spec: &PipelineSpec, cells: &[Cell], values: &Values, claim: &Cl
 }
 
 /// The cells a selection matches (an error naming the claim when none does).
-fn side<'c>(spec: &PipelineSpec, cells: &'c [Cell], claim: &Claim, selection: &Selection, key: &str) -> Result<Vec<&'c Cell>, Diagnostic> {
+fn side<'c>(spec: &PipelineSpec, cells: &'c [Cell], claim: &Claim, selection: &Selection, key: &str) -> Result<Vec<&'c Cell>, Diagnostics> {
     let matched: Vec<&Cell> = cells.iter().filter(|c| c.matches(selection)).collect();
     if matched.is_empty() {
         let message = match &selection.stage {
             Some(stage) => format!("selection `{key}` matches no instance: stage `{stage}` has no instance with these axis values"),
             None => format!("selection `{key}` matches no instance: no stage has an instance with these axis values"),
         };
-        return Err(claim.error(spec, selection.span.clone(), key, &message));
+        return Err(claim.error(spec, selection.span.clone(), key, &message).into());
     }
     Ok(matched)
 }
@@ -148,7 +148,7 @@ fn side<'c>(spec: &PipelineSpec, cells: &'c [Cell], claim: &Claim, selection: &S
 /// A side's cells narrowed to the stages that record the metric. Until one
 /// of them has, the stages with work left stay (their values are missing);
 /// when every cell is finished and none recorded it, the metric is unknown.
-fn with_metric<'c>(spec: &PipelineSpec, claim: &Claim, values: &Values, cells: Vec<&'c Cell>) -> Result<Vec<&'c Cell>, Diagnostic> {
+fn with_metric<'c>(spec: &PipelineSpec, claim: &Claim, values: &Values, cells: Vec<&'c Cell>) -> Result<Vec<&'c Cell>, Diagnostics> {
     let recorded: BTreeSet<&str> = cells.iter().filter(|c| values.value(c, &claim.metric).is_some()).map(|c| c.stage.as_str()).collect();
     if !recorded.is_empty() {
         return Ok(cells.into_iter().filter(|c| recorded.contains(c.stage.as_str())).collect());
@@ -158,7 +158,7 @@ fn with_metric<'c>(spec: &PipelineSpec, claim: &Claim, values: &Values, cells: V
         let known = pivot::distinct(cells.iter().filter_map(|c| values.row(c)).flat_map(|r| r.metrics.keys().map(String::as_str)));
         let known = if known.is_empty() { "none".to_owned() } else { known.join(", ") };
         let message = format!("unknown metric `{}`: no selected instance recorded it (their metrics: {known})", claim.metric);
-        return Err(claim.error(spec, claim.metric_span.clone(), "metric", &message));
+        return Err(claim.error(spec, claim.metric_span.clone(), "metric", &message).into());
     }
     Ok(cells.into_iter().filter(|c| unfinished.contains(c.stage.as_str())).collect())
 }
@@ -169,7 +169,7 @@ fn spanned(spec: &PipelineSpec, cells: &[&Cell]) -> Vec<String> {
     std::iter::once(STAGE).chain(names).map(str::to_owned).collect()
 }
 
-fn pair<'c>(spec: &PipelineSpec, claim: &Claim, a: &[&'c Cell], b: &[&'c Cell]) -> Result<Pairing<'c>, Diagnostic> {
+fn pair<'c>(spec: &PipelineSpec, claim: &Claim, a: &[&'c Cell], b: &[&'c Cell]) -> Result<Pairing<'c>, Diagnostics> {
     let (span_a, span_b) = (spanned(spec, a), spanned(spec, b));
     let on: Vec<String> = span_a.iter().filter(|x| span_b.contains(x) && !claim.a.names(x) && !claim.b.names(x)).cloned().collect();
     // Only axes that take several values on a side are worth saying.
@@ -197,7 +197,7 @@ fn pair<'c>(spec: &PipelineSpec, claim: &Claim, a: &[&'c Cell], b: &[&'c Cell]) 
     if pairs.is_empty() {
         let on = if on.is_empty() { "nothing".to_owned() } else { on.join(", ") };
         let message = format!("the pairing leaves no pairs: no cell of `a` has a cell of `b` with the same values of {on}");
-        return Err(claim.error(spec, None, "", &message));
+        return Err(claim.error(spec, None, "", &message).into());
     }
     Ok(Pairing { on, averaged, pairs })
 }

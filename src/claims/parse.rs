@@ -87,8 +87,8 @@ fn parse_claim(
             let value = item.as_float().or_else(|| item.as_integer().map(|i| i as f64));
             match value {
                 Some(m) if m.is_finite() && m > 0.0 => Some(m),
-                Some(m) if m == 0.0 && expect != Some(Expect::Equivalent) => Some(m),
-                Some(m) if m == 0.0 => {
+                Some(0.0) if expect != Some(Expect::Equivalent) => Some(0.0),
+                Some(0.0) => {
                     errors.push(file.error(item_span(table, "margin"), &dotted("margin"), "an equivalence needs a margin above 0"));
                     None
                 }
