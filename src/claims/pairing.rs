@@ -122,6 +122,7 @@ pub fn measured(spec: &PipelineSpec, cells: &[Cell], values: &Values, claim: &Cl
     let a = with_metric(spec, claim, values, a)?;
     let b = with_metric(spec, claim, values, b)?;
     let pairing = pair(spec, claim, &a, &b)?;
+    // By identity: a cell both selections match is one missing value, not two.
     let mut missing: BTreeSet<*const Cell> = BTreeSet::new();
     let mut mean = |group: &[&Cell]| -> Option<f64> {
         let found: Vec<f64> = group.iter().filter_map(|c| values.value(c, &claim.metric)).collect();
