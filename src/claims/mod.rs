@@ -7,88 +7,17 @@
 //! confidence interval and the verdict. Claims never touch a stage: they are
 //! read after the fact from finished results, so no key depends on them.
 
-pub mod pairing;
-pub mod parse;
 pub mod stats;
-
-use std::ops::Range;
+pub mod values;
 
 use serde::Serialize;
-use serde_json::Value;
 
-use crate::pipeline::{Diagnostic, Diagnostics, PipelineSpec};
+pub use crate::pipeline::claims::{Averaged, Claim, Expect, Selection, check};
+use crate::pipeline::claims::{Cell, cells};
+use crate::pipeline::{Diagnostics, PipelineSpec};
 use crate::store::HistoryRow;
 
 pub use stats::{Estimate, Verdict};
-
-/// What a claim expects of the difference a − b.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Expect {
-    /// a > b (by more than the margin).
-    Greater,
-    /// a < b (by more than the margin).
-    Less,
-    /// |a − b| < margin.
-    Equivalent,
-}
-
-impl Expect {
-    pub const ALL: [Expect; 3] = [Expect::Greater, Expect::Less, Expect::Equivalent];
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Expect::Greater => "greater",
-            Expect::Less => "less",
-            Expect::Equivalent => "equivalent",
-        }
-    }
-}
-
-/// One side of a claim: a stage and/or axis values (`{ stage = "eval", loss = "cosine" }`).
-#[derive(Debug, Clone, Default)]
-pub struct Selection {
-    pub stage: Option<String>,
-    pub axes: Vec<(String, Value)>,
-    pub span: Option<Range<usize>>,
-}
-
-impl Selection {
-    /// Whether the selection names `axis` (`stage` included).
-    pub fn names(&self, axis: &str) -> bool {
-        if axis == pairing::STAGE { self.stage.is_some() } else { self.axes.iter().any(|(a, _)| a == axis) }
-    }
-}
-
-/// A `[[claims]]` table.
-#[derive(Debug, Clone)]
-pub struct Claim {
-    /// Position among the file's claims (`claims[N]` in messages).
-    pub index: usize,
-    pub name: String,
-    pub metric: String,
-    pub a: Selection,
-    pub b: Selection,
-    pub expect: Expect,
-    pub margin: f64,
-    pub span: Option<Range<usize>>,
-    pub metric_span: Option<Range<usize>>,
-}
-
-impl Claim {
-    /// A located error about this claim's `key` (empty: the claim as a whole).
-    pub fn error(&self, spec: &PipelineSpec, span: Option<Range<usize>>, key: &str, message: &str) -> Diagnostic {
-        let dotted = if key.is_empty() { format!("claims[{}]", self.index) } else { format!("claims[{}].{key}", self.index) };
-        spec.file.error(span.or_else(|| self.span.clone()), &dotted, format!("claim `{}`: {message}", self.name))
-    }
-}
-
-/// Axes averaged on each side (named by neither the pairing nor the side's selection).
-#[derive(Debug, Clone, Default, Serialize, PartialEq)]
-pub struct Averaged {
-    pub a: Vec<String>,
-    pub b: Vec<String>,
-}
 
 /// A claim checked against a study's results. `n`, `mean_diff` and the CI
 /// are over the complete pairs; `missing` counts instances not yet run (or
@@ -156,23 +85,11 @@ impl Outcome {
     }
 }
 
-/// Checks that every claim's selections match instances of the file and
-/// leave pairs (before anything has run: `ablate plan` reports it).
-pub fn check(spec: &PipelineSpec) -> Result<(), Diagnostics> {
-    if spec.claims.is_empty() {
-        return Ok(());
-    }
-    let cells = pairing::cells(spec)?;
-    let errors: Vec<Diagnostic> =
-        spec.claims.iter().filter_map(|claim| pairing::planned(spec, &cells, claim).err()).flat_map(|e| e.0).collect();
-    if errors.is_empty() { Ok(()) } else { Err(Diagnostics(errors)) }
-}
-
 /// Each claim of `spec` decided on `rows` (the study's results as it
 /// stands), or the located error that keeps it from being decided.
 pub fn evaluate(spec: &PipelineSpec, rows: &[HistoryRow]) -> Result<Vec<Result<Outcome, Diagnostics>>, Diagnostics> {
-    let cells = pairing::cells(spec)?;
-    let values = pairing::Values::new(rows);
+    let cells = cells(spec)?;
+    let values = values::Values::new(rows);
     Ok(spec.claims.iter().map(|claim| decide(spec, &cells, &values, claim)).collect())
 }
 
@@ -186,8 +103,8 @@ pub fn evaluate_all(spec: &PipelineSpec, rows: &[HistoryRow]) -> Result<Vec<Outc
     }
 }
 
-fn decide(spec: &PipelineSpec, cells: &[pairing::Cell], values: &pairing::Values, claim: &Claim) -> Result<Outcome, Diagnostics> {
-    let pairing = pairing::measured(spec, cells, values, claim)?;
+fn decide(spec: &PipelineSpec, cells: &[Cell], values: &values::Values, claim: &Claim) -> Result<Outcome, Diagnostics> {
+    let pairing = values::measured(spec, cells, values, claim)?;
     let diffs: Vec<f64> = pairing.pairs.iter().filter_map(|p| Some(p.a? - p.b?)).collect();
     let missing = pairing.missing;
     let estimate = (!diffs.is_empty()).then(|| stats::paired_bootstrap(&diffs));

@@ -1,5 +1,6 @@
 //! Pipeline files: syntax, axis templates, expansion into the instance DAG, keys.
 
+pub mod claims;
 pub mod diag;
 pub mod expand;
 pub mod key;
@@ -22,6 +23,6 @@ pub fn compile(path: &Path) -> Result<Plan, Diagnostics> {
 /// Parses and expands `file`, and checks its claims against the instances it plans.
 pub fn compile_source(file: SourceFile) -> Result<Plan, Diagnostics> {
     let plan = expand::expand(parse::parse(file)?)?;
-    crate::claims::check(&plan.spec)?;
+    claims::check(&plan.spec)?;
     Ok(plan)
 }

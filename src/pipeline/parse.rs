@@ -65,7 +65,7 @@ pub struct PipelineSpec {
     pub axes: Vec<Axis>,
     pub stages: Vec<StageSpec>,
     /// `[[claims]]`: read from results, never part of a key.
-    pub claims: Vec<crate::claims::Claim>,
+    pub claims: Vec<super::claims::Claim>,
 }
 
 const RESERVED_STAGE_KEYS: &[&str] = &["kind", "needs", "resources"];
@@ -95,7 +95,7 @@ pub fn parse(file: SourceFile) -> Result<PipelineSpec, Diagnostics> {
     let (name, description) = parse_header(&file, root, &mut errors);
     let axes = parse_axes(&file, root, &mut errors);
     let stages = parse_stages(&file, root, &axes, &mut errors);
-    let claims = crate::claims::parse::parse(&file, root, &axes, &stages, &mut errors);
+    let claims = super::claims::parse(&file, root, &axes, &stages, &mut errors);
     if errors.is_empty() { Ok(PipelineSpec { name, description, axes, stages, claims, file }) } else { Err(Diagnostics(errors)) }
 }
 
