@@ -14,7 +14,7 @@
 
 use std::process::Command;
 
-use ablate::loss;
+use ablate::loss::{Learned, Loss};
 use burn::prelude::*;
 
 type Train = burn::backend::Autodiff<ablate::text::Cpu>;
@@ -23,7 +23,7 @@ fn throughput() -> anyhow::Result<()> {
     println!("| model | loss | batch | images/s | GFLOP/s (fwd+bwd) |");
     println!("|---|---|---|---|---|");
     for (model, batch, steps) in [("vit-micro", 64, 30), ("vit-micro", 256, 8), ("vit-tiny", 16, 4)] {
-        let r = ablate::train::bench::run::<Train>(model, "infonce", batch, 2, steps, false, &Default::default())?;
+        let r = ablate::train::bench::run::<Train>(model, Loss::InfoNce, batch, 2, steps, false, &Default::default())?;
         println!("| {model} | infonce | {batch} | {:.1} | {:.1} |", r.images_per_s, r.gflops);
     }
     Ok(())
@@ -40,6 +40,7 @@ fn peak_rss_kib() -> i64 {
 
 /// In the child: one measurement, printed as `peak_kib`.
 fn memory_one(what: &str, loss_name: &str, batch: usize) -> anyhow::Result<()> {
+    let loss = Loss::from_name(loss_name).ok_or_else(|| anyhow::anyhow!("not a loss: {loss_name}"))?;
     let before = peak_rss_kib();
     match what {
         "loss" => {
@@ -47,16 +48,13 @@ fn memory_one(what: &str, loss_name: &str, batch: usize) -> anyhow::Result<()> {
             let x = Tensor::<Train, 2>::random([batch, 384], burn::tensor::Distribution::Normal(0.0, 1.0), &device).require_grad();
             let y = Tensor::<Train, 2>::random([batch, 384], burn::tensor::Distribution::Normal(0.0, 1.0), &device);
             let t = Tensor::<Train, 1>::from_floats([2.659_26], &device).require_grad();
-            let l = match loss_name {
-                "infonce" => loss::infonce::loss(x.clone(), y, t),
-                _ => loss::cosine::loss(x.clone(), y),
-            };
+            let l = loss.compute(x.clone(), y, Learned { log_scale: Some(t), bias: None });
             let grads = l.backward();
             let g = x.grad(&grads).expect("gradient");
             let _: f32 = g.sum().into_scalar();
         }
         _ => {
-            ablate::train::bench::run::<Train>("vit-micro", loss_name, batch, 1, 1, false, &Default::default())?;
+            ablate::train::bench::run::<Train>("vit-micro", loss, batch, 1, 1, false, &Default::default())?;
         }
     }
     println!("{} {}", peak_rss_kib(), before);

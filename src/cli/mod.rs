@@ -20,6 +20,7 @@ use serde_json::json;
 use crate::exec::slurm::SlurmOptions;
 use crate::exec::{self, NodeOutcome, Observer, RunOptions, node_label};
 use crate::freshness;
+use crate::loss::Loss;
 use crate::pipeline::{self, Diagnostics, Plan};
 use crate::stages::{self, CancelToken, NoProgress, Progress};
 use crate::store::{Claim, RunStatus, SlurmTask, Store, Workspace};
@@ -143,8 +144,8 @@ enum Command {
     BenchTrain {
         #[arg(long, default_value = "vit-micro")]
         model: String,
-        #[arg(long, default_value = "infonce")]
-        loss: String,
+        #[arg(long, default_value = "infonce", value_parser = loss_named)]
+        loss: Loss,
         #[arg(long, default_value_t = 64)]
         batch: usize,
         /// Measured steps, after `--warmup` unmeasured ones.
@@ -415,7 +416,7 @@ async fn dispatch(cli: Cli, bars: indicatif::MultiProgress) -> anyhow::Result<Ex
         Command::Kinds { json } => kinds(json),
         Command::BenchTrain { model, loss, batch, steps, warmup, device, decomposed, phases, json } => {
             crate::model::fused::set_enabled(!decomposed);
-            bench_train(Bench { model: &model, loss: &loss, batch, warmup, steps, phases }, &device, json)
+            bench_train(Bench { model: &model, loss, batch, warmup, steps, phases }, &device, json)
         }
         Command::Embed { encoder, pooling, max_tokens, device, json, texts } => {
             embed(&encoder, pooling.as_deref(), max_tokens, &device, json, &texts)
@@ -449,6 +450,10 @@ async fn dispatch(cli: Cli, bars: indicatif::MultiProgress) -> anyhow::Result<Ex
 }
 
 /// A number of seconds for a time limit: more than 0, at most a day.
+fn loss_named(name: &str) -> Result<Loss, String> {
+    Loss::from_name(name).ok_or_else(|| format!("not a loss ({})", Loss::NAMES.join(", ")))
+}
+
 fn positive_seconds(text: &str) -> Result<f64, String> {
     match text.trim().parse::<f64>() {
         Ok(s) if s > 0.0 && s <= 86_400.0 => Ok(s),
@@ -841,9 +846,6 @@ fn bench_train(bench: Bench<'_>, device: &str, json: bool) -> anyhow::Result<Exi
             UsageError(format!("--model {}: not a model preset ({})", bench.model, crate::model::VitPreset::NAMES.join(", "))).into()
         );
     }
-    if crate::loss::Loss::from_name(bench.loss).is_none() {
-        return Err(UsageError(format!("--loss {}: not a loss ({})", bench.loss, crate::loss::Loss::NAMES.join(", "))).into());
-    }
     if bench.batch < 2 || bench.steps < 1 {
         return Err(UsageError("--batch must be at least 2 and --steps at least 1".into()).into());
     }
@@ -855,7 +857,12 @@ fn bench_train(bench: Bench<'_>, device: &str, json: bool) -> anyhow::Result<Exi
     } else {
         println!(
             "{} {} batch {} on {device_name}: {:.1} images/s, {:.1} GFLOP/s (image tower fwd+bwd) over {} steps",
-            result.model, result.loss, result.batch, result.images_per_s, result.gflops, result.steps
+            result.model,
+            result.loss.name(),
+            result.batch,
+            result.images_per_s,
+            result.gflops,
+            result.steps
         );
         if let Some(p) = result.phases_ms {
             println!(
@@ -870,7 +877,7 @@ fn bench_train(bench: Bench<'_>, device: &str, json: bool) -> anyhow::Result<Exi
 /// `bench-train`'s measurement on the requested backend.
 struct Bench<'a> {
     model: &'a str,
-    loss: &'a str,
+    loss: Loss,
     batch: usize,
     warmup: usize,
     steps: usize,
@@ -997,7 +1004,7 @@ fn kinds(json: bool) -> anyhow::Result<ExitCode> {
                     "name": k.name(),
                     "version": k.version(),
                     "summary": k.summary(),
-                    "params": k.params().iter().map(|p| json!({"name": p.name, "type": format!("{:?}", p.ty), "default": p.default_value(), "required": matches!(p.default, stages::ParamDefault::Required), "doc": p.doc})).collect::<Vec<_>>(),
+                    "params": k.params().iter().map(|p| json!({"name": p.name, "type": format!("{:?}", p.ty), "choices": p.ty.choices(), "default": p.default_value(), "required": matches!(p.default, stages::ParamDefault::Required), "doc": p.doc})).collect::<Vec<_>>(),
                 })
             })
             .collect();
@@ -1013,7 +1020,12 @@ fn kinds(json: bool) -> anyhow::Result<ExitCode> {
                 stages::ParamDefault::Absent => "-".to_owned(),
                 _ => p.default_value().map(|v| v.to_string()).unwrap_or_default(),
             };
-            table.row(vec![format!("  {}", p.name), default, p.doc.to_owned()]);
+            let doc = match p.ty {
+                stages::ParamType::OneOf(choices) => format!("{}; one of {}", p.doc, choices.join(" | ")),
+                stages::ParamType::ListOf(choices) => format!("{}; any of {}", p.doc, choices.join(" | ")),
+                _ => p.doc.to_owned(),
+            };
+            table.row(vec![format!("  {}", p.name), default, doc]);
         }
         println!("{}", table.render());
     }

@@ -4,10 +4,19 @@
 
 use burn::prelude::*;
 
-use super::l2_normalize;
+use super::{ContrastiveLoss, Learnable, Learned, l2_normalize};
 
-/// `x`, `y`: `[B, D]` (pair `i` matches row `i`). Returns the scalar loss `[1]`.
-pub fn loss<B: Backend>(x: Tensor<B, 2>, y: Tensor<B, 2>) -> Tensor<B, 1> {
-    let cos = (l2_normalize(x) * l2_normalize(y)).sum_dim(1);
-    (cos.neg() + 1.0).mean()
+pub struct Cosine;
+
+impl ContrastiveLoss for Cosine {
+    const NAME: &'static str = "cosine";
+
+    fn learnable() -> Learnable {
+        Learnable::default()
+    }
+
+    fn loss<B: Backend>(x: Tensor<B, 2>, y: Tensor<B, 2>, _: Learned<B>) -> Tensor<B, 1> {
+        let cos = (l2_normalize(x) * l2_normalize(y)).sum_dim(1);
+        (cos.neg() + 1.0).mean()
+    }
 }

@@ -1,48 +1,97 @@
 //! Contrastive losses between image and text embeddings, one file each
 //! (OpenCLIP's `loss.py`, split): `infonce` (CLIP), `siglip` (pairwise
 //! sigmoid), `cosine` (LIFT's positives-only loss, linear in batch size).
-//! Each is checked, value and gradients, against PyTorch float64 references
+//! Each file holds its computation and declares the learnable scalars it
+//! needs; adding a loss is a file and its line in `losses!` below. Each is
+//! checked, value and gradients, against PyTorch float64 references
 //! (tests/fixtures/loss, made by scripts/make-loss-references.py).
-
-pub mod cosine;
-pub mod infonce;
-pub mod siglip;
 
 use burn::prelude::*;
 
-/// Which loss a training run uses (parameter `loss`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Loss {
-    InfoNce,
-    SigLip,
-    Cosine,
+/// The learnable scalars a loss needs, with their initial values. The model
+/// holds them (`ClipModel::logit_scale`, `logit_bias`), so the optimiser and
+/// checkpoints treat them like every other parameter.
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
+pub struct Learnable {
+    /// The log logit scale `t` (scale = eᵗ): its initial value.
+    pub log_scale: Option<f64>,
+    /// The range the optimiser step clamps `t` to, if any.
+    pub log_scale_range: Option<(f64, f64)>,
+    /// The logit bias: its initial value.
+    pub bias: Option<f64>,
+}
+
+/// The current values of a loss's learnable scalars, `[1]` each, present
+/// exactly where its [`Learnable`] declares them.
+pub struct Learned<B: Backend> {
+    pub log_scale: Option<Tensor<B, 1>>,
+    pub bias: Option<Tensor<B, 1>>,
+}
+
+/// One loss: what the `loss` parameter calls it, what it learns, and how it
+/// is computed.
+pub trait ContrastiveLoss {
+    const NAME: &'static str;
+    fn learnable() -> Learnable;
+    /// `x`, `y`: `[B, D]` image and text embeddings (pair `i` matches row
+    /// `i`). Returns the scalar loss `[1]`.
+    fn loss<B: Backend>(x: Tensor<B, 2>, y: Tensor<B, 2>, learned: Learned<B>) -> Tensor<B, 1>;
+}
+
+/// The registry: `Variant => file`, where `file.rs` defines
+/// `pub struct Variant` implementing [`ContrastiveLoss`]. It declares the
+/// modules and the [`Loss`] enum with its dispatch.
+macro_rules! losses {
+    ($($variant:ident => $file:ident),* $(,)?) => {
+        $(pub mod $file;)*
+
+        /// Which loss a training run uses (parameter `loss`): one variant per
+        /// registered file. Written (model.json, checkpoints) as its name.
+        #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+        pub enum Loss {
+            $($variant),*
+        }
+
+        impl Loss {
+            pub const ALL: &'static [Loss] = &[$(Loss::$variant),*];
+            pub const NAMES: &'static [&'static str] = &[$(<$file::$variant as ContrastiveLoss>::NAME),*];
+
+            pub fn name(self) -> &'static str {
+                match self {
+                    $(Loss::$variant => <$file::$variant as ContrastiveLoss>::NAME),*
+                }
+            }
+
+            pub fn learnable(self) -> Learnable {
+                match self {
+                    $(Loss::$variant => <$file::$variant as ContrastiveLoss>::learnable()),*
+                }
+            }
+
+            pub fn compute<B: Backend>(self, x: Tensor<B, 2>, y: Tensor<B, 2>, learned: Learned<B>) -> Tensor<B, 1> {
+                match self {
+                    $(Loss::$variant => <$file::$variant as ContrastiveLoss>::loss(x, y, learned)),*
+                }
+            }
+        }
+    };
+}
+
+losses! {
+    InfoNce => infonce,
+    SigLip => siglip,
+    Cosine => cosine,
 }
 
 impl Loss {
-    pub const NAMES: &'static [&'static str] = &["infonce", "siglip", "cosine"];
-
     pub fn from_name(name: &str) -> Option<Loss> {
-        match name {
-            "infonce" => Some(Loss::InfoNce),
-            "siglip" => Some(Loss::SigLip),
-            "cosine" => Some(Loss::Cosine),
-            _ => None,
-        }
+        Loss::ALL.iter().copied().find(|l| l.name() == name)
     }
+}
 
-    /// Initial value of the learnable log logit scale `t` (scale = eᵗ), if the loss has one:
-    /// ln(1/0.07) for InfoNCE (CLIP), ln 10 for SigLIP.
-    pub fn initial_log_scale(self) -> Option<f64> {
-        match self {
-            Loss::InfoNce => Some((1.0f64 / 0.07).ln()),
-            Loss::SigLip => Some(10f64.ln()),
-            Loss::Cosine => None,
-        }
-    }
-
-    /// Initial value of the learnable logit bias, if the loss has one (SigLIP: −10).
-    pub fn initial_bias(self) -> Option<f64> {
-        (self == Loss::SigLip).then_some(-10.0)
+impl serde::Serialize for Loss {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(self.name())
     }
 }
 

@@ -23,6 +23,16 @@ pub enum ParamType {
     ListOf(&'static [&'static str]),
 }
 
+impl ParamType {
+    /// The values a `OneOf` or `ListOf` parameter takes (for `ablate kinds`).
+    pub fn choices(self) -> Option<&'static [&'static str]> {
+        match self {
+            ParamType::OneOf(choices) | ParamType::ListOf(choices) => Some(choices),
+            _ => None,
+        }
+    }
+}
+
 /// What happens when the pipeline file leaves a parameter out.
 #[derive(Debug, Clone, Copy)]
 pub enum ParamDefault {

@@ -28,7 +28,7 @@ pub const POOLING: ParamSpec = ParamSpec::new(
     "pooling",
     ParamType::OneOf(Pooling::NAMES),
     ParamDefault::Absent,
-    "mean | cls | eos (default: mean for BERT encoders, eos for decoder LLMs)",
+    "how token states are pooled (default: mean for BERT encoders, eos for decoder LLMs)",
 );
 pub const MAX_TOKENS: ParamSpec = ParamSpec::new(
     "max_tokens",

@@ -64,7 +64,12 @@ const PARAMS: &[ParamSpec] = &[
         "scratch text tower preset (with text = \"frozen\", ignored and not part of the key)",
     ),
     ParamSpec::new("captions", ParamType::OneOf(&["short", "long"]), ParamDefault::Str("short"), "which captions to train on"),
-    ParamSpec::new("loss", ParamType::OneOf(Loss::NAMES), ParamDefault::Str("infonce"), "infonce | siglip | cosine"),
+    ParamSpec::new(
+        "loss",
+        ParamType::OneOf(Loss::NAMES),
+        ParamDefault::Str("infonce"),
+        "contrastive loss between image and text embeddings",
+    ),
     ParamSpec::new("projector_layers", ParamType::Int, ParamDefault::Int(2), "head depth: 2 = Linear-GELU-Linear (LIFT), 1 = Linear"),
     ParamSpec::new("batch_size", ParamType::Int, ParamDefault::Int(64), "pairs per step"),
     ParamSpec::new("steps", ParamType::Int, ParamDefault::Absent, "optimizer steps (default 300 unless `epochs` is given)"),
@@ -281,7 +286,7 @@ impl StageKind for Train {
         }
         let pairs = Pairs { captions: train_images.iter().map(|&i| per_image[i].clone()).collect(), images: train_images };
 
-        let loss = Loss::from_name(params.str("loss")).expect("checked loss");
+        let loss = Loss::from_name(params.str("loss")).expect("the parameter's type is the registry's names");
         let steps = match params.opt_int("epochs") {
             Some(e) => e as usize * pairs.steps_per_epoch(batch_size),
             None => params.int("steps") as usize,
@@ -292,12 +297,12 @@ impl StageKind for Train {
             embed_dim,
             text: (!frozen).then(|| TextPreset::named(params.str("text_model")).expect("checked preset")),
             vocab_size: tokenizer.as_ref().map_or(0, TextTokenizer::vocab_size),
-            logit_scale: loss.initial_log_scale(),
-            logit_bias: loss.initial_bias(),
+            logit_scale: loss.learnable().log_scale,
+            logit_bias: loss.learnable().bias,
         };
         let spec = TrainSpec {
             model: config.clone(),
-            loss: params.str("loss").to_owned(),
+            loss,
             batch_size,
             steps,
             lr: params.float("lr"),

@@ -19,7 +19,7 @@ use crate::rng::Rng;
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct BenchResult {
     pub model: String,
-    pub loss: String,
+    pub loss: Loss,
     pub batch: usize,
     /// Measured steps (after the warm-up steps).
     pub steps: usize,
@@ -73,7 +73,7 @@ impl Observer for Timer {
 /// `device`; with `phases`, also times each phase of a step.
 pub fn run<B: AutodiffBackend>(
     model: &str,
-    loss: &str,
+    loss: Loss,
     batch: usize,
     warmup: usize,
     steps: usize,
@@ -81,7 +81,6 @@ pub fn run<B: AutodiffBackend>(
     device: &B::Device,
 ) -> anyhow::Result<BenchResult> {
     let vit = VitPreset::named(model, "avg").ok_or_else(|| anyhow::anyhow!("unknown model preset {model}"))?;
-    let loss_kind = Loss::from_name(loss).ok_or_else(|| anyhow::anyhow!("unknown loss {loss}"))?;
     let (n, dim, side) = (batch * 2, 384, vit.image_size);
     let mut rng = Rng::keyed(0, &[Rng::key_of("bench")]);
     let pixels = (0..n * side * side * 3).map(|_| (rng.next_u64() & 0xff) as u8).collect();
@@ -99,10 +98,10 @@ pub fn run<B: AutodiffBackend>(
             embed_dim: dim,
             text: None,
             vocab_size: 0,
-            logit_scale: loss_kind.initial_log_scale(),
-            logit_bias: loss_kind.initial_bias(),
+            logit_scale: loss.learnable().log_scale,
+            logit_bias: loss.learnable().bias,
         },
-        loss: loss.to_owned(),
+        loss,
         batch_size: batch,
         steps: warmup + steps,
         lr: 1e-4,
@@ -125,7 +124,7 @@ pub fn run<B: AutodiffBackend>(
     let images_per_s = (measured * batch) as f64 / seconds;
     Ok(BenchResult {
         model: model.to_owned(),
-        loss: loss.to_owned(),
+        loss,
         batch,
         steps: measured,
         images_per_s,

@@ -24,7 +24,7 @@ use burn::tensor::backend::AutodiffBackend;
 use sha2::{Digest, Sha256};
 
 use crate::images::ImageSet;
-use crate::loss::{self, Loss};
+use crate::loss::{Learned, Loss};
 use crate::model::named::{self, HostTensor, Layout};
 use crate::model::{ClipConfig, ClipModel};
 use checkpoint::{CheckpointMeta, StepRecord};
@@ -35,7 +35,7 @@ use optim::{AdamW, AdamWConfig};
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct TrainSpec {
     pub model: ClipConfig,
-    pub loss: String,
+    pub loss: Loss,
     pub batch_size: usize,
     pub steps: usize,
     pub lr: f64,
@@ -130,8 +130,6 @@ pub struct StepPhases {
     pub optimizer: f64,
 }
 
-const LOGIT_SCALE_MAX: f64 = 4.605_170_185_988_091; // ln 100
-
 pub fn run<B: AutodiffBackend>(
     spec: &TrainSpec,
     inputs: &TrainInputs,
@@ -157,7 +155,6 @@ fn train<B: AutodiffBackend>(
     checkpoint_path: &Path,
     observer: &mut dyn Observer,
 ) -> anyhow::Result<Trained> {
-    let loss_kind = Loss::from_name(&spec.loss).ok_or_else(|| anyhow::anyhow!("unknown loss {}", spec.loss))?;
     let fingerprint = spec.fingerprint();
     let model = spec.model.init::<B>(device);
     let mut model = named::initialize(model, spec.seed, |p| p.starts_with("logit_"))?;
@@ -182,7 +179,8 @@ fn train<B: AutodiffBackend>(
         }
     }
     let timed = observer.timed_phases();
-    let clamp = move |path: &str| (loss_kind == Loss::InfoNce && path == "logit_scale").then_some((0.0, LOGIT_SCALE_MAX));
+    let log_scale_range = spec.loss.learnable().log_scale_range;
+    let clamp = move |path: &str| log_scale_range.filter(|_| path == "logit_scale");
     let vit = &spec.model.vit;
     let (batch, patches, patch_dim) = (spec.batch_size, vit.patches(), vit.patch_dim());
     let save = |model: &ClipModel<B>, optim: &AdamW<B>, step: usize, history: &[StepRecord]| -> anyhow::Result<()> {
@@ -222,12 +220,8 @@ fn train<B: AutodiffBackend>(
                 tower.forward(Tensor::from_data(ids, device), &eos)
             }
         };
-        let scale = || model.logit_scale.as_ref().expect("this loss has a logit scale").val();
-        let loss = match loss_kind {
-            Loss::InfoNce => loss::infonce::loss(image_emb, text_emb, scale()),
-            Loss::SigLip => loss::siglip::loss(image_emb, text_emb, scale(), model.logit_bias.as_ref().expect("siglip has a bias").val()),
-            Loss::Cosine => loss::cosine::loss(image_emb, text_emb),
-        };
+        let learned = Learned { log_scale: model.logit_scale.as_ref().map(|p| p.val()), bias: model.logit_bias.as_ref().map(|p| p.val()) };
+        let loss = spec.loss.compute(image_emb, text_emb, learned);
         let value: f64 = loss.clone().into_scalar().elem();
         let t_forward = began.elapsed();
         let grads = loss.backward();
