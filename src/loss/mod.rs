@@ -100,3 +100,27 @@ pub fn l2_normalize<B: Backend>(x: Tensor<B, 2>) -> Tensor<B, 2> {
     let norm = x.clone().powf_scalar(2.0).sum_dim(1).sqrt();
     x / norm
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_registered_loss_is_found_by_its_name_and_learns_what_it_reads() {
+        assert_eq!(Loss::ALL.len(), Loss::NAMES.len());
+        for &loss in Loss::ALL {
+            assert_eq!(Loss::from_name(loss.name()), Some(loss));
+            assert_eq!(serde_json::to_value(loss).unwrap(), serde_json::json!(loss.name()));
+            let learnable = loss.learnable();
+            assert!(learnable.log_scale_range.is_none() || learnable.log_scale.is_some(), "{loss:?}: a range for no scale");
+            // The loss runs on exactly the scalars it declares.
+            let device = Default::default();
+            let x = Tensor::<burn::backend::Flex, 2>::from_floats([[1.0, 0.0], [0.0, 1.0]], &device);
+            let scalar = |v: f64| Tensor::<burn::backend::Flex, 1>::from_floats([v as f32], &device);
+            let learned = Learned { log_scale: learnable.log_scale.map(scalar), bias: learnable.bias.map(scalar) };
+            let value: f32 = loss.compute(x.clone(), x, learned).into_scalar();
+            assert!(value.is_finite(), "{loss:?}: {value}");
+        }
+        assert_eq!(Loss::from_name("mse"), None);
+    }
+}
