@@ -40,6 +40,9 @@ fn losses_and_gradients_match_pytorch() {
     let device = Default::default();
     let cases = fixture["cases"].as_array().unwrap();
     assert_eq!(cases.len(), 6);
+    for name in Loss::NAMES {
+        assert!(cases.iter().any(|c| c["loss"] == *name), "no PyTorch reference for the registered loss {name}");
+    }
     for case in cases {
         let name = case["loss"].as_str().unwrap();
         let loss = Loss::from_name(name).unwrap();
