@@ -2,7 +2,7 @@
 //! of an image counts as a positive for it (image → text), and a caption's
 //! query is correct when its own image is in the top K (text → image).
 
-use super::{dot, ranking};
+use super::{TopK, dot};
 
 pub const KS: [usize; 3] = [1, 5, 10];
 
@@ -15,24 +15,34 @@ pub struct Retrieval {
 }
 
 /// `text_image[j]` is the image caption `j` belongs to. `None` without images or texts.
+///
+/// One image's scores at a time, with each caption's best images kept as it
+/// goes ([`TopK`]): memory grows with images + captions, not their product,
+/// so tens of thousands of test images fit.
 pub fn evaluate(images: &[Vec<f32>], texts: &[Vec<f32>], text_image: &[usize]) -> Option<Retrieval> {
     if images.is_empty() || texts.is_empty() {
         return None;
     }
-    let scores: Vec<Vec<f32>> = images.iter().map(|i| texts.iter().map(|t| dot(i, t)).collect()).collect();
+    let k = KS[KS.len() - 1];
+    let mut best_images = vec![TopK::new(k); texts.len()];
     let mut i2t = [0usize; 3];
-    for (i, row) in scores.iter().enumerate() {
-        let order = ranking(row);
+    for (i, image) in images.iter().enumerate() {
+        let mut best_texts = TopK::new(k);
+        for (j, text) in texts.iter().enumerate() {
+            let score = dot(image, text);
+            best_texts.offer(score, j);
+            best_images[j].offer(score, i);
+        }
+        let top: Vec<usize> = best_texts.indices().collect();
         for (slot, k) in KS.iter().enumerate() {
-            i2t[slot] += usize::from(order.iter().take(*k).any(|&j| text_image[j] == i));
+            i2t[slot] += usize::from(top.iter().take(*k).any(|&j| text_image[j] == i));
         }
     }
     let mut t2i = [0usize; 3];
-    for (j, &owner) in text_image.iter().enumerate() {
-        let column: Vec<f32> = scores.iter().map(|row| row[j]).collect();
-        let order = ranking(&column);
+    for (best, &owner) in best_images.iter().zip(text_image) {
+        let top: Vec<usize> = best.indices().collect();
         for (slot, k) in KS.iter().enumerate() {
-            t2i[slot] += usize::from(order.iter().take(*k).any(|&i| i == owner));
+            t2i[slot] += usize::from(top.iter().take(*k).any(|&i| i == owner));
         }
     }
     let (ni, nt) = (images.len() as f64, texts.len() as f64);
