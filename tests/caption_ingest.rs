@@ -31,7 +31,7 @@ resolution = 16
     let show = ws.show(&key);
     let artifacts = show["artifacts"].as_array().unwrap();
     let names: BTreeSet<&str> = artifacts.iter().map(|a| a["name"].as_str().unwrap()).collect();
-    for name in ["images.safetensors", "records.jsonl", "negatives.jsonl", "classes.json"] {
+    for name in ["images.json", "images/00000.safetensors", "records.jsonl", "negatives.jsonl", "classes.json"] {
         assert!(names.contains(name), "missing artifact {name}: {names:?}");
     }
     let metric = |name: &str| {
@@ -55,7 +55,10 @@ resolution = 16
     assert_eq!(records.lines().count(), 64);
     let first: serde_json::Value = serde_json::from_str(records.lines().next().unwrap()).unwrap();
     assert!(!first["short"].as_array().unwrap().is_empty() && !first["long"].as_array().unwrap().is_empty(), "{first}");
-    let tensor = std::fs::read(path("images.safetensors")).unwrap();
+    let index: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(path("images.json")).unwrap()).unwrap();
+    assert_eq!(index["shards"], serde_json::json!(["images/00000.safetensors"]), "{index}");
+    assert_eq!((index["n"].as_u64(), index["side"].as_u64()), (Some(64), Some(16)));
+    let tensor = std::fs::read(path("images/00000.safetensors")).unwrap();
     assert!(tensor.len() >= 64 * 16 * 16 * 3, "{} bytes", tensor.len());
     let header_len = u64::from_le_bytes(tensor[..8].try_into().unwrap()) as usize;
     let header: serde_json::Value = serde_json::from_slice(&tensor[8..8 + header_len]).unwrap();

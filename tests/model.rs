@@ -33,9 +33,9 @@ fn burn_model_reproduces_pytorch_embeddings() {
     let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
     let images = st.tensor("input.images").unwrap();
     let (n, side) = (images.shape()[0], images.shape()[1]);
-    let images = ImageSet { n, side, pixels: images.data().to_vec() };
+    let images = ImageSet::in_memory(n, side, images.data().to_vec());
     let vit = &config.vit;
-    let pixels = ablate::train::data::eval_patches(&images, &(0..n).collect::<Vec<_>>(), vit.image_size, vit.patch_size);
+    let pixels = ablate::train::data::eval_patches(&images, &(0..n).collect::<Vec<_>>(), vit.image_size, vit.patch_size).unwrap();
     let x = Tensor::<Cpu, 2>::from_data(TensorData::new(pixels, [n * vit.patches(), vit.patch_dim()]), &device);
     let ours: Vec<f32> = model.encode_images(x, n).into_data().convert::<f32>().into_vec().unwrap();
     let (shape, expected) = file.f32("expected.embeddings").unwrap();

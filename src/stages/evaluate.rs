@@ -295,7 +295,7 @@ fn embed<B: Backend>(job: &EmbedJob<'_>, device: &B::Device) -> anyhow::Result<E
     let vit = &job.config.vit;
     let mut images = Vec::with_capacity(job.eval_images.len());
     for chunk in job.eval_images.chunks(job.batch) {
-        let pixels = eval_patches(job.images, chunk, vit.image_size, vit.patch_size);
+        let pixels = eval_patches(job.images, chunk, vit.image_size, vit.patch_size)?;
         let x = Tensor::<B, 2>::from_data(TensorData::new(pixels, [chunk.len() * vit.patches(), vit.patch_dim()]), device);
         images.extend(rows(model.encode_images(x, chunk.len())));
     }

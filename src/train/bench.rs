@@ -86,7 +86,7 @@ pub fn run<B: AutodiffBackend>(
     let pixels = (0..n * side * side * 3).map(|_| (rng.next_u64() & 0xff) as u8).collect();
     let text: Vec<Vec<f32>> = (0..n).map(|_| (0..dim).map(|_| rng.normal() as f32).collect()).collect();
     let inputs = TrainInputs {
-        images: ImageSet { n, side, pixels },
+        images: ImageSet::in_memory(n, side, pixels),
         pairs: Pairs { images: (0..n).collect(), captions: (0..n).map(|i| vec![i]).collect() },
         text: TextSide::Frozen(text),
     };

@@ -148,28 +148,31 @@ fn write_patches(pixels: &[u8], side: usize, rect: Rect, flip: bool, size: usize
 
 /// Patches `[images × patches, 3·patch²]` (flattened) of training images,
 /// each with its random resized crop (and flip, if on).
-pub fn train_patches(images: &ImageSet, plan: &mut BatchPlan, augment: &Augment, size: usize, patch: usize) -> Vec<f32> {
+pub fn train_patches(images: &ImageSet, plan: &mut BatchPlan, augment: &Augment, size: usize, patch: usize) -> anyhow::Result<Vec<f32>> {
+    let pixels = images.fetch(&plan.images)?;
     // Images in parallel (each has its own random stream, so the result does
     // not depend on the split); ≈ 3 % of a vit-micro CPU step on one thread.
     let mut out = vec![0f32; plan.images.len() * size * size * 3];
-    out.par_chunks_mut(size * size * 3).zip(plan.images.par_iter().zip(plan.crops.par_iter_mut())).for_each(|(out, (&i, rng))| {
+    let sources = pixels.par_chunks(images.image_bytes());
+    out.par_chunks_mut(size * size * 3).zip(sources.zip(plan.crops.par_iter_mut())).for_each(|(out, (source, rng))| {
         let rect = random_crop(rng, images.side, augment.crop_scale);
         // Drawn after the crop, and only when on, so that turning flips
         // on leaves every crop as it was.
         let flip = augment.flip && rng.uniform() < 0.5;
-        write_patches(images.image(i), images.side, rect, flip, size, patch, out)
+        write_patches(source, images.side, rect, flip, size, patch, out)
     });
-    out
+    Ok(out)
 }
 
 /// Patches of whole images, resized (evaluation).
-pub fn eval_patches(images: &ImageSet, indices: &[usize], size: usize, patch: usize) -> Vec<f32> {
+pub fn eval_patches(images: &ImageSet, indices: &[usize], size: usize, patch: usize) -> anyhow::Result<Vec<f32>> {
+    let pixels = images.fetch(indices)?;
     let mut out = vec![0f32; indices.len() * size * size * 3];
     let full = (0.0, 0.0, images.side as f64, images.side as f64);
-    for (out, &i) in out.chunks_exact_mut(size * size * 3).zip(indices) {
-        write_patches(images.image(i), images.side, full, false, size, patch, out);
+    for (out, source) in out.chunks_exact_mut(size * size * 3).zip(pixels.chunks_exact(images.image_bytes())) {
+        write_patches(source, images.side, full, false, size, patch, out);
     }
-    out
+    Ok(out)
 }
 
 #[cfg(test)]
@@ -193,19 +196,19 @@ mod tests {
     #[test]
     fn crop_scale_one_keeps_the_whole_image_and_flip_mirrors_it() {
         let pixels: Vec<u8> = (0..16u8).flat_map(|i| [i * 10, i * 10 + 1, i * 10 + 2]).collect();
-        let images = ImageSet { n: 1, side: 4, pixels };
+        let images = ImageSet::in_memory(1, 4, pixels.clone());
         let pairs = Pairs { images: vec![0; 8], captions: vec![vec![0]; 8] };
-        let whole = eval_patches(&images, &[0; 8], 4, 2);
+        let whole = eval_patches(&images, &[0; 8], 4, 2).unwrap();
         let keep = Augment { crop_scale: 1.0, flip: false };
-        assert_eq!(train_patches(&images, &mut pairs.batch(0, 0, 8), &keep, 4, 2), whole);
+        assert_eq!(train_patches(&images, &mut pairs.batch(0, 0, 8), &keep, 4, 2).unwrap(), whole);
 
         // Flipped images are the mirrored whole image; with 8 draws at ½
         // (fixed seed) some are flipped and some are not.
-        let flipped = train_patches(&images, &mut pairs.batch(0, 0, 8), &Augment { flip: true, ..keep }, 4, 2);
+        let flipped = train_patches(&images, &mut pairs.batch(0, 0, 8), &Augment { flip: true, ..keep }, 4, 2).unwrap();
         let one = |out: &[f32], i: usize| out[i * 48..(i + 1) * 48].to_vec();
-        let source = images.image(0);
+        let source = &pixels;
         let mirrored: Vec<u8> = (0..4).flat_map(|y| (0..4).rev().flat_map(move |x| source[(y * 4 + x) * 3..][..3].to_vec())).collect();
-        let mirror = eval_patches(&ImageSet { n: 1, side: 4, pixels: mirrored }, &[0], 4, 2);
+        let mirror = eval_patches(&ImageSet::in_memory(1, 4, mirrored), &[0], 4, 2).unwrap();
         let n_flipped = (0..8).filter(|&i| one(&flipped, i) == mirror).count();
         assert!((0..8).all(|i| one(&flipped, i) == mirror || one(&flipped, i) == one(&whole, i)));
         assert!((1..8).contains(&n_flipped), "{n_flipped} of 8 flipped");
@@ -213,8 +216,8 @@ mod tests {
         // Turning flips on leaves the crops as they were: the images not
         // flipped are those of the batch without flips.
         let crop = Augment::default();
-        let plain = train_patches(&images, &mut pairs.batch(3, 1, 8), &crop, 4, 2);
-        let both = train_patches(&images, &mut pairs.batch(3, 1, 8), &Augment { flip: true, ..crop }, 4, 2);
+        let plain = train_patches(&images, &mut pairs.batch(3, 1, 8), &crop, 4, 2).unwrap();
+        let both = train_patches(&images, &mut pairs.batch(3, 1, 8), &Augment { flip: true, ..crop }, 4, 2).unwrap();
         assert!((0..8).any(|i| one(&plain, i) == one(&both, i)));
         assert!((0..8).any(|i| one(&plain, i) != one(&both, i)));
     }
@@ -223,8 +226,8 @@ mod tests {
     fn patches_are_channel_major_like_a_conv_kernel() {
         // A 4×4 image where pixel (y, x) has value 10y + x in every channel.
         let pixels: Vec<u8> = (0..4).flat_map(|y| (0..4).flat_map(move |x| [10 * y + x; 3])).collect();
-        let images = ImageSet { n: 1, side: 4, pixels };
-        let out = eval_patches(&images, &[0], 4, 2);
+        let images = ImageSet::in_memory(1, 4, pixels.clone());
+        let out = eval_patches(&images, &[0], 4, 2).unwrap();
         assert_eq!(out.len(), 4 * 12);
         let raw = |v: f32, c: usize| ((v * STD[c] + MEAN[c]) * 255.0).round();
         // Second patch (py 0, px 1), channel 0: pixels (0,2) (0,3) (1,2) (1,3).

@@ -204,7 +204,7 @@ fn train<B: AutodiffBackend>(
         }
         let began = Instant::now();
         let mut plan = inputs.pairs.batch(spec.seed, step, batch);
-        let pixels = data::train_patches(&inputs.images, &mut plan, &spec.augment, vit.image_size, vit.patch_size);
+        let pixels = data::train_patches(&inputs.images, &mut plan, &spec.augment, vit.image_size, vit.patch_size)?;
         let t_data = began.elapsed();
         let images = Tensor::<B, 2>::from_data(TensorData::new(pixels, [batch * patches, patch_dim]), device);
         let image_emb = model.encode_images(images, batch);

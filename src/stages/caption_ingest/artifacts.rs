@@ -113,9 +113,13 @@ pub fn stream_text(upstream: &UpstreamOutputs, mut each: impl FnMut(IngestLine) 
         .with_context(|| format!("{} is not a classes file", path.display()))
 }
 
-/// The image tensor (`images.safetensors`).
+/// The images: shards behind `images.json`, or the one `images.safetensors`
+/// of instances made before shards.
 pub fn read_images(upstream: &UpstreamOutputs) -> anyhow::Result<ImageSet> {
-    ImageSet::read(upstream.artifact("images.safetensors")?)
+    match upstream.artifacts.get("images.json") {
+        Some(index) => ImageSet::open_sharded(index, |name| upstream.artifact(name).map(Path::to_owned)),
+        None => ImageSet::open_single(upstream.artifact("images.safetensors")?),
+    }
 }
 
 /// Reads a JSON-lines file; errors name the file and line.

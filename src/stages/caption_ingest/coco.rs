@@ -45,7 +45,7 @@ pub(super) fn ingest(ctx: &StageContext, opts: &Options, path: &Path, image_root
     for ann in &coco.annotations {
         captions.entry(ann.image_id).or_default().push(ann);
     }
-    let mut data = Dataset { templates: TEMPLATES.iter().map(|s| s.to_string()).collect(), ..Dataset::default() };
+    let mut data = Dataset::new(ctx, opts, &[], TEMPLATES)?;
     ctx.progress().set_length(opts.images.min(coco.images.len()) as u64);
     for image in &coco.images {
         if data.records.len() >= opts.images {
@@ -72,7 +72,7 @@ pub(super) fn ingest(ctx: &StageContext, opts: &Options, path: &Path, image_root
         match item() {
             Ok((pixels, caps)) => {
                 let record = Record { short: caps.clone(), long: caps, label: None, source: image.file_name.clone(), split: None };
-                data.push(&pixels, record);
+                data.push(&pixels, record)?;
                 ctx.progress().set_position(data.records.len() as u64);
             }
             Err(err) => data.problem(opts, err)?,

@@ -1,6 +1,5 @@
 //! The in-memory dataset every source builds, the split, and the artifact writers.
 
-use std::collections::HashMap;
 use std::fs::File;
 use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
@@ -9,8 +8,8 @@ use anyhow::{Context as _, bail};
 use serde::Serialize;
 
 use super::rng::Rng;
+use crate::images::ShardWriter;
 use crate::stages::StageContext;
-use crate::tensor_file::{self, RawTensor};
 
 /// Stream id for the train/test shuffle (see [`Rng::for_item`]).
 const STREAM_SPLIT: u64 = 2;
@@ -52,11 +51,11 @@ pub(super) struct Negative {
     pub negative: String,
 }
 
-/// Everything a source produced, before the split and the writing.
-#[derive(Debug, Default)]
+/// Everything a source produced, before the split and the writing; the
+/// images go to their shards as they arrive.
 pub(super) struct Dataset {
-    /// `records.len()` images of `resolution`² × 3 bytes each, concatenated.
-    pub images: Vec<u8>,
+    /// `records.len()` images of `resolution`² × 3 bytes each.
+    pub images: ShardWriter,
     pub records: Vec<Record>,
     pub negatives: Vec<Negative>,
     pub classes: Vec<String>,
@@ -67,11 +66,24 @@ pub(super) struct Dataset {
 }
 
 impl Dataset {
+    /// An empty dataset whose image shards go to the stage's output folder.
+    pub(super) fn new(ctx: &StageContext, opts: &Options, classes: &[&str], templates: &[&str]) -> anyhow::Result<Dataset> {
+        Ok(Dataset {
+            images: ShardWriter::new(ctx.out_dir()?, opts.resolution as usize),
+            records: Vec::new(),
+            negatives: Vec::new(),
+            classes: classes.iter().map(|s| s.to_string()).collect(),
+            templates: templates.iter().map(|s| s.to_string()).collect(),
+            skipped: 0,
+            extra_metrics: Vec::new(),
+        })
+    }
+
     /// Appends one image; returns its index.
-    pub(super) fn push(&mut self, pixels: &[u8], record: Record) -> usize {
-        self.images.extend_from_slice(pixels);
+    pub(super) fn push(&mut self, pixels: &[u8], record: Record) -> anyhow::Result<usize> {
+        self.images.push(pixels)?;
         self.records.push(record);
-        self.records.len() - 1
+        Ok(self.records.len() - 1)
     }
 
     /// A bad item: an error under `on_error = "fail"`, counted and dropped under "skip".
@@ -126,10 +138,8 @@ pub(super) fn write(ctx: &mut StageContext, data: Dataset, opts: &Options, sourc
     if n == 0 {
         bail!("source {source:?} produced no images ({} skipped)", data.skipped);
     }
-    let res = opts.resolution as usize;
-    let expected = n * res * res * 3;
-    if data.images.len() != expected {
-        bail!("internal error: {} image bytes for {n} images of {res}x{res} (expected {expected})", data.images.len());
+    if data.images.len() != n {
+        bail!("internal error: {} images for {n} records", data.images.len());
     }
     let split: Vec<Split> = if data.records.iter().all(|r| r.split.is_some()) {
         data.records.iter().map(|r| r.split.unwrap_or(Split::Train)).collect()
@@ -137,9 +147,13 @@ pub(super) fn write(ctx: &mut StageContext, data: Dataset, opts: &Options, sourc
         seeded_split(n, opts.test_fraction, opts.seed)
     };
 
-    // Through `tensor_file`: atomic (temporary file + rename), header in a fixed order.
-    let images = RawTensor { dtype: safetensors::Dtype::U8, shape: vec![n, res, res, 3], bytes: data.images };
-    tensor_file::write(&ctx.output("images.safetensors")?, &[("images".to_owned(), images)], HashMap::new())?;
+    // The shards are written already (atomically, each through `tensor_file`); register them and the index.
+    let index = data.images.finish()?;
+    for shard in &index.shards {
+        ctx.output(shard)?;
+    }
+    let path = ctx.output("images.json")?;
+    std::fs::write(&path, serde_json::to_string_pretty(&index)? + "\n").with_context(|| format!("writing {}", path.display()))?;
     ctx.check_cancelled()?;
 
     let path = ctx.output("records.jsonl")?;

@@ -121,11 +121,7 @@ pub(super) fn ingest(ctx: &StageContext, opts: &Options, dir: &Path) -> anyhow::
     n_test = (total - n_train).min(n_test_all);
 
     let res = opts.resolution;
-    let mut data = Dataset {
-        classes: CLASSES.iter().map(|s| s.to_string()).collect(),
-        templates: TEMPLATES.iter().map(|s| s.to_string()).collect(),
-        ..Dataset::default()
-    };
+    let mut data = Dataset::new(ctx, opts, &CLASSES, TEMPLATES)?;
     ctx.progress().set_length(total as u64);
     for ((mut images, mut labels, split), take) in sets.into_iter().zip([n_train, n_test]) {
         let (rows, cols) = (images.dims[1] as u32, images.dims[2] as u32);
@@ -156,7 +152,7 @@ pub(super) fn ingest(ctx: &StageContext, opts: &Options, dir: &Path) -> anyhow::
                     source: format!("{file_name}#{i}"),
                     split: Some(split),
                 };
-                let at = data.push(&pixels, record);
+                let at = data.push(&pixels, record)?;
                 let mut rng = Rng::for_item(opts.seed, STREAM_NEGATIVES, at as u64);
                 let other = (label + 1 + rng.below(CLASSES.len() - 1)) % CLASSES.len();
                 data.negatives.push(Negative {

@@ -35,7 +35,7 @@ pub(super) fn image_base<'a>(manifest: &'a Path, image_root: Option<&'a Path>) -
 pub(super) fn ingest(ctx: &StageContext, opts: &Options, path: &Path, image_root: Option<&Path>) -> anyhow::Result<Dataset> {
     let base = image_base(path, image_root);
     let file = File::open(path).with_context(|| format!("cannot open manifest {}", path.display()))?;
-    let mut data = Dataset { templates: TEMPLATES.iter().map(|s| s.to_string()).collect(), ..Dataset::default() };
+    let mut data = Dataset::new(ctx, opts, &[], TEMPLATES)?;
     let mut class_index: HashMap<String, usize> = HashMap::new();
     ctx.progress().set_length(opts.images as u64);
     for (i, line) in BufReader::new(file).lines().enumerate() {
@@ -82,7 +82,7 @@ pub(super) fn ingest(ctx: &StageContext, opts: &Options, path: &Path, image_root
                     Some(l) if !l.is_empty() => l.iter().map(|c| c.trim().to_owned()).collect(),
                     _ => short.clone(),
                 };
-                data.push(&pixels, Record { short, long, label, source: entry.image, split: None });
+                data.push(&pixels, Record { short, long, label, source: entry.image, split: None })?;
                 ctx.progress().set_position(data.records.len() as u64);
             }
             Err(err) => data.problem(opts, err)?,

@@ -39,8 +39,13 @@
 //! filter, i.e. bilinear, widened when downscaling) to `resolution`.
 //!
 //! # Artifacts (the contract with downstream stages)
-//! - `images.safetensors`: one tensor `images`, dtype U8, shape
-//!   `[N, resolution, resolution, 3]`, row-major HWC RGB.
+//! - `images.json` and `images/00000.safetensors`, `images/00001.safetensors`, …:
+//!   the images in shards of 1,024 (`crate::images::SHARD_IMAGES`), each one
+//!   tensor `images`, dtype U8, shape `[k, resolution, resolution, 3]`,
+//!   row-major HWC RGB, written as the source produces them (memory does not
+//!   grow with the dataset); the index is `{"n", "side", "shard_images",
+//!   "shards": [artifact names in order]}`. Instances made before shards have
+//!   one `images.safetensors` instead, which readers still take.
 //! - `records.jsonl`: one object per image, in tensor order:
 //!   `{"index": i, "split": "train"|"test", "short": [..], "long": [..],
 //!   "label": class index or null, "source": file name or generated id}`.

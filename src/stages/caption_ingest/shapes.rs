@@ -413,17 +413,7 @@ fn negatives(scene: &Scene, rng: &mut Rng) -> Vec<(&'static str, Claim, Claim)> 
 /// The `builtin:shapes` source: `opts.images` generated scenes.
 pub(super) fn ingest(ctx: &StageContext, opts: &Options) -> anyhow::Result<Dataset> {
     let res = opts.resolution as usize;
-    let bytes = opts
-        .images
-        .checked_mul(res * res * 3)
-        .ok_or_else(|| anyhow::anyhow!("{} images of {res}x{res} pixels do not fit in memory", opts.images))?;
-    let mut data = Dataset {
-        // Reserve up to 256 MiB up front; beyond that let the vector grow.
-        images: Vec::with_capacity(bytes.min(1 << 28)),
-        classes: SHAPES.iter().map(|s| s.to_string()).collect(),
-        templates: TEMPLATES.iter().map(|s| s.to_string()).collect(),
-        ..Dataset::default()
-    };
+    let mut data = Dataset::new(ctx, opts, SHAPES, TEMPLATES)?;
     ctx.progress().set_length(opts.images as u64);
     for index in 0..opts.images {
         if index % 64 == 0 {
@@ -433,7 +423,7 @@ pub(super) fn ingest(ctx: &StageContext, opts: &Options) -> anyhow::Result<Datas
         let g = generate(opts.seed, index as u64, opts.max_objects, res);
         let record =
             Record { short: vec![g.short], long: vec![g.long], label: Some(g.label), source: format!("shapes/{index}"), split: None };
-        let at = data.push(&g.pixels, record);
+        let at = data.push(&g.pixels, record)?;
         for (subset, pos, neg) in g.negatives {
             data.negatives.push(Negative { index: at, subset: subset.to_owned(), positive: pos.text(), negative: neg.text() });
         }

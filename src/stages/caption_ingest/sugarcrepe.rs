@@ -76,7 +76,7 @@ struct Group {
 /// [`SUBSETS`] order, entries by numeric key), up to `opts.images` kept. Its
 /// captions are the distinct positive captions; each entry is a negative.
 pub(super) fn ingest(ctx: &StageContext, opts: &Options, dir: &Path, image_root: &Path) -> anyhow::Result<Dataset> {
-    let mut data = Dataset { templates: TEMPLATES.iter().map(|s| s.to_string()).collect(), ..Dataset::default() };
+    let mut data = Dataset::new(ctx, opts, &[], TEMPLATES)?;
     let mut groups: Vec<Group> = Vec::new();
     let mut by_name: HashMap<String, usize> = HashMap::new();
     let mut missing = 0;
@@ -122,7 +122,7 @@ pub(super) fn ingest(ctx: &StageContext, opts: &Options, dir: &Path, image_root:
             Ok(pixels) => {
                 let captions = group.captions;
                 let record = Record { short: captions.clone(), long: captions, label: None, source: group.filename, split: None };
-                let index = data.push(&pixels, record);
+                let index = data.push(&pixels, record)?;
                 for (subset, positive, negative) in group.pairs {
                     data.negatives.push(Negative { index, subset: subset.to_owned(), positive, negative });
                 }

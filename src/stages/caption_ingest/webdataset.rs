@@ -89,7 +89,7 @@ fn key_and_extension(member: &str) -> Option<(&str, &str)> {
 
 /// Shards in order, samples in member order, until `opts.images` are kept.
 pub(super) fn ingest(ctx: &StageContext, opts: &Options, shards: &[PathBuf], long_field: Option<&str>) -> anyhow::Result<Dataset> {
-    let mut data = Dataset { templates: TEMPLATES.iter().map(|s| s.to_string()).collect(), ..Dataset::default() };
+    let mut data = Dataset::new(ctx, opts, &[], TEMPLATES)?;
     ctx.progress().set_length(opts.images as u64);
     for shard in shards {
         if data.records.len() >= opts.images {
@@ -169,7 +169,7 @@ fn finish(
             let long = long.map_or_else(|| short.clone(), |l| vec![l]);
             let source =
                 format!("{}/{}", shard.file_name().map_or(shard_name.to_string(), |n| n.to_string_lossy().into_owned()), sample.key);
-            data.push(&pixels, Record { short, long, label: None, source, split: None });
+            data.push(&pixels, Record { short, long, label: None, source, split: None })?;
             ctx.progress().set_position(data.records.len() as u64);
             Ok(())
         }
