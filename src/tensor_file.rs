@@ -190,6 +190,16 @@ impl TensorFile {
         Ok(if shape[1] == 0 { vec![Vec::new(); shape[0]] } else { values.chunks_exact(shape[1]).map(<[f32]>::to_vec).collect() })
     }
 
+    /// Row `row` of a `[rows, dim]` f32 tensor, converting only that row.
+    pub fn f32_row(&self, name: &str, row: usize) -> anyhow::Result<Vec<f32>> {
+        let (dtype, shape, data) = self.raw(name)?;
+        if dtype != Dtype::F32 || shape.len() != 2 || row >= shape[0] {
+            bail!("{}: tensor `{name}` ({dtype:?} {shape:?}) has no f32 row {row}", self.path);
+        }
+        let bytes = &data[row * shape[1] * 4..(row + 1) * shape[1] * 4];
+        Ok(bytes.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect())
+    }
+
     /// A 1-D i64 tensor.
     pub fn i64(&self, name: &str) -> anyhow::Result<Vec<i64>> {
         let (dtype, shape, data) = self.raw(name)?;

@@ -23,16 +23,31 @@ pub struct Compositional {
 }
 
 pub fn evaluate<'a>(examples: impl IntoIterator<Item = Example<'a>>) -> Compositional {
-    let mut counts: BTreeMap<String, (usize, usize)> = BTreeMap::new();
-    for e in examples {
+    let mut tally = Tally::default();
+    examples.into_iter().for_each(|e| tally.add(e));
+    tally.finish()
+}
+
+/// Correct and total examples per subset, added a chunk at a time, so the
+/// embeddings of hundreds of thousands of negatives are never held at once.
+#[derive(Debug, Default)]
+pub struct Tally {
+    counts: BTreeMap<String, (usize, usize)>,
+}
+
+impl Tally {
+    pub fn add(&mut self, e: Example<'_>) {
         let correct = dot(e.image, e.positive) > dot(e.image, e.negative);
-        let entry = counts.entry(e.subset.to_owned()).or_default();
+        let entry = self.counts.entry(e.subset.to_owned()).or_default();
         entry.0 += usize::from(correct);
         entry.1 += 1;
     }
-    let per_subset: BTreeMap<String, f64> = counts.into_iter().map(|(s, (c, n))| (s, c as f64 / n as f64)).collect();
-    let mean = (!per_subset.is_empty()).then(|| per_subset.values().sum::<f64>() / per_subset.len() as f64);
-    Compositional { per_subset, mean }
+
+    pub fn finish(self) -> Compositional {
+        let per_subset: BTreeMap<String, f64> = self.counts.into_iter().map(|(s, (c, n))| (s, c as f64 / n as f64)).collect();
+        let mean = (!per_subset.is_empty()).then(|| per_subset.values().sum::<f64>() / per_subset.len() as f64);
+        Compositional { per_subset, mean }
+    }
 }
 
 #[cfg(test)]

@@ -33,14 +33,14 @@ pub struct ZeroShot {
 
 /// Scores images (with their true class labels) against class embeddings.
 /// `None` when there is no image to score.
-pub fn evaluate(images: &[Vec<f32>], labels: &[usize], classes: &[Vec<f32>]) -> Option<ZeroShot> {
+pub fn evaluate<R: AsRef<[f32]>>(images: &[R], labels: &[usize], classes: &[Vec<f32>]) -> Option<ZeroShot> {
     if images.is_empty() || classes.is_empty() {
         return None;
     }
     let (mut top1, mut top5) = (0usize, 0usize);
     let mut per_class = vec![(0usize, 0usize); classes.len()]; // (correct, total)
     for (image, &label) in images.iter().zip(labels) {
-        let scores: Vec<f32> = classes.iter().map(|c| dot(image, c)).collect();
+        let scores: Vec<f32> = classes.iter().map(|c| dot(image.as_ref(), c)).collect();
         let order = ranking(&scores);
         let hit1 = order[0] == label;
         top1 += usize::from(hit1);
@@ -83,6 +83,6 @@ mod tests {
         assert_eq!(r.top5, 1.0, "three classes: everything is in the top 5");
         // class 0: 1 of 2; class 1: 1 of 2 (the tie goes to class 0); class 2 has no images.
         assert_eq!(r.mean_per_class_recall, 0.5);
-        assert!(evaluate(&[], &[], &classes).is_none());
+        assert!(evaluate::<Vec<f32>>(&[], &[], &classes).is_none());
     }
 }

@@ -28,21 +28,23 @@ use std::collections::HashMap;
 use anyhow::{Context as _, bail};
 use burn::prelude::*;
 
-use super::caption_ingest::artifacts::{IngestText, SplitName, read_images};
+use super::caption_ingest::artifacts::{IngestLine, IngestNegative, IngestText, SplitName, read_images, stream_text};
 use super::{
     ParamDefault, ParamError, ParamSpec, ParamType, Params, Resources, StageContext, StageKind, UpstreamInstance, UpstreamOutputs,
 };
-use crate::eval::{compositional, retrieval, zero_shot};
+use crate::eval::compositional::{self, Compositional, Tally};
+use crate::eval::{retrieval, zero_shot};
 use crate::images::ImageSet;
 use crate::loss::l2_normalize;
 use crate::model::named::{HostTensor, Layout, load};
 use crate::model::{ClipConfig, ClipModel};
-use crate::tensor_file::{self, RawTensor, TensorFile};
+use crate::tensor_file::{RawTensor, TensorFile, TensorShape, TensorWriter};
 use crate::text::device::{DeviceRequest, OnBackend};
 use crate::text::pooling;
 use crate::train::data::eval_patches;
 use crate::train::pad_tokens;
 use crate::train::vocab::TextTokenizer;
+use safetensors::Dtype;
 
 pub struct Evaluate;
 
@@ -126,7 +128,7 @@ impl StageKind for Evaluate {
         let suites = params.str_list("suites");
         let trained = ctx.upstream_of_kind("train")?;
         let ingest = ctx.upstream_of_kind("caption_ingest")?;
-        let data = IngestText::read(ingest)?;
+        let data = IngestText::read_records(ingest)?;
         let images = read_images(ingest)?;
         let model_json: serde_json::Value = serde_json::from_slice(&std::fs::read(trained.artifact("model.json")?)?)
             .with_context(|| format!("train stage '{}': model.json is not JSON", trained.stage))?;
@@ -146,12 +148,19 @@ impl StageKind for Evaluate {
             .flat_map(|&i| data.records[i].captions(&length).iter().take(per_image).map(move |c| (i, c.as_str())))
             .collect();
         // Only the compositional suite scores negatives (and a frozen cache
-        // holds those of test images only).
-        let negatives: Vec<(usize, usize)> = if suites.iter().any(|s| s == "compositional") {
-            data.negatives.iter().enumerate().filter(|(_, n)| position.contains_key(&n.index)).map(|(row, n)| (row, n.index)).collect()
-        } else {
-            Vec::new()
-        };
+        // holds those of test images only): those of the evaluated images,
+        // with their line in negatives.jsonl, read line by line.
+        let mut negatives: Vec<(usize, IngestNegative)> = Vec::new();
+        if suites.iter().any(|s| s == "compositional") {
+            stream_text(ingest, true, |line| {
+                if let IngestLine::Negative(row, n) = line
+                    && position.contains_key(&n.index)
+                {
+                    negatives.push((row, n));
+                }
+                Ok(())
+            })?;
+        }
         let prompts = data.classes.prompts();
 
         let device = DeviceRequest::parse(params.str("device")).map_err(anyhow::Error::msg)?;
@@ -169,11 +178,8 @@ impl StageKind for Evaluate {
             images: &images,
             eval_images: &eval_images,
             captions: &captions,
+            position: &position,
             negatives: &negatives,
-            negative_texts: negatives
-                .iter()
-                .map(|&(row, _)| (data.negatives[row].positive.as_str(), data.negatives[row].negative.as_str()))
-                .collect(),
             prompts: &prompts,
             batch,
         };
@@ -185,7 +191,7 @@ impl StageKind for Evaluate {
             let labelled: Vec<(usize, usize)> =
                 eval_images.iter().enumerate().filter_map(|(p, &i)| data.records[i].label.map(|l| (p, l))).collect();
             let classes = zero_shot::class_embeddings(&e.prompts, data.classes.templates.len());
-            let imgs: Vec<Vec<f32>> = labelled.iter().map(|&(p, _)| e.images[p].clone()).collect();
+            let imgs: Vec<&[f32]> = labelled.iter().map(|&(p, _)| e.images[p].as_slice()).collect();
             let labels: Vec<usize> = labelled.iter().map(|&(_, l)| l).collect();
             if let Some(l) = labels.iter().find(|&&l| l >= classes.len()) {
                 bail!("an image has label {l} but the ingest lists {} classes", classes.len());
@@ -205,14 +211,7 @@ impl StageKind for Evaluate {
                 }
             }
         }
-        if suites.iter().any(|s| s == "compositional") {
-            let examples = negatives.iter().enumerate().map(|(j, &(row, image))| compositional::Example {
-                subset: &data.negatives[row].subset,
-                image: &e.images[position[&image]],
-                positive: &e.negative_positive[j],
-                negative: &e.negative_negative[j],
-            });
-            let c = compositional::evaluate(examples);
+        if let Some(c) = &e.compositional {
             for (subset, acc) in &c.per_subset {
                 ctx.metric(&format!("compositional.{subset}"), *acc);
             }
@@ -220,14 +219,21 @@ impl StageKind for Evaluate {
                 ctx.metric("compositional.mean", mean);
             }
         }
+        // Streamed, tensors in name order: no second copy of the embeddings.
         let dim = e.images.first().map_or(0, Vec::len);
-        let tensors = vec![
-            ("images".to_owned(), RawTensor::f32_rows(&e.images, dim)),
-            ("image_index".to_owned(), RawTensor::i64(&eval_images.iter().map(|&i| i as i64).collect::<Vec<_>>())),
-            ("captions".to_owned(), RawTensor::f32_rows(&e.captions, dim)),
-            ("caption_image".to_owned(), RawTensor::i64(&captions.iter().map(|&(i, _)| i as i64).collect::<Vec<_>>())),
-        ];
-        tensor_file::write(&ctx.output("embeddings.safetensors")?, &tensors, Default::default())?;
+        let shapes = [
+            ("caption_image", Dtype::I64, vec![captions.len()]),
+            ("captions", Dtype::F32, vec![e.captions.len(), dim]),
+            ("image_index", Dtype::I64, vec![eval_images.len()]),
+            ("images", Dtype::F32, vec![e.images.len(), dim]),
+        ]
+        .map(|(name, dtype, shape)| TensorShape { name: name.to_owned(), dtype, shape });
+        let mut out = TensorWriter::create(&ctx.output("embeddings.safetensors")?, &shapes, Default::default())?;
+        out.append(&RawTensor::i64(&captions.iter().map(|&(i, _)| i as i64).collect::<Vec<_>>()).bytes)?;
+        e.captions.iter().try_for_each(|row| out.append_f32(row))?;
+        out.append(&RawTensor::i64(&eval_images.iter().map(|&i| i as i64).collect::<Vec<_>>()).bytes)?;
+        e.images.iter().try_for_each(|row| out.append_f32(row))?;
+        out.finish()?;
         ctx.metric("eval.images", eval_images.len() as f64);
         Ok(())
     }
@@ -245,22 +251,25 @@ struct EmbedJob<'a> {
     images: &'a ImageSet,
     eval_images: &'a [usize],
     captions: &'a [(usize, &'a str)],
-    /// (row in negatives.jsonl, image index).
-    negatives: &'a [(usize, usize)],
-    /// (positive, negative) caption of each of `negatives`.
-    negative_texts: Vec<(&'a str, &'a str)>,
+    /// Each evaluated image's row among `eval_images`.
+    position: &'a HashMap<usize, usize>,
+    /// The negatives of the evaluated images, with their row in negatives.jsonl.
+    negatives: &'a [(usize, IngestNegative)],
     prompts: &'a [String],
     batch: usize,
 }
 
-/// L2-normalised embeddings of everything the suites score.
+/// L2-normalised embeddings of everything the suites score, and the
+/// compositional accuracy, tallied a chunk of negatives at a time.
 struct Embedded {
     images: Vec<Vec<f32>>,
     captions: Vec<Vec<f32>>,
-    negative_positive: Vec<Vec<f32>>,
-    negative_negative: Vec<Vec<f32>>,
     prompts: Vec<Vec<f32>>,
+    compositional: Option<Compositional>,
 }
+
+/// Negatives embedded at once for the compositional tally.
+const NEGATIVE_CHUNK: usize = 4096;
 
 impl OnBackend for &EmbedJob<'_> {
     type Output = Embedded;
@@ -299,8 +308,16 @@ fn embed<B: Backend>(job: &EmbedJob<'_>, device: &B::Device) -> anyhow::Result<E
         let x = Tensor::<B, 2>::from_data(TensorData::new(pixels, [chunk.len() * vit.patches(), vit.patch_dim()]), device);
         images.extend(rows(model.encode_images(x, chunk.len())));
     }
-    let (captions, negative_positive, negative_negative, prompts) = match job.text {
-        TextSource::Frozen(cache) => frozen_texts(cache, job)?,
+    let mut tally = Tally::default();
+    let (captions, prompts) = match job.text {
+        TextSource::Frozen(cache) => {
+            let frozen = FrozenCache::open(cache)?;
+            for chunk in job.negatives.chunks(NEGATIVE_CHUNK) {
+                let (pos, neg) = frozen.negatives(chunk)?;
+                add_examples(&mut tally, job, &images, chunk, &pos, &neg);
+            }
+            (frozen.captions(job)?, frozen.prompts(job)?)
+        }
         TextSource::Scratch(trained) => {
             let tokenizer_path = trained.artifact("vocab.json").or_else(|_| trained.artifact("tokenizer.json"))?;
             let tokenizer = TextTokenizer::load(tokenizer_path)?;
@@ -315,56 +332,93 @@ fn embed<B: Backend>(job: &EmbedJob<'_>, device: &B::Device) -> anyhow::Result<E
                 }
                 Ok(out)
             };
-            (
-                embed_texts(job.captions.iter().map(|(_, c)| *c).collect())?,
-                embed_texts(job.negative_texts.iter().map(|(p, _)| *p).collect())?,
-                embed_texts(job.negative_texts.iter().map(|(_, n)| *n).collect())?,
-                embed_texts(job.prompts.iter().map(String::as_str).collect())?,
-            )
+            for chunk in job.negatives.chunks(NEGATIVE_CHUNK) {
+                let pos = embed_texts(chunk.iter().map(|(_, n)| n.positive.as_str()).collect())?;
+                let neg = embed_texts(chunk.iter().map(|(_, n)| n.negative.as_str()).collect())?;
+                add_examples(&mut tally, job, &images, chunk, &pos, &neg);
+            }
+            (embed_texts(job.captions.iter().map(|(_, c)| *c).collect())?, embed_texts(job.prompts.iter().map(String::as_str).collect())?)
         }
     };
-    Ok(Embedded { images, captions, negative_positive, negative_negative, prompts })
+    let compositional = (!job.negatives.is_empty()).then(|| tally.finish());
+    Ok(Embedded { images, captions, prompts, compositional })
 }
 
-/// The cached embeddings of a frozen encoder, picked and ordered like the job's texts.
-type TextRows = (Vec<Vec<f32>>, Vec<Vec<f32>>, Vec<Vec<f32>>, Vec<Vec<f32>>);
+fn add_examples(
+    tally: &mut Tally,
+    job: &EmbedJob<'_>,
+    images: &[Vec<f32>],
+    chunk: &[(usize, IngestNegative)],
+    pos: &[Vec<f32>],
+    neg: &[Vec<f32>],
+) {
+    for (((_, n), positive), negative) in chunk.iter().zip(pos).zip(neg) {
+        let image = &images[job.position[&n.index]];
+        tally.add(compositional::Example { subset: &n.subset, image, positive, negative });
+    }
+}
 
-fn frozen_texts(cache: &UpstreamOutputs, job: &EmbedJob<'_>) -> anyhow::Result<TextRows> {
-    let file = TensorFile::open(cache.artifact("embeddings.safetensors")?)?;
-    let normalize = |mut rows: Vec<Vec<f32>>| -> Vec<Vec<f32>> {
-        rows.iter_mut().for_each(|r| pooling::l2_normalize(r));
-        rows
-    };
-    let all = file.f32_rows("captions")?;
-    let owner = file.i64("caption_image")?;
-    let mut by_image: HashMap<usize, Vec<usize>> = HashMap::new();
-    for (row, &i) in owner.iter().enumerate() {
-        by_image.entry(i as usize).or_default().push(row);
+/// A frozen encoder's cache, rows picked and ordered like the job's texts
+/// (L2-normalised).
+struct FrozenCache<'a> {
+    stage: &'a str,
+    file: TensorFile,
+    /// Row in the cache's negatives of each line of negatives.jsonl.
+    negative_rows: HashMap<i64, usize>,
+}
+
+fn normalized(mut rows: Vec<Vec<f32>>) -> Vec<Vec<f32>> {
+    rows.iter_mut().for_each(|r| pooling::l2_normalize(r));
+    rows
+}
+
+impl<'a> FrozenCache<'a> {
+    fn open(cache: &'a UpstreamOutputs) -> anyhow::Result<FrozenCache<'a>> {
+        let file = TensorFile::open(cache.artifact("embeddings.safetensors")?)?;
+        let negative_rows = file.i64("negative_row")?.into_iter().enumerate().map(|(j, r)| (r, j)).collect();
+        Ok(FrozenCache { stage: &cache.stage, file, negative_rows })
     }
-    let mut captions = Vec::with_capacity(job.captions.len());
-    let mut next: HashMap<usize, usize> = HashMap::new();
-    for &(image, text) in job.captions {
-        let k = next.entry(image).or_default();
-        let row = by_image.get(&image).and_then(|rows| rows.get(*k)).with_context(|| {
-            format!("text_embed stage '{}' has no embedding for caption {text:?} of image {image}: it embedded other captions", cache.stage)
-        })?;
-        *k += 1;
-        captions.push(all[*row].clone());
+
+    fn captions(&self, job: &EmbedJob<'_>) -> anyhow::Result<Vec<Vec<f32>>> {
+        let owner = self.file.i64("caption_image")?;
+        let mut by_image: HashMap<usize, Vec<usize>> = HashMap::new();
+        for (row, &i) in owner.iter().enumerate() {
+            by_image.entry(i as usize).or_default().push(row);
+        }
+        let mut captions = Vec::with_capacity(job.captions.len());
+        let mut next: HashMap<usize, usize> = HashMap::new();
+        for &(image, text) in job.captions {
+            let k = next.entry(image).or_default();
+            let row = by_image.get(&image).and_then(|rows| rows.get(*k)).with_context(|| {
+                format!(
+                    "text_embed stage '{}' has no embedding for caption {text:?} of image {image}: it embedded other captions",
+                    self.stage
+                )
+            })?;
+            *k += 1;
+            captions.push(self.file.f32_row("captions", *row)?);
+        }
+        Ok(normalized(captions))
     }
-    let positives = file.f32_rows("negative_positive")?;
-    let negatives = file.f32_rows("negative_negative")?;
-    let cached_row: HashMap<i64, usize> = file.i64("negative_row")?.into_iter().enumerate().map(|(j, r)| (r, j)).collect();
-    let (mut pos, mut neg) = (Vec::new(), Vec::new());
-    for &(row, _) in job.negatives {
-        let j = cached_row.get(&(row as i64)).with_context(|| {
-            format!("text_embed stage '{}' holds the hard negatives of test images only; evaluate with split = \"test\"", cache.stage)
-        })?;
-        pos.push(positives[*j].clone());
-        neg.push(negatives[*j].clone());
+
+    /// The (positive, negative) rows of a chunk of negatives.
+    fn negatives(&self, chunk: &[(usize, IngestNegative)]) -> anyhow::Result<(Vec<Vec<f32>>, Vec<Vec<f32>>)> {
+        let (mut pos, mut neg) = (Vec::with_capacity(chunk.len()), Vec::with_capacity(chunk.len()));
+        for (row, _) in chunk {
+            let j = self.negative_rows.get(&(*row as i64)).with_context(|| {
+                format!("text_embed stage '{}' holds the hard negatives of test images only; evaluate with split = \"test\"", self.stage)
+            })?;
+            pos.push(self.file.f32_row("negative_positive", *j)?);
+            neg.push(self.file.f32_row("negative_negative", *j)?);
+        }
+        Ok((normalized(pos), normalized(neg)))
     }
-    let prompts = file.f32_rows("class_prompts")?;
-    if prompts.len() != job.prompts.len() {
-        bail!("text_embed stage '{}' has {} class prompts, the ingest lists {}", cache.stage, prompts.len(), job.prompts.len());
+
+    fn prompts(&self, job: &EmbedJob<'_>) -> anyhow::Result<Vec<Vec<f32>>> {
+        let prompts = self.file.f32_rows("class_prompts")?;
+        if prompts.len() != job.prompts.len() {
+            bail!("text_embed stage '{}' has {} class prompts, the ingest lists {}", self.stage, prompts.len(), job.prompts.len());
+        }
+        Ok(normalized(prompts))
     }
-    Ok((normalize(captions), normalize(pos), normalize(neg), normalize(prompts)))
 }

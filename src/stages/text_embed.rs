@@ -89,7 +89,7 @@ impl StageKind for TextEmbed {
         let mut distinct = DistinctTexts::default();
         let (mut captions, mut caption_image, mut is_test) = (Vec::new(), Vec::new(), Vec::new());
         let (mut negatives, mut positives, mut negative_row) = (Vec::new(), Vec::new(), Vec::new());
-        let classes = stream_text(ctx.upstream_of_kind("caption_ingest")?, |line| {
+        let classes = stream_text(ctx.upstream_of_kind("caption_ingest")?, true, |line| {
             match line {
                 IngestLine::Record(r) => {
                     is_test.push(r.split == SplitName::Test);

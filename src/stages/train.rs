@@ -236,7 +236,7 @@ impl StageKind for Train {
     fn run(&self, ctx: &mut StageContext) -> anyhow::Result<()> {
         let params = ctx.params().clone();
         let ingest = ctx.upstream_of_kind("caption_ingest")?;
-        let text_data = IngestText::read(ingest)?;
+        let text_data = IngestText::read_records(ingest)?;
         let images = read_images(ingest)?;
         let length = params.str("captions");
         let frozen = params.str("text") == "frozen";

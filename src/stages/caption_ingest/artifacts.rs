@@ -69,8 +69,18 @@ pub struct IngestText {
 
 impl IngestText {
     pub fn read(upstream: &UpstreamOutputs) -> anyhow::Result<IngestText> {
+        Self::read_some(upstream, true)
+    }
+
+    /// Records and classes without the negatives (training never scores them,
+    /// and they outnumber the images).
+    pub fn read_records(upstream: &UpstreamOutputs) -> anyhow::Result<IngestText> {
+        Self::read_some(upstream, false)
+    }
+
+    fn read_some(upstream: &UpstreamOutputs, with_negatives: bool) -> anyhow::Result<IngestText> {
         let (mut records, mut negatives) = (Vec::new(), Vec::new());
-        let classes = stream_text(upstream, |line| {
+        let classes = stream_text(upstream, with_negatives, |line| {
             match line {
                 IngestLine::Record(r) => records.push(r),
                 IngestLine::Negative(_, n) => negatives.push(n),
@@ -90,8 +100,12 @@ pub enum IngestLine {
 
 /// The ingest text one line at a time, for consumers that must not hold
 /// every record (`text_embed` over millions of captions): every record in
-/// index order, then every negative; returns the classes.
-pub fn stream_text(upstream: &UpstreamOutputs, mut each: impl FnMut(IngestLine) -> anyhow::Result<()>) -> anyhow::Result<IngestClasses> {
+/// index order, then every negative (if asked for); returns the classes.
+pub fn stream_text(
+    upstream: &UpstreamOutputs,
+    with_negatives: bool,
+    mut each: impl FnMut(IngestLine) -> anyhow::Result<()>,
+) -> anyhow::Result<IngestClasses> {
     let mut n_records = 0;
     for_each_jsonl(upstream.artifact("records.jsonl")?, |line, r: IngestRecord| {
         if r.index != n_records {
@@ -100,14 +114,16 @@ pub fn stream_text(upstream: &UpstreamOutputs, mut each: impl FnMut(IngestLine) 
         n_records += 1;
         each(IngestLine::Record(r))
     })?;
-    let mut row = 0;
-    for_each_jsonl(upstream.artifact("negatives.jsonl")?, |_, n: IngestNegative| {
-        if n.index >= n_records {
-            bail!("negatives.jsonl: image index {} is out of range ({n_records} images)", n.index);
-        }
-        row += 1;
-        each(IngestLine::Negative(row - 1, n))
-    })?;
+    if with_negatives {
+        let mut row = 0;
+        for_each_jsonl(upstream.artifact("negatives.jsonl")?, |_, n: IngestNegative| {
+            if n.index >= n_records {
+                bail!("negatives.jsonl: image index {} is out of range ({n_records} images)", n.index);
+            }
+            row += 1;
+            each(IngestLine::Negative(row - 1, n))
+        })?;
+    }
     let path = upstream.artifact("classes.json")?;
     serde_json::from_slice(&std::fs::read(path).with_context(|| format!("reading {}", path.display()))?)
         .with_context(|| format!("{} is not a classes file", path.display()))

@@ -11,6 +11,8 @@ use super::rng::Rng;
 use crate::images::ShardWriter;
 use crate::stages::StageContext;
 
+const NEGATIVES: &str = "negatives.jsonl";
+
 /// Stream id for the train/test shuffle (see [`Rng::for_item`]).
 const STREAM_SPLIT: u64 = 2;
 
@@ -57,7 +59,9 @@ pub(super) struct Dataset {
     /// `records.len()` images of `resolution`² × 3 bytes each.
     pub images: ShardWriter,
     pub records: Vec<Record>,
-    pub negatives: Vec<Negative>,
+    /// `negatives.jsonl`, written as negatives arrive (they outnumber images).
+    negatives: BufWriter<File>,
+    n_negatives: usize,
     pub classes: Vec<String>,
     pub templates: Vec<String>,
     pub skipped: u64,
@@ -68,10 +72,12 @@ pub(super) struct Dataset {
 impl Dataset {
     /// An empty dataset whose image shards go to the stage's output folder.
     pub(super) fn new(ctx: &StageContext, opts: &Options, classes: &[&str], templates: &[&str]) -> anyhow::Result<Dataset> {
+        let negatives = ctx.out_dir()?.join(NEGATIVES);
         Ok(Dataset {
             images: ShardWriter::new(ctx.out_dir()?, opts.resolution as usize),
             records: Vec::new(),
-            negatives: Vec::new(),
+            negatives: BufWriter::new(File::create(&negatives).with_context(|| format!("creating {}", negatives.display()))?),
+            n_negatives: 0,
             classes: classes.iter().map(|s| s.to_string()).collect(),
             templates: templates.iter().map(|s| s.to_string()).collect(),
             skipped: 0,
@@ -84,6 +90,15 @@ impl Dataset {
         self.images.push(pixels)?;
         self.records.push(record);
         Ok(self.records.len() - 1)
+    }
+
+    /// Appends a hard negative of an image already pushed (so the file stays
+    /// ordered by image index).
+    pub(super) fn add_negative(&mut self, negative: Negative) -> anyhow::Result<()> {
+        serde_json::to_writer(&mut self.negatives, &negative)?;
+        self.negatives.write_all(b"\n").context("writing negatives.jsonl")?;
+        self.n_negatives += 1;
+        Ok(())
     }
 
     /// A bad item: an error under `on_error = "fail"`, counted and dropped under "skip".
@@ -168,8 +183,8 @@ pub(super) fn write(ctx: &mut StageContext, data: Dataset, opts: &Options, sourc
             source: &r.source,
         }),
     )?;
-    let path = ctx.output("negatives.jsonl")?;
-    write_lines(&path, data.negatives.iter())?;
+    ctx.output(NEGATIVES)?;
+    data.negatives.into_inner().map_err(|e| e.into_error()).context("writing negatives.jsonl")?.sync_all()?;
     let path = ctx.output("classes.json")?;
     let text = serde_json::to_string_pretty(&ClassesFile { classes: &data.classes, templates: &data.templates })?;
     std::fs::write(&path, text + "\n").with_context(|| format!("writing {}", path.display()))?;
@@ -178,7 +193,7 @@ pub(super) fn write(ctx: &mut StageContext, data: Dataset, opts: &Options, sourc
     ctx.metric("ingest.images", n as f64);
     ctx.metric("ingest.train", (n - n_test) as f64);
     ctx.metric("ingest.test", n_test as f64);
-    ctx.metric("ingest.negatives", data.negatives.len() as f64);
+    ctx.metric("ingest.negatives", data.n_negatives as f64);
     ctx.metric("ingest.skipped", data.skipped as f64);
     for (name, value) in data.extra_metrics {
         ctx.metric(name, value);

@@ -155,12 +155,12 @@ pub(super) fn ingest(ctx: &StageContext, opts: &Options, dir: &Path) -> anyhow::
                 let at = data.push(&pixels, record)?;
                 let mut rng = Rng::for_item(opts.seed, STREAM_NEGATIVES, at as u64);
                 let other = (label + 1 + rng.below(CLASSES.len() - 1)) % CLASSES.len();
-                data.negatives.push(Negative {
+                data.add_negative(Negative {
                     index: at,
                     subset: "replace_obj".into(),
                     positive: short,
                     negative: format!("a photo of {} {}.", shapes::article(CLASSES[other]), CLASSES[other]),
-                });
+                })?;
             }
             done += chunk;
             ctx.progress().set_position(data.records.len() as u64);

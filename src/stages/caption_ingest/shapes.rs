@@ -425,7 +425,7 @@ pub(super) fn ingest(ctx: &StageContext, opts: &Options) -> anyhow::Result<Datas
             Record { short: vec![g.short], long: vec![g.long], label: Some(g.label), source: format!("shapes/{index}"), split: None };
         let at = data.push(&g.pixels, record)?;
         for (subset, pos, neg) in g.negatives {
-            data.negatives.push(Negative { index: at, subset: subset.to_owned(), positive: pos.text(), negative: neg.text() });
+            data.add_negative(Negative { index: at, subset: subset.to_owned(), positive: pos.text(), negative: neg.text() })?;
         }
     }
     ctx.progress().set_position(opts.images as u64);

@@ -124,7 +124,7 @@ pub(super) fn ingest(ctx: &StageContext, opts: &Options, dir: &Path, image_root:
                 let record = Record { short: captions.clone(), long: captions, label: None, source: group.filename, split: None };
                 let index = data.push(&pixels, record)?;
                 for (subset, positive, negative) in group.pairs {
-                    data.negatives.push(Negative { index, subset: subset.to_owned(), positive, negative });
+                    data.add_negative(Negative { index, subset: subset.to_owned(), positive, negative })?;
                 }
                 ctx.progress().set_position(data.records.len() as u64);
             }
