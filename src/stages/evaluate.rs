@@ -32,7 +32,7 @@ use super::caption_ingest::artifacts::{IngestText, SplitName, read_images};
 use super::{
     ParamDefault, ParamError, ParamSpec, ParamType, Params, Resources, StageContext, StageKind, UpstreamInstance, UpstreamOutputs,
 };
-use crate::eval::{compositional, retrieval, zero_shot};
+use crate::eval::{Scored, Suite, compositional};
 use crate::images::ImageSet;
 use crate::loss::l2_normalize;
 use crate::model::named::{HostTensor, Layout, load};
@@ -46,10 +46,13 @@ use crate::train::vocab::TextTokenizer;
 
 pub struct Evaluate;
 
-pub const SUITES: &[&str] = &["zero_shot", "retrieval", "compositional"];
-
 const PARAMS: &[ParamSpec] = &[
-    ParamSpec::new("suites", ParamType::ListOf(SUITES), ParamDefault::StrList(SUITES), "which suites to run"),
+    ParamSpec::new(
+        "suites",
+        ParamType::ListOf(Suite::NAMES),
+        ParamDefault::StrList(Suite::DEFAULT_NAMES),
+        "which metric suites to run (a suite added later runs where listed: the default never grows)",
+    ),
     ParamSpec::new("split", ParamType::OneOf(&["test", "train"]), ParamDefault::Str("test"), "which ingest split to score"),
     ParamSpec::new(
         "retrieval_captions",
@@ -86,7 +89,7 @@ impl StageKind for Evaluate {
         }
         let suites = params.str_list("suites");
         if suites.is_empty() {
-            return Err(ParamError::new("suites", format!("list at least one of {SUITES:?}")));
+            return Err(ParamError::new("suites", format!("list at least one of {:?}", Suite::NAMES)));
         }
         if let Some(twice) = suites.iter().enumerate().find(|(i, s)| suites[..*i].contains(s)).map(|(_, s)| s) {
             return Err(ParamError::new("suites", format!("lists {twice:?} twice")));
@@ -103,7 +106,7 @@ impl StageKind for Evaluate {
     fn check_upstream(&self, params: &Params, upstream: &[UpstreamInstance<'_>]) -> Result<(), ParamError> {
         if let Some(cache) = UpstreamInstance::of_kind(upstream, "text_embed")
             && params.str("split") == "train"
-            && params.str_list("suites").iter().any(|s| s == "compositional")
+            && suites(params).contains(&Suite::Compositional)
         {
             return Err(ParamError::new(
                 "split",
@@ -123,7 +126,7 @@ impl StageKind for Evaluate {
 
     fn run(&self, ctx: &mut StageContext) -> anyhow::Result<()> {
         let params = ctx.params().clone();
-        let suites = params.str_list("suites");
+        let suites = suites(&params);
         let trained = ctx.upstream_of_kind("train")?;
         let ingest = ctx.upstream_of_kind("caption_ingest")?;
         let data = IngestText::read(ingest)?;
@@ -147,7 +150,7 @@ impl StageKind for Evaluate {
             .collect();
         // Only the compositional suite scores negatives (and a frozen cache
         // holds those of test images only).
-        let negatives: Vec<(usize, usize)> = if suites.iter().any(|s| s == "compositional") {
+        let negatives: Vec<(usize, usize)> = if suites.contains(&Suite::Compositional) {
             data.negatives.iter().enumerate().filter(|(_, n)| position.contains_key(&n.index)).map(|(row, n)| (row, n.index)).collect()
         } else {
             Vec::new()
@@ -181,43 +184,30 @@ impl StageKind for Evaluate {
         ctx.ran_on(&device.name());
         let e = device.run(&job)?;
 
-        if suites.iter().any(|s| s == "zero_shot") {
-            let labelled: Vec<(usize, usize)> =
-                eval_images.iter().enumerate().filter_map(|(p, &i)| data.records[i].label.map(|l| (p, l))).collect();
-            let classes = zero_shot::class_embeddings(&e.prompts, data.classes.templates.len());
-            let imgs: Vec<Vec<f32>> = labelled.iter().map(|&(p, _)| e.images[p].clone()).collect();
-            let labels: Vec<usize> = labelled.iter().map(|&(_, l)| l).collect();
-            if let Some(l) = labels.iter().find(|&&l| l >= classes.len()) {
-                bail!("an image has label {l} but the ingest lists {} classes", classes.len());
-            }
-            if let Some(z) = zero_shot::evaluate(&imgs, &labels, &classes) {
-                ctx.metric("zero_shot.top1", z.top1);
-                ctx.metric("zero_shot.top5", z.top5);
-                ctx.metric("zero_shot.mean_per_class_recall", z.mean_per_class_recall);
-            }
-        }
-        if suites.iter().any(|s| s == "retrieval") {
-            let owner: Vec<usize> = captions.iter().map(|(i, _)| position[i]).collect();
-            if let Some(r) = retrieval::evaluate(&e.images, &e.captions, &owner) {
-                for (k, (i2t, t2i)) in retrieval::KS.iter().zip(r.i2t.iter().zip(&r.t2i)) {
-                    ctx.metric(&format!("retrieval.i2t.r{k}"), *i2t);
-                    ctx.metric(&format!("retrieval.t2i.r{k}"), *t2i);
-                }
-            }
-        }
-        if suites.iter().any(|s| s == "compositional") {
-            let examples = negatives.iter().enumerate().map(|(j, &(row, image))| compositional::Example {
+        let labels: Vec<Option<usize>> = eval_images.iter().map(|&i| data.records[i].label).collect();
+        let caption_image: Vec<usize> = captions.iter().map(|(i, _)| position[i]).collect();
+        let examples: Vec<compositional::Example<'_>> = negatives
+            .iter()
+            .enumerate()
+            .map(|(j, &(row, image))| compositional::Example {
                 subset: &data.negatives[row].subset,
                 image: &e.images[position[&image]],
                 positive: &e.negative_positive[j],
                 negative: &e.negative_negative[j],
-            });
-            let c = compositional::evaluate(examples);
-            for (subset, acc) in &c.per_subset {
-                ctx.metric(&format!("compositional.{subset}"), *acc);
-            }
-            if let Some(mean) = c.mean {
-                ctx.metric("compositional.mean", mean);
+            })
+            .collect();
+        let scored = Scored {
+            images: &e.images,
+            labels: &labels,
+            prompts: &e.prompts,
+            templates: data.classes.templates.len(),
+            captions: &e.captions,
+            caption_image: &caption_image,
+            negatives: &examples,
+        };
+        for suite in Suite::ALL.iter().filter(|s| suites.contains(s)) {
+            for (name, value) in suite.score(&scored)? {
+                ctx.metric(&name, value);
             }
         }
         let dim = e.images.first().map_or(0, Vec::len);
@@ -231,6 +221,11 @@ impl StageKind for Evaluate {
         ctx.metric("eval.images", eval_images.len() as f64);
         Ok(())
     }
+}
+
+/// The suites an instance runs (the parameter's type is the registry's names).
+fn suites(params: &Params) -> Vec<Suite> {
+    params.str_list("suites").iter().map(|s| Suite::from_name(s).expect("the parameter's type is the registry's names")).collect()
 }
 
 enum TextSource<'a> {
