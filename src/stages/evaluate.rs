@@ -32,6 +32,7 @@ use super::caption_ingest::artifacts::{IngestText, SplitName, read_images};
 use super::{
     ParamDefault, ParamError, ParamSpec, ParamType, Params, Resources, StageContext, StageKind, UpstreamInstance, UpstreamOutputs,
 };
+use super::{caption_ingest, text_embed, train};
 use crate::eval::{Scored, Suite, compositional};
 use crate::images::ImageSet;
 use crate::loss::l2_normalize;
@@ -43,6 +44,9 @@ use crate::text::pooling;
 use crate::train::data::eval_patches;
 use crate::train::pad_tokens;
 use crate::train::vocab::TextTokenizer;
+
+/// The kind's name, as `kind = "..."` writes it.
+pub const NAME: &str = "evaluate";
 
 pub struct Evaluate;
 
@@ -67,7 +71,7 @@ const PARAMS: &[ParamSpec] = &[
 
 impl StageKind for Evaluate {
     fn name(&self) -> &'static str {
-        "evaluate"
+        NAME
     }
     fn version(&self) -> u32 {
         // 2: the CPU runs blocks through the fused kernels (other summation
@@ -98,13 +102,13 @@ impl StageKind for Evaluate {
         Ok(())
     }
     fn required_upstream(&self, _params: &Params) -> Vec<&'static str> {
-        vec!["train", "caption_ingest"]
+        vec![train::NAME, caption_ingest::NAME]
     }
 
     /// A frozen cache holds the hard negatives of test images only, so the
     /// compositional suite of a frozen text side scores the test split.
     fn check_upstream(&self, params: &Params, upstream: &[UpstreamInstance<'_>]) -> Result<(), ParamError> {
-        if let Some(cache) = UpstreamInstance::of_kind(upstream, "text_embed")
+        if let Some(cache) = UpstreamInstance::of_kind(upstream, text_embed::NAME)
             && params.str("split") == "train"
             && suites(params).contains(&Suite::Compositional)
         {
@@ -127,8 +131,8 @@ impl StageKind for Evaluate {
     fn run(&self, ctx: &mut StageContext) -> anyhow::Result<()> {
         let params = ctx.params().clone();
         let suites = suites(&params);
-        let trained = ctx.upstream_of_kind("train")?;
-        let ingest = ctx.upstream_of_kind("caption_ingest")?;
+        let trained = ctx.upstream_of_kind(train::NAME)?;
+        let ingest = ctx.upstream_of_kind(caption_ingest::NAME)?;
         let data = IngestText::read(ingest)?;
         let images = read_images(ingest)?;
         let model_json: serde_json::Value = serde_json::from_slice(&std::fs::read(trained.artifact("model.json")?)?)
@@ -160,9 +164,9 @@ impl StageKind for Evaluate {
         let device = DeviceRequest::parse(params.str("device")).map_err(anyhow::Error::msg)?;
         let batch = params.int("batch_size") as usize;
         let text_source = match config.text {
-            None => {
-                TextSource::Frozen(ctx.upstream_of_kind("text_embed").context("a frozen-text model is scored with its text_embed cache")?)
-            }
+            None => TextSource::Frozen(
+                ctx.upstream_of_kind(text_embed::NAME).context("a frozen-text model is scored with its text_embed cache")?,
+            ),
             Some(_) => TextSource::Scratch(trained),
         };
         let job = EmbedJob {

@@ -28,6 +28,7 @@ use serde_json::{Value, json};
 
 use super::caption_ingest::artifacts::{IngestText, SplitName, read_images};
 use super::{Interrupted, ParamDefault, ParamError, ParamSpec, ParamType, Params, Resources, StageContext, StageKind, UpstreamInstance};
+use super::{caption_ingest, text_embed};
 use crate::loss::Loss;
 use crate::model::{ClipConfig, TextPreset, VitPreset};
 use crate::tensor_file::{self, RawTensor, TensorFile};
@@ -36,6 +37,9 @@ use crate::train::checkpoint::StepRecord;
 use crate::train::data::Pairs;
 use crate::train::vocab::{TextTokenizer, WordVocab};
 use crate::train::{self, Observer, Stopped, TextSide, TrainInputs, TrainSpec};
+
+/// The kind's name, as `kind = "..."` writes it.
+pub const NAME: &str = "train";
 
 pub struct Train;
 
@@ -115,7 +119,7 @@ const PARAMS: &[ParamSpec] = &[
 
 impl StageKind for Train {
     fn name(&self) -> &'static str {
-        "train"
+        NAME
     }
     fn version(&self) -> u32 {
         // 2: the CPU runs blocks through the fused kernels (other summation
@@ -193,9 +197,9 @@ impl StageKind for Train {
     }
 
     fn required_upstream(&self, params: &Params) -> Vec<&'static str> {
-        let mut kinds = vec!["caption_ingest"];
+        let mut kinds = vec![caption_ingest::NAME];
         if params.str("text") == "frozen" {
-            kinds.push("text_embed");
+            kinds.push(text_embed::NAME);
         }
         kinds
     }
@@ -206,7 +210,7 @@ impl StageKind for Train {
     fn check_upstream(&self, params: &Params, upstream: &[UpstreamInstance<'_>]) -> Result<(), ParamError> {
         super::caption_ingest::check_long_captions(params.str("captions"), upstream)?;
         let (Some(ingest), Some(cache)) =
-            (UpstreamInstance::of_kind(upstream, "caption_ingest"), UpstreamInstance::of_kind(upstream, "text_embed"))
+            (UpstreamInstance::of_kind(upstream, caption_ingest::NAME), UpstreamInstance::of_kind(upstream, text_embed::NAME))
         else {
             return Ok(());
         };
@@ -235,7 +239,7 @@ impl StageKind for Train {
 
     fn run(&self, ctx: &mut StageContext) -> anyhow::Result<()> {
         let params = ctx.params().clone();
-        let ingest = ctx.upstream_of_kind("caption_ingest")?;
+        let ingest = ctx.upstream_of_kind(caption_ingest::NAME)?;
         let text_data = IngestText::read(ingest)?;
         let images = read_images(ingest)?;
         let length = params.str("captions");
@@ -243,7 +247,7 @@ impl StageKind for Train {
 
         // Caption rows: the frozen cache's rows, or every caption of the chosen length.
         let (caption_image, text, embed_dim, tokenizer) = if frozen {
-            let cache = ctx.upstream_of_kind("text_embed").context("text = \"frozen\" trains against a text_embed stage")?;
+            let cache = ctx.upstream_of_kind(text_embed::NAME).context("text = \"frozen\" trains against a text_embed stage")?;
             let cached_length = cache.params.opt_str("captions").unwrap_or("short");
             if cached_length != length {
                 bail!("captions = \"{length}\" but text_embed stage '{}' embedded the {cached_length} captions", cache.stage);
