@@ -29,10 +29,11 @@ use anyhow::{Context as _, bail};
 use burn::prelude::*;
 
 use super::caption_ingest::artifacts::{IngestText, SplitName, read_images};
+use super::train::{self, ModelDescription};
 use super::{
     ParamDefault, ParamError, ParamSpec, ParamType, Params, Resources, StageContext, StageKind, UpstreamInstance, UpstreamOutputs,
 };
-use super::{caption_ingest, text_embed, train};
+use super::{caption_ingest, text_embed};
 use crate::eval::{Scored, Suite, compositional};
 use crate::images::ImageSet;
 use crate::loss::l2_normalize;
@@ -135,10 +136,7 @@ impl StageKind for Evaluate {
         let ingest = ctx.upstream_of_kind(caption_ingest::NAME)?;
         let data = IngestText::read(ingest)?;
         let images = read_images(ingest)?;
-        let model_json: serde_json::Value = serde_json::from_slice(&std::fs::read(trained.artifact("model.json")?)?)
-            .with_context(|| format!("train stage '{}': model.json is not JSON", trained.stage))?;
-        let config: ClipConfig = serde_json::from_value(model_json["config"].clone()).context("model.json has no model configuration")?;
-        let length = model_json["captions"].as_str().unwrap_or("short").to_owned();
+        let ModelDescription { config, captions: length, .. } = ModelDescription::read(trained)?;
         let split = if params.str("split") == "train" { SplitName::Train } else { SplitName::Test };
         let eval_images: Vec<usize> = data.records.iter().filter(|r| r.split == split).map(|r| r.index).collect();
         if eval_images.is_empty() {

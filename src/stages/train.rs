@@ -24,7 +24,7 @@ use std::fmt::Write as _;
 use std::path::PathBuf;
 
 use anyhow::{Context as _, bail};
-use serde_json::{Value, json};
+use serde_json::Value;
 
 use super::caption_ingest::artifacts::{IngestText, SplitName, read_images};
 use super::{Interrupted, ParamDefault, ParamError, ParamSpec, ParamType, Params, Resources, StageContext, StageKind, UpstreamInstance};
@@ -37,6 +37,37 @@ use crate::train::checkpoint::StepRecord;
 use crate::train::data::Pairs;
 use crate::train::vocab::{TextTokenizer, WordVocab};
 use crate::train::{self, Observer, Stopped, TextSide, TrainInputs, TrainSpec};
+
+/// What a training wrote next to its weights (`model.json`): enough to
+/// rebuild the model and to know what it was trained on. Written through a
+/// JSON value, so every object's keys are sorted, as the file always had them.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct ModelDescription {
+    pub batch_size: usize,
+    /// The caption length trained on (`captions`).
+    pub captions: String,
+    pub config: ClipConfig,
+    pub loss: Loss,
+    pub seed: u64,
+    pub steps: usize,
+    /// `frozen` or `scratch` (`text`).
+    pub text: String,
+}
+
+impl ModelDescription {
+    pub const FILE: &str = "model.json";
+
+    fn write(&self, path: &std::path::Path) -> anyhow::Result<()> {
+        std::fs::write(path, serde_json::to_vec_pretty(&serde_json::to_value(self)?)?)
+            .with_context(|| format!("writing {}", path.display()))
+    }
+
+    /// The description a `train` instance wrote.
+    pub fn read(trained: &super::UpstreamOutputs) -> anyhow::Result<ModelDescription> {
+        let bytes = std::fs::read(trained.artifact(Self::FILE)?)?;
+        serde_json::from_slice(&bytes).with_context(|| format!("train stage '{}': {} does not describe a model", trained.stage, Self::FILE))
+    }
+}
 
 /// The kind's name, as `kind = "..."` writes it.
 pub const NAME: &str = "train";
@@ -354,16 +385,16 @@ impl StageKind for Train {
             tensor_file::write(&ctx.output("text_encoder.safetensors")?, &raw(&trained.text), meta(&[]))?;
             tokenizer.save(|name| ctx.output(name))?;
         }
-        let model_json = json!({
-            "config": config,
-            "loss": spec.loss,
-            "text": params.str("text"),
-            "captions": length,
-            "steps": steps,
-            "batch_size": batch_size,
-            "seed": spec.seed,
-        });
-        std::fs::write(ctx.output("model.json")?, serde_json::to_vec_pretty(&model_json)?)?;
+        let description = ModelDescription {
+            batch_size,
+            captions: length.to_owned(),
+            config: config.clone(),
+            loss,
+            seed: spec.seed,
+            steps,
+            text: params.str("text").to_owned(),
+        };
+        description.write(&ctx.output(ModelDescription::FILE)?)?;
         write_curve(&ctx.output("curve.csv")?, &trained.history)?;
         std::fs::copy(&checkpoint_path, ctx.output("checkpoint.safetensors")?).context("copying the final checkpoint")?;
 
