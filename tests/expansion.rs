@@ -231,3 +231,25 @@ fn keys_are_stable_across_builds_and_explicit_defaults() {
     let out = ws.run(&["plan", file.to_str().unwrap()]).expect_code(2);
     assert!(out.stderr.contains("stages.train.crop_scale") && out.stderr.contains("(0, 1]"), "{}", out.describe());
 }
+
+/// `evaluate`'s default `suites` is part of the key of every instance left
+/// at it. These keys were computed by the build before suites became a
+/// registry: a suite added since (registered under `listed:`) leaves them
+/// where they were, and so does writing the default out.
+#[test]
+fn adding_an_evaluation_suite_keeps_the_keys_of_default_suites() {
+    let ws = Ws::new();
+    let golden = [
+        "71492ea0616e234462a67d6a873385803fce6760e852f2d22c573ab4b132831c",
+        "b53da92612a9b98b84149ba7b11ca1ab5183ef28250acfc28d2554fbdad29816",
+    ];
+    let keys = |suites: &str| -> Vec<String> {
+        let text = format!("{}\n[stages.eval]\nkind = \"evaluate\"\nneeds = [\"train\"]\n{suites}\n", training_grid(""));
+        let plan = ws.plan(&ws.write("suites.toml", &text));
+        rows(&plan, "eval").iter().map(|r| r["key"].as_str().unwrap().to_owned()).collect()
+    };
+    assert_eq!(keys(""), golden);
+    assert_eq!(keys(r#"suites = ["zero_shot", "retrieval", "compositional"]"#), golden, "an explicit default is the same work");
+    let fewer = keys(r#"suites = ["retrieval"]"#);
+    assert!(fewer.iter().all(|k| !golden.contains(&k.as_str())), "other suites are other work: {fewer:?}");
+}

@@ -4,7 +4,22 @@
 
 use std::collections::BTreeMap;
 
-use super::dot;
+use super::{EvalSuite, Scored, dot};
+
+/// The `compositional` suite: `compositional.<subset>` and their unweighted
+/// `compositional.mean`.
+pub struct CompositionalSuite;
+
+impl EvalSuite for CompositionalSuite {
+    const NAME: &'static str = "compositional";
+
+    fn score(s: &Scored<'_>) -> anyhow::Result<Vec<(String, f64)>> {
+        let Some(c) = s.compositional.cloned() else { return Ok(Vec::new()) };
+        let mut metrics: Vec<(String, f64)> = c.per_subset.into_iter().map(|(subset, acc)| (format!("compositional.{subset}"), acc)).collect();
+        metrics.extend(c.mean.map(|mean| ("compositional.mean".to_owned(), mean)));
+        Ok(metrics)
+    }
+}
 
 /// One example: an image embedding, and its positive and negative captions'.
 pub struct Example<'a> {

@@ -7,9 +7,88 @@
 //! fractions in [0, 1]. Ties in a ranking are broken by the lower index (a
 //! stable sort), so results are deterministic.
 
-pub mod compositional;
-pub mod retrieval;
-pub mod zero_shot;
+/// What the suites score: the L2-normalised embeddings `evaluate` made, and
+/// what each row is.
+pub struct Scored<'a> {
+    /// One row per evaluated image.
+    pub images: &'a [Vec<f32>],
+    /// The class of each image row, where the data labels it.
+    pub labels: &'a [Option<usize>],
+    /// Class prompts, class-major: `prompts[c * templates + t]`.
+    pub prompts: &'a [Vec<f32>],
+    pub templates: usize,
+    pub captions: &'a [Vec<f32>],
+    /// The image row of each caption.
+    pub caption_image: &'a [usize],
+    /// The compositional accuracy of the evaluated images' hard negatives,
+    /// tallied while they were embedded (a chunk at a time, so hundreds of
+    /// thousands of negatives are never held); `None` when none were scored.
+    pub compositional: Option<&'a compositional::Compositional>,
+}
+
+/// One metric suite: what the `suites` parameter calls it and how it scores.
+pub trait EvalSuite {
+    const NAME: &'static str;
+    /// The suite's metrics (named `NAME.…`); an error on data that
+    /// contradicts itself (a label outside the class list).
+    fn score(scored: &Scored<'_>) -> anyhow::Result<Vec<(String, f64)>>;
+}
+
+/// The registry: `Variant => file::Type`, where `Type` implements
+/// [`EvalSuite`]. It declares the modules and the [`Suite`] enum.
+///
+/// `default:` lists the suites `suites` runs when a file leaves it out; that
+/// list is part of every such `evaluate` instance's key, so it never grows:
+/// a suite added later goes under `listed:` and runs where a file lists it
+/// (adding it re-keys nothing).
+macro_rules! suites {
+    (default: $($variant:ident => $file:ident::$suite:ident),* $(,)?; listed: $($lvariant:ident => $lfile:ident::$lsuite:ident),* $(,)?) => {
+        $(pub mod $file;)*
+        $(pub mod $lfile;)*
+
+        /// A metric suite of `evaluate` (parameter `suites`).
+        #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+        pub enum Suite {
+            $($variant,)*
+            $($lvariant,)*
+        }
+
+        impl Suite {
+            pub const ALL: &'static [Suite] = &[$(Suite::$variant,)* $(Suite::$lvariant,)*];
+            pub const NAMES: &'static [&'static str] = &[$(<$file::$suite as EvalSuite>::NAME,)* $(<$lfile::$lsuite as EvalSuite>::NAME,)*];
+            /// The default of `suites`.
+            pub const DEFAULT_NAMES: &'static [&'static str] = &[$(<$file::$suite as EvalSuite>::NAME,)*];
+
+            pub fn name(self) -> &'static str {
+                match self {
+                    $(Suite::$variant => <$file::$suite as EvalSuite>::NAME,)*
+                    $(Suite::$lvariant => <$lfile::$lsuite as EvalSuite>::NAME,)*
+                }
+            }
+
+            pub fn score(self, scored: &Scored<'_>) -> anyhow::Result<Vec<(String, f64)>> {
+                match self {
+                    $(Suite::$variant => <$file::$suite as EvalSuite>::score(scored),)*
+                    $(Suite::$lvariant => <$lfile::$lsuite as EvalSuite>::score(scored),)*
+                }
+            }
+        }
+    };
+}
+
+suites! {
+    default:
+        ZeroShot => zero_shot::ZeroShotSuite,
+        Retrieval => retrieval::RetrievalSuite,
+        Compositional => compositional::CompositionalSuite;
+    listed:
+}
+
+impl Suite {
+    pub fn from_name(name: &str) -> Option<Suite> {
+        Suite::ALL.iter().copied().find(|s| s.name() == name)
+    }
+}
 
 /// Dot product of two equal-length rows.
 pub fn dot(a: &[f32], b: &[f32]) -> f32 {
@@ -69,5 +148,25 @@ mod tests {
             let want: Vec<usize> = ranking(&scores).into_iter().take(k).collect();
             assert_eq!(top.indices().collect::<Vec<_>>(), want, "k = {k}");
         }
+    }
+
+    #[test]
+    fn every_registered_suite_is_found_by_its_name() {
+        assert_eq!(Suite::ALL.len(), Suite::NAMES.len());
+        for &suite in Suite::ALL {
+            assert_eq!(Suite::from_name(suite.name()), Some(suite));
+        }
+        assert_eq!(Suite::from_name("linear_probe"), None);
+    }
+
+    /// The default of `suites` is part of the key of every `evaluate`
+    /// instance left at it: a suite added to it would rerun all of them.
+    #[test]
+    fn the_default_suites_are_the_ones_evaluate_keys_were_made_with() {
+        assert_eq!(
+            Suite::DEFAULT_NAMES,
+            ["zero_shot", "retrieval", "compositional"],
+            "register a new suite under `listed:` in suites!, not `default:` (that re-keys every evaluate instance left at its default)"
+        );
     }
 }

@@ -2,7 +2,25 @@
 //! of an image counts as a positive for it (image → text), and a caption's
 //! query is correct when its own image is in the top K (text → image).
 
-use super::{TopK, dot};
+use super::{EvalSuite, Scored, TopK, dot};
+
+/// The `retrieval` suite: `retrieval.i2t.r1` … `retrieval.t2i.r10`.
+pub struct RetrievalSuite;
+
+impl EvalSuite for RetrievalSuite {
+    const NAME: &'static str = "retrieval";
+
+    fn score(s: &Scored<'_>) -> anyhow::Result<Vec<(String, f64)>> {
+        let mut metrics = Vec::new();
+        if let Some(r) = evaluate(s.images, s.captions, s.caption_image) {
+            for (k, (i2t, t2i)) in KS.iter().zip(r.i2t.iter().zip(&r.t2i)) {
+                metrics.push((format!("retrieval.i2t.r{k}"), *i2t));
+                metrics.push((format!("retrieval.t2i.r{k}"), *t2i));
+            }
+        }
+        Ok(metrics)
+    }
+}
 
 pub const KS: [usize; 3] = [1, 5, 10];
 

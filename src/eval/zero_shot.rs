@@ -2,7 +2,33 @@
 //! normalised embeddings, re-normalised (CLIP_benchmark); an image is
 //! classified by its most similar class.
 
-use super::{dot, ranking};
+use anyhow::bail;
+
+use super::{EvalSuite, Scored, dot, ranking};
+
+/// The `zero_shot` suite: `zero_shot.top1`, `.top5`, `.mean_per_class_recall`
+/// over the labelled images.
+pub struct ZeroShotSuite;
+
+impl EvalSuite for ZeroShotSuite {
+    const NAME: &'static str = "zero_shot";
+
+    fn score(s: &Scored<'_>) -> anyhow::Result<Vec<(String, f64)>> {
+        let classes = class_embeddings(s.prompts, s.templates);
+        let (images, labels): (Vec<&[f32]>, Vec<usize>) =
+            s.labels.iter().zip(s.images).filter_map(|(label, image)| label.map(|l| (image.as_slice(), l))).unzip();
+        if let Some(l) = labels.iter().find(|&&l| l >= classes.len()) {
+            bail!("an image has label {l} but the ingest lists {} classes", classes.len());
+        }
+        Ok(evaluate(&images, &labels, &classes).map_or_else(Vec::new, |z| {
+            vec![
+                ("zero_shot.top1".to_owned(), z.top1),
+                ("zero_shot.top5".to_owned(), z.top5),
+                ("zero_shot.mean_per_class_recall".to_owned(), z.mean_per_class_recall),
+            ]
+        }))
+    }
+}
 
 /// Class embeddings from prompt embeddings laid out class-major
 /// (`prompts[c * templates + t]`): mean over templates, then L2-normalised.

@@ -95,6 +95,13 @@ impl serde::Serialize for Loss {
     }
 }
 
+impl<'de> serde::Deserialize<'de> for Loss {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let name = String::deserialize(d)?;
+        Loss::from_name(&name).ok_or_else(|| serde::de::Error::custom(format!("unknown loss {name:?}; one of {}", Loss::NAMES.join(", "))))
+    }
+}
+
 /// Rows scaled to unit L2 norm.
 pub fn l2_normalize<B: Backend>(x: Tensor<B, 2>) -> Tensor<B, 2> {
     let norm = x.clone().powf_scalar(2.0).sum_dim(1).sqrt();
@@ -111,6 +118,7 @@ mod tests {
         for &loss in Loss::ALL {
             assert_eq!(Loss::from_name(loss.name()), Some(loss));
             assert_eq!(serde_json::to_value(loss).unwrap(), serde_json::json!(loss.name()));
+            assert_eq!(serde_json::from_value::<Loss>(serde_json::json!(loss.name())).unwrap(), loss);
             let learnable = loss.learnable();
             assert!(learnable.log_scale_range.is_none() || learnable.log_scale.is_some(), "{loss:?}: a range for no scale");
             // The loss runs on exactly the scalars it declares.

@@ -30,6 +30,9 @@ fn input_var(stage: &str) -> String {
     format!("ABLATE_INPUT_{}", stage.to_uppercase().replace('-', "_"))
 }
 
+/// The kind's name, as `kind = "..."` writes it.
+pub const NAME: &str = "command";
+
 pub struct Command;
 
 const PARAMS: &[ParamSpec] = &[
@@ -40,7 +43,7 @@ const PARAMS: &[ParamSpec] = &[
 
 impl StageKind for Command {
     fn name(&self) -> &'static str {
-        "command"
+        NAME
     }
     fn version(&self) -> u32 {
         1

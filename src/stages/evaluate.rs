@@ -29,11 +29,13 @@ use anyhow::{Context as _, bail};
 use burn::prelude::*;
 
 use super::caption_ingest::artifacts::{IngestLine, IngestNegative, IngestText, SplitName, read_images, stream_text};
+use super::train::{self, ModelDescription};
 use super::{
     ParamDefault, ParamError, ParamSpec, ParamType, Params, Resources, StageContext, StageKind, UpstreamInstance, UpstreamOutputs,
 };
+use super::{caption_ingest, text_embed};
 use crate::eval::compositional::{self, Compositional, Tally};
-use crate::eval::{retrieval, zero_shot};
+use crate::eval::{Scored, Suite};
 use crate::images::ImageSet;
 use crate::loss::l2_normalize;
 use crate::model::named::{HostTensor, Layout, load};
@@ -46,12 +48,18 @@ use crate::train::pad_tokens;
 use crate::train::vocab::TextTokenizer;
 use safetensors::Dtype;
 
+/// The kind's name, as `kind = "..."` writes it.
+pub const NAME: &str = "evaluate";
+
 pub struct Evaluate;
 
-pub const SUITES: &[&str] = &["zero_shot", "retrieval", "compositional"];
-
 const PARAMS: &[ParamSpec] = &[
-    ParamSpec::new("suites", ParamType::ListOf(SUITES), ParamDefault::StrList(SUITES), "which suites to run"),
+    ParamSpec::new(
+        "suites",
+        ParamType::ListOf(Suite::NAMES),
+        ParamDefault::StrList(Suite::DEFAULT_NAMES),
+        "which metric suites to run (a suite added later runs where listed: the default never grows)",
+    ),
     ParamSpec::new("split", ParamType::OneOf(&["test", "train"]), ParamDefault::Str("test"), "which ingest split to score"),
     ParamSpec::new(
         "retrieval_captions",
@@ -66,7 +74,7 @@ const PARAMS: &[ParamSpec] = &[
 
 impl StageKind for Evaluate {
     fn name(&self) -> &'static str {
-        "evaluate"
+        NAME
     }
     fn version(&self) -> u32 {
         // 2: the CPU runs blocks through the fused kernels (other summation
@@ -88,7 +96,7 @@ impl StageKind for Evaluate {
         }
         let suites = params.str_list("suites");
         if suites.is_empty() {
-            return Err(ParamError::new("suites", format!("list at least one of {SUITES:?}")));
+            return Err(ParamError::new("suites", format!("list at least one of {:?}", Suite::NAMES)));
         }
         if let Some(twice) = suites.iter().enumerate().find(|(i, s)| suites[..*i].contains(s)).map(|(_, s)| s) {
             return Err(ParamError::new("suites", format!("lists {twice:?} twice")));
@@ -97,15 +105,15 @@ impl StageKind for Evaluate {
         Ok(())
     }
     fn required_upstream(&self, _params: &Params) -> Vec<&'static str> {
-        vec!["train", "caption_ingest"]
+        vec![train::NAME, caption_ingest::NAME]
     }
 
     /// A frozen cache holds the hard negatives of test images only, so the
     /// compositional suite of a frozen text side scores the test split.
     fn check_upstream(&self, params: &Params, upstream: &[UpstreamInstance<'_>]) -> Result<(), ParamError> {
-        if let Some(cache) = UpstreamInstance::of_kind(upstream, "text_embed")
+        if let Some(cache) = UpstreamInstance::of_kind(upstream, text_embed::NAME)
             && params.str("split") == "train"
-            && params.str_list("suites").iter().any(|s| s == "compositional")
+            && suites(params).contains(&Suite::Compositional)
         {
             return Err(ParamError::new(
                 "split",
@@ -125,15 +133,12 @@ impl StageKind for Evaluate {
 
     fn run(&self, ctx: &mut StageContext) -> anyhow::Result<()> {
         let params = ctx.params().clone();
-        let suites = params.str_list("suites");
-        let trained = ctx.upstream_of_kind("train")?;
-        let ingest = ctx.upstream_of_kind("caption_ingest")?;
+        let suites = suites(&params);
+        let trained = ctx.upstream_of_kind(train::NAME)?;
+        let ingest = ctx.upstream_of_kind(caption_ingest::NAME)?;
         let data = IngestText::read_records(ingest)?;
         let images = read_images(ingest)?;
-        let model_json: serde_json::Value = serde_json::from_slice(&std::fs::read(trained.artifact("model.json")?)?)
-            .with_context(|| format!("train stage '{}': model.json is not JSON", trained.stage))?;
-        let config: ClipConfig = serde_json::from_value(model_json["config"].clone()).context("model.json has no model configuration")?;
-        let length = model_json["captions"].as_str().unwrap_or("short").to_owned();
+        let ModelDescription { config, captions: length, .. } = ModelDescription::read(trained)?;
         let split = if params.str("split") == "train" { SplitName::Train } else { SplitName::Test };
         let eval_images: Vec<usize> = data.records.iter().filter(|r| r.split == split).map(|r| r.index).collect();
         if eval_images.is_empty() {
@@ -151,7 +156,7 @@ impl StageKind for Evaluate {
         // holds those of test images only): those of the evaluated images,
         // with their line in negatives.jsonl, read line by line.
         let mut negatives: Vec<(usize, IngestNegative)> = Vec::new();
-        if suites.iter().any(|s| s == "compositional") {
+        if suites.contains(&Suite::Compositional) {
             stream_text(ingest, true, |line| {
                 if let IngestLine::Negative(row, n) = line
                     && position.contains_key(&n.index)
@@ -166,9 +171,9 @@ impl StageKind for Evaluate {
         let device = DeviceRequest::parse(params.str("device")).map_err(anyhow::Error::msg)?;
         let batch = params.int("batch_size") as usize;
         let text_source = match config.text {
-            None => {
-                TextSource::Frozen(ctx.upstream_of_kind("text_embed").context("a frozen-text model is scored with its text_embed cache")?)
-            }
+            None => TextSource::Frozen(
+                ctx.upstream_of_kind(text_embed::NAME).context("a frozen-text model is scored with its text_embed cache")?,
+            ),
             Some(_) => TextSource::Scratch(trained),
         };
         let job = EmbedJob {
@@ -187,36 +192,20 @@ impl StageKind for Evaluate {
         ctx.ran_on(&device.name());
         let e = device.run(&job)?;
 
-        if suites.iter().any(|s| s == "zero_shot") {
-            let labelled: Vec<(usize, usize)> =
-                eval_images.iter().enumerate().filter_map(|(p, &i)| data.records[i].label.map(|l| (p, l))).collect();
-            let classes = zero_shot::class_embeddings(&e.prompts, data.classes.templates.len());
-            let imgs: Vec<&[f32]> = labelled.iter().map(|&(p, _)| e.images[p].as_slice()).collect();
-            let labels: Vec<usize> = labelled.iter().map(|&(_, l)| l).collect();
-            if let Some(l) = labels.iter().find(|&&l| l >= classes.len()) {
-                bail!("an image has label {l} but the ingest lists {} classes", classes.len());
-            }
-            if let Some(z) = zero_shot::evaluate(&imgs, &labels, &classes) {
-                ctx.metric("zero_shot.top1", z.top1);
-                ctx.metric("zero_shot.top5", z.top5);
-                ctx.metric("zero_shot.mean_per_class_recall", z.mean_per_class_recall);
-            }
-        }
-        if suites.iter().any(|s| s == "retrieval") {
-            let owner: Vec<usize> = captions.iter().map(|(i, _)| position[i]).collect();
-            if let Some(r) = retrieval::evaluate(&e.images, &e.captions, &owner) {
-                for (k, (i2t, t2i)) in retrieval::KS.iter().zip(r.i2t.iter().zip(&r.t2i)) {
-                    ctx.metric(&format!("retrieval.i2t.r{k}"), *i2t);
-                    ctx.metric(&format!("retrieval.t2i.r{k}"), *t2i);
-                }
-            }
-        }
-        if let Some(c) = &e.compositional {
-            for (subset, acc) in &c.per_subset {
-                ctx.metric(&format!("compositional.{subset}"), *acc);
-            }
-            if let Some(mean) = c.mean {
-                ctx.metric("compositional.mean", mean);
+        let labels: Vec<Option<usize>> = eval_images.iter().map(|&i| data.records[i].label).collect();
+        let caption_image: Vec<usize> = captions.iter().map(|(i, _)| position[i]).collect();
+        let scored = Scored {
+            images: &e.images,
+            labels: &labels,
+            prompts: &e.prompts,
+            templates: data.classes.templates.len(),
+            captions: &e.captions,
+            caption_image: &caption_image,
+            compositional: e.compositional.as_ref(),
+        };
+        for suite in Suite::ALL.iter().filter(|s| suites.contains(s)) {
+            for (name, value) in suite.score(&scored)? {
+                ctx.metric(&name, value);
             }
         }
         // Streamed, tensors in name order: no second copy of the embeddings.
@@ -237,6 +226,11 @@ impl StageKind for Evaluate {
         ctx.metric("eval.images", eval_images.len() as f64);
         Ok(())
     }
+}
+
+/// The suites an instance runs (the parameter's type is the registry's names).
+fn suites(params: &Params) -> Vec<Suite> {
+    params.str_list("suites").iter().map(|s| Suite::from_name(s).expect("the parameter's type is the registry's names")).collect()
 }
 
 enum TextSource<'a> {

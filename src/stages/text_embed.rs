@@ -25,12 +25,16 @@
 
 use std::collections::HashMap;
 
+use super::caption_ingest;
 use super::caption_ingest::artifacts::{IngestLine, SplitName, stream_text};
 use super::caption_ingest::check_long_captions;
 use super::text_common::{self, DistinctTexts, StageEncoder};
 use super::{ParamDefault, ParamError, ParamSpec, ParamType, Params, Resources, StageContext, StageKind, UpstreamInstance};
 use crate::tensor_file::{RawTensor, TensorShape, TensorWriter};
 use safetensors::Dtype;
+
+/// The kind's name, as `kind = "..."` writes it.
+pub const NAME: &str = "text_embed";
 
 pub struct TextEmbed;
 
@@ -51,7 +55,7 @@ const PARAMS: &[ParamSpec] = &[
 
 impl StageKind for TextEmbed {
     fn name(&self) -> &'static str {
-        "text_embed"
+        NAME
     }
     fn version(&self) -> u32 {
         1
@@ -69,7 +73,7 @@ impl StageKind for TextEmbed {
         text_common::derive(params)
     }
     fn required_upstream(&self, _params: &Params) -> Vec<&'static str> {
-        vec!["caption_ingest"]
+        vec![caption_ingest::NAME]
     }
     fn check_upstream(&self, params: &Params, upstream: &[UpstreamInstance<'_>]) -> Result<(), ParamError> {
         check_long_captions(params.str("captions"), upstream)
@@ -89,7 +93,7 @@ impl StageKind for TextEmbed {
         let mut distinct = DistinctTexts::default();
         let (mut captions, mut caption_image, mut is_test) = (Vec::new(), Vec::new(), Vec::new());
         let (mut negatives, mut positives, mut negative_row) = (Vec::new(), Vec::new(), Vec::new());
-        let classes = stream_text(ctx.upstream_of_kind("caption_ingest")?, true, |line| {
+        let classes = stream_text(ctx.upstream_of_kind(caption_ingest::NAME)?, true, |line| {
             match line {
                 IngestLine::Record(r) => {
                     is_test.push(r.split == SplitName::Test);

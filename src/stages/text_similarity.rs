@@ -19,10 +19,14 @@ use anyhow::{Context as _, bail};
 use serde_json::{Value, json};
 use sha2::{Digest as _, Sha256};
 
+use super::caption_ingest;
 use super::caption_ingest::artifacts::IngestText;
 use super::caption_ingest::sugarcrepe::{self, SUBSETS};
 use super::text_common::{self, StageEncoder};
 use super::{ParamDefault, ParamError, ParamSpec, ParamType, Params, Resources, StageContext, StageKind, UpstreamInstance};
+
+/// The kind's name, as `kind = "..."` writes it.
+pub const NAME: &str = "text_similarity";
 
 pub struct TextSimilarity;
 
@@ -47,7 +51,7 @@ struct Pair {
 
 impl StageKind for TextSimilarity {
     fn name(&self) -> &'static str {
-        "text_similarity"
+        NAME
     }
     fn version(&self) -> u32 {
         1
@@ -79,7 +83,7 @@ impl StageKind for TextSimilarity {
     /// With neither source of pairs there is nothing to score: say so when
     /// compiling, not after the encoder has loaded.
     fn check_upstream(&self, params: &Params, upstream: &[UpstreamInstance<'_>]) -> Result<(), ParamError> {
-        if params.opt_str("sugarcrepe").is_none() && !upstream.iter().any(|u| u.kind == "caption_ingest") {
+        if params.opt_str("sugarcrepe").is_none() && !upstream.iter().any(|u| u.kind == caption_ingest::NAME) {
             return Err(ParamError::new(
                 "needs",
                 "no caption pairs: set `sugarcrepe` to a directory of SugarCrepe JSON files, or add a caption_ingest stage to `needs`",
@@ -109,7 +113,7 @@ impl StageKind for TextSimilarity {
                 }));
             }
         }
-        for upstream in ctx.upstream().iter().filter(|u| u.kind == "caption_ingest") {
+        for upstream in ctx.upstream().iter().filter(|u| u.kind == caption_ingest::NAME) {
             let data = IngestText::read(upstream)?;
             for subset in SUBSETS {
                 pairs.extend(data.negatives.iter().filter(|n| n.subset == subset).take(cap).map(|n| Pair {

@@ -24,10 +24,11 @@ use std::fmt::Write as _;
 use std::path::PathBuf;
 
 use anyhow::{Context as _, bail};
-use serde_json::{Value, json};
+use serde_json::Value;
 
 use super::caption_ingest::artifacts::{IngestText, SplitName, read_images};
 use super::{Interrupted, ParamDefault, ParamError, ParamSpec, ParamType, Params, Resources, StageContext, StageKind, UpstreamInstance};
+use super::{caption_ingest, text_embed};
 use crate::loss::Loss;
 use crate::model::{ClipConfig, TextPreset, VitPreset};
 use crate::tensor_file::{self, RawTensor, TensorFile};
@@ -36,6 +37,40 @@ use crate::train::checkpoint::StepRecord;
 use crate::train::data::Pairs;
 use crate::train::vocab::{TextTokenizer, WordVocab};
 use crate::train::{self, Observer, Stopped, TextSide, TrainInputs, TrainSpec};
+
+/// What a training wrote next to its weights (`model.json`): enough to
+/// rebuild the model and to know what it was trained on. Written through a
+/// JSON value, so every object's keys are sorted, as the file always had them.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct ModelDescription {
+    pub batch_size: usize,
+    /// The caption length trained on (`captions`).
+    pub captions: String,
+    pub config: ClipConfig,
+    pub loss: Loss,
+    pub seed: u64,
+    pub steps: usize,
+    /// `frozen` or `scratch` (`text`).
+    pub text: String,
+}
+
+impl ModelDescription {
+    pub const FILE: &str = "model.json";
+
+    fn write(&self, path: &std::path::Path) -> anyhow::Result<()> {
+        std::fs::write(path, serde_json::to_vec_pretty(&serde_json::to_value(self)?)?)
+            .with_context(|| format!("writing {}", path.display()))
+    }
+
+    /// The description a `train` instance wrote.
+    pub fn read(trained: &super::UpstreamOutputs) -> anyhow::Result<ModelDescription> {
+        let bytes = std::fs::read(trained.artifact(Self::FILE)?)?;
+        serde_json::from_slice(&bytes).with_context(|| format!("train stage '{}': {} does not describe a model", trained.stage, Self::FILE))
+    }
+}
+
+/// The kind's name, as `kind = "..."` writes it.
+pub const NAME: &str = "train";
 
 pub struct Train;
 
@@ -115,7 +150,7 @@ const PARAMS: &[ParamSpec] = &[
 
 impl StageKind for Train {
     fn name(&self) -> &'static str {
-        "train"
+        NAME
     }
     fn version(&self) -> u32 {
         // 2: the CPU runs blocks through the fused kernels (other summation
@@ -193,9 +228,9 @@ impl StageKind for Train {
     }
 
     fn required_upstream(&self, params: &Params) -> Vec<&'static str> {
-        let mut kinds = vec!["caption_ingest"];
+        let mut kinds = vec![caption_ingest::NAME];
         if params.str("text") == "frozen" {
-            kinds.push("text_embed");
+            kinds.push(text_embed::NAME);
         }
         kinds
     }
@@ -206,7 +241,7 @@ impl StageKind for Train {
     fn check_upstream(&self, params: &Params, upstream: &[UpstreamInstance<'_>]) -> Result<(), ParamError> {
         super::caption_ingest::check_long_captions(params.str("captions"), upstream)?;
         let (Some(ingest), Some(cache)) =
-            (UpstreamInstance::of_kind(upstream, "caption_ingest"), UpstreamInstance::of_kind(upstream, "text_embed"))
+            (UpstreamInstance::of_kind(upstream, caption_ingest::NAME), UpstreamInstance::of_kind(upstream, text_embed::NAME))
         else {
             return Ok(());
         };
@@ -235,7 +270,7 @@ impl StageKind for Train {
 
     fn run(&self, ctx: &mut StageContext) -> anyhow::Result<()> {
         let params = ctx.params().clone();
-        let ingest = ctx.upstream_of_kind("caption_ingest")?;
+        let ingest = ctx.upstream_of_kind(caption_ingest::NAME)?;
         let text_data = IngestText::read_records(ingest)?;
         let images = read_images(ingest)?;
         let length = params.str("captions");
@@ -243,7 +278,7 @@ impl StageKind for Train {
 
         // Caption rows: the frozen cache's rows, or every caption of the chosen length.
         let (caption_image, text, embed_dim, tokenizer) = if frozen {
-            let cache = ctx.upstream_of_kind("text_embed").context("text = \"frozen\" trains against a text_embed stage")?;
+            let cache = ctx.upstream_of_kind(text_embed::NAME).context("text = \"frozen\" trains against a text_embed stage")?;
             let cached_length = cache.params.opt_str("captions").unwrap_or("short");
             if cached_length != length {
                 bail!("captions = \"{length}\" but text_embed stage '{}' embedded the {cached_length} captions", cache.stage);
@@ -350,16 +385,16 @@ impl StageKind for Train {
             tensor_file::write(&ctx.output("text_encoder.safetensors")?, &raw(&trained.text), meta(&[]))?;
             tokenizer.save(|name| ctx.output(name))?;
         }
-        let model_json = json!({
-            "config": config,
-            "loss": spec.loss,
-            "text": params.str("text"),
-            "captions": length,
-            "steps": steps,
-            "batch_size": batch_size,
-            "seed": spec.seed,
-        });
-        std::fs::write(ctx.output("model.json")?, serde_json::to_vec_pretty(&model_json)?)?;
+        let description = ModelDescription {
+            batch_size,
+            captions: length.to_owned(),
+            config: config.clone(),
+            loss,
+            seed: spec.seed,
+            steps,
+            text: params.str("text").to_owned(),
+        };
+        description.write(&ctx.output(ModelDescription::FILE)?)?;
         write_curve(&ctx.output("curve.csv")?, &trained.history)?;
         std::fs::copy(&checkpoint_path, ctx.output("checkpoint.safetensors")?).context("copying the final checkpoint")?;
 

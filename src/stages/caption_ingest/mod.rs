@@ -84,6 +84,9 @@ use anyhow::anyhow;
 use super::{ParamDefault, ParamError, ParamSpec, ParamType, Params, StageContext, StageKind, UpstreamInstance};
 use dataset::Options;
 
+/// The kind's name, as `kind = "..."` writes it.
+pub const NAME: &str = "caption_ingest";
+
 pub struct CaptionIngest;
 
 const SOURCES_HELP: &str = "builtin:shapes, fashion-mnist:DIR, coco:CAPTIONS_JSON, jsonl:MANIFEST, sugarcrepe:DIR, webdataset:PATTERN";
@@ -220,7 +223,7 @@ fn validate(params: &Params) -> Result<(Source, Options), ParamError> {
 
 impl StageKind for CaptionIngest {
     fn name(&self) -> &'static str {
-        "caption_ingest"
+        NAME
     }
     fn version(&self) -> u32 {
         1
@@ -265,7 +268,7 @@ impl StageKind for CaptionIngest {
 /// captions must exist, which a `webdataset:` source without `long_field`
 /// does not give. An error at `captions`, when compiling.
 pub fn check_long_captions(length: &str, upstream: &[UpstreamInstance<'_>]) -> Result<(), ParamError> {
-    let Some(ingest) = UpstreamInstance::of_kind(upstream, "caption_ingest") else { return Ok(()) };
+    let Some(ingest) = UpstreamInstance::of_kind(upstream, NAME) else { return Ok(()) };
     let webdataset = ingest.params.opt_str("source").is_some_and(|s| s.starts_with("webdataset:"));
     if length == "long" && webdataset && ingest.params.opt_str("long_field").is_none() {
         return Err(ParamError::new(
