@@ -14,9 +14,10 @@ use std::os::unix::fs::FileExt as _;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context as _, bail};
+use safetensors::Dtype;
 use serde::{Deserialize, Serialize};
 
-use crate::tensor_file::{TensorShape, TensorWriter};
+use crate::tensor_file::{TensorFile, TensorShape, TensorWriter};
 
 /// Images per shard: a few MB at 32 px, ~150 MB at 224 px.
 pub const SHARD_IMAGES: usize = 1024;
@@ -126,26 +127,10 @@ impl ImageSet {
 
 /// A safetensors file's `images` tensor: where its data starts, and its shape.
 fn open_shard(path: &Path) -> anyhow::Result<(Shard, usize)> {
-    let file = std::fs::File::open(path).with_context(|| format!("opening {}", path.display()))?;
-    let mut len = [0u8; 8];
-    file.read_exact_at(&mut len, 0).with_context(|| format!("{} is not safetensors", path.display()))?;
-    let header_len = u64::from_le_bytes(len);
-    if header_len > 1 << 24 {
-        bail!("{} is not safetensors (header of {header_len} bytes)", path.display());
-    }
-    let mut header = vec![0u8; header_len as usize];
-    file.read_exact_at(&mut header, 8).with_context(|| format!("{} is not safetensors", path.display()))?;
-    let header: serde_json::Value = serde_json::from_slice(&header).with_context(|| format!("{} is not safetensors", path.display()))?;
-    let tensor = header.get("images").with_context(|| format!("{} has no tensor `images`", path.display()))?;
-    let shape: Vec<usize> = serde_json::from_value(tensor["shape"].clone()).unwrap_or_default();
-    let offsets: Vec<u64> = serde_json::from_value(tensor["data_offsets"].clone()).unwrap_or_default();
-    if tensor["dtype"] != "U8" || shape.len() != 4 || shape[1] != shape[2] || shape[3] != 3 || offsets.len() != 2 {
-        bail!("{}: `images` must be u8 [N, S, S, 3], found {} {:?}", path.display(), tensor["dtype"], shape);
-    }
-    let data_start = 8 + header_len + offsets[0];
-    let size = file.metadata()?.len();
-    if offsets[1] - offsets[0] != (shape.iter().product::<usize>()) as u64 || data_start + offsets[1] - offsets[0] > size {
-        bail!("{}: `images` data does not match its shape {:?}", path.display(), shape);
+    let file = TensorFile::open(path)?;
+    let (dtype, shape, data_start) = file.locate("images")?;
+    if dtype != Dtype::U8 || shape.len() != 4 || shape[1] != shape[2] || shape[3] != 3 {
+        bail!("{}: `images` must be u8 [N, S, S, 3], found {dtype:?} {shape:?}", path.display());
     }
     Ok((Shard { path: path.to_owned(), data_start, n: shape[0] }, shape[1]))
 }
@@ -192,7 +177,7 @@ impl ShardWriter {
         let path = self.dir.join(&name);
         std::fs::create_dir_all(path.parent().unwrap_or(&self.dir)).with_context(|| format!("creating {}", self.dir.display()))?;
         let k = self.pending.len() / (self.side * self.side * 3);
-        let shape = TensorShape { name: "images".into(), dtype: safetensors::Dtype::U8, shape: vec![k, self.side, self.side, 3] };
+        let shape = TensorShape { name: "images".into(), dtype: Dtype::U8, shape: vec![k, self.side, self.side, 3] };
         let mut out = TensorWriter::create(&path, &[shape], Default::default())?;
         out.append(&self.pending)?;
         out.finish()?;
@@ -245,7 +230,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let pixels: Vec<u8> = (0..3 * 2 * 2 * 3).map(|b| b as u8).collect();
         let path = dir.path().join("images.safetensors");
-        let tensor = crate::tensor_file::RawTensor { dtype: safetensors::Dtype::U8, shape: vec![3, 2, 2, 3], bytes: pixels.clone() };
+        let tensor = crate::tensor_file::RawTensor { dtype: Dtype::U8, shape: vec![3, 2, 2, 3], bytes: pixels.clone() };
         crate::tensor_file::write(&path, &[("images".to_owned(), tensor)], Default::default()).unwrap();
         let set = ImageSet::open_single(&path).unwrap();
         assert_eq!((set.n, set.side), (3, 2));

@@ -4,11 +4,14 @@
 //! on that); reading checks dtype and rank and names the file in every error.
 
 use std::collections::HashMap;
+use std::fs::File;
 use std::io::Write as _;
+use std::os::unix::fs::FileExt as _;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context as _, bail};
-use safetensors::{Dtype, SafeTensors};
+use safetensors::Dtype;
+use safetensors::tensor::Metadata;
 
 /// One tensor to write: dtype, shape and little-endian bytes.
 pub struct RawTensor {
@@ -135,22 +138,42 @@ impl TensorWriter {
     }
 }
 
-/// A safetensors file read into memory; its header is parsed once.
+/// A safetensors file: its header parsed once, tensor data read on demand by
+/// positioned reads, so a cache of millions of rows is never held whole.
 pub struct TensorFile {
     path: String,
-    bytes: Vec<u8>,
+    file: File,
     /// Where the data starts (after the 8-byte length and the header).
-    data_start: usize,
-    header: safetensors::tensor::Metadata,
+    data_start: u64,
+    header: Metadata,
 }
+
+/// Headers beyond this are not safetensors (the format's own limit).
+const MAX_HEADER: u64 = 100_000_000;
 
 impl TensorFile {
     pub fn open(path: &Path) -> anyhow::Result<TensorFile> {
-        let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
-        // `deserialize` also checks that every tensor's bytes are in the file.
-        SafeTensors::deserialize(&bytes).with_context(|| format!("{} is not a safetensors file", path.display()))?;
-        let (header_len, header) = SafeTensors::read_metadata(&bytes).expect("checked by deserialize");
-        Ok(TensorFile { path: path.display().to_string(), bytes, data_start: 8 + header_len, header })
+        let not_safetensors = || format!("{} is not a safetensors file", path.display());
+        let file = File::open(path).with_context(|| format!("reading {}", path.display()))?;
+        let size = file.metadata().with_context(|| format!("reading {}", path.display()))?.len();
+        let mut len = [0u8; 8];
+        file.read_exact_at(&mut len, 0).with_context(not_safetensors)?;
+        let header_len = u64::from_le_bytes(len);
+        if header_len > MAX_HEADER || 8 + header_len > size {
+            bail!("{} (header of {header_len} bytes in a file of {size})", not_safetensors());
+        }
+        let mut header = vec![0u8; header_len as usize];
+        file.read_exact_at(&mut header, 8).with_context(not_safetensors)?;
+        let header: Metadata = serde_json::from_slice(&header).with_context(not_safetensors)?;
+        let data_len = size - 8 - header_len;
+        for (name, info) in header.tensors() {
+            let (start, end) = info.data_offsets;
+            let want = (info.shape.iter().product::<usize>() * info.dtype.bitsize()).div_ceil(8);
+            if end < start || end - start != want || end as u64 > data_len {
+                bail!("{}: tensor `{name}` does not fit the file (truncated?)", path.display());
+            }
+        }
+        Ok(TensorFile { path: path.display().to_string(), file, data_start: 8 + header_len, header })
     }
 
     /// Tensor names, sorted.
@@ -164,20 +187,26 @@ impl TensorFile {
         self.header.metadata().clone().unwrap_or_default()
     }
 
-    /// A tensor's dtype, shape and bytes.
-    fn raw(&self, name: &str) -> anyhow::Result<(Dtype, &[usize], &[u8])> {
+    /// A tensor's dtype, shape and where its bytes start in the file.
+    pub fn locate(&self, name: &str) -> anyhow::Result<(Dtype, &[usize], u64)> {
         let info = self.header.info(name).with_context(|| format!("{} has no tensor `{name}`", self.path))?;
-        let (start, end) = info.data_offsets;
-        Ok((info.dtype, &info.shape, &self.bytes[self.data_start + start..self.data_start + end]))
+        Ok((info.dtype, &info.shape, self.data_start + info.data_offsets.0 as u64))
+    }
+
+    /// `len` bytes at `at`.
+    fn read(&self, at: u64, len: usize) -> anyhow::Result<Vec<u8>> {
+        let mut bytes = vec![0u8; len];
+        self.file.read_exact_at(&mut bytes, at).with_context(|| format!("reading {}", self.path))?;
+        Ok(bytes)
     }
 
     /// An f32 tensor: its shape and values.
     pub fn f32(&self, name: &str) -> anyhow::Result<(Vec<usize>, Vec<f32>)> {
-        let (dtype, shape, data) = self.raw(name)?;
+        let (dtype, shape, at) = self.locate(name)?;
         if dtype != Dtype::F32 {
             bail!("{}: tensor `{name}` is {dtype:?}, expected F32", self.path);
         }
-        let values = data.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect();
+        let values = f32s(&self.read(at, shape.iter().product::<usize>() * 4)?);
         Ok((shape.to_vec(), values))
     }
 
@@ -190,23 +219,82 @@ impl TensorFile {
         Ok(if shape[1] == 0 { vec![Vec::new(); shape[0]] } else { values.chunks_exact(shape[1]).map(<[f32]>::to_vec).collect() })
     }
 
-    /// Row `row` of a `[rows, dim]` f32 tensor, converting only that row.
+    /// Row `row` of a `[rows, dim]` f32 tensor, reading only that row.
     pub fn f32_row(&self, name: &str, row: usize) -> anyhow::Result<Vec<f32>> {
-        let (dtype, shape, data) = self.raw(name)?;
-        if dtype != Dtype::F32 || shape.len() != 2 || row >= shape[0] {
-            bail!("{}: tensor `{name}` ({dtype:?} {shape:?}) has no f32 row {row}", self.path);
+        self.f32_table(name)?.gather(&[row])
+    }
+
+    /// A `[rows, dim]` f32 tensor whose rows are read as they are asked for.
+    pub fn f32_table(&self, name: &str) -> anyhow::Result<F32Rows> {
+        let (dtype, shape, at) = self.locate(name)?;
+        if dtype != Dtype::F32 || shape.len() != 2 {
+            bail!("{}: tensor `{name}` is {dtype:?} {shape:?}, expected F32 [rows, dim]", self.path);
         }
-        let bytes = &data[row * shape[1] * 4..(row + 1) * shape[1] * 4];
-        Ok(bytes.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect())
+        let file = self.file.try_clone().with_context(|| format!("reading {}", self.path))?;
+        Ok(F32Rows { n: shape[0], dim: shape[1], source: RowSource::File { file, path: self.path.clone(), at } })
     }
 
     /// A 1-D i64 tensor.
     pub fn i64(&self, name: &str) -> anyhow::Result<Vec<i64>> {
-        let (dtype, shape, data) = self.raw(name)?;
+        let (dtype, shape, at) = self.locate(name)?;
         if dtype != Dtype::I64 || shape.len() != 1 {
             bail!("{}: tensor `{name}` is {dtype:?} {shape:?}, expected a 1-D I64", self.path);
         }
-        Ok(data.chunks_exact(8).map(|c| i64::from_le_bytes(c.try_into().expect("8 bytes"))).collect())
+        Ok(self.read(at, shape[0] * 8)?.chunks_exact(8).map(|c| i64::from_le_bytes(c.try_into().expect("8 bytes"))).collect())
+    }
+}
+
+fn f32s(bytes: &[u8]) -> Vec<f32> {
+    bytes.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect()
+}
+
+/// The rows of a `[n, dim]` f32 table, gathered a batch at a time: from
+/// memory, or by positioned reads of a file (a frozen text cache), so a
+/// training holds one batch of embeddings, not the cache.
+pub struct F32Rows {
+    n: usize,
+    dim: usize,
+    source: RowSource,
+}
+
+enum RowSource {
+    Memory(Vec<f32>),
+    File { file: File, path: String, at: u64 },
+}
+
+impl F32Rows {
+    pub fn in_memory(dim: usize, values: Vec<f32>) -> F32Rows {
+        F32Rows { n: values.len().checked_div(dim).unwrap_or(0), dim, source: RowSource::Memory(values) }
+    }
+
+    pub fn len(&self) -> usize {
+        self.n
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.n == 0
+    }
+
+    pub fn dim(&self) -> usize {
+        self.dim
+    }
+
+    /// The rows `rows`, in that order, as one row-major `[rows.len(), dim]` buffer.
+    pub fn gather(&self, rows: &[usize]) -> anyhow::Result<Vec<f32>> {
+        if let Some(r) = rows.iter().find(|&&r| r >= self.n) {
+            bail!("row {r} asked of a table of {} rows", self.n);
+        }
+        let row_bytes = self.dim * 4;
+        match &self.source {
+            RowSource::Memory(values) => Ok(rows.iter().flat_map(|&r| &values[r * self.dim..(r + 1) * self.dim]).copied().collect()),
+            RowSource::File { file, path, at } => {
+                let mut bytes = vec![0u8; rows.len() * row_bytes];
+                for (out, &r) in bytes.chunks_exact_mut(row_bytes.max(1)).zip(rows) {
+                    file.read_exact_at(out, at + (r * row_bytes) as u64).with_context(|| format!("reading row {r} of {path}"))?;
+                }
+                Ok(f32s(&bytes))
+            }
+        }
     }
 }
 
@@ -264,5 +352,28 @@ mod tests {
         let reversed = [shapes[1].clone(), shapes[0].clone()];
         let Err(e) = TensorWriter::create(&short, &reversed, HashMap::new()) else { panic!("out-of-order declaration accepted") };
         assert!(e.to_string().contains("out of name order"), "{e}");
+    }
+
+    #[test]
+    fn rows_are_read_from_the_file_as_asked_and_a_truncated_file_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let values: Vec<f32> = (0..20).map(|i| i as f32 - 3.5).collect();
+        let path = dir.path().join("t.safetensors");
+        write(&path, &[("rows".to_owned(), RawTensor::f32(vec![5, 4], &values))], HashMap::new()).unwrap();
+        let file = TensorFile::open(&path).unwrap();
+        let table = file.f32_table("rows").unwrap();
+        let memory = F32Rows::in_memory(4, values.clone());
+        for rows in [vec![4, 0, 4], vec![], vec![2]] {
+            let want: Vec<f32> = rows.iter().flat_map(|&r| values[r * 4..(r + 1) * 4].to_vec()).collect();
+            assert_eq!(table.gather(&rows).unwrap(), want);
+            assert_eq!(memory.gather(&rows).unwrap(), want);
+        }
+        assert_eq!(file.f32_row("rows", 3).unwrap(), values[12..16]);
+        assert!(table.gather(&[5]).unwrap_err().to_string().contains("row 5"));
+
+        let bytes = std::fs::read(&path).unwrap();
+        std::fs::write(&path, &bytes[..bytes.len() - 4]).unwrap();
+        let Err(e) = TensorFile::open(&path) else { panic!("a truncated file opened") };
+        assert!(e.to_string().contains("does not fit"), "{e}");
     }
 }

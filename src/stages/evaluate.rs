@@ -40,7 +40,7 @@ use crate::images::ImageSet;
 use crate::loss::l2_normalize;
 use crate::model::named::{HostTensor, Layout, load};
 use crate::model::{ClipConfig, ClipModel};
-use crate::tensor_file::{RawTensor, TensorFile, TensorShape, TensorWriter};
+use crate::tensor_file::{F32Rows, RawTensor, TensorFile, TensorShape, TensorWriter};
 use crate::text::device::{DeviceRequest, OnBackend};
 use crate::text::pooling;
 use crate::train::data::eval_patches;
@@ -357,20 +357,28 @@ fn add_examples(
 struct FrozenCache<'a> {
     stage: &'a str,
     file: TensorFile,
+    captions: F32Rows,
+    positives: F32Rows,
+    negatives: F32Rows,
     /// Row in the cache's negatives of each line of negatives.jsonl.
     negative_rows: HashMap<i64, usize>,
 }
 
-fn normalized(mut rows: Vec<Vec<f32>>) -> Vec<Vec<f32>> {
+/// `rows` of `table`, each L2-normalised.
+fn normalized(table: &F32Rows, rows: &[usize]) -> anyhow::Result<Vec<Vec<f32>>> {
+    let values = table.gather(rows)?;
+    let mut rows: Vec<Vec<f32>> = values.chunks_exact(table.dim().max(1)).map(<[f32]>::to_vec).collect();
     rows.iter_mut().for_each(|r| pooling::l2_normalize(r));
-    rows
+    Ok(rows)
 }
 
 impl<'a> FrozenCache<'a> {
     fn open(cache: &'a UpstreamOutputs) -> anyhow::Result<FrozenCache<'a>> {
         let file = TensorFile::open(cache.artifact("embeddings.safetensors")?)?;
         let negative_rows = file.i64("negative_row")?.into_iter().enumerate().map(|(j, r)| (r, j)).collect();
-        Ok(FrozenCache { stage: &cache.stage, file, negative_rows })
+        let (captions, positives, negatives) =
+            (file.f32_table("captions")?, file.f32_table("negative_positive")?, file.f32_table("negative_negative")?);
+        Ok(FrozenCache { stage: &cache.stage, file, captions, positives, negatives, negative_rows })
     }
 
     fn captions(&self, job: &EmbedJob<'_>) -> anyhow::Result<Vec<Vec<f32>>> {
@@ -379,7 +387,7 @@ impl<'a> FrozenCache<'a> {
         for (row, &i) in owner.iter().enumerate() {
             by_image.entry(i as usize).or_default().push(row);
         }
-        let mut captions = Vec::with_capacity(job.captions.len());
+        let mut rows = Vec::with_capacity(job.captions.len());
         let mut next: HashMap<usize, usize> = HashMap::new();
         for &(image, text) in job.captions {
             let k = next.entry(image).or_default();
@@ -390,29 +398,32 @@ impl<'a> FrozenCache<'a> {
                 )
             })?;
             *k += 1;
-            captions.push(self.file.f32_row("captions", *row)?);
+            rows.push(*row);
         }
-        Ok(normalized(captions))
+        normalized(&self.captions, &rows)
     }
 
     /// The (positive, negative) rows of a chunk of negatives.
     fn negatives(&self, chunk: &[(usize, IngestNegative)]) -> anyhow::Result<(Vec<Vec<f32>>, Vec<Vec<f32>>)> {
-        let (mut pos, mut neg) = (Vec::with_capacity(chunk.len()), Vec::with_capacity(chunk.len()));
-        for (row, _) in chunk {
-            let j = self.negative_rows.get(&(*row as i64)).with_context(|| {
-                format!("text_embed stage '{}' holds the hard negatives of test images only; evaluate with split = \"test\"", self.stage)
-            })?;
-            pos.push(self.file.f32_row("negative_positive", *j)?);
-            neg.push(self.file.f32_row("negative_negative", *j)?);
-        }
-        Ok((normalized(pos), normalized(neg)))
+        let rows: Vec<usize> = chunk
+            .iter()
+            .map(|(row, _)| {
+                self.negative_rows.get(&(*row as i64)).copied().with_context(|| {
+                    format!(
+                        "text_embed stage '{}' holds the hard negatives of test images only; evaluate with split = \"test\"",
+                        self.stage
+                    )
+                })
+            })
+            .collect::<anyhow::Result<_>>()?;
+        Ok((normalized(&self.positives, &rows)?, normalized(&self.negatives, &rows)?))
     }
 
     fn prompts(&self, job: &EmbedJob<'_>) -> anyhow::Result<Vec<Vec<f32>>> {
-        let prompts = self.file.f32_rows("class_prompts")?;
+        let prompts = self.file.f32_table("class_prompts")?;
         if prompts.len() != job.prompts.len() {
             bail!("text_embed stage '{}' has {} class prompts, the ingest lists {}", self.stage, prompts.len(), job.prompts.len());
         }
-        Ok(normalized(prompts))
+        normalized(&prompts, &(0..prompts.len()).collect::<Vec<_>>())
     }
 }

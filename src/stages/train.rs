@@ -284,9 +284,9 @@ impl StageKind for Train {
                 bail!("captions = \"{length}\" but text_embed stage '{}' embedded the {cached_length} captions", cache.stage);
             }
             let file = TensorFile::open(cache.artifact("embeddings.safetensors")?)?;
-            let rows = file.f32_rows("captions")?;
+            let rows = file.f32_table("captions")?;
             let owners: Vec<usize> = file.i64("caption_image")?.into_iter().map(|i| i as usize).collect();
-            let dim = rows.first().map_or(0, Vec::len);
+            let dim = rows.dim();
             (owners, TextSide::Frozen(rows), dim, None)
         } else {
             let preset = TextPreset::named(params.str("text_model")).expect("checked preset");

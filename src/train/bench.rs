@@ -15,6 +15,7 @@ use crate::images::ImageSet;
 use crate::loss::Loss;
 use crate::model::{ClipConfig, VitPreset};
 use crate::rng::Rng;
+use crate::tensor_file::F32Rows;
 
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct BenchResult {
@@ -84,11 +85,11 @@ pub fn run<B: AutodiffBackend>(
     let (n, dim, side) = (batch * 2, 384, vit.image_size);
     let mut rng = Rng::keyed(0, &[Rng::key_of("bench")]);
     let pixels = (0..n * side * side * 3).map(|_| (rng.next_u64() & 0xff) as u8).collect();
-    let text: Vec<Vec<f32>> = (0..n).map(|_| (0..dim).map(|_| rng.normal() as f32).collect()).collect();
+    let text: Vec<f32> = (0..n * dim).map(|_| rng.normal() as f32).collect();
     let inputs = TrainInputs {
         images: ImageSet::in_memory(n, side, pixels),
         pairs: Pairs { images: (0..n).collect(), captions: (0..n).map(|i| vec![i]).collect() },
-        text: TextSide::Frozen(text),
+        text: TextSide::Frozen(F32Rows::in_memory(dim, text)),
     };
     let flops = 3.0 * vit.forward_flops();
     let spec = TrainSpec {

@@ -27,6 +27,7 @@ use crate::images::ImageSet;
 use crate::loss::{Learned, Loss};
 use crate::model::named::{self, HostTensor, Layout};
 use crate::model::{ClipConfig, ClipModel};
+use crate::tensor_file::F32Rows;
 use checkpoint::{CheckpointMeta, StepRecord};
 use data::Pairs;
 use optim::{AdamW, AdamWConfig};
@@ -59,8 +60,8 @@ impl TrainSpec {
 
 /// The text side of the training pairs.
 pub enum TextSide {
-    /// LIFT: one cached embedding per caption row.
-    Frozen(Vec<Vec<f32>>),
+    /// LIFT: one cached embedding per caption row, read a batch at a time.
+    Frozen(F32Rows),
     /// CLIP: token ids per caption row, for the scratch tower.
     Scratch(Vec<Vec<u32>>),
 }
@@ -210,9 +211,8 @@ fn train<B: AutodiffBackend>(
         let image_emb = model.encode_images(images, batch);
         let text_emb = match &inputs.text {
             TextSide::Frozen(rows) => {
-                let dim = rows[0].len();
-                let values: Vec<f32> = plan.captions.iter().flat_map(|&r| rows[r].iter().copied()).collect();
-                Tensor::<B, 2>::from_data(TensorData::new(values, [batch, dim]), device)
+                let values = rows.gather(&plan.captions)?;
+                Tensor::<B, 2>::from_data(TensorData::new(values, [batch, rows.dim()]), device)
             }
             TextSide::Scratch(tokens) => {
                 let tower = model.text.as_ref().expect("scratch runs have a text tower");
