@@ -21,7 +21,7 @@ pub mod pipeline;
 pub mod pivot;
 pub mod process_group;
 pub mod rng;
-pub mod slurm;
+pub mod slurm_commands;
 pub mod stages;
 pub mod store;
 pub mod tensor_file;

@@ -20,7 +20,7 @@ mod history;
 pub mod objects;
 mod postgres;
 mod read;
-mod slurm;
+mod slurm_jobs;
 mod sqlite;
 mod write;
 
@@ -34,7 +34,7 @@ use backend::Dialect;
 pub use history::*;
 pub use objects::{ObjectStat, ObjectStore, PutObject, Verified};
 pub use read::*;
-pub use slurm::*;
+pub use slurm_jobs::*;
 pub use write::*;
 
 /// Where a workspace keeps things; see ARCHITECTURE.md.
