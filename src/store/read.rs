@@ -457,7 +457,7 @@ const RUN_SELECT: &str = "SELECT v.id, v.pipeline, v.command, v.status, v.host, 
 /// Whether a run still recorded `running` is a local one whose process is
 /// gone. Only the next writer records it lost, so read-only commands check.
 fn local_run_gone(host: &str, pid: i64, heartbeat_ms: i64, executor: &str) -> bool {
-    executor == "local" && super::write::is_stale(&super::host_name(), super::now_ms() - super::write::lease_ms(), host, pid, heartbeat_ms)
+    executor == "local" && super::runs::is_stale(&super::host_name(), super::now_ms() - super::runs::lease_ms(), host, pid, heartbeat_ms)
 }
 
 fn run(row: &AnyRow) -> RunRecord {

@@ -4,7 +4,7 @@
 use serde::Serialize;
 use sqlx::Row as _;
 
-use super::write::SlurmTask;
+use super::attempts::SlurmTask;
 use super::{Store, now_ms, now_text};
 
 /// A submitted job (or array task) as recorded.
