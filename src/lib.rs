@@ -7,6 +7,7 @@ pub mod chart;
 pub mod claims;
 pub mod cli;
 pub mod dashboard;
+pub mod device;
 pub mod echo;
 pub mod eval;
 pub mod exec;

@@ -9,7 +9,7 @@ use crate::loss::Loss;
 use crate::stages;
 
 pub(super) fn bench_train(bench: Bench<'_>, device: &str, json: bool) -> anyhow::Result<ExitCode> {
-    use crate::text::device::DeviceRequest;
+    use crate::device::DeviceRequest;
     let request = DeviceRequest::parse(device).map_err(UsageError)?;
     if crate::model::VitPreset::named(bench.model, "avg").is_none() {
         return Err(
@@ -54,7 +54,7 @@ pub(super) struct Bench<'a> {
     pub(super) phases: bool,
 }
 
-impl crate::text::device::OnBackend for Bench<'_> {
+impl crate::device::OnBackend for Bench<'_> {
     type Output = crate::train::bench::BenchResult;
     fn run<B: burn::tensor::backend::Backend>(self, device: &B::Device) -> anyhow::Result<Self::Output> {
         crate::train::bench::run::<burn::backend::Autodiff<B>>(
@@ -77,8 +77,8 @@ pub(super) fn embed(
     json: bool,
     texts: &[String],
 ) -> anyhow::Result<ExitCode> {
-    use crate::text::device::{DeviceRequest, LoadedEncoder};
-    use crate::text::{EmbedOptions, EncoderSpec, Pooling, check_max_tokens};
+    use crate::device::DeviceRequest;
+    use crate::text::{EmbedOptions, EncoderSpec, LoadedEncoder, Pooling, check_max_tokens};
     let usage = |e: anyhow::Error| UsageError(format!("{e:#}"));
     let spec = EncoderSpec::resolve(encoder).map_err(usage)?;
     let pooling: Pooling = match pooling {
