@@ -15,7 +15,7 @@ use crate::exec::{self, NodeOutcome, Observer, RunOptions, node_label};
 use crate::freshness;
 use crate::pipeline::Plan;
 use crate::stages::{CancelToken, NoProgress, Progress};
-use crate::store::{Claim, RunStatus, SlurmTask, Store, Workspace};
+use crate::store::{Claim, Executor, RunEnd, RunProcess, RunStatus, SlurmTask, Store, Workspace};
 
 pub(super) async fn plan(workspace: &Workspace, file: &Path, format: PlanFormat) -> anyhow::Result<ExitCode> {
     let plan = compile(file)?;
@@ -151,7 +151,7 @@ pub(super) async fn run(
     let (report, slurm_summary) = match outcome {
         Ok(r) => r,
         Err(e) => {
-            store.finish_run(run_id, RunStatus::Failed).await?;
+            store.finish_run(run_id, RunEnd::Failed).await?;
             return Err(e);
         }
     };
@@ -159,11 +159,11 @@ pub(super) async fn run(
     // them) stays `running`: rerunning the command follows it again.
     let jobs_left = slurm_summary.as_ref().map_or(0, |s| s.jobs_left);
     let status = if report.interrupted {
-        RunStatus::Interrupted
+        RunEnd::Interrupted
     } else if report.failed.is_empty() {
-        RunStatus::Done
+        RunEnd::Done
     } else {
-        RunStatus::Failed
+        RunEnd::Failed
     };
     if jobs_left == 0 {
         store.finish_run(run_id, status).await?;
@@ -174,7 +174,7 @@ pub(super) async fn run(
     if json {
         print_json(&json!({
             "run_id": run_id,
-            "status": match status { RunStatus::Done => "done", RunStatus::Failed => "failed", RunStatus::Interrupted => "interrupted" },
+            "status": RunStatus::from(status).as_str(),
             "executed": keys(&report.executed),
             "cached": keys(&report.cached),
             "done_elsewhere": keys(&report.done_elsewhere),
@@ -232,9 +232,9 @@ pub(super) async fn run(
     }
     store.close().await;
     Ok(match status {
-        RunStatus::Done => ExitCode::SUCCESS,
-        RunStatus::Failed => ExitCode::from(1),
-        RunStatus::Interrupted => ExitCode::from(130),
+        RunEnd::Done => ExitCode::SUCCESS,
+        RunEnd::Failed => ExitCode::from(1),
+        RunEnd::Interrupted => ExitCode::from(130),
     })
 }
 
@@ -266,7 +266,7 @@ pub(super) async fn exec_one(
     // Inside a Slurm job of a run, the attempt belongs to that run; alone, exec is a run of its own.
     let run_id = match run {
         Some(id) => {
-            if store.run_executor(id).await?.is_none() {
+            if store.run_process(id).await?.is_none() {
                 return Err(UsageError(format!("no run {id} in this store")).into());
             }
             id
@@ -282,13 +282,13 @@ pub(super) async fn exec_one(
     let (outcome, code) = match claim {
         Claim::Done { attempt_id } => {
             if own_run {
-                store.finish_run(run_id, RunStatus::Done).await?;
+                store.finish_run(run_id, RunEnd::Done).await?;
             }
             (json!({"status": "cached", "attempt_id": attempt_id}), ExitCode::SUCCESS)
         }
         Claim::RunningElsewhere { run_id: other, host, pid } => {
             if own_run {
-                store.finish_run(run_id, RunStatus::Failed).await?;
+                store.finish_run(run_id, RunEnd::Failed).await?;
             }
             bail!("instance {} is being run by run {other} (pid {pid} on {host})", &instance.key[..12]);
         }
@@ -318,9 +318,9 @@ pub(super) async fn exec_one(
             let end = exec::run_job(&store, &job, attempt_id, cancel, progress).await;
             heartbeat.abort();
             let (status, outcome, code, run_status) = match end? {
-                exec::JobEnd::Done => ("done", NodeOutcome::Done, ExitCode::SUCCESS, RunStatus::Done),
-                exec::JobEnd::Interrupted => ("interrupted", NodeOutcome::Interrupted, ExitCode::from(130), RunStatus::Interrupted),
-                exec::JobEnd::Failed(e) => ("failed", NodeOutcome::Failed(e), ExitCode::from(1), RunStatus::Failed),
+                exec::JobEnd::Done => ("done", NodeOutcome::Done, ExitCode::SUCCESS, RunEnd::Done),
+                exec::JobEnd::Interrupted => ("interrupted", NodeOutcome::Interrupted, ExitCode::from(130), RunEnd::Interrupted),
+                exec::JobEnd::Failed(e) => ("failed", NodeOutcome::Failed(e), ExitCode::from(1), RunEnd::Failed),
             };
             observer.finished(&label, &instance.key, &outcome);
             if own_run {
@@ -348,18 +348,18 @@ pub(super) async fn cancel(workspace: &Workspace, run_id: i64) -> anyhow::Result
     // A local run whose process died (or stopped heartbeating: its pid may
     // now be another program's) is recorded lost first, and never signalled.
     store.recover_stale().await?;
-    let Some((executor, host, pid, status)) = store.run_executor(run_id).await? else {
+    let Some(RunProcess { executor, host, pid, status }) = store.run_process(run_id).await? else {
         return Err(UsageError(format!("no run {run_id} in this store")).into());
     };
-    if executor == "slurm" {
+    if executor == Executor::Slurm {
         let cancelled = exec::slurm::cancel_run(&store, run_id).await?;
-        if status == "running" {
-            store.finish_run(run_id, RunStatus::Interrupted).await?;
+        if status == RunStatus::Running {
+            store.finish_run(run_id, RunEnd::Interrupted).await?;
         }
         println!("run {run_id}: cancelled {cancelled} Slurm job(s)");
         return Ok(ExitCode::SUCCESS);
     }
-    if status == "lost" && host == crate::store::host_name() {
+    if status == RunStatus::Lost && host == crate::store::host_name() {
         // Its process died, but the commands it ran may have left processes
         // behind (a `kill -9` does not reach a shell's children).
         let mut stopped = 0;
@@ -377,7 +377,7 @@ pub(super) async fn cancel(workspace: &Workspace, run_id: i64) -> anyhow::Result
             return Ok(ExitCode::SUCCESS);
         }
     }
-    if status != "running" {
+    if status != RunStatus::Running {
         println!("run {run_id} is not running ({status}): nothing to cancel");
         return Ok(ExitCode::SUCCESS);
     }

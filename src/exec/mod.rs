@@ -20,7 +20,7 @@ pub use job::{BrokenInput, Job, JobEnd, UpstreamDone, run_job, verify_inputs};
 use crate::freshness::Freshness;
 use crate::pipeline::Plan;
 use crate::stages::{self, CancelToken, Params, Progress};
-use crate::store::{Claim, DoneAttempt, HEARTBEAT_MS, Store};
+use crate::store::{AttemptStatus, Claim, DoneAttempt, HEARTBEAT_MS, Store};
 
 #[derive(Debug, Clone)]
 pub struct RunOptions {
@@ -359,7 +359,7 @@ impl<'a> Scheduler<'a> {
             self.store.recover_stale().await?;
         }
         for i in self.elsewhere.clone() {
-            if self.store.latest_attempt_status(self.ids[i]).await?.as_deref() != Some("running") {
+            if self.store.latest_attempt_status(self.ids[i]).await? != Some(AttemptStatus::Running) {
                 self.elsewhere.remove(&i);
                 self.state[i] = State::Pending;
                 self.ready.insert(i);

@@ -7,6 +7,7 @@ use sqlx::{Any, Row as _};
 use super::backend::Dialect;
 use super::objects::PutObject;
 use super::runs::{is_stale, lease_ms};
+use super::status::{AttemptEnd, AttemptStatus};
 use super::{Store, host_name, now_ms, now_text};
 use crate::stages::MetricPoint;
 
@@ -47,22 +48,6 @@ impl std::fmt::Display for SlurmTask {
         match self.array_task {
             Some(task) => write!(f, "{}_{task}", self.job_id),
             None => f.write_str(&self.job_id),
-        }
-    }
-}
-
-/// Final state of an attempt that did not succeed.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum AttemptEnd {
-    Failed,
-    Interrupted,
-}
-
-impl AttemptEnd {
-    fn as_str(self) -> &'static str {
-        match self {
-            AttemptEnd::Failed => "failed",
-            AttemptEnd::Interrupted => "interrupted",
         }
     }
 }
@@ -206,7 +191,7 @@ impl Store {
             sqlx::query_scalar("SELECT instance_id FROM attempts WHERE id = $1").bind(attempt_id).fetch_one(&mut *tx).await?;
         insert_metrics(self.sql, &mut tx, instance_id, attempt_id, metrics).await?;
         sqlx::query("UPDATE attempts SET status = $1, ended_at = $2, error = $3 WHERE id = $4")
-            .bind(end.as_str())
+            .bind(AttemptStatus::from(end).as_str())
             .bind(now_text())
             .bind(error)
             .bind(attempt_id)

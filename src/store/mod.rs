@@ -25,6 +25,7 @@ mod read;
 mod runs;
 mod slurm_jobs;
 mod sqlite;
+mod status;
 mod user_sql;
 
 use std::path::{Path, PathBuf};
@@ -40,6 +41,7 @@ pub use objects::{ObjectStat, ObjectStore, PutObject, Verified};
 pub use read::*;
 pub use runs::*;
 pub use slurm_jobs::*;
+pub use status::{AttemptEnd, AttemptStatus, Executor, RunEnd, RunStatus};
 pub use user_sql::*;
 
 /// Where a workspace keeps things; see ARCHITECTURE.md.

@@ -4,6 +4,7 @@
 use sqlx::Row as _;
 
 use super::attempts::mark_lost;
+use super::status::{Executor, RunEnd, RunStatus};
 use super::{Store, host_name, now_ms, now_text, pid_alive};
 
 /// How long a running attempt on another host may go without a heartbeat
@@ -15,11 +16,14 @@ pub fn lease_ms() -> i64 {
 /// Heartbeat period: well inside the lease.
 pub const HEARTBEAT_MS: u64 = 5_000;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum RunStatus {
-    Done,
-    Failed,
-    Interrupted,
+/// A run as `ablate cancel` needs it.
+#[derive(Debug, Clone)]
+pub struct RunProcess {
+    pub executor: Executor,
+    /// The host and process that started it.
+    pub host: String,
+    pub pid: i64,
+    pub status: RunStatus,
 }
 
 impl Store {
@@ -47,18 +51,26 @@ impl Store {
 
     /// Marks a run as one whose work Slurm runs: its liveness is its jobs',
     /// so `recover_stale` never presumes it lost when its submitter exits.
-    pub async fn set_run_executor(&self, run_id: i64, executor: &str) -> anyhow::Result<()> {
+    pub async fn set_run_executor(&self, run_id: i64, executor: Executor) -> anyhow::Result<()> {
         self.check_writable()?;
-        sqlx::query("UPDATE runs SET executor = $1 WHERE id = $2").bind(executor).bind(run_id).execute(&self.pool).await?;
+        sqlx::query("UPDATE runs SET executor = $1 WHERE id = $2").bind(executor.as_str()).bind(run_id).execute(&self.pool).await?;
         Ok(())
     }
 
-    pub async fn finish_run(&self, run_id: i64, status: RunStatus) -> anyhow::Result<()> {
-        let status = match status {
-            RunStatus::Done => "done",
-            RunStatus::Failed => "failed",
-            RunStatus::Interrupted => "interrupted",
-        };
+    /// What runs a run, on which host and process, and where it stands.
+    pub async fn run_process(&self, run_id: i64) -> anyhow::Result<Option<RunProcess>> {
+        let row = sqlx::query("SELECT executor, host, pid, status FROM runs WHERE id = $1").bind(run_id).fetch_optional(&self.pool).await?;
+        let Some(r) = row else { return Ok(None) };
+        Ok(Some(RunProcess {
+            executor: Executor::from_stored(r.get(0))?,
+            host: r.get(1),
+            pid: r.get(2),
+            status: RunStatus::from_stored(r.get(3))?,
+        }))
+    }
+
+    pub async fn finish_run(&self, run_id: i64, end: RunEnd) -> anyhow::Result<()> {
+        let status = RunStatus::from(end).as_str();
         sqlx::query("UPDATE runs SET status = $1, ended_at = $2 WHERE id = $3")
             .bind(status)
             .bind(now_text())

@@ -276,12 +276,6 @@ impl Store {
             .collect())
     }
 
-    /// The executor a run used (`local` or `slurm`).
-    pub async fn run_executor(&self, run_id: i64) -> anyhow::Result<Option<(String, String, i64, String)>> {
-        let row = sqlx::query("SELECT executor, host, pid, status FROM runs WHERE id = $1").bind(run_id).fetch_optional(&self.pool).await?;
-        Ok(row.map(|r| (r.get(0), r.get(1), r.get(2), r.get(3))))
-    }
-
     /// Ends Slurm runs (other than `except`) that no longer have an open job
     /// and are still marked running: a run a rerun adopted, or one followed
     /// by nobody since it was detached. Failed if any of its attempts failed.

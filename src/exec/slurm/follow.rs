@@ -9,7 +9,7 @@ use super::{Follower, Live, State, cancel_run};
 use crate::exec::{NodeOutcome, node_label};
 use crate::slurm_commands::{self as slurm, JobInfo};
 use crate::stages::CancelToken;
-use crate::store::{JobClosed, SlurmJobEnd, SlurmJobRow, SlurmTask};
+use crate::store::{AttemptStatus, JobClosed, SlurmJobEnd, SlurmJobRow, SlurmTask};
 
 /// The jobs of `jobs` that are over, with how they ended: one `squeue` for
 /// all, then one `scontrol` per job (array) among those that ended, for
@@ -142,7 +142,7 @@ impl Follower<'_> {
     /// job this store does not know) are waited for, not submitted.
     pub(super) async fn find_elsewhere(&mut self) -> anyhow::Result<()> {
         for i in 0..self.state.len() {
-            if self.state[i] == State::Waiting && self.store.latest_attempt_status(self.ids[i]).await?.as_deref() == Some("running") {
+            if self.state[i] == State::Waiting && self.store.latest_attempt_status(self.ids[i]).await? == Some(AttemptStatus::Running) {
                 self.observer.waiting(&node_label(self.plan, i), "running in another process");
                 self.state[i] = State::Elsewhere;
             }
@@ -221,7 +221,7 @@ impl Follower<'_> {
             }
         }
         for i in 0..self.state.len() {
-            if self.state[i] == State::Elsewhere && self.store.latest_attempt_status(self.ids[i]).await?.as_deref() != Some("running") {
+            if self.state[i] == State::Elsewhere && self.store.latest_attempt_status(self.ids[i]).await? != Some(AttemptStatus::Running) {
                 changed = true;
                 self.state[i] = if self.store.done_attempt_of(self.ids[i]).await?.is_some() {
                     self.report.done_elsewhere.push(i);

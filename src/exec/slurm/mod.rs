@@ -31,7 +31,7 @@ use crate::freshness::Freshness;
 use crate::pipeline::Plan;
 use crate::slurm_commands as slurm;
 use crate::stages::CancelToken;
-use crate::store::{DoneAttempt, SlurmJobRow, Store};
+use crate::store::{DoneAttempt, Executor, SlurmJobRow, Store};
 use follow::ended_jobs;
 
 /// How to submit (the `--executor slurm` options of `ablate run`).
@@ -95,7 +95,7 @@ pub async fn run_plan_on_slurm(
     cancel: &CancelToken,
     observer: Arc<dyn Observer>,
 ) -> anyhow::Result<(RunReport, SlurmSummary)> {
-    store.set_run_executor(run_id, "slurm").await?;
+    store.set_run_executor(run_id, Executor::Slurm).await?;
     let mut follower = Follower::new(store, plan, ids, run_id, options, slurm_options, observer)?;
     follower.select(freshness).await?;
     follower.adopt().await?;
