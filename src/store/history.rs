@@ -9,6 +9,7 @@ use serde_json::{Map, Value};
 use sqlx::Row as _;
 
 use super::Store;
+use super::status::{AttemptStatus, NodeStatus};
 use crate::filter;
 
 /// One finished stage instance as it appears in one (pipeline, stage, axes)
@@ -71,7 +72,7 @@ pub struct GraphNode {
     pub axes: Map<String, Value>,
     /// The latest attempt of this run (`running`, `done`, `failed`, ...), else
     /// `cached` when an earlier run finished it, else `pending`.
-    pub status: String,
+    pub status: NodeStatus,
 }
 
 /// A run's stage instances and the lineage edges between them (indices into `nodes`).
@@ -192,9 +193,11 @@ impl Store {
         let mut index: HashMap<i64, usize> = HashMap::new();
         let mut nodes = Vec::with_capacity(rows.len());
         for r in &rows {
-            let status: Option<String> = r.get(3);
-            let done_before = r.get::<i64, _>(4) != 0;
-            let status = status.unwrap_or_else(|| if done_before { "cached" } else { "pending" }.to_owned());
+            let status = match r.get::<Option<&str>, _>(3) {
+                Some(word) => NodeStatus::Attempt(AttemptStatus::from_stored(word)?),
+                None if r.get::<i64, _>(4) != 0 => NodeStatus::Cached,
+                None => NodeStatus::Pending,
+            };
             index.insert(r.get(0), nodes.len());
             nodes.push(GraphNode { key: r.get(1), kind: r.get(2), stages: Vec::new(), axes: Map::new(), status });
         }

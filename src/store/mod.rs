@@ -41,7 +41,7 @@ pub use objects::{ObjectStat, ObjectStore, PutObject, Verified};
 pub use read::*;
 pub use runs::*;
 pub use slurm_jobs::*;
-pub use status::{AttemptEnd, AttemptStatus, Executor, RunEnd, RunStatus};
+pub use status::{AttemptEnd, AttemptStatus, Executor, NodeStatus, RunEnd, RunStatus};
 pub use user_sql::*;
 
 /// Where a workspace keeps things; see ARCHITECTURE.md.

@@ -28,6 +28,13 @@ macro_rules! stored_words {
             }
         }
 
+        shown_as_word!($name);
+    };
+}
+
+/// Display and JSON of a type as its word (`as_str`).
+macro_rules! shown_as_word {
+    ($name:ident) => {
         impl std::fmt::Display for $name {
             fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
                 f.write_str(self.as_str())
@@ -79,6 +86,32 @@ stored_words! {
         Slurm = "slurm",
     }
 }
+
+/// An instance's state in a run's DAG: its latest attempt in that run,
+/// else `cached` (done before it) or `pending`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum NodeStatus {
+    Attempt(AttemptStatus),
+    Cached,
+    Pending,
+}
+
+impl NodeStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            NodeStatus::Attempt(status) => status.as_str(),
+            NodeStatus::Cached => "cached",
+            NodeStatus::Pending => "pending",
+        }
+    }
+
+    /// Whether the run is through with it (done, cached, failed or skipped).
+    pub fn is_finished(self) -> bool {
+        matches!(self, NodeStatus::Cached | NodeStatus::Attempt(AttemptStatus::Done | AttemptStatus::Failed | AttemptStatus::Skipped))
+    }
+}
+
+shown_as_word!(NodeStatus);
 
 /// How a run that ends in this process ends.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

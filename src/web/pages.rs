@@ -71,12 +71,12 @@ fn progress_json(run: &RunRecord, graph: &crate::store::RunGraph) -> serde_json:
 
 fn progress_bar(run: &RunRecord, graph: &crate::store::RunGraph) -> String {
     let total = graph.nodes.len().max(1);
-    let finished = graph.nodes.iter().filter(|n| matches!(n.status.as_str(), "done" | "cached" | "failed" | "skipped")).count();
-    let mut counts: Vec<(String, usize)> = Vec::new();
+    let finished = graph.nodes.iter().filter(|n| n.status.is_finished()).count();
+    let mut counts: Vec<(&str, usize)> = Vec::new();
     for n in &graph.nodes {
-        match counts.iter_mut().find(|(s, _)| *s == n.status) {
+        match counts.iter_mut().find(|(s, _)| *s == n.status.as_str()) {
             Some((_, c)) => *c += 1,
-            None => counts.push((n.status.clone(), 1)),
+            None => counts.push((n.status.as_str(), 1)),
         }
     }
     counts.sort();
