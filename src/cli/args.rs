@@ -2,11 +2,13 @@
 
 use std::path::PathBuf;
 
+use clap::builder::PossibleValue;
 use clap::{Parser, Subcommand, ValueEnum};
 
 use super::{UsageError, plot};
 use crate::exec::slurm::SlurmOptions;
 use crate::loss::Loss;
+use crate::store::Executor;
 
 #[derive(Parser)]
 #[command(name = "ablate", version, about = "Declarative ablation pipelines for language–image alignment research")]
@@ -22,12 +24,19 @@ pub struct Cli {
     pub(super) command: Command,
 }
 
-#[derive(Clone, Copy, ValueEnum, PartialEq, Eq)]
-pub(super) enum Executor {
-    /// Run stages here, in this process.
-    Local,
-    /// Submit each instance as a Slurm job (sbatch), with dependencies on its upstream jobs.
-    Slurm,
+/// `--executor`: the store's executor, named by its stored word.
+impl ValueEnum for Executor {
+    fn value_variants<'a>() -> &'a [Self] {
+        &[Executor::Local, Executor::Slurm]
+    }
+
+    fn to_possible_value(&self) -> Option<PossibleValue> {
+        let help = match self {
+            Executor::Local => "Run stages here, in this process",
+            Executor::Slurm => "Submit each instance as a Slurm job (sbatch), with dependencies on its upstream jobs",
+        };
+        Some(PossibleValue::new(self.as_str()).help(help))
+    }
 }
 
 #[derive(Clone, Copy, ValueEnum, PartialEq, Eq)]
