@@ -12,7 +12,8 @@
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use ablate::text::{Cpu, EmbedOptions, EncoderSpec, TextEncoder};
+use ablate::device::Cpu;
+use ablate::text::{EmbedOptions, EncoderSpec, TextEncoder};
 
 const BATCH: usize = 64;
 const MAX_TOKENS: usize = 77;

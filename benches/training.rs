@@ -17,7 +17,7 @@ use std::process::Command;
 use ablate::loss::{Learned, Loss};
 use burn::prelude::*;
 
-type Train = burn::backend::Autodiff<ablate::text::Cpu>;
+type Train = burn::backend::Autodiff<ablate::device::Cpu>;
 
 fn throughput() -> anyhow::Result<()> {
     println!("| model | loss | batch | images/s | GFLOP/s (fwd+bwd) |");

@@ -11,13 +11,13 @@ use std::collections::HashMap;
 use serde_json::Value;
 
 use crate::pipeline::Plan;
-use crate::store::{DoneAttempt, ObjectStat, ObjectStore, Store, SupersededInput, Verified};
+use crate::store::{AttemptStatus, DoneAttempt, ObjectStat, ObjectStore, Store, SupersededInput, Verified};
 
 #[derive(Debug, Clone, PartialEq)]
 pub enum Reason {
     NeverRun,
     /// Ran before but never finished (last attempt failed, interrupted, ...).
-    Unfinished(String),
+    Unfinished(AttemptStatus),
     ParamsChanged(Vec<String>),
     KindChanged {
         from: String,
@@ -180,9 +180,9 @@ fn verify_all<'a>(objects: &ObjectStore, todo: &'a [(String, Option<ObjectStat>)
     })
 }
 
-fn why_run(plan: &Plan, node: &crate::pipeline::Node, previous: &Previous, latest: &HashMap<String, String>) -> Reason {
+fn why_run(plan: &Plan, node: &crate::pipeline::Node, previous: &Previous, latest: &HashMap<String, AttemptStatus>) -> Reason {
     if let Some(status) = latest.get(node.key.as_str()) {
-        return Reason::Unfinished(status.clone());
+        return Reason::Unfinished(*status);
     }
     let binding = &plan.bindings[node.bindings[0]];
     let lookup = (plan.stage_name(binding).to_owned(), Plan::axes_json(binding).to_string());

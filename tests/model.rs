@@ -7,11 +7,11 @@
 
 use std::collections::HashMap;
 
+use ablate::device::Cpu;
 use ablate::images::ImageSet;
 use ablate::model::named::{HostTensor, Layout, load};
 use ablate::model::{ClipConfig, ClipModel};
 use ablate::tensor_file::TensorFile;
-use ablate::text::Cpu;
 use burn::prelude::*;
 
 #[test]

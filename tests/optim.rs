@@ -8,7 +8,7 @@ use burn::module::Param;
 use burn::prelude::*;
 use serde_json::Value;
 
-type B = burn::backend::Autodiff<ablate::text::Cpu>;
+type B = burn::backend::Autodiff<ablate::device::Cpu>;
 
 #[derive(Module, Debug)]
 struct Tiny<B: Backend> {

@@ -94,9 +94,8 @@ fn the_readme_snippet_reads_image_shards_and_caption_embeddings() {
     let records = std::fs::read_to_string(artifact(&ws, &ingest, "records.jsonl")).unwrap();
     let first: Value = serde_json::from_str(records.lines().next().unwrap()).unwrap();
     let embed = ws.show(&text);
-    let metric = |name: &str| {
-        embed["metrics"].as_array().unwrap().iter().find(|m| m["name"] == name).and_then(|m| m["value"].as_f64()).unwrap()
-    };
+    let metric =
+        |name: &str| embed["metrics"].as_array().unwrap().iter().find(|m| m["name"] == name).and_then(|m| m["value"].as_f64()).unwrap();
 
     assert_eq!(got["images"], serde_json::json!([1100, 8, 8, 3]));
     assert_eq!(got["pixel_sum"].as_u64(), Some(pixel_sum));

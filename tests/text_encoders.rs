@@ -10,7 +10,8 @@ mod common;
 use common::models_dir;
 use std::path::{Path, PathBuf};
 
-use ablate::text::{Cpu, EmbedOptions, EncoderSpec, Pooling, TextEncoder};
+use ablate::device::Cpu;
+use ablate::text::{EmbedOptions, EncoderSpec, Pooling, TextEncoder};
 use serde_json::Value;
 
 fn fixture(name: &str) -> Value {

@@ -11,11 +11,12 @@ use common::models_dir;
 use std::collections::BTreeMap;
 use std::path::Path;
 
+use ablate::device::Cpu;
 use ablate::text::gguf::GgufFile;
 use ablate::text::llama::{gguf_name, unpermute_rows};
 use ablate::text::tokenize::TextTokenizer;
 use ablate::text::weights::SafetensorFiles;
-use ablate::text::{Cpu, EmbedOptions, EncoderSpec, Pooling, TextEncoder};
+use ablate::text::{EmbedOptions, EncoderSpec, Pooling, TextEncoder};
 use safetensors::{Dtype, tensor::TensorView};
 use serde_json::{Value, json};
 

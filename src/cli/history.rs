@@ -28,7 +28,7 @@ pub async fn runs(workspace: &Workspace, limit: i64, json: bool) -> anyhow::Resu
             r.id.to_string(),
             r.pipeline.unwrap_or_else(|| "-".into()),
             r.command,
-            r.status,
+            r.status.to_string(),
             r.started_at,
             r.duration_s.map_or_else(String::new, |d| format!("{d:.1}s")),
             r.done.to_string(),
@@ -89,7 +89,8 @@ pub async fn show(workspace: &Workspace, id: &str, json: bool) -> anyhow::Result
         headers.push("ERROR");
         let mut table = Table::new(&headers);
         for a in attempts {
-            let mut row = vec![a.id.to_string(), a.key[..12].to_owned(), a.kind, a.status, a.started_at, a.ended_at.unwrap_or_default()];
+            let mut row =
+                vec![a.id.to_string(), a.key[..12].to_owned(), a.kind, a.status.to_string(), a.started_at, a.ended_at.unwrap_or_default()];
             if slurm {
                 row.extend([a.slurm_job.unwrap_or_default(), a.host, a.exit_state.unwrap_or_default(), a.log_path.unwrap_or_default()]);
             }
@@ -169,7 +170,7 @@ pub async fn show(workspace: &Workspace, id: &str, json: bool) -> anyhow::Result
         let mut row = vec![
             a.id.to_string(),
             a.run_id.to_string(),
-            a.status,
+            a.status.to_string(),
             a.started_at,
             a.ended_at.unwrap_or_default(),
             format!("{}:{}", a.host, a.pid),

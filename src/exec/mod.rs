@@ -20,7 +20,7 @@ pub use job::{BrokenInput, Job, JobEnd, UpstreamDone, run_job, verify_inputs};
 use crate::freshness::Freshness;
 use crate::pipeline::Plan;
 use crate::stages::{self, CancelToken, Params, Progress};
-use crate::store::{Claim, DoneAttempt, HEARTBEAT_MS, Store};
+use crate::store::{AttemptStatus, Claim, DoneAttempt, HEARTBEAT_MS, Store};
 
 #[derive(Debug, Clone)]
 pub struct RunOptions {
@@ -100,6 +100,46 @@ pub fn node_label(plan: &Plan, node: usize) -> String {
     if axes.is_empty() { plan.stage_name(binding).to_owned() } else { format!("{}{{{}}}", plan.stage_name(binding), axes.join(",")) }
 }
 
+/// A `--only` or `--force` that names no stage of the plan, or a stage forced
+/// that `--only` would not run (it would silently not run): a usage error.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct BadSelection(String);
+
+/// Checks the stages `--only` and `--force` name, before anything runs.
+pub fn check_selection(plan: &Plan, options: &RunOptions) -> Result<(), BadSelection> {
+    let stages = &plan.spec.stages;
+    for name in options.force.iter().chain(&options.only) {
+        if !stages.iter().any(|s| &s.name == name) {
+            let names: Vec<&str> = stages.iter().map(|s| s.name.as_str()).collect();
+            return Err(BadSelection(format!(
+                "no stage named `{name}` in {} (stages: {})",
+                plan.spec.file.path.display(),
+                names.join(", ")
+            )));
+        }
+    }
+    if options.only.is_empty() {
+        return Ok(());
+    }
+    // --only runs those stages and what they need.
+    let mut selected: Vec<&str> = options.only.iter().map(String::as_str).collect();
+    let mut i = 0;
+    while i < selected.len() {
+        if let Some(stage) = stages.iter().find(|s| s.name == selected[i]) {
+            selected.extend(stage.needs.iter().map(String::as_str).filter(|n| !selected.contains(n)).collect::<Vec<_>>());
+        }
+        i += 1;
+    }
+    match options.force.iter().find(|f| !selected.contains(&f.as_str())) {
+        Some(left) => Err(BadSelection(format!(
+            "--force {left}: `{left}` does not run under --only {} (neither named nor needed by it)",
+            options.only.join(" --only ")
+        ))),
+        None => Ok(()),
+    }
+}
+
 /// Runs every selected instance that is not fresh.
 #[allow(clippy::too_many_arguments)]
 pub async fn run_plan(
@@ -112,11 +152,7 @@ pub async fn run_plan(
     cancel: &CancelToken,
     observer: Arc<dyn Observer>,
 ) -> anyhow::Result<RunReport> {
-    for name in options.force.iter().chain(&options.only) {
-        if !plan.spec.stages.iter().any(|s| &s.name == name) {
-            bail!("no stage named `{name}` in {}", plan.spec.file.path.display());
-        }
-    }
+    check_selection(plan, options)?;
     let mut scheduler = Scheduler::new(store, plan, instance_ids, run_id, options, observer);
     scheduler.select(freshness).await?;
     let heartbeat = {
@@ -323,7 +359,7 @@ impl<'a> Scheduler<'a> {
             self.store.recover_stale().await?;
         }
         for i in self.elsewhere.clone() {
-            if self.store.latest_attempt_status(self.ids[i]).await?.as_deref() != Some("running") {
+            if self.store.latest_attempt_status(self.ids[i]).await? != Some(AttemptStatus::Running) {
                 self.elsewhere.remove(&i);
                 self.state[i] = State::Pending;
                 self.ready.insert(i);

@@ -34,6 +34,7 @@ use super::{
     ParamDefault, ParamError, ParamSpec, ParamType, Params, Resources, StageContext, StageKind, UpstreamInstance, UpstreamOutputs,
 };
 use super::{caption_ingest, text_embed};
+use crate::device::{DeviceRequest, OnBackend};
 use crate::eval::compositional::{self, Compositional, Tally};
 use crate::eval::{Scored, Suite};
 use crate::images::ImageSet;
@@ -41,7 +42,6 @@ use crate::loss::l2_normalize;
 use crate::model::named::{HostTensor, Layout, load};
 use crate::model::{ClipConfig, ClipModel};
 use crate::tensor_file::{F32Rows, RawTensor, TensorFile, TensorShape, TensorWriter};
-use crate::text::device::{DeviceRequest, OnBackend};
 use crate::text::pooling;
 use crate::train::data::eval_patches;
 use crate::train::pad_tokens;

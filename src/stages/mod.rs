@@ -114,7 +114,7 @@ pub trait StageKind: Send + Sync + 'static {
 /// What a kind with a `device` parameter (`auto | cpu | cuda:N`) asks for:
 /// one GPU when it will run on one.
 pub fn device_resources(params: &Params) -> Resources {
-    let gpu = crate::text::device::DeviceRequest::parse(params.str("device")).is_ok_and(crate::text::device::DeviceRequest::uses_gpu);
+    let gpu = crate::device::DeviceRequest::parse(params.str("device")).is_ok_and(crate::device::DeviceRequest::uses_gpu);
     Resources { gpus: u32::from(gpu), ..Resources::default() }
 }
 

@@ -15,8 +15,8 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use super::{ParamDefault, ParamError, ParamSpec, ParamType, Params, StageContext};
-use crate::text::device::{DeviceRequest, LoadedEncoder};
-use crate::text::{EmbedOptions, EmbeddedText, EncoderSpec, Pooling, check_max_tokens};
+use crate::device::DeviceRequest;
+use crate::text::{EmbedOptions, EmbeddedText, EncoderSpec, LoadedEncoder, Pooling, check_max_tokens};
 
 pub const ENCODER: ParamSpec = ParamSpec::new(
     "encoder",

@@ -15,27 +15,34 @@
 //! `sqlite.rs` and `postgres.rs`. Schemas live in `migrations/sqlite/` and
 //! `migrations/postgres/`, with the same tables, columns and views.
 
+mod attempts;
 mod backend;
 mod history;
 pub mod objects;
+mod plans;
 mod postgres;
 mod read;
-mod slurm;
+mod runs;
+mod slurm_jobs;
 mod sqlite;
-mod write;
+mod status;
+mod user_sql;
 
 use std::path::{Path, PathBuf};
 
 use anyhow::Context as _;
-use sqlx::AnyPool;
+use sqlx::{Any, AnyPool};
 
+pub use attempts::*;
 pub use backend::Backend;
 use backend::Dialect;
 pub use history::*;
 pub use objects::{ObjectStat, ObjectStore, PutObject, Verified};
 pub use read::*;
-pub use slurm::*;
-pub use write::*;
+pub use runs::*;
+pub use slurm_jobs::*;
+pub use status::{AttemptEnd, AttemptStatus, Executor, NodeStatus, RunEnd, RunStatus};
+pub use user_sql::*;
 
 /// Where a workspace keeps things; see ARCHITECTURE.md.
 ///
@@ -156,6 +163,16 @@ pub struct Store {
 }
 
 impl Store {
+    pub(super) fn check_writable(&self) -> anyhow::Result<()> {
+        anyhow::ensure!(!self.read_only, "the store was opened read-only");
+        Ok(())
+    }
+
+    /// A transaction that will write (see `Dialect::begin_write`).
+    pub(super) async fn begin_write(&self) -> anyhow::Result<sqlx::Transaction<'static, Any>> {
+        Ok(self.pool.begin_with(self.sql.begin_write).await?)
+    }
+
     /// Opens (creating and migrating if needed) the workspace's store for writing.
     pub async fn open(workspace: &Workspace) -> anyhow::Result<Store> {
         std::fs::create_dir_all(&workspace.root).with_context(|| format!("creating workspace {}", workspace.root.display()))?;

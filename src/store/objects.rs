@@ -11,6 +11,8 @@ use std::path::{Path, PathBuf};
 
 use sha2::{Digest, Sha256};
 
+use super::Store;
+
 /// What is known of one stored object.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ObjectStat {
@@ -165,4 +167,31 @@ pub fn hash_file(path: &Path) -> io::Result<String> {
         hasher.update(&buf[..n]);
     }
     Ok(hex::encode(hasher.finalize()))
+}
+
+/// The `objects` rows: each object's stat when last verified.
+impl Store {
+    /// Records a re-verified object's new stat so the next check is a cheap stat again.
+    pub async fn refresh_object_stat(&self, hash: &str, stat: ObjectStat) -> anyhow::Result<()> {
+        sqlx::query("UPDATE objects SET bytes = $1, mtime_ns = $2 WHERE hash = $3")
+            .bind(stat.bytes as i64)
+            .bind(stat.mtime_ns)
+            .bind(hash)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    /// Forgets objects whose files `gc` deleted.
+    pub async fn forget_objects(&self, hashes: &[String]) -> anyhow::Result<()> {
+        let mut tx = self.begin_write().await?;
+        for hash in hashes {
+            sqlx::query("DELETE FROM objects WHERE hash = $1 AND NOT EXISTS (SELECT 1 FROM artifacts WHERE hash = $1)")
+                .bind(hash)
+                .execute(&mut *tx)
+                .await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
 }

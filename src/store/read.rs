@@ -9,6 +9,7 @@ use sqlx::any::AnyRow;
 
 use super::Store;
 use super::objects::ObjectStat;
+use super::status::{AttemptStatus, Executor, RunStatus};
 
 /// One artifact of a done attempt.
 #[derive(Debug, Clone, Serialize)]
@@ -84,7 +85,7 @@ pub struct AttemptRecord {
     pub run_id: i64,
     pub key: String,
     pub kind: String,
-    pub status: String,
+    pub status: AttemptStatus,
     pub started_at: String,
     pub ended_at: Option<String>,
     pub host: String,
@@ -103,7 +104,7 @@ pub struct RunRecord {
     pub id: i64,
     pub pipeline: Option<String>,
     pub command: String,
-    pub status: String,
+    pub status: RunStatus,
     pub host: String,
     pub user: String,
     pub started_at: String,
@@ -136,13 +137,13 @@ fn instance(row: &AnyRow) -> InstanceRecord {
 const ATTEMPT_COLUMNS: &str = "a.id, a.run_id, i.key, i.kind, a.status, a.started_at, a.ended_at, a.host, a.pid, a.device, a.error, \
                                a.slurm_job_id, a.slurm_array_task, a.exit_state, a.log_path";
 
-fn attempt(row: &AnyRow) -> AttemptRecord {
-    AttemptRecord {
+fn attempt(row: &AnyRow) -> anyhow::Result<AttemptRecord> {
+    Ok(AttemptRecord {
         id: row.get(0),
         run_id: row.get(1),
         key: row.get(2),
         kind: row.get(3),
-        status: row.get(4),
+        status: AttemptStatus::from_stored(row.get(4))?,
         started_at: row.get(5),
         ended_at: row.get(6),
         host: row.get(7),
@@ -155,7 +156,7 @@ fn attempt(row: &AnyRow) -> AttemptRecord {
         }),
         exit_state: row.get(13),
         log_path: row.get(14),
-    }
+    })
 }
 
 impl Store {
@@ -347,7 +348,7 @@ impl Store {
         .bind(instance_id)
         .fetch_all(&self.pool)
         .await?;
-        Ok(rows.iter().map(attempt).collect())
+        rows.iter().map(attempt).collect()
     }
 
     pub async fn attempts_of_run(&self, run_id: i64) -> anyhow::Result<Vec<AttemptRecord>> {
@@ -357,19 +358,20 @@ impl Store {
         .bind(run_id)
         .fetch_all(&self.pool)
         .await?;
-        Ok(rows.iter().map(attempt).collect())
+        rows.iter().map(attempt).collect()
     }
 
     /// The status of an instance's latest attempt (for waiting on another process's claim).
-    pub async fn latest_attempt_status(&self, instance_id: i64) -> anyhow::Result<Option<String>> {
-        Ok(sqlx::query_scalar("SELECT status FROM attempts WHERE instance_id = $1 ORDER BY id DESC LIMIT 1")
+    pub async fn latest_attempt_status(&self, instance_id: i64) -> anyhow::Result<Option<AttemptStatus>> {
+        let status: Option<String> = sqlx::query_scalar("SELECT status FROM attempts WHERE instance_id = $1 ORDER BY id DESC LIMIT 1")
             .bind(instance_id)
             .fetch_optional(&self.pool)
-            .await?)
+            .await?;
+        status.as_deref().map(AttemptStatus::from_stored).transpose()
     }
 
     /// The latest attempt status of every instance that has one, by key.
-    pub async fn latest_attempt_statuses(&self) -> anyhow::Result<HashMap<String, String>> {
+    pub async fn latest_attempt_statuses(&self) -> anyhow::Result<HashMap<String, AttemptStatus>> {
         let rows = sqlx::query(
             "SELECT i.key, a.status, r.host, r.pid, r.heartbeat_at, r.executor FROM attempts a
              JOIN stage_instances i ON i.id = a.instance_id JOIN runs r ON r.id = a.run_id
@@ -377,14 +379,13 @@ impl Store {
         )
         .fetch_all(&self.pool)
         .await?;
-        Ok(rows
-            .iter()
+        rows.iter()
             .map(|r| {
-                let status: String = r.get(1);
-                let lost = status == "running" && local_run_gone(&r.get::<String, _>(2), r.get(3), r.get(4), &r.get::<String, _>(5));
-                (r.get(0), if lost { "lost".to_owned() } else { status })
+                let status = AttemptStatus::from_stored(r.get(1))?;
+                let lost = status == AttemptStatus::Running && local_run_gone(&r.get::<String, _>(2), r.get(3), r.get(4), r.get(5))?;
+                Ok((r.get(0), if lost { AttemptStatus::Lost } else { status }))
             })
-            .collect())
+            .collect()
     }
 
     pub async fn metrics_of_attempt(&self, attempt_id: i64) -> anyhow::Result<Vec<MetricRecord>> {
@@ -397,12 +398,12 @@ impl Store {
 
     pub async fn runs(&self, limit: i64) -> anyhow::Result<Vec<RunRecord>> {
         let rows = sqlx::query(&format!("{RUN_SELECT} ORDER BY v.id DESC LIMIT $1")).bind(limit).fetch_all(&self.pool).await?;
-        Ok(rows.iter().map(run).collect())
+        rows.iter().map(run).collect()
     }
 
     pub async fn run_by_id(&self, id: i64) -> anyhow::Result<Option<RunRecord>> {
         let row = sqlx::query(&format!("{RUN_SELECT} WHERE v.id = $1")).bind(id).fetch_optional(&self.pool).await?;
-        Ok(row.as_ref().map(run))
+        row.as_ref().map(run).transpose()
     }
 
     /// Instances that produced an artifact with this hash (or hash prefix).
@@ -456,16 +457,17 @@ const RUN_SELECT: &str = "SELECT v.id, v.pipeline, v.command, v.status, v.host, 
 
 /// Whether a run still recorded `running` is a local one whose process is
 /// gone. Only the next writer records it lost, so read-only commands check.
-fn local_run_gone(host: &str, pid: i64, heartbeat_ms: i64, executor: &str) -> bool {
-    executor == "local" && super::write::is_stale(&super::host_name(), super::now_ms() - super::write::lease_ms(), host, pid, heartbeat_ms)
+fn local_run_gone(host: &str, pid: i64, heartbeat_ms: i64, executor: &str) -> anyhow::Result<bool> {
+    Ok(Executor::from_stored(executor)? == Executor::Local
+        && super::runs::is_stale(&super::host_name(), super::now_ms() - super::runs::lease_ms(), host, pid, heartbeat_ms))
 }
 
-fn run(row: &AnyRow) -> RunRecord {
+fn run(row: &AnyRow) -> anyhow::Result<RunRecord> {
     let mut run = RunRecord {
         id: row.get(0),
         pipeline: row.get(1),
         command: row.get(2),
-        status: row.get(3),
+        status: RunStatus::from_stored(row.get(3))?,
         host: row.get(4),
         user: row.get(5),
         started_at: row.get(6),
@@ -476,11 +478,11 @@ fn run(row: &AnyRow) -> RunRecord {
         skipped: row.get(11),
     };
     let (pid, beat, executor): (i64, i64, String) = (row.get(12), row.get(13), row.get(14));
-    if run.status == "running" && local_run_gone(&run.host, pid, beat, &executor) {
-        run.status = "lost".into();
+    if run.status == RunStatus::Running && local_run_gone(&run.host, pid, beat, &executor)? {
+        run.status = RunStatus::Lost;
         run.ended_at = Some(super::heartbeat_text(beat));
         let started = chrono::DateTime::parse_from_rfc3339(&run.started_at).map(|t| t.timestamp_millis()).ok();
         run.duration_s = started.map(|s| (beat - s).max(0) as f64 / 1000.0);
     }
-    run
+    Ok(run)
 }

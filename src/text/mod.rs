@@ -11,9 +11,9 @@
 //! `./models`).
 
 pub mod bert;
-pub mod device;
 pub mod gguf;
 pub mod llama;
+mod loaded_encoder;
 pub mod pooling;
 pub mod tokenize;
 pub mod weights;
@@ -25,8 +25,10 @@ use anyhow::{Context as _, anyhow, bail};
 use burn::prelude::*;
 use sha2::{Digest as _, Sha256};
 
+use crate::device::Cpu;
 use crate::file_fingerprint::{Remembered, hash_file};
 
+pub use loaded_encoder::LoadedEncoder;
 pub use pooling::Pooling;
 pub use tokenize::{Tokens, check_max_tokens};
 
@@ -35,13 +37,6 @@ use gguf::GgufFile;
 use llama::{LlamaConfig, LlamaModel, LlamaSource};
 use tokenize::TextTokenizer;
 use weights::SafetensorFiles;
-
-/// The CPU backend the encoders run on by default.
-pub type Cpu = burn::backend::Flex;
-
-/// The NVIDIA GPU backend (`cuda` feature); devices are `burn::backend::cuda::CudaDevice::new(n)`.
-#[cfg(feature = "cuda")]
-pub type Cuda = burn::backend::Cuda;
 
 /// Built-in encoder names and where they live inside the models directory.
 pub const BUILTINS: &[(&str, &str)] = &[("minilm", "all-MiniLM-L6-v2"), ("smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf")];

@@ -116,11 +116,11 @@ pub fn svg(graph: &RunGraph, links: bool) -> String {
             "<g class=\"node\" data-key=\"{key}\" data-status=\"{st}\"><title>{tip}</title>{open}<rect x=\"{x:.1}\" y=\"{y:.1}\" width=\"{W}\" height=\"{H}\" rx=\"6\" fill=\"{fill}\" stroke=\"#546e7a\"/>\
              <text x=\"{tx:.1}\" y=\"{ty1:.1}\" font-weight=\"bold\">{t}</text><text x=\"{tx:.1}\" y=\"{ty2:.1}\">{a}</text>{close}</g>",
             key = esc(&node.key),
-            st = esc(&node.status),
+            st = node.status.as_str(),
             tip = esc(&format!("{title}\n{}\n{}\n{}", node.key, axes, node.status)),
             open = if links { format!("<a href=\"/instances/{}\">", url(&node.key)) } else { String::new() },
             close = if links { "</a>" } else { "" },
-            fill = status_color(&node.status),
+            fill = status_color(node.status.as_str()),
             tx = x + 8.0,
             ty1 = y + 18.0,
             ty2 = y + 35.0,
@@ -137,10 +137,16 @@ mod tests {
     use serde_json::Map;
 
     use super::*;
-    use crate::store::GraphNode;
+    use crate::store::{AttemptStatus, GraphNode, NodeStatus};
 
     fn node(key: &str, stage: &str) -> GraphNode {
-        GraphNode { key: key.into(), kind: "command".into(), stages: vec![format!("p/{stage}")], axes: Map::new(), status: "done".into() }
+        GraphNode {
+            key: key.into(),
+            kind: "command".into(),
+            stages: vec![format!("p/{stage}")],
+            axes: Map::new(),
+            status: NodeStatus::Attempt(AttemptStatus::Done),
+        }
     }
 
     #[test]

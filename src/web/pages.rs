@@ -19,7 +19,7 @@ use crate::chart::{Chart, LineChart, Series};
 use crate::dashboard;
 use crate::filter::value_text;
 use crate::pivot::{self, PivotSpec};
-use crate::store::{RunRecord, Store};
+use crate::store::{AttemptStatus, RunRecord, RunStatus, Store};
 
 type Result<T> = std::result::Result<T, WebError>;
 
@@ -71,12 +71,12 @@ fn progress_json(run: &RunRecord, graph: &crate::store::RunGraph) -> serde_json:
 
 fn progress_bar(run: &RunRecord, graph: &crate::store::RunGraph) -> String {
     let total = graph.nodes.len().max(1);
-    let finished = graph.nodes.iter().filter(|n| matches!(n.status.as_str(), "done" | "cached" | "failed" | "skipped")).count();
-    let mut counts: Vec<(String, usize)> = Vec::new();
+    let finished = graph.nodes.iter().filter(|n| n.status.is_finished()).count();
+    let mut counts: Vec<(&str, usize)> = Vec::new();
     for n in &graph.nodes {
-        match counts.iter_mut().find(|(s, _)| *s == n.status) {
+        match counts.iter_mut().find(|(s, _)| *s == n.status.as_str()) {
             Some((_, c)) => *c += 1,
-            None => counts.push((n.status.clone(), 1)),
+            None => counts.push((n.status.as_str(), 1)),
         }
     }
     counts.sort();
@@ -84,7 +84,7 @@ fn progress_bar(run: &RunRecord, graph: &crate::store::RunGraph) -> String {
     format!(
         "<p id=\"progress\" data-status=\"{}\"><span class=\"bar\"><span id=\"progress-bar\" style=\"width:{:.0}%\"></span></span> \
          <span id=\"progress-text\">{finished}/{} finished</span> · <span id=\"progress-counts\">{}</span></p>",
-        esc(&run.status),
+        esc(run.status.as_str()),
         100.0 * finished as f64 / total as f64,
         graph.nodes.len(),
         summary.join(" ")
@@ -116,7 +116,7 @@ pub async fn run(State(state): State<Arc<AppState>>, Path(id): Path<String>) -> 
     let mut body = format!(
         "<h1>Run {} {}</h1><p>{} · {} by {}@{} · started {} · {}</p>",
         run.id,
-        html::status(&run.status),
+        html::status(run.status.as_str()),
         run.pipeline.as_deref().map_or_else(|| "-".to_owned(), |p| html::link(&format!("/pipelines/{}", url(p)), p)),
         esc(&run.command),
         esc(&run.user),
@@ -134,7 +134,7 @@ pub async fn run(State(state): State<Arc<AppState>>, Path(id): Path<String>) -> 
                 Cell::Num(a.id.to_string()),
                 Cell::Raw(html::link(&format!("/instances/{}", url(&a.key)), &a.key[..a.key.len().min(12)])),
                 Cell::Text(a.kind.clone()),
-                Cell::Raw(html::status(&a.status)),
+                Cell::Raw(html::status(a.status.as_str())),
                 Cell::Text(a.started_at.clone()),
                 Cell::Text(a.ended_at.clone().unwrap_or_default()),
                 Cell::Text(a.device.clone()),
@@ -143,7 +143,7 @@ pub async fn run(State(state): State<Arc<AppState>>, Path(id): Path<String>) -> 
         })
         .collect();
     body.push_str(&section("Attempts", &html::table(&["attempt", "key", "kind", "status", "started", "ended", "device", "error"], rows)));
-    if run.status == "running" {
+    if run.status == RunStatus::Running {
         body.push_str(&live_script(&run));
     }
     Ok(Page::new(&format!("Run {}", run.id), body))
@@ -164,7 +164,7 @@ pub async fn run_events(
             let store = state.store().await.map_err(|_| anyhow::anyhow!("the store is gone"))?;
             let run = store.run_by_id(id).await?.ok_or_else(|| anyhow::anyhow!("run {id} disappeared"))?;
             let graph = store.run_graph(id).await?;
-            anyhow::Ok((run.status != "running", progress_json(&run, &graph)))
+            anyhow::Ok((run.status != RunStatus::Running, progress_json(&run, &graph)))
         };
         let (done, data) = match snapshot.await {
             Ok(v) => v,
@@ -191,7 +191,7 @@ pub async fn instance(State(state): State<Arc<AppState>>, Path(key): Path<String
     let attempts = store.attempts_of_instance(inst.id).await?;
     let done = store.done_attempt_of(inst.id).await?;
     // The done attempt's metrics, else the running one's so far (a live view).
-    let running = if done.is_none() { attempts.iter().rev().find(|a| a.status == "running") } else { None };
+    let running = if done.is_none() { attempts.iter().rev().find(|a| a.status == AttemptStatus::Running) } else { None };
     let metrics = match done.as_ref().map(|d| d.attempt_id).or(running.map(|a| a.id)) {
         Some(attempt) => store.metrics_of_attempt(attempt).await?,
         None => Vec::new(),
@@ -240,7 +240,7 @@ pub async fn instance(State(state): State<Arc<AppState>>, Path(key): Path<String
             vec![
                 Cell::Num(a.id.to_string()),
                 Cell::Raw(html::link(&format!("/runs/{}", a.run_id), &a.run_id.to_string())),
-                Cell::Raw(html::status(&a.status)),
+                Cell::Raw(html::status(a.status.as_str())),
                 Cell::Text(a.started_at.clone()),
                 Cell::Text(a.ended_at.clone().unwrap_or_default()),
                 Cell::Text(format!("{}:{}", a.host, a.pid)),

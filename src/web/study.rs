@@ -43,7 +43,7 @@ pub fn runs_table(runs: &[RunRecord], links: bool) -> String {
                     _ => Cell::Text(pipeline),
                 },
                 Cell::Text(r.command.clone()),
-                Cell::Raw(html::status(&r.status)),
+                Cell::Raw(html::status(r.status.as_str())),
                 Cell::Text(r.started_at.clone()),
                 Cell::Num(html::duration(r.duration_s)),
                 Cell::Num(r.done.to_string()),

@@ -1,10 +1,17 @@
-//! Where an encoder runs (`device = "auto" | "cpu" | "cuda:N"`), and an
-//! encoder loaded on whichever backend that picked.
+//! Where a computation runs (`device = "auto" | "cpu" | "cuda:N"`): the
+//! request checked against the GPUs present, and the one place that maps it
+//! to burn's Flex or CUDA backend (training, evaluation, `bench-train`, the
+//! frozen encoders).
 
 use anyhow::bail;
 use burn::tensor::backend::Backend;
 
-use super::{Cpu, EmbedOptions, EmbeddedText, EncoderSpec, TextEncoder};
+/// The CPU backend.
+pub type Cpu = burn::backend::Flex;
+
+/// The NVIDIA GPU backend (`cuda` feature); devices are `burn::backend::cuda::CudaDevice::new(n)`.
+#[cfg(feature = "cuda")]
+pub type Cuda = burn::backend::Cuda;
 
 /// A device as written in a pipeline file.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -91,62 +98,9 @@ impl Device {
         match self {
             Device::Cpu => work.run::<Cpu>(&Default::default()),
             #[cfg(feature = "cuda")]
-            Device::Cuda(n) => work.run::<super::Cuda>(&burn::backend::cuda::CudaDevice::new(n)),
+            Device::Cuda(n) => work.run::<Cuda>(&burn::backend::cuda::CudaDevice::new(n)),
             #[cfg(not(feature = "cuda"))]
             Device::Cuda(_) => unreachable!("DeviceRequest::resolve refuses GPUs in a build without `cuda`"),
-        }
-    }
-}
-
-/// A text encoder on a concrete backend (an enum, not [`OnBackend`]: it
-/// outlives the call that loads it).
-pub enum LoadedEncoder {
-    Cpu(TextEncoder<Cpu>),
-    #[cfg(feature = "cuda")]
-    Cuda(TextEncoder<super::Cuda>, usize),
-}
-
-impl LoadedEncoder {
-    pub fn load(spec: &EncoderSpec, device: Device) -> anyhow::Result<LoadedEncoder> {
-        match device {
-            Device::Cpu => Ok(LoadedEncoder::Cpu(TextEncoder::load(spec, &Default::default())?)),
-            #[cfg(feature = "cuda")]
-            Device::Cuda(n) => Ok(LoadedEncoder::Cuda(TextEncoder::load(spec, &burn::backend::cuda::CudaDevice::new(n))?, n)),
-            #[cfg(not(feature = "cuda"))]
-            Device::Cuda(_) => unreachable!("DeviceRequest::resolve refuses GPUs in a build without `cuda`"),
-        }
-    }
-
-    /// The device, as recorded on the attempt.
-    pub fn device_name(&self) -> String {
-        match self {
-            LoadedEncoder::Cpu(_) => Device::Cpu.name(),
-            #[cfg(feature = "cuda")]
-            LoadedEncoder::Cuda(_, n) => Device::Cuda(*n).name(),
-        }
-    }
-
-    pub fn dim(&self) -> usize {
-        match self {
-            LoadedEncoder::Cpu(e) => e.dim(),
-            #[cfg(feature = "cuda")]
-            LoadedEncoder::Cuda(e, _) => e.dim(),
-        }
-    }
-
-    pub fn embed_with_progress(
-        &self,
-        texts: &[&str],
-        opts: &EmbedOptions,
-        progress: impl FnMut(usize) -> anyhow::Result<()>,
-    ) -> anyhow::Result<Vec<EmbeddedText>> {
-        if opts.batch_size == 0 {
-            bail!("batch_size must be at least 1");
-        }
-        match self {
-            LoadedEncoder::Cpu(e) => e.embed_with_progress(texts, opts, progress),
-            #[cfg(feature = "cuda")]
-            LoadedEncoder::Cuda(e, _) => e.embed_with_progress(texts, opts, progress),
         }
     }
 }

@@ -4,7 +4,7 @@
 use serde::Serialize;
 use sqlx::Row as _;
 
-use super::write::SlurmTask;
+use super::attempts::SlurmTask;
 use super::{Store, now_ms, now_text};
 
 /// A submitted job (or array task) as recorded.
@@ -274,12 +274,6 @@ impl Store {
                 open: r.get::<i64, _>(9) != 0,
             })
             .collect())
-    }
-
-    /// The executor a run used (`local` or `slurm`).
-    pub async fn run_executor(&self, run_id: i64) -> anyhow::Result<Option<(String, String, i64, String)>> {
-        let row = sqlx::query("SELECT executor, host, pid, status FROM runs WHERE id = $1").bind(run_id).fetch_optional(&self.pool).await?;
-        Ok(row.map(|r| (r.get(0), r.get(1), r.get(2), r.get(3))))
     }
 
     /// Ends Slurm runs (other than `except`) that no longer have an open job
