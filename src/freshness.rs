@@ -198,7 +198,7 @@ fn why_run(plan: &Plan, node: &crate::pipeline::Node, previous: &Previous, lates
             Reason::CodeVersionChanged { from: p.kind_version, to: i64::from(node.kind.version()) }
         }
         Some(p) => {
-            let changed = changed_params(&p.params, &Value::Object(node.params.0.clone()));
+            let changed = changed_params(&serde_json::from_str(&p.params).unwrap_or(Value::Null), &node.params.0);
             if changed.is_empty() { Reason::UpstreamChanged } else { Reason::ParamsChanged(changed) }
         }
     }
@@ -206,8 +206,8 @@ fn why_run(plan: &Plan, node: &crate::pipeline::Node, previous: &Previous, lates
 
 type Previous = HashMap<(String, String), Vec<crate::store::PreviousBinding>>;
 
-fn changed_params(before: &Value, now: &Value) -> Vec<String> {
-    let (Some(before), Some(now)) = (before.as_object(), now.as_object()) else { return vec!["params".into()] };
+fn changed_params(before: &Value, now: &serde_json::Map<String, Value>) -> Vec<String> {
+    let Some(before) = before.as_object() else { return vec!["params".into()] };
     let mut names: Vec<String> = before.keys().chain(now.keys()).filter(|k| before.get(*k) != now.get(*k)).cloned().collect();
     names.sort();
     names.dedup();

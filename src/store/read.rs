@@ -66,7 +66,9 @@ pub struct PreviousBinding {
     pub key: String,
     pub kind: String,
     pub kind_version: i64,
-    pub params: Value,
+    /// The parameters as stored (JSON text): parsed only where a reason
+    /// needs them, not for each of a large plan's bindings.
+    pub params: String,
     /// Some attempt ran it (rather than a `plan` that only saw it, or a run
     /// that skipped it below a failure).
     pub ran: bool,
@@ -245,7 +247,7 @@ impl Store {
                 key: row.get(2),
                 kind: row.get(5),
                 kind_version: row.get(3),
-                params: serde_json::from_str(row.get::<&str, _>(4)).unwrap_or(Value::Null),
+                params: row.get(4),
                 ran: row.get::<i64, _>(6) != 0,
             });
         }
