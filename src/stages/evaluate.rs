@@ -136,9 +136,9 @@ impl StageKind for Evaluate {
         let suites = suites(&params);
         let trained = ctx.upstream_of_kind(train::NAME)?;
         let ingest = ctx.upstream_of_kind(caption_ingest::NAME)?;
-        let data = IngestText::read_records(ingest)?;
-        let images = read_images(ingest)?;
         let ModelDescription { config, captions: length, .. } = ModelDescription::read(trained)?;
+        let data = IngestText::read_records(ingest, &length)?;
+        let images = read_images(ingest)?;
         let split = if params.str("split") == "train" { SplitName::Train } else { SplitName::Test };
         let eval_images: Vec<usize> = data.records.iter().filter(|r| r.split == split).map(|r| r.index).collect();
         if eval_images.is_empty() {

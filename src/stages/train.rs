@@ -271,9 +271,9 @@ impl StageKind for Train {
     fn run(&self, ctx: &mut StageContext) -> anyhow::Result<()> {
         let params = ctx.params().clone();
         let ingest = ctx.upstream_of_kind(caption_ingest::NAME)?;
-        let text_data = IngestText::read_records(ingest)?;
-        let images = read_images(ingest)?;
         let length = params.str("captions");
+        let text_data = IngestText::read_records(ingest, length)?;
+        let images = read_images(ingest)?;
         let frozen = params.str("text") == "frozen";
 
         // Caption rows: the frozen cache's rows, or every caption of the chosen length.

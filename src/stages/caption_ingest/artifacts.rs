@@ -69,18 +69,8 @@ pub struct IngestText {
 
 impl IngestText {
     pub fn read(upstream: &UpstreamOutputs) -> anyhow::Result<IngestText> {
-        Self::read_some(upstream, true)
-    }
-
-    /// Records and classes without the negatives (training never scores them,
-    /// and they outnumber the images).
-    pub fn read_records(upstream: &UpstreamOutputs) -> anyhow::Result<IngestText> {
-        Self::read_some(upstream, false)
-    }
-
-    fn read_some(upstream: &UpstreamOutputs, with_negatives: bool) -> anyhow::Result<IngestText> {
         let (mut records, mut negatives) = (Vec::new(), Vec::new());
-        let classes = stream_text(upstream, with_negatives, |line| {
+        let classes = stream_text(upstream, true, |line| {
             match line {
                 IngestLine::Record(r) => records.push(r),
                 IngestLine::Negative(_, n) => negatives.push(n),
@@ -88,6 +78,23 @@ impl IngestText {
             Ok(())
         })?;
         Ok(IngestText { records, negatives, classes })
+    }
+
+    /// Records and classes without the negatives (training never scores them,
+    /// and they outnumber the images), each record holding the captions of
+    /// one length only (`"short"` or `"long"`): what a training or an
+    /// evaluation reads, without the other length's text for every image.
+    pub fn read_records(upstream: &UpstreamOutputs, length: &str) -> anyhow::Result<IngestText> {
+        let mut records = Vec::new();
+        let classes = stream_text(upstream, false, |line| {
+            if let IngestLine::Record(mut r) = line {
+                let other = if length == "long" { &mut r.short } else { &mut r.long };
+                *other = Vec::new();
+                records.push(r);
+            }
+            Ok(())
+        })?;
+        Ok(IngestText { records, negatives: Vec::new(), classes })
     }
 }
 
