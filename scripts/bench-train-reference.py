@@ -5,6 +5,7 @@ kind of synthetic data, timed the same way (steps after a warm-up).
 
     python3 scripts/bench-train-reference.py --model vit-micro --batch 64 --threads 2
     python3 scripts/bench-train-reference.py --model vit-b16 --batch 256 --device cuda [--tf32]
+    python3 scripts/bench-train-reference.py --model vit-b16 --batch 256 --device cuda --amp bf16 [--compile]
 
 Model: pre-norm ViT (patch embedding as a strided conv, learned positions,
 separate q/k/v/out projections, exact GELU, mean pooling over patches, final
@@ -12,8 +13,16 @@ LayerNorm), projector Linear-GELU-Linear into D = 384, InfoNCE with a
 learnable logit scale (or the cosine loss), AdamW(β=(0.9, 0.98), ε=1e-6,
 weight decay 0.2 on matrices only). Batches are assembled on the host like
 ablate's (uint8 images normalised per step).
+
+`--amp bf16` is torch's automatic mixed precision: the forward under
+`torch.autocast` in bfloat16, f32 master weights, gradients and AdamW state
+(bf16 has f32's exponent range, so no GradScaler), and the loss in f32.
+`--compile` runs the tower through `torch.compile`; compiling happens in the
+warm-up steps, whose time is reported apart as `compile_s` (much shorter
+once inductor's on-disk cache holds the same graphs).
 """
 import argparse
+import contextlib
 import json
 import math
 import time
@@ -105,9 +114,15 @@ def main():
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--tf32", action="store_true",
                     help="let float32 matmuls and convolutions use TF32 tensor cores (burn's CUDA matmul does)")
+    ap.add_argument("--amp", default="none", choices=["none", "bf16"],
+                    help="bf16: forward under torch.autocast in bfloat16 (f32 weights, optimizer and loss)")
+    ap.add_argument("--compile", action="store_true",
+                    help="torch.compile the tower (compiled during the warm-up steps, timed apart as compile_s)")
     ap.add_argument("--json", action="store_true")
     ap.add_argument("--ceiling", action="store_true", help="time single matmuls instead (the machine's matmul ceiling)")
     args = ap.parse_args()
+    if args.compile and args.warmup < 1:
+        ap.error("--compile needs --warmup >= 1: the first step compiles, and that is not what is being timed")
     torch.backends.cuda.matmul.allow_tf32 = args.tf32
     torch.backends.cudnn.allow_tf32 = args.tf32
     if args.threads:
@@ -118,6 +133,12 @@ def main():
     size, patch, width, depth, heads = PRESETS[args.model]
     dim, dev = 384, torch.device(args.device)
     model = Tower(size, patch, width, depth, heads, dim).to(dev)
+    # The compiled module shares the parameters; logit_scale is still read from `model`.
+    forward = torch.compile(model) if args.compile else model
+    # Without AMP both contexts are empty: `--amp none` runs exactly the f32 step it always did.
+    bf16 = args.amp == "bf16"
+    amp = torch.autocast(device_type=dev.type, dtype=torch.bfloat16) if bf16 else contextlib.nullcontext()
+    f32 = torch.autocast(device_type=dev.type, enabled=False) if bf16 else contextlib.nullcontext()
     decay = [p for n, p in model.named_parameters() if p.ndim >= 2]
     no_decay = [p for n, p in model.named_parameters() if p.ndim < 2]
     opt = torch.optim.AdamW([{"params": decay, "weight_decay": 0.2}, {"params": no_decay, "weight_decay": 0.0}],
@@ -129,20 +150,27 @@ def main():
     std = torch.tensor([0.26862954, 0.26130258, 0.27577711]).view(1, 3, 1, 1)
     labels = torch.arange(args.batch, device=dev)
     start = None
+    began = time.perf_counter()
     for step in range(args.warmup + args.steps):
         if step == args.warmup:
             if dev.type == "cuda":
                 torch.cuda.synchronize()
+                # The peak of the timed steps: weights, AdamW state and one step's activations.
+                torch.cuda.reset_peak_memory_stats(dev)
             start = time.perf_counter()
         idx = torch.randperm(n)[: args.batch]
         images = ((pixels[idx].float() / 255 - mean) / std).to(dev, non_blocking=True)
-        x = F.normalize(model(images), dim=-1)
-        y = F.normalize(texts[idx].to(dev, non_blocking=True), dim=-1)
-        if args.loss == "infonce":
-            logits = model.logit_scale.exp() * x @ y.t()
-            loss = (F.cross_entropy(logits, labels) + F.cross_entropy(logits.t(), labels)) / 2
-        else:
-            loss = (1 - (x * y).sum(-1)).mean()
+        with amp:
+            embeddings = forward(images)
+        # The loss in f32 (autocast would run the logits matmul in bf16); a no-op cast without AMP.
+        with f32:
+            x = F.normalize(embeddings.float(), dim=-1)
+            y = F.normalize(texts[idx].to(dev, non_blocking=True), dim=-1)
+            if args.loss == "infonce":
+                logits = model.logit_scale.exp() * x @ y.t()
+                loss = (F.cross_entropy(logits, labels) + F.cross_entropy(logits.t(), labels)) / 2
+            else:
+                loss = (1 - (x * y).sum(-1)).mean()
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -152,13 +180,21 @@ def main():
     if dev.type == "cuda":
         torch.cuda.synchronize()
     seconds = time.perf_counter() - start
+    # The warm-up steps: with --compile, mostly tracing and code generation.
+    compile_s = start - began if args.compile else None
+    peak = torch.cuda.max_memory_allocated(dev) / 2**30 if dev.type == "cuda" else None
     ips = args.steps * args.batch / seconds
     gflops = ips * 3 * forward_flops(size, patch, width, depth, heads) / 1e9
     result = {"model": args.model, "loss": args.loss, "batch": args.batch, "steps": args.steps,
               "images_per_s": ips, "gflops": gflops, "torch": torch.__version__, "threads": torch.get_num_threads(),
-              "tf32": args.tf32}
+              "tf32": args.tf32, "amp": args.amp, "compile": args.compile, "peak_memory_gib": peak}
+    if args.compile:
+        result["compile_s"] = compile_s
+    extra = "".join([f", amp {args.amp}" if args.amp != "none" else "",
+                     f", compiled in {compile_s:.1f} s" if args.compile else "",
+                     f", peak {peak:.2f} GiB" if peak is not None else ""])
     print(json.dumps(result) if args.json else
-          f"pytorch {args.model} {args.loss} batch {args.batch} on {args.device}: {ips:.1f} images/s, {gflops:.1f} GFLOP/s")
+          f"pytorch {args.model} {args.loss} batch {args.batch} on {args.device}: {ips:.1f} images/s, {gflops:.1f} GFLOP/s{extra}")
 
 
 if __name__ == "__main__":
