@@ -13,6 +13,7 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use ablate::device::Cpu;
+use ablate::precision::Precision;
 use ablate::text::{EmbedOptions, EncoderSpec, TextEncoder};
 
 const BATCH: usize = 64;
@@ -44,7 +45,13 @@ fn bench(name: &str, path: PathBuf, n: usize) -> anyhow::Result<()> {
     let load_s = t0.elapsed().as_secs_f64();
     let texts = captions(n)?;
     let refs: Vec<&str> = texts.iter().map(String::as_str).collect();
-    let opts = EmbedOptions { pooling: encoder.default_pooling(), max_tokens: MAX_TOKENS, batch_size: BATCH, normalize: true };
+    let opts = EmbedOptions {
+        pooling: encoder.default_pooling(),
+        max_tokens: MAX_TOKENS,
+        batch_size: BATCH,
+        normalize: true,
+        precision: Precision::F32,
+    };
     encoder.embed(&refs[..BATCH.min(refs.len())], &opts)?; // warm-up
     let tokens: usize = encoder.tokenize(&refs, MAX_TOKENS)?.iter().map(|t| t.ids.len()).sum();
     let t = Instant::now();

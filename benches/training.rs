@@ -15,6 +15,8 @@
 use std::process::Command;
 
 use ablate::loss::{Learned, Loss};
+use ablate::precision::Precision;
+use ablate::train::bench::BenchSpec;
 use burn::prelude::*;
 
 type Train = burn::backend::Autodiff<ablate::device::Cpu>;
@@ -23,10 +25,15 @@ fn throughput() -> anyhow::Result<()> {
     println!("| model | loss | batch | images/s | GFLOP/s (fwd+bwd) |");
     println!("|---|---|---|---|---|");
     for (model, batch, steps) in [("vit-micro", 64, 30), ("vit-micro", 256, 8), ("vit-tiny", 16, 4)] {
-        let r = ablate::train::bench::run::<Train>(model, Loss::InfoNce, batch, 2, steps, false, &Default::default())?;
+        let r = ablate::train::bench::run::<Train>(&bench(model, Loss::InfoNce, batch, 2, steps), &Default::default())?;
         println!("| {model} | infonce | {batch} | {:.1} | {:.1} |", r.images_per_s, r.gflops);
     }
     Ok(())
+}
+
+/// An f32 measurement without phase times.
+fn bench(model: &str, loss: Loss, batch: usize, warmup: usize, steps: usize) -> BenchSpec<'_> {
+    BenchSpec { model, loss, batch, precision: Precision::F32, warmup, steps, phases: false }
 }
 
 fn peak_rss_kib() -> i64 {
@@ -54,7 +61,7 @@ fn memory_one(what: &str, loss_name: &str, batch: usize) -> anyhow::Result<()> {
             let _: f32 = g.sum().into_scalar();
         }
         _ => {
-            ablate::train::bench::run::<Train>("vit-micro", loss, batch, 1, 1, false, &Default::default())?;
+            ablate::train::bench::run::<Train>(&bench("vit-micro", loss, batch, 1, 1), &Default::default())?;
         }
     }
     println!("{} {}", peak_rss_kib(), before);

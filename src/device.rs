@@ -3,6 +3,8 @@
 //! to burn's Flex or CUDA backend (training, evaluation, `bench-train`, the
 //! frozen encoders).
 
+use std::path::{Path, PathBuf};
+
 use anyhow::bail;
 use burn::tensor::backend::Backend;
 
@@ -102,5 +104,64 @@ impl Device {
             #[cfg(not(feature = "cuda"))]
             Device::Cuda(_) => unreachable!("DeviceRequest::resolve refuses GPUs in a build without `cuda`"),
         }
+    }
+}
+
+/// The folder of the workspace that keeps what burn's GPU backend learns
+/// about a GPU model: autotune results (the fastest kernel per shape key)
+/// and compiled kernels. One folder per GPU model and backend version, so a
+/// cluster's nodes share it through the workspace's file system while a node
+/// with another GPU (or a build with another burn) tunes afresh; cubecl adds
+/// its own version below it as well.
+pub fn kernel_cache_dir(workspace: &Path, gpu_model: &str) -> PathBuf {
+    let slug: String = gpu_model.chars().map(|c| if c.is_ascii_alphanumeric() || c == '-' { c } else { '_' }).collect();
+    workspace.join("kernels").join(format!("burn-{BURN_VERSION}")).join(slug)
+}
+
+/// The burn version Cargo.toml pins (a unit test holds the two together).
+pub const BURN_VERSION: &str = "0.21.0";
+
+/// Points burn's CUDA backend at [`kernel_cache_dir`] for the first GPU of
+/// this machine, before it starts: every stage and process using the
+/// workspace then reuses the kernels it tuned and compiled instead of
+/// spending minutes on them again. Must run before the first CUDA
+/// computation of the process, and only once; a no-op in a build without
+/// `cuda` or on a machine without a GPU. Returns the folder used.
+pub fn use_kernel_cache(workspace: &Path) -> anyhow::Result<Option<PathBuf>> {
+    if !cfg!(feature = "cuda") || crate::gpu::count() == 0 {
+        return Ok(None);
+    }
+    let model = crate::gpu::model_name(0).unwrap_or_else(|| "unknown-gpu".to_owned());
+    let dir = kernel_cache_dir(workspace, &model);
+    std::fs::create_dir_all(&dir).map_err(|e| anyhow::anyhow!("creating the GPU kernel cache {}: {e}", dir.display()))?;
+    #[cfg(feature = "cuda")]
+    {
+        use cubecl_runtime::config::cache::CacheConfig;
+        use cubecl_runtime::config::{CubeClRuntimeConfig, RuntimeConfig};
+        static SET: std::sync::Once = std::sync::Once::new();
+        let dir = dir.clone();
+        SET.call_once(move || {
+            // A cubecl.toml or CUBECL_* variables still apply (autotune level, logs).
+            let mut config = CubeClRuntimeConfig::from_current_dir().override_from_env();
+            config.autotune.cache = CacheConfig::File(dir.join("autotune"));
+            config.compilation.cache = Some(CacheConfig::File(dir.join("compiled")));
+            CubeClRuntimeConfig::set(config);
+        });
+    }
+    Ok(Some(dir))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_kernel_cache_is_keyed_by_the_pinned_burn_and_the_gpu_model() {
+        let manifest = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/Cargo.toml")).unwrap();
+        assert!(manifest.contains(&format!("burn = {{ version = \"={BURN_VERSION}\"")), "Cargo.toml pins another burn than {BURN_VERSION}");
+        let ws = Path::new("/w");
+        assert_eq!(kernel_cache_dir(ws, "NVIDIA H200"), Path::new("/w/kernels/burn-0.21.0/NVIDIA_H200"));
+        assert_ne!(kernel_cache_dir(ws, "NVIDIA H100 80GB HBM3"), kernel_cache_dir(ws, "NVIDIA H200"));
+        assert_eq!(kernel_cache_dir(ws, "../x/y"), Path::new("/w/kernels/burn-0.21.0/___x_y"));
     }
 }

@@ -20,6 +20,7 @@ pub mod loss;
 pub mod model;
 pub mod pipeline;
 pub mod pivot;
+pub mod precision;
 pub mod process_group;
 pub mod rng;
 pub mod slurm_commands;

@@ -11,6 +11,7 @@ use ablate::device::Cpu;
 use ablate::images::ImageSet;
 use ablate::model::named::{HostTensor, Layout, load};
 use ablate::model::{ClipConfig, ClipModel};
+use ablate::precision::Precision;
 use ablate::tensor_file::TensorFile;
 use burn::prelude::*;
 
@@ -37,7 +38,7 @@ fn burn_model_reproduces_pytorch_embeddings() {
     let vit = &config.vit;
     let pixels = ablate::train::data::eval_patches(&images, &(0..n).collect::<Vec<_>>(), vit.image_size, vit.patch_size).unwrap();
     let x = Tensor::<Cpu, 2>::from_data(TensorData::new(pixels, [n * vit.patches(), vit.patch_dim()]), &device);
-    let ours: Vec<f32> = model.encode_images(x, n).into_data().convert::<f32>().into_vec().unwrap();
+    let ours: Vec<f32> = model.encode_images(x, n, Precision::F32).into_data().convert::<f32>().into_vec().unwrap();
     let (shape, expected) = file.f32("expected.embeddings").unwrap();
     assert_eq!(shape, vec![n, config.embed_dim]);
     let max_diff = ours.iter().zip(&expected).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
@@ -92,9 +93,9 @@ fn fused_block_matches_burn_ops_in_value_and_gradient() {
         let run = |fused: bool| {
             let x = x.clone().require_grad();
             let y = if fused {
-                block.forward(x.clone(), batch, tokens, causal)
+                block.forward(x.clone(), batch, tokens, causal, Precision::F32)
             } else {
-                block.forward_decomposed(x.clone(), batch, tokens, causal)
+                block.forward_decomposed(x.clone(), batch, tokens, causal, Precision::F32)
             };
             let grads = (y.clone() * r.clone()).sum().backward();
             let mut out = vec![host(y.inner()), host(x.grad(&grads).unwrap())];
@@ -138,5 +139,43 @@ fn fused_layer_norm_matches_burn_in_value_and_gradient() {
         let worst = a.iter().zip(b).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
         let scale = b.iter().fold(1e-2f32, |m, x| m.max(x.abs()));
         assert!(worst <= 1e-4 * scale, "tensor {i} (output, then gradients of x, gamma, beta): off by {worst}");
+    }
+}
+
+/// A block under bf16 against the same block in f32: output and gradients
+/// agree to bf16's precision but not to f32's (the matmuls did run in
+/// bf16), the residual stream stays f32, and the parameters' gradients are
+/// f32 (master weights), as under `torch.autocast`.
+#[test]
+fn bf16_block_matches_f32_to_bf16_precision_with_f32_gradients() {
+    use ablate::model::transformer::Block;
+    use burn::tensor::{DType, Distribution};
+    type Train = burn::backend::Autodiff<Cpu>;
+    let device = Default::default();
+    for causal in [false, true] {
+        let (batch, tokens, width) = (2, 9, 32);
+        let block = Block::<Train>::new(width, 4, 4, &device);
+        let x = Tensor::<Train, 2>::random([batch * tokens, width], Distribution::Normal(0.0, 1.0), &device);
+        let r = Tensor::<Train, 2>::random([batch * tokens, width], Distribution::Normal(0.0, 1.0), &device);
+        let run = |precision: Precision| {
+            let x = x.clone().require_grad();
+            let y = block.forward(x.clone(), batch, tokens, causal, precision);
+            assert_eq!(y.dtype(), DType::F32, "{precision:?}: the residual stream is f32");
+            let grads = (y.clone() * r.clone()).sum().backward();
+            let weight = block.mlp.fc.weight.grad(&grads).unwrap();
+            assert_eq!(weight.dtype(), DType::F32, "{precision:?}: the master weights' gradients are f32");
+            let host = |t: Tensor<Cpu, 2>| t.into_data().convert::<f32>().into_vec::<f32>().unwrap();
+            [host(y.inner()), host(x.grad(&grads).unwrap()), host(weight)]
+        };
+        let (full, half) = (run(Precision::F32), run(Precision::Bf16));
+        for (i, (a, b)) in half.iter().zip(&full).enumerate() {
+            let worst = a.iter().zip(b).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
+            let scale = b.iter().fold(1e-2f32, |m, x| m.max(x.abs()));
+            assert!(
+                worst <= 3e-2 * scale,
+                "causal={causal}, tensor {i} (output, input grad, fc weight grad): off by {worst} (scale {scale})"
+            );
+            assert!(worst > 1e-6 * scale, "causal={causal}, tensor {i}: bf16 gave f32's values to the bit");
+        }
     }
 }

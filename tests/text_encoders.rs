@@ -11,6 +11,7 @@ use common::models_dir;
 use std::path::{Path, PathBuf};
 
 use ablate::device::Cpu;
+use ablate::precision::Precision;
 use ablate::text::{EmbedOptions, EncoderSpec, Pooling, TextEncoder};
 use serde_json::Value;
 
@@ -57,7 +58,7 @@ fn minilm_matches_sentence_transformers() {
         assert!(group.len() >= 20, "fixture has {} texts for max_tokens {max_tokens}", group.len());
         let texts: Vec<&str> = group.iter().map(|it| it["text"].as_str().unwrap()).collect();
         // Batches of 5 mix lengths, so padding and masking are exercised.
-        let opts = EmbedOptions { pooling: Pooling::Mean, max_tokens, batch_size: 5, normalize: true };
+        let opts = EmbedOptions { pooling: Pooling::Mean, max_tokens, batch_size: 5, normalize: true, precision: Precision::F32 };
         let got = encoder.embed(&texts, &opts).unwrap();
         for (it, out) in group.iter().zip(&got) {
             let text = it["text"].as_str().unwrap();
@@ -90,7 +91,7 @@ fn smollm2_matches_transformers_gguf() {
     let texts: Vec<&str> = items.iter().map(|it| it["text"].as_str().unwrap()).collect();
     for (pooling, key) in [(Pooling::Eos, "eos"), (Pooling::Mean, "mean")] {
         // One padded batch: every prompt against a reference computed alone.
-        let opts = EmbedOptions { pooling, max_tokens: 64, batch_size: 64, normalize: false };
+        let opts = EmbedOptions { pooling, max_tokens: 64, batch_size: 64, normalize: false, precision: Precision::F32 };
         let got = encoder.embed(&texts, &opts).unwrap();
         let (mut worst, mut max_rel) = (f64::INFINITY, 0f32);
         for (it, out) in items.iter().zip(&got) {
@@ -119,7 +120,7 @@ fn minilm_matches_sentence_transformers_on_long_texts() {
     let encoder = load(path);
     let items = long_items(&fixture("minilm.json"), 100, 1000);
     let texts: Vec<&str> = items.iter().map(|it| it["text"].as_str().unwrap()).collect();
-    let opts = EmbedOptions { pooling: Pooling::Mean, max_tokens: limit, batch_size: 2, normalize: true };
+    let opts = EmbedOptions { pooling: Pooling::Mean, max_tokens: limit, batch_size: 2, normalize: true, precision: Precision::F32 };
     let got = encoder.embed(&texts, &opts).unwrap();
     let mut worst = f64::INFINITY;
     for (it, out) in items.iter().zip(&got) {
@@ -142,7 +143,7 @@ fn smollm2_matches_transformers_on_long_texts() {
     let items = long_items(&fixture("smollm2.json"), 100, 2048);
     let texts: Vec<&str> = items.iter().map(|it| it["text"].as_str().unwrap()).collect();
     // Default options: max_tokens is the GGUF's context length.
-    let opts = EmbedOptions { pooling: Pooling::Eos, max_tokens: 8192, batch_size: 4, normalize: false };
+    let opts = EmbedOptions { pooling: Pooling::Eos, max_tokens: 8192, batch_size: 4, normalize: false, precision: Precision::F32 };
     let got = encoder.embed(&texts, &opts).unwrap();
     let mut worst = f64::INFINITY;
     for (it, out) in items.iter().zip(&got) {
@@ -178,7 +179,7 @@ fn truncation_keeps_eos_for_decoders() {
     assert_eq!(*tokens[0].ids.last().unwrap(), 2);
     assert!(!tokens[1].truncated);
     assert!(encoder.tokenize(&["x"], 1).is_err(), "max_tokens 1 leaves no room");
-    let over = EmbedOptions { pooling: Pooling::Eos, max_tokens: 8193, batch_size: 1, normalize: true };
+    let over = EmbedOptions { pooling: Pooling::Eos, max_tokens: 8193, batch_size: 1, normalize: true, precision: Precision::F32 };
     let err = encoder.embed(&["x"], &over).unwrap_err().to_string();
     assert!(err.contains("exceeds the encoder's own limit of 8192 tokens"), "{err}");
 }
@@ -209,4 +210,31 @@ fn library_embed_entry_point() {
     let mean = ablate::text::embed(spec.to_str().unwrap(), Pooling::Mean, 32, &texts).unwrap();
     assert!(cosine(&out[0].embedding, &mean[0].embedding) < 0.99);
     assert!(ablate::text::embed("no-such-encoder", Pooling::Mean, 32, &texts).is_err());
+}
+
+/// `precision = "bf16"` on both encoders: each text's embedding is within
+/// bf16 rounding of the f32 one (cosine ≥ 0.99), but not the f32 one (the
+/// forward pass really ran in bf16), and the tokens are the same.
+#[test]
+fn bf16_embeddings_stay_close_to_f32() {
+    let Some(models) = models_dir() else { return };
+    let texts = [
+        "a red square to the left of a blue circle",
+        "Two dogs play in the snow next to a wooden fence while a child watches from the porch.",
+        "an empty kitchen",
+    ];
+    for (path, pooling) in
+        [(models.join("all-MiniLM-L6-v2"), Pooling::Mean), (models.join("SmolLM2-135M-Instruct.Q4_1.gguf"), Pooling::Eos)]
+    {
+        let encoder = load(path.clone());
+        let options = |precision| EmbedOptions { pooling, max_tokens: 64, batch_size: 3, normalize: true, precision };
+        let full = encoder.embed(&texts, &options(Precision::F32)).unwrap();
+        let half = encoder.embed(&texts, &options(Precision::Bf16)).unwrap();
+        for (f, h) in full.iter().zip(&half) {
+            assert_eq!(f.tokens, h.tokens);
+            let c = cosine(&f.embedding, &h.embedding);
+            assert!(c >= 0.99, "{}: cosine {c} between the bf16 and f32 embeddings", path.display());
+            assert!(c < 1.0 - 1e-9, "{}: bf16 gave the f32 embedding", path.display());
+        }
+    }
 }

@@ -12,6 +12,7 @@ use std::collections::BTreeMap;
 use std::path::Path;
 
 use ablate::device::Cpu;
+use ablate::precision::Precision;
 use ablate::text::gguf::GgufFile;
 use ablate::text::llama::{gguf_name, unpermute_rows};
 use ablate::text::tokenize::TextTokenizer;
@@ -25,7 +26,7 @@ fn load(dir: &Path) -> anyhow::Result<TextEncoder<Cpu>> {
 }
 
 fn embed(enc: &TextEncoder<Cpu>, texts: &[&str], pooling: Pooling) -> Vec<Vec<f32>> {
-    let opts = EmbedOptions { pooling, max_tokens: 64, batch_size: 8, normalize: false };
+    let opts = EmbedOptions { pooling, max_tokens: 64, batch_size: 8, normalize: false, precision: Precision::F32 };
     enc.embed(texts, &opts).unwrap().into_iter().map(|e| e.embedding).collect()
 }
 

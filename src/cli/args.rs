@@ -8,6 +8,7 @@ use clap::{Parser, Subcommand, ValueEnum};
 use super::{UsageError, plot};
 use crate::exec::slurm::SlurmOptions;
 use crate::loss::Loss;
+use crate::precision::Precision;
 use crate::store::Executor;
 
 #[derive(Parser)]
@@ -140,6 +141,9 @@ pub(super) enum Command {
         loss: Loss,
         #[arg(long, default_value_t = 64)]
         batch: usize,
+        /// f32 | bf16 (bf16 matmuls and activations, f32 weights, statistics and loss).
+        #[arg(long, default_value = "f32", value_parser = precision_named)]
+        precision: Precision,
         /// Measured steps, after `--warmup` unmeasured ones.
         #[arg(long, default_value_t = 20)]
         steps: usize,
@@ -159,6 +163,27 @@ pub(super) enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Fill the workspace's GPU kernel cache before a study: a few training steps of a model preset
+    /// on synthetic data at this batch and precision, so that burn's CUDA backend tunes and
+    /// compiles its kernels now and every later stage and process using the workspace starts from
+    /// them.
+    Warmup {
+        /// Image tower preset (vit-micro, vit-tiny, vit-s16, vit-b16, ...).
+        #[arg(long)]
+        model: String,
+        #[arg(long)]
+        batch: usize,
+        /// f32 | bf16 (the kernels differ: warm the precision the study trains in).
+        #[arg(long, default_value = "f32", value_parser = precision_named)]
+        precision: Precision,
+        #[arg(long, default_value = "infonce", value_parser = loss_named)]
+        loss: Loss,
+        /// auto | cpu | cuda:N (only a GPU has kernels to tune; on the CPU this only trains).
+        #[arg(long, default_value = "auto")]
+        device: String,
+        #[arg(long)]
+        json: bool,
+    },
     /// Embed texts with a frozen text encoder, to check an encoder without a pipeline.
     Embed {
         /// A model directory, a .gguf file, or a built-in name (minilm, smollm2).
@@ -173,6 +198,9 @@ pub(super) enum Command {
         /// auto | cpu | cuda:N.
         #[arg(long, default_value = "cpu")]
         device: String,
+        /// f32 | bf16 (bf16 matmuls and activations, f32 weights and statistics).
+        #[arg(long, default_value = "f32", value_parser = precision_named)]
+        precision: Precision,
         /// Print one JSON array: {"text", "tokens", "embedding"} per text, in order.
         #[arg(long)]
         json: bool,
@@ -272,6 +300,17 @@ pub(super) enum Command {
     },
 }
 
+impl Command {
+    /// Whether the command may run work on a GPU, and so needs the
+    /// workspace's kernel cache set up before anything starts on one.
+    pub(super) fn may_use_a_gpu(&self) -> bool {
+        matches!(
+            self,
+            Command::Run { .. } | Command::Exec { .. } | Command::BenchTrain { .. } | Command::Warmup { .. } | Command::Embed { .. }
+        )
+    }
+}
+
 const DEFAULT_ARRAY_LIMIT: usize = 1000;
 
 /// `ablate run --executor slurm` options.
@@ -336,6 +375,10 @@ impl SlurmArgs {
 /// A loss by its name, for `bench-train --loss`.
 fn loss_named(name: &str) -> Result<Loss, String> {
     Loss::from_name(name).ok_or_else(|| format!("not a loss ({})", Loss::NAMES.join(", ")))
+}
+
+fn precision_named(name: &str) -> Result<Precision, String> {
+    Precision::from_name(name).ok_or_else(|| format!("not a precision ({})", Precision::NAMES.join(", ")))
 }
 
 /// A number of seconds for a time limit: more than 0, at most a day.

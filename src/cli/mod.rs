@@ -20,6 +20,7 @@ use clap::Parser;
 use crate::exec::{self, RunOptions};
 use crate::pipeline::{self, Diagnostics, Plan};
 use crate::store::{Store, Workspace};
+use crate::train::bench::BenchSpec;
 use args::{Cli, Command, PlanFormat};
 
 /// Exit codes: 0 success, 1 a stage or command failed, 2 bad input, 130 interrupted.
@@ -33,7 +34,11 @@ pub fn main() -> ExitCode {
             return ExitCode::from(1);
         }
     };
-    match runtime.block_on(dispatch(cli, bars)) {
+    let result = runtime.block_on(dispatch(cli, bars));
+    // A stage thread given up on after an interrupt (`StageKind::interrupt_grace`)
+    // is not waited for.
+    runtime.shutdown_timeout(std::time::Duration::from_millis(200));
+    match result {
         Ok(code) => code,
         Err(e) => {
             if let Some(d) = e.downcast_ref::<Diagnostics>() {
@@ -83,6 +88,9 @@ async fn dispatch(cli: Cli, bars: indicatif::MultiProgress) -> anyhow::Result<Ex
     if workspace.root.exists() && !workspace.root.is_dir() {
         return Err(UsageError(format!("the workspace {} is not a directory", workspace.root.display())).into());
     }
+    if cli.command.may_use_a_gpu() {
+        crate::device::use_kernel_cache(&workspace.root)?;
+    }
     match cli.command {
         Command::Plan { file, format, json } => running::plan(&workspace, &file, if json { PlanFormat::Json } else { format }).await,
         Command::Run { file, jobs, gpus, cpus, keep_going, force, only, json, executor, slurm } => {
@@ -104,12 +112,17 @@ async fn dispatch(cli: Cli, bars: indicatif::MultiProgress) -> anyhow::Result<Ex
         Command::Lineage { id, json } => history::lineage(&workspace, &id, json).await,
         Command::Gc { dry_run, json } => history::gc(&workspace, dry_run, json).await,
         Command::Kinds { json } => tools::kinds(json),
-        Command::BenchTrain { model, loss, batch, steps, warmup, device, decomposed, phases, json } => {
+        Command::BenchTrain { model, loss, batch, precision, steps, warmup, device, decomposed, phases, json } => {
             crate::model::fused::set_enabled(!decomposed);
-            tools::bench_train(tools::Bench { model: &model, loss, batch, warmup, steps, phases }, &device, json)
+            let bench = BenchSpec { model: &model, loss, batch, precision, warmup, steps, phases };
+            tools::bench_train(bench, &device, json)
         }
-        Command::Embed { encoder, pooling, max_tokens, device, json, texts } => {
-            tools::embed(&encoder, pooling.as_deref(), max_tokens, &device, json, &texts)
+        Command::Warmup { model, batch, precision, loss, device, json } => {
+            let bench = BenchSpec { model: &model, loss, batch, precision, warmup: 1, steps: 2, phases: false };
+            tools::warmup(bench, &device, &workspace.root, json)
+        }
+        Command::Embed { encoder, pooling, max_tokens, device, precision, json, texts } => {
+            tools::embed(&encoder, pooling.as_deref(), max_tokens, (&device, precision), json, &texts)
         }
         Command::History { pipeline, filter, sort, limit, json, csv } => {
             results::history(

@@ -1,35 +1,25 @@
-//! Tools beside the pipelines: `bench-train`, `embed`, `kinds`.
+//! Tools beside the pipelines: `bench-train`, `warmup`, `embed`, `kinds`.
 
+use std::path::Path;
 use std::process::ExitCode;
 
 use serde_json::json;
 
 use super::{UsageError, print_json, render};
-use crate::loss::Loss;
+use crate::precision::Precision;
 use crate::stages;
+use crate::train::bench::BenchSpec;
 
-pub(super) fn bench_train(bench: Bench<'_>, device: &str, json: bool) -> anyhow::Result<ExitCode> {
-    use crate::device::DeviceRequest;
-    let request = DeviceRequest::parse(device).map_err(UsageError)?;
-    if crate::model::VitPreset::named(bench.model, "avg").is_none() {
-        return Err(
-            UsageError(format!("--model {}: not a model preset ({})", bench.model, crate::model::VitPreset::NAMES.join(", "))).into()
-        );
-    }
-    if bench.batch < 2 || bench.steps < 1 {
-        return Err(UsageError("--batch must be at least 2 and --steps at least 1".into()).into());
-    }
-    let device = request.resolve().map_err(|e| UsageError(format!("{e:#}")))?;
+pub(super) fn bench_train(bench: BenchSpec<'_>, device: &str, json: bool) -> anyhow::Result<ExitCode> {
+    let device = checked_bench(&bench, device)?;
     let device_name = device.name();
     let result = device.run(bench)?;
     if json {
         print_json(&json!({"device": device_name, "result": result}));
     } else {
         println!(
-            "{} {} batch {} on {device_name}: {:.1} images/s, {:.1} GFLOP/s (image tower fwd+bwd) over {} steps",
-            result.model,
-            result.loss.name(),
-            result.batch,
+            "{} on {device_name}: {:.1} images/s, {:.1} GFLOP/s (image tower fwd+bwd) over {} steps",
+            result.what(),
             result.images_per_s,
             result.gflops,
             result.steps
@@ -44,28 +34,64 @@ pub(super) fn bench_train(bench: Bench<'_>, device: &str, json: bool) -> anyhow:
     Ok(ExitCode::SUCCESS)
 }
 
-/// `bench-train`'s measurement on the requested backend.
-pub(super) struct Bench<'a> {
-    pub(super) model: &'a str,
-    pub(super) loss: Loss,
-    pub(super) batch: usize,
-    pub(super) warmup: usize,
-    pub(super) steps: usize,
-    pub(super) phases: bool,
+/// The device a `bench-train` or `warmup` asks for, once the preset, sizes
+/// and device are checked (usage errors otherwise).
+fn checked_bench(bench: &BenchSpec<'_>, device: &str) -> anyhow::Result<crate::device::Device> {
+    use crate::device::DeviceRequest;
+    let request = DeviceRequest::parse(device).map_err(UsageError)?;
+    if crate::model::VitPreset::named(bench.model, "avg").is_none() {
+        return Err(
+            UsageError(format!("--model {}: not a model preset ({})", bench.model, crate::model::VitPreset::NAMES.join(", "))).into()
+        );
+    }
+    if bench.batch < 2 || bench.steps < 1 {
+        return Err(UsageError("--batch must be at least 2 and --steps at least 1".into()).into());
+    }
+    Ok(request.resolve().map_err(|e| UsageError(format!("{e:#}")))?)
 }
 
-impl crate::device::OnBackend for Bench<'_> {
+/// `warmup`: a short training of the preset at this batch and precision, so
+/// that burn's CUDA backend tunes and compiles its kernels into the
+/// workspace's kernel cache (`device::use_kernel_cache`, set up before any
+/// command that may use a GPU) ahead of a study.
+pub(super) fn warmup(bench: BenchSpec<'_>, device: &str, workspace: &Path, json: bool) -> anyhow::Result<ExitCode> {
+    let device = checked_bench(&bench, device)?;
+    let cache = match device {
+        crate::device::Device::Cuda(_) => crate::device::use_kernel_cache(workspace)?,
+        crate::device::Device::Cpu => None,
+    };
+    let before = cache.as_deref().map_or(0, walk_files);
+    let device_name = device.name();
+    let result = device.run(bench)?;
+    let after = cache.as_deref().map_or(0, walk_files);
+    if json {
+        print_json(&json!({
+            "device": device_name,
+            "kernel_cache": cache,
+            "cache_files_before": before,
+            "cache_files_after": after,
+            "result": result,
+        }));
+        return Ok(ExitCode::SUCCESS);
+    }
+    println!("{} on {device_name}: first step after {:.1} s, then {:.1} images/s", result.what(), result.first_step_s, result.images_per_s);
+    match cache {
+        Some(dir) => println!("kernel cache {}: {before} files before, {after} after", dir.display()),
+        None => println!("no kernel cache on {device_name}: only a GPU has kernels to tune and compile"),
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Files under `dir`, at any depth (0 where it does not exist).
+fn walk_files(dir: &Path) -> usize {
+    std::fs::read_dir(dir).map_or(0, |entries| entries.flatten().map(|e| if e.path().is_dir() { walk_files(&e.path()) } else { 1 }).sum())
+}
+
+/// `bench-train`'s measurement on the requested backend.
+impl crate::device::OnBackend for BenchSpec<'_> {
     type Output = crate::train::bench::BenchResult;
     fn run<B: burn::tensor::backend::Backend>(self, device: &B::Device) -> anyhow::Result<Self::Output> {
-        crate::train::bench::run::<burn::backend::Autodiff<B>>(
-            self.model,
-            self.loss,
-            self.batch,
-            self.warmup,
-            self.steps,
-            self.phases,
-            device,
-        )
+        crate::train::bench::run::<burn::backend::Autodiff<B>>(&self, device)
     }
 }
 
@@ -73,7 +99,7 @@ pub(super) fn embed(
     encoder: &str,
     pooling: Option<&str>,
     max_tokens: Option<usize>,
-    device: &str,
+    (device, precision): (&str, Precision),
     json: bool,
     texts: &[String],
 ) -> anyhow::Result<ExitCode> {
@@ -92,7 +118,7 @@ pub(super) fn embed(
     let device = DeviceRequest::parse(device).map_err(UsageError)?.resolve().map_err(usage)?;
     let loaded = LoadedEncoder::load(&spec, device)?;
     let refs: Vec<&str> = texts.iter().map(String::as_str).collect();
-    let options = EmbedOptions { pooling, max_tokens, batch_size: 64, normalize: true };
+    let options = EmbedOptions { pooling, max_tokens, batch_size: 64, normalize: true, precision };
     let embedded = loaded.embed_with_progress(&refs, &options, |_| Ok(()))?;
     if json {
         let rows: Vec<_> =

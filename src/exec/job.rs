@@ -98,10 +98,11 @@ pub async fn run_job(
     let (recorder, records) = StoreRecorder::new(objects.clone(), attempt_dir.join("recorded"));
     let recorded_early = recorder.recorded.clone();
     let writer = tokio::spawn(write_records(store.clone(), job.instance_id, attempt_id, records));
+    let watched = cancel.clone();
     let mut ctx = StageContext::new(job.params.clone(), upstream, attempt_dir.join("out"), workspace.state_dir(&job.key), cancel, progress)
         .with_recorder(Arc::new(recorder));
     let kind = job.kind;
-    let blocking = tokio::task::spawn_blocking(move || {
+    let mut blocking = tokio::task::spawn_blocking(move || {
         let result = std::panic::catch_unwind(AssertUnwindSafe(|| kind.run(&mut ctx)));
         let result = match result {
             Ok(r) => r,
@@ -119,7 +120,21 @@ pub async fn run_job(
         });
         (outcome, metrics)
     });
-    let (outcome, metrics): (anyhow::Result<Vec<(String, PutObject)>>, Vec<MetricPoint>) = blocking.await.context("stage thread")?;
+    let finished = tokio::select! {
+        joined = &mut blocking => Some(joined),
+        () = grace_after_interrupt(&watched, kind.interrupt_grace()) => None,
+    };
+    let Some(joined) = finished else {
+        // The stage thread is left to the process's exit (`cli::main` does
+        // not wait for it); what it recorded so far, its last checkpoint
+        // above all, is in the store and its state folder.
+        writer.abort();
+        let grace = kind.interrupt_grace().unwrap_or_default().as_secs_f64();
+        let message = format!("interrupted by the user (the stage did not stop within {grace} s; it resumes from its last checkpoint)");
+        store.end_attempt(attempt_id, AttemptEnd::Interrupted, &message, &[]).await?;
+        return Ok(JobEnd::Interrupted);
+    };
+    let (outcome, metrics): (anyhow::Result<Vec<(String, PutObject)>>, Vec<MetricPoint>) = joined.context("stage thread")?;
     // The context (and with it the recorder's sender) is gone: the writer
     // drains what the stage sent, so the attempt's end comes after its records.
     let recorded = writer.await.context("record writer")?;
@@ -153,6 +168,15 @@ pub async fn run_job(
     };
     let _ = std::fs::remove_dir_all(&attempt_dir);
     Ok(end)
+}
+
+/// Returns `grace` after the run is cancelled; never without a grace.
+async fn grace_after_interrupt(cancel: &CancelToken, grace: Option<std::time::Duration>) {
+    let Some(grace) = grace else { return std::future::pending().await };
+    while !cancel.is_cancelled() {
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    tokio::time::sleep(grace).await;
 }
 
 /// Objects recorded while an attempt runs, by artifact name: (hash, inode).

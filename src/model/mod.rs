@@ -17,6 +17,8 @@ pub mod vit;
 use burn::module::Param;
 use burn::prelude::*;
 
+use crate::precision::Precision;
+
 pub use presets::{TextPreset, VitPreset};
 pub use projector::Projector;
 pub use text_tower::TextTower;
@@ -65,8 +67,8 @@ impl ClipConfig {
 }
 
 impl<B: Backend> ClipModel<B> {
-    /// Image embeddings `[batch, embed_dim]` of patchified images `[batch × patches, 3·p·p]`.
-    pub fn encode_images(&self, patches: Tensor<B, 2>, batch: usize) -> Tensor<B, 2> {
-        self.projector.forward(self.visual.forward(patches, batch))
+    /// Image embeddings `[batch, embed_dim]` (f32) of patchified images `[batch × patches, 3·p·p]`.
+    pub fn encode_images(&self, patches: Tensor<B, 2>, batch: usize, precision: Precision) -> Tensor<B, 2> {
+        self.projector.forward(self.visual.forward(patches, batch, precision), precision)
     }
 }

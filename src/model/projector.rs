@@ -6,6 +6,8 @@ use burn::nn::{Linear, LinearConfig};
 use burn::prelude::*;
 use burn::tensor::activation::gelu;
 
+use crate::precision::Precision;
+
 #[derive(Module, Debug)]
 pub struct Projector<B: Backend> {
     pub fc1: Linear<B>,
@@ -17,11 +19,12 @@ impl<B: Backend> Projector<B> {
         Projector { fc1: LinearConfig::new(width, dim).init(device), fc2: (layers > 1).then(|| LinearConfig::new(dim, dim).init(device)) }
     }
 
-    pub fn forward(&self, x: Tensor<B, 2>) -> Tensor<B, 2> {
-        let h = self.fc1.forward(x);
-        match &self.fc2 {
-            Some(fc2) => fc2.forward(gelu(h)),
+    /// The head's output in f32 (the loss's input) whatever the precision.
+    pub fn forward(&self, x: Tensor<B, 2>, precision: Precision) -> Tensor<B, 2> {
+        let h = precision.linear(&self.fc1, x);
+        precision.widen(match &self.fc2 {
+            Some(fc2) => precision.linear(fc2, gelu(h)),
             None => h,
-        }
+        })
     }
 }

@@ -9,6 +9,7 @@ use burn::prelude::*;
 
 use super::presets::TextPreset;
 use super::transformer::{Block, LAYER_NORM_EPS};
+use crate::precision::Precision;
 
 #[derive(Module, Debug)]
 pub struct TextTower<B: Backend> {
@@ -31,16 +32,17 @@ impl<B: Backend> TextTower<B> {
     }
 
     /// Embeddings `[batch, dim]` of token ids `[batch, len]` (padded after
-    /// `<eos>`; the causal mask keeps padding out), pooled at `eos[b]`.
-    pub fn forward(&self, tokens: Tensor<B, 2, Int>, eos: &[usize]) -> Tensor<B, 2> {
+    /// `<eos>`; the causal mask keeps padding out), pooled at `eos[b]`; f32
+    /// whatever the precision.
+    pub fn forward(&self, tokens: Tensor<B, 2, Int>, eos: &[usize], precision: Precision) -> Tensor<B, 2> {
         let [batch, len] = tokens.dims();
         let x = self.token_embed.forward(tokens);
         let width = x.dims()[2];
         let x = (x + self.pos_embed.val().narrow(0, 0, len).unsqueeze::<3>()).reshape([batch * len, width]);
-        let x = self.blocks.iter().fold(x, |x, block| block.forward(x, batch, len, true));
+        let x = self.blocks.iter().fold(x, |x, block| block.forward(x, batch, len, true, precision));
         let x = super::fused::layer_norm(&self.ln_final, x);
         let rows: Vec<i64> = eos.iter().enumerate().map(|(b, &e)| (b * len + e) as i64).collect();
         let rows = Tensor::<B, 1, Int>::from_data(TensorData::new(rows, [batch]), &x.device());
-        self.proj.forward(x.select(0, rows))
+        precision.widen(precision.linear(&self.proj, x.select(0, rows)))
     }
 }

@@ -5,8 +5,8 @@
 use burn::nn::{LayerNorm, LayerNormConfig, Linear, LinearConfig};
 use burn::prelude::*;
 use burn::tensor::activation::gelu;
-use burn::tensor::module::attention;
-use burn::tensor::ops::AttentionModuleOptions;
+
+use crate::precision::Precision;
 
 /// LayerNorm's ε in every block (burn's and PyTorch's default); the fused
 /// kernels read it from here.
@@ -46,28 +46,33 @@ impl<B: Backend> Block<B> {
         }
     }
 
-    /// `x`: `[batch × tokens, width]`; `causal` masks attention to later
-    /// tokens. One fused operation on the CPU backend (`super::fused`), burn's
-    /// separate ops elsewhere.
-    pub fn forward(&self, x: Tensor<B, 2>, batch: usize, tokens: usize, causal: bool) -> Tensor<B, 2> {
-        super::fused::forward(self, x, batch, tokens, causal).unwrap_or_else(|x| self.forward_decomposed(x, batch, tokens, causal))
+    /// `x`: `[batch × tokens, width]` (f32); `causal` masks attention to
+    /// later tokens. One fused operation on the CPU backend in f32
+    /// (`super::fused`), burn's separate ops elsewhere and in bf16.
+    pub fn forward(&self, x: Tensor<B, 2>, batch: usize, tokens: usize, causal: bool, precision: Precision) -> Tensor<B, 2> {
+        if precision != Precision::F32 {
+            return self.forward_decomposed(x, batch, tokens, causal, precision);
+        }
+        super::fused::forward(self, x, batch, tokens, causal)
+            .unwrap_or_else(|x| self.forward_decomposed(x, batch, tokens, causal, precision))
     }
 
     /// [`Block::forward`] as separate burn ops on any backend: the reference
-    /// the fused kernels are tested against.
-    pub fn forward_decomposed(&self, x: Tensor<B, 2>, batch: usize, tokens: usize, causal: bool) -> Tensor<B, 2> {
-        let x = x.clone() + self.attn.forward(self.ln_1.forward(x), batch, tokens, causal);
-        x.clone() + self.mlp.proj.forward(gelu(self.mlp.fc.forward(self.ln_2.forward(x))))
+    /// the fused kernels are tested against. The residual stream and the
+    /// LayerNorms stay f32 whatever the precision.
+    pub fn forward_decomposed(&self, x: Tensor<B, 2>, batch: usize, tokens: usize, causal: bool, precision: Precision) -> Tensor<B, 2> {
+        let p = precision;
+        let x = x.clone() + p.widen(self.attn.forward(self.ln_1.forward(x), batch, tokens, causal, p));
+        x.clone() + p.widen(p.linear(&self.mlp.proj, gelu(p.linear(&self.mlp.fc, self.ln_2.forward(x)))))
     }
 }
 
 impl<B: Backend> Attention<B> {
-    fn forward(&self, x: Tensor<B, 2>, batch: usize, tokens: usize, causal: bool) -> Tensor<B, 2> {
+    fn forward(&self, x: Tensor<B, 2>, batch: usize, tokens: usize, causal: bool, p: Precision) -> Tensor<B, 2> {
         let [_, width] = x.dims();
         let head_dim = width / self.heads;
-        let split = |l: &Linear<B>| l.forward(x.clone()).reshape([batch, tokens, self.heads, head_dim]).swap_dims(1, 2);
-        let options = AttentionModuleOptions { is_causal: causal, ..Default::default() };
-        let ctx = attention(split(&self.q), split(&self.k), split(&self.v), None, None, options);
-        self.out.forward(ctx.swap_dims(1, 2).reshape([batch * tokens, width]))
+        let split = |l: &Linear<B>| p.linear(l, x.clone()).reshape([batch, tokens, self.heads, head_dim]).swap_dims(1, 2);
+        let ctx = p.attention(split(&self.q), split(&self.k), split(&self.v), None, causal);
+        p.linear(&self.out, ctx.swap_dims(1, 2).reshape([batch * tokens, width]))
     }
 }

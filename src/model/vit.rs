@@ -12,6 +12,7 @@ use burn::prelude::*;
 
 use super::presets::VitPreset;
 use super::transformer::{Block, LAYER_NORM_EPS};
+use crate::precision::Precision;
 
 #[derive(Module, Debug)]
 pub struct VisionTransformer<B: Backend> {
@@ -37,9 +38,9 @@ impl<B: Backend> VisionTransformer<B> {
         }
     }
 
-    /// Pooled features `[batch, width]` of `patches` `[batch × patches, 3·p·p]`.
-    pub fn forward(&self, patches: Tensor<B, 2>, batch: usize) -> Tensor<B, 2> {
-        let x = self.patch_embed.forward(patches);
+    /// Pooled features `[batch, width]` (f32) of `patches` `[batch × patches, 3·p·p]`.
+    pub fn forward(&self, patches: Tensor<B, 2>, batch: usize, precision: Precision) -> Tensor<B, 2> {
+        let x = precision.widen(precision.linear(&self.patch_embed, patches));
         let [_, width] = x.dims();
         let mut x = x.reshape([batch, self.patches, width]);
         if let Some(cls) = &self.class_token {
@@ -52,7 +53,7 @@ impl<B: Backend> VisionTransformer<B> {
         // faster than one over the middle of a 3-D tensor.
         let pos = self.pos_embed.val().reshape([1, tokens * width]);
         let x = (x.reshape([batch, tokens * width]) + pos).reshape([batch * tokens, width]);
-        let x = self.blocks.iter().fold(x, |x, block| block.forward(x, batch, tokens, false));
+        let x = self.blocks.iter().fold(x, |x, block| block.forward(x, batch, tokens, false, precision));
         let x = super::fused::layer_norm(&self.ln_post, x).reshape([batch, tokens, width]);
         let pooled = match self.class_token {
             Some(_) => x.narrow(1, 0, 1),

@@ -101,6 +101,12 @@ impl StageKind for Command {
         Resources { gpus: params.int("gpus").max(0) as u32, cpus: 0 }
     }
 
+    /// A command's process group is stopped by the stage itself (SIGTERM,
+    /// then SIGKILL after a grace period): the runner waits for that, so
+    /// nothing it started outlives the run.
+    fn interrupt_grace(&self) -> Option<std::time::Duration> {
+        None
+    }
     fn run(&self, ctx: &mut StageContext) -> anyhow::Result<()> {
         let script = ctx.params().str("run").to_owned();
         // Absolute, so that a script may change directory, and so that the

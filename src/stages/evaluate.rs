@@ -41,6 +41,7 @@ use crate::images::ImageSet;
 use crate::loss::l2_normalize;
 use crate::model::named::{HostTensor, Layout, load};
 use crate::model::{ClipConfig, ClipModel};
+use crate::precision::Precision;
 use crate::tensor_file::{F32Rows, RawTensor, TensorFile, TensorShape, TensorWriter};
 use crate::text::pooling;
 use crate::train::data::eval_patches;
@@ -300,7 +301,7 @@ fn embed<B: Backend>(job: &EmbedJob<'_>, device: &B::Device) -> anyhow::Result<E
     for chunk in job.eval_images.chunks(job.batch) {
         let pixels = eval_patches(job.images, chunk, vit.image_size, vit.patch_size)?;
         let x = Tensor::<B, 2>::from_data(TensorData::new(pixels, [chunk.len() * vit.patches(), vit.patch_dim()]), device);
-        images.extend(rows(model.encode_images(x, chunk.len())));
+        images.extend(rows(model.encode_images(x, chunk.len(), Precision::F32)));
     }
     let mut tally = Tally::default();
     let (captions, prompts) = match job.text {
@@ -322,7 +323,7 @@ fn embed<B: Backend>(job: &EmbedJob<'_>, device: &B::Device) -> anyhow::Result<E
                 for chunk in texts.chunks(job.batch) {
                     let ids: Vec<Vec<u32>> = chunk.iter().map(|t| tokenizer.encode(t, context)).collect::<anyhow::Result<_>>()?;
                     let (data, eos) = pad_tokens(ids.iter().map(Vec::as_slice));
-                    out.extend(rows(tower.forward(Tensor::from_data(data, device), &eos)));
+                    out.extend(rows(tower.forward(Tensor::from_data(data, device), &eos, Precision::F32)));
                 }
                 Ok(out)
             };

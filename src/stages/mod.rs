@@ -109,7 +109,21 @@ pub trait StageKind: Send + Sync + 'static {
         Resources::default()
     }
     fn run(&self, ctx: &mut StageContext) -> anyhow::Result<()>;
+    /// How long after Ctrl-C or SIGTERM the runner waits for `run` to return
+    /// (it checks the cancel token between steps and batches, and saves a
+    /// checkpoint) before it records the attempt interrupted without it and
+    /// stops waiting: one GPU op that autotunes, or a CPU step of a large
+    /// model, can take far longer than anyone should wait, and a training
+    /// resumes from its last periodic checkpoint either way. `None`: wait
+    /// however long it takes, for a kind that must stop what it started.
+    fn interrupt_grace(&self) -> Option<std::time::Duration> {
+        Some(INTERRUPT_GRACE)
+    }
 }
+
+/// [`StageKind::interrupt_grace`] of every kind that does not say otherwise:
+/// with the run's own wind-down it keeps an interrupt under 5 s.
+pub const INTERRUPT_GRACE: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// What a kind with a `device` parameter (`auto | cpu | cuda:N`) asks for:
 /// one GPU when it will run on one.

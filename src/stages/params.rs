@@ -7,6 +7,18 @@
 
 use serde_json::{Map, Value};
 
+use crate::precision::Precision;
+
+/// `precision`, shared by every kind with a forward pass (train, text_embed,
+/// text_similarity); added after their keys were in stores.
+pub const PRECISION: ParamSpec = ParamSpec::new(
+    "precision",
+    ParamType::OneOf(Precision::NAMES),
+    ParamDefault::Str("f32"),
+    "f32, or bf16 matmuls and activations with f32 weights, statistics and loss (as torch.autocast)",
+)
+.unkeyed_at_default();
+
 /// The value type a parameter accepts.
 #[derive(Debug, Clone, Copy)]
 pub enum ParamType {
@@ -148,6 +160,10 @@ pub struct Params(pub Map<String, Value>);
 impl Params {
     pub fn get(&self, name: &str) -> Option<&Value> {
         self.0.get(name)
+    }
+    /// The [`PRECISION`] parameter.
+    pub fn precision(&self) -> Precision {
+        Precision::from_name(self.str(PRECISION.name)).expect("the parameter's type is Precision's names")
     }
     pub fn str(&self, name: &str) -> &str {
         self.opt_str(name).unwrap_or_else(|| panic!("parameter {name} is not a declared string"))

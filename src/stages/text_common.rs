@@ -114,6 +114,7 @@ impl StageEncoder {
             max_tokens: params.int("max_tokens") as usize,
             batch_size: params.int("batch_size") as usize,
             normalize: params.get("normalize").and_then(Value::as_bool).unwrap_or(true),
+            precision: params.precision(),
         };
         Ok(StageEncoder { encoder: LoadedEncoder::load(&spec, device.resolve()?)?, options })
     }

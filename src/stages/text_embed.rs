@@ -45,6 +45,7 @@ const PARAMS: &[ParamSpec] = &[
     text_common::BATCH_SIZE,
     text_common::NORMALIZE,
     text_common::DEVICE,
+    super::params::PRECISION,
     ParamSpec::new(
         "captions",
         ParamType::OneOf(&["short", "long"]),

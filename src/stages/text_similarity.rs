@@ -36,6 +36,7 @@ const PARAMS: &[ParamSpec] = &[
     text_common::MAX_TOKENS,
     text_common::BATCH_SIZE,
     text_common::DEVICE,
+    super::params::PRECISION,
     ParamSpec::new("sugarcrepe", ParamType::Str, ParamDefault::Absent, "directory of the official SugarCrepe JSON files"),
     ParamSpec::new("max_pairs", ParamType::Int, ParamDefault::Int(0), "pairs per subset at most, the first by key (0: all)"),
     ParamSpec::new("threshold", ParamType::Float, ParamDefault::Float(0.9), "report the share of pairs with cosine above this"),

@@ -32,6 +32,7 @@ use super::{caption_ingest, text_embed};
 use crate::device::{DeviceRequest, OnBackend};
 use crate::loss::Loss;
 use crate::model::{ClipConfig, TextPreset, VitPreset};
+use crate::precision::Precision;
 use crate::tensor_file::{self, RawTensor, TensorFile};
 use crate::train::checkpoint::StepRecord;
 use crate::train::data::Pairs;
@@ -52,6 +53,9 @@ pub struct ModelDescription {
     pub steps: usize,
     /// `frozen` or `scratch` (`text`).
     pub text: String,
+    /// The training's forward precision; absent (f32) in files written before it existed.
+    #[serde(default, skip_serializing_if = "Precision::is_default")]
+    pub precision: Precision,
 }
 
 impl ModelDescription {
@@ -139,6 +143,7 @@ const PARAMS: &[ParamSpec] = &[
         "mirror images left-right at random (off: captions say left and right)",
     )
     .unkeyed_at_default(),
+    super::params::PRECISION,
     ParamSpec::new("device", ParamType::Str, ParamDefault::Str("auto"), "auto | cpu | cuda:N"),
     ParamSpec::new(
         "tokenizer",
@@ -347,6 +352,7 @@ impl StageKind for Train {
             seed: params.int("seed") as u64,
             checkpoint_every: params.int("checkpoint_every") as usize,
             augment: train::data::Augment { crop_scale: params.float("crop_scale"), flip: params.bool("flip") },
+            precision: params.precision(),
         };
         let inputs = TrainInputs { images, pairs, text };
         let checkpoint_path = ctx.state_dir()?.join("checkpoint.safetensors");
@@ -393,6 +399,7 @@ impl StageKind for Train {
             seed: spec.seed,
             steps,
             text: params.str("text").to_owned(),
+            precision: spec.precision,
         };
         description.write(&ctx.output(ModelDescription::FILE)?)?;
         write_curve(&ctx.output("curve.csv")?, &trained.history)?;

@@ -7,9 +7,9 @@ use std::path::Path;
 use anyhow::{Context as _, anyhow, bail};
 use burn::prelude::*;
 use burn::tensor::activation::gelu;
-use burn::tensor::module::attention;
-use burn::tensor::ops::AttentionModuleOptions;
 use serde::Deserialize;
+
+use crate::precision::Precision;
 
 use super::weights::{Linear, SafetensorFiles, expect_shape, tensor1, tensor2};
 
@@ -151,7 +151,9 @@ impl<B: Backend> BertModel<B> {
 
     /// Final hidden states `[batch, seq, hidden]` for right-padded `ids`
     /// (`lengths[b]` real tokens in row `b`).
-    pub fn forward(&self, ids: Tensor<B, 2, Int>, lengths: &[usize]) -> anyhow::Result<Tensor<B, 3>> {
+    /// Under bf16 the dense layers and attention run in bf16, the residual
+    /// stream and the LayerNorms in f32 (`crate::precision`).
+    pub fn forward(&self, ids: Tensor<B, 2, Int>, lengths: &[usize], p: Precision) -> anyhow::Result<Tensor<B, 3>> {
         let [batch, seq] = ids.dims();
         if seq > self.config.max_position_embeddings {
             return Err(anyhow!("sequence of {seq} tokens exceeds the model's {} positions", self.config.max_position_embeddings));
@@ -173,19 +175,12 @@ impl<B: Backend> BertModel<B> {
             .expand([batch, heads, seq, seq]);
 
         for layer in &self.layers {
-            let split = |l: &Linear<B>| l.forward(x.clone()).reshape([batch, seq, heads, hd]).swap_dims(1, 2);
-            let ctx = attention(
-                split(&layer.query),
-                split(&layer.key),
-                split(&layer.value),
-                Some(mask.clone()),
-                None,
-                AttentionModuleOptions::default(),
-            );
+            let split = |l: &Linear<B>| l.forward(x.clone(), p).reshape([batch, seq, heads, hd]).swap_dims(1, 2);
+            let ctx = p.attention(split(&layer.query), split(&layer.key), split(&layer.value), Some(mask.clone()), false);
             let ctx = ctx.swap_dims(1, 2).reshape([batch * seq, d]);
-            x = layer.attn_norm.forward(layer.attn_out.forward(ctx) + x);
-            let h = layer.output.forward(gelu(layer.intermediate.forward(x.clone())));
-            x = layer.out_norm.forward(h + x);
+            x = layer.attn_norm.forward(p.widen(layer.attn_out.forward(ctx, p)) + x);
+            let h = layer.output.forward(gelu(layer.intermediate.forward(x.clone(), p)), p);
+            x = layer.out_norm.forward(p.widen(h) + x);
         }
         Ok(x.reshape([batch, seq, d]))
     }

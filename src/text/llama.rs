@@ -12,11 +12,10 @@ use std::path::Path;
 use anyhow::{Context as _, anyhow, bail};
 use burn::prelude::*;
 use burn::tensor::activation::silu;
-use burn::tensor::module::attention;
-use burn::tensor::ops::AttentionModuleOptions;
 
 use super::gguf::GgufFile;
 use super::weights::{Linear, SafetensorFiles, expect_shape, tensor1, tensor2};
+use crate::precision::Precision;
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct LlamaConfig {
@@ -289,7 +288,9 @@ impl<B: Backend> LlamaModel<B> {
     /// right-padded `ids`. Causal attention alone keeps every real token from
     /// seeing the padding that follows it, so no padding mask is needed; the
     /// padded positions' outputs are never read by pooling.
-    pub fn forward(&self, ids: Tensor<B, 2, Int>) -> anyhow::Result<Tensor<B, 3>> {
+    /// Under bf16 the dense layers and attention run in bf16; the residual
+    /// stream, RMSNorm and the rotary positions in f32 (`crate::precision`).
+    pub fn forward(&self, ids: Tensor<B, 2, Int>, p: Precision) -> anyhow::Result<Tensor<B, 3>> {
         let [batch, seq] = ids.dims();
         if seq > self.config.max_positions {
             bail!("sequence of {seq} tokens exceeds the model's context length of {}", self.config.max_positions);
@@ -309,17 +310,17 @@ impl<B: Backend> LlamaModel<B> {
         // Activations stay `[batch * seq, hidden]` so that every dense layer is one
         // large matmul (a 3-D input would become `batch` small ones).
         let mut x = self.embed.clone().select(0, ids.reshape([batch * seq]));
-        let options = AttentionModuleOptions { is_causal: true, ..Default::default() };
         for b in &self.blocks {
             let h = rms_norm(x.clone(), &b.attn_norm, c.rms_norm_eps);
-            let q = b.q.forward(h.clone()) * cos.clone() + b.q_rot.forward(h.clone()) * sin.clone();
-            let k = b.k.forward(h.clone()) * cos.clone() + b.k_rot.forward(h.clone()) * sin.clone();
-            let v = b.v.forward(h);
-            let ctx = attention(heads_first(q), heads_first(k), heads_first(v), None, None, options);
-            x = x + b.o.forward(ctx.swap_dims(1, 2).reshape([batch * seq, qd]));
+            let rotary = |l: &Linear<B>, rot: &Linear<B>| {
+                p.widen(l.forward(h.clone(), p)) * cos.clone() + p.widen(rot.forward(h.clone(), p)) * sin.clone()
+            };
+            let (q, k, v) = (rotary(&b.q, &b.q_rot), rotary(&b.k, &b.k_rot), b.v.forward(h, p));
+            let ctx = p.attention(heads_first(q), heads_first(k), heads_first(v), None, true);
+            x = x + p.widen(b.o.forward(ctx.swap_dims(1, 2).reshape([batch * seq, qd]), p));
             let h = rms_norm(x.clone(), &b.ffn_norm, c.rms_norm_eps);
-            let act = silu(b.gate.forward(h.clone())) * b.up.forward(h);
-            x = x + b.down.forward(act);
+            let act = silu(b.gate.forward(h.clone(), p)) * b.up.forward(h, p);
+            x = x + p.widen(b.down.forward(act, p));
         }
         Ok(rms_norm(x, &self.norm, c.rms_norm_eps).reshape([batch, seq, d]))
     }

@@ -27,6 +27,7 @@ use sha2::{Digest as _, Sha256};
 
 use crate::device::Cpu;
 use crate::file_fingerprint::{Remembered, hash_file};
+use crate::precision::Precision;
 
 pub use loaded_encoder::LoadedEncoder;
 pub use pooling::Pooling;
@@ -229,6 +230,7 @@ pub struct EmbedOptions {
     pub max_tokens: usize,
     pub batch_size: usize,
     pub normalize: bool,
+    pub precision: Precision,
 }
 
 /// A loaded frozen encoder: tokenizer plus model on one device.
@@ -346,7 +348,7 @@ impl<B: Backend> TextEncoder<B> {
 
     /// One forward pass over a batch of token sequences; returns pooled
     /// (unnormalised) embeddings in input order.
-    pub fn embed_tokens(&self, batch: &[&[u32]], pooling: Pooling) -> anyhow::Result<Vec<Vec<f32>>> {
+    pub fn embed_tokens(&self, batch: &[&[u32]], pooling: Pooling, precision: Precision) -> anyhow::Result<Vec<Vec<f32>>> {
         if batch.is_empty() {
             return Ok(Vec::new());
         }
@@ -370,8 +372,8 @@ impl<B: Backend> TextEncoder<B> {
         }
         let ids = Tensor::<B, 2, Int>::from_data(TensorData::new(ids, [batch.len(), seq]), &self.device);
         let hidden = match &self.model {
-            Model::Bert(m) => m.forward(ids, &lengths)?,
-            Model::Llama(m) => m.forward(ids)?,
+            Model::Bert(m) => m.forward(ids, &lengths, precision)?,
+            Model::Llama(m) => m.forward(ids, precision)?,
         };
         let pooled = pooling.apply(hidden, &lengths);
         let flat: Vec<f32> = pooled.into_data().to_vec().map_err(|e| anyhow!("cannot read embeddings back from the device: {e:?}"))?;
@@ -405,7 +407,7 @@ impl<B: Backend> TextEncoder<B> {
         for range in token_budget_batches(&lengths, opts.batch_size) {
             let chunk = &order[range];
             let batch: Vec<&[u32]> = chunk.iter().map(|&i| tokens[i].ids.as_slice()).collect();
-            for (&i, mut e) in chunk.iter().zip(self.embed_tokens(&batch, opts.pooling)?) {
+            for (&i, mut e) in chunk.iter().zip(self.embed_tokens(&batch, opts.pooling, opts.precision)?) {
                 if opts.normalize {
                     pooling::l2_normalize(&mut e);
                 }
@@ -472,7 +474,7 @@ pub fn embed(spec: &str, pooling: Pooling, max_tokens: usize, texts: &[String]) 
     let spec = EncoderSpec::resolve(spec)?;
     let encoder = TextEncoder::<Cpu>::load(&spec, &Default::default())?;
     let texts: Vec<&str> = texts.iter().map(String::as_str).collect();
-    encoder.embed(&texts, &EmbedOptions { pooling, max_tokens, batch_size: 64, normalize: true })
+    encoder.embed(&texts, &EmbedOptions { pooling, max_tokens, batch_size: 64, normalize: true, precision: Precision::F32 })
 }
 
 #[cfg(test)]

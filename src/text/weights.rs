@@ -13,6 +13,8 @@ use anyhow::{Context as _, anyhow, bail};
 use burn::prelude::*;
 use safetensors::{Dtype, SafeTensors};
 
+use crate::precision::Precision;
+
 /// The safetensors weights of a Hugging Face model directory.
 pub struct SafetensorFiles {
     dir: PathBuf,
@@ -120,8 +122,9 @@ impl<B: Backend> Linear<B> {
         Linear { weight: tensor2(transpose(out, inp, weight), [inp, out], device), bias: bias.map(|b| tensor1(b, device)) }
     }
 
-    pub fn forward<const D: usize>(&self, x: Tensor<B, D>) -> Tensor<B, D> {
-        burn::tensor::module::linear(x, self.weight.clone(), self.bias.clone())
+    /// In bf16 (output bf16) under [`Precision::Bf16`].
+    pub fn forward<const D: usize>(&self, x: Tensor<B, D>, precision: Precision) -> Tensor<B, D> {
+        precision.dense(x, self.weight.clone(), self.bias.clone())
     }
 }
 

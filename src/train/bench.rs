@@ -14,6 +14,7 @@ use super::{Observer, StepPhases, TextSide, TrainInputs, TrainSpec};
 use crate::images::ImageSet;
 use crate::loss::Loss;
 use crate::model::{ClipConfig, VitPreset};
+use crate::precision::Precision;
 use crate::rng::Rng;
 use crate::tensor_file::F32Rows;
 
@@ -22,9 +23,15 @@ pub struct BenchResult {
     pub model: String,
     pub loss: Loss,
     pub batch: usize,
+    pub precision: Precision,
     /// Measured steps (after the warm-up steps).
     pub steps: usize,
     pub images_per_s: f64,
+    /// Seconds from the start of the measurement (model built, weights
+    /// initialised, data made) to the end of the first step: on a GPU,
+    /// mostly kernel compilation and autotuning unless the kernel cache
+    /// holds them (`ablate warmup`).
+    pub first_step_s: f64,
     /// Forward + backward FLOPs of the image tower per second (3 × forward).
     pub gflops: f64,
     /// Mean time per phase over the measured steps, with the device waited
@@ -34,7 +41,16 @@ pub struct BenchResult {
     pub phases_ms: Option<StepPhases>,
 }
 
+impl BenchResult {
+    /// What was measured: "vit-b16 infonce batch 256 bf16".
+    pub fn what(&self) -> String {
+        format!("{} {} batch {} {}", self.model, self.loss.name(), self.batch, self.precision.name())
+    }
+}
+
 struct Timer {
+    began: Instant,
+    first: Option<Instant>,
     warmup: usize,
     started: Option<Instant>,
     last: Option<Instant>,
@@ -44,6 +60,7 @@ struct Timer {
 
 impl Observer for Timer {
     fn on_step(&mut self, record: &StepRecord, _: usize) {
+        self.first.get_or_insert_with(Instant::now);
         if record.step + 1 == self.warmup {
             self.started = Some(Instant::now());
         }
@@ -70,17 +87,24 @@ impl Observer for Timer {
     }
 }
 
-/// Trains `model` with `loss` at `batch` for `warmup + steps` steps on
-/// `device`; with `phases`, also times each phase of a step.
-pub fn run<B: AutodiffBackend>(
-    model: &str,
-    loss: Loss,
-    batch: usize,
-    warmup: usize,
-    steps: usize,
-    phases: bool,
-    device: &B::Device,
-) -> anyhow::Result<BenchResult> {
+/// What `bench-train` measures: `model` trained with `loss` at `batch` and
+/// `precision` for `warmup + steps` steps; with `phases`, each phase of a
+/// step timed too.
+#[derive(Debug, Clone, Copy)]
+pub struct BenchSpec<'a> {
+    pub model: &'a str,
+    pub loss: Loss,
+    pub batch: usize,
+    pub precision: Precision,
+    pub warmup: usize,
+    pub steps: usize,
+    pub phases: bool,
+}
+
+/// Runs `bench` on `device`.
+pub fn run<B: AutodiffBackend>(bench: &BenchSpec<'_>, device: &B::Device) -> anyhow::Result<BenchResult> {
+    let BenchSpec { model, loss, batch, precision, warmup, steps, phases } = *bench;
+    let began = Instant::now();
     let vit = VitPreset::named(model, "avg").ok_or_else(|| anyhow::anyhow!("unknown model preset {model}"))?;
     let (n, dim, side) = (batch * 2, 384, vit.image_size);
     let mut rng = Rng::keyed(0, &[Rng::key_of("bench")]);
@@ -112,9 +136,10 @@ pub fn run<B: AutodiffBackend>(
         seed: 0,
         checkpoint_every: 0,
         augment: Default::default(),
+        precision,
     };
     let dir = tempfile_dir()?;
-    let mut timer = Timer { warmup: warmup.max(1), started: None, last: None, phases: phases.then(Default::default) };
+    let mut timer = Timer { began, first: None, warmup: warmup.max(1), started: None, last: None, phases: phases.then(Default::default) };
     super::run::<B>(&spec, &inputs, device, &dir.join("checkpoint.safetensors"), &mut timer)?;
     let _ = std::fs::remove_dir_all(&dir);
     let measured = warmup + steps - warmup.max(1);
@@ -127,8 +152,10 @@ pub fn run<B: AutodiffBackend>(
         model: model.to_owned(),
         loss,
         batch,
+        precision,
         steps: measured,
         images_per_s,
+        first_step_s: timer.first.map_or(f64::NAN, |t| (t - timer.began).as_secs_f64()),
         gflops: images_per_s * flops / 1e9,
         phases_ms: timer.phases.filter(|&(_, n)| n > 0).map(|(sum, n)| {
             let n = n as f64;

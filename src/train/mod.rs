@@ -27,6 +27,7 @@ use crate::images::ImageSet;
 use crate::loss::{Learned, Loss};
 use crate::model::named::{self, HostTensor, Layout};
 use crate::model::{ClipConfig, ClipModel};
+use crate::precision::Precision;
 use crate::tensor_file::F32Rows;
 use checkpoint::{CheckpointMeta, StepRecord};
 use data::Pairs;
@@ -49,6 +50,9 @@ pub struct TrainSpec {
     /// written before it existed still resume.
     #[serde(skip_serializing_if = "data::Augment::is_default")]
     pub augment: data::Augment,
+    /// The forward pass's precision; left out at f32, as `augment` is.
+    #[serde(skip_serializing_if = "Precision::is_default")]
+    pub precision: Precision,
 }
 
 impl TrainSpec {
@@ -208,7 +212,7 @@ fn train<B: AutodiffBackend>(
         let pixels = data::train_patches(&inputs.images, &mut plan, &spec.augment, vit.image_size, vit.patch_size)?;
         let t_data = began.elapsed();
         let images = Tensor::<B, 2>::from_data(TensorData::new(pixels, [batch * patches, patch_dim]), device);
-        let image_emb = model.encode_images(images, batch);
+        let image_emb = model.encode_images(images, batch, spec.precision);
         let text_emb = match &inputs.text {
             TextSide::Frozen(rows) => {
                 let values = rows.gather(&plan.captions)?;
@@ -217,7 +221,7 @@ fn train<B: AutodiffBackend>(
             TextSide::Scratch(tokens) => {
                 let tower = model.text.as_ref().expect("scratch runs have a text tower");
                 let (ids, eos) = pad_tokens(plan.captions.iter().map(|&r| tokens[r].as_slice()));
-                tower.forward(Tensor::from_data(ids, device), &eos)
+                tower.forward(Tensor::from_data(ids, device), &eos, spec.precision)
             }
         };
         let learned = Learned { log_scale: model.logit_scale.as_ref().map(|p| p.val()), bias: model.logit_bias.as_ref().map(|p| p.val()) };
