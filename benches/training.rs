@@ -3,6 +3,7 @@
 //!     cargo bench --bench training                    # throughput + memory
 //!     cargo bench --bench training -- throughput      # images/s, GFLOP/s
 //!     cargo bench --bench training -- memory          # peak RSS vs batch, infonce vs cosine
+//!     cargo bench --bench training -- shards          # images/s reading shards vs holding images in memory
 //!
 //! Throughput runs the real training loop (`ablate::train::bench`) for
 //! vit-micro (batch 64) and vit-tiny (batch 16); the PyTorch side is
@@ -89,6 +90,46 @@ fn memory() -> anyhow::Result<()> {
     Ok(())
 }
 
+/// vit-micro training throughput with its images read from shards (as
+/// `caption_ingest` writes them; page cache warm) against the same images in
+/// memory: rounds alternate which goes first, then the medians and ratio.
+fn shards() -> anyhow::Result<()> {
+    use ablate::images::{ImageSet, SHARD_IMAGES, ShardWriter};
+    use ablate::train::bench::{random_images, run_on};
+    let (n, side) = (8 * SHARD_IMAGES, 32);
+    let dir = tempfile::tempdir()?;
+    let mut writer = ShardWriter::new(dir.path(), side);
+    let images = random_images(n, side);
+    for i in 0..n {
+        writer.push(&images.fetch(&[i])?)?;
+    }
+    let index = dir.path().join("images.json");
+    std::fs::write(&index, serde_json::to_vec(&writer.finish()?)?)?;
+    let open = || ImageSet::open_sharded(&index, |name| Ok(dir.path().join(name)));
+    open()?.fetch(&(0..n).collect::<Vec<_>>())?; // the page cache holds the shards
+    let spec = bench("vit-micro", Loss::InfoNce, 64, 3, 40);
+    let load = || std::fs::read_to_string("/proc/loadavg").unwrap_or_default().split_whitespace().take(3).collect::<Vec<_>>().join(" ");
+    println!("vit-micro batch 64, {n} images of {side}² ({} shards); load average {}", n / SHARD_IMAGES, load());
+    let (mut memory, mut sharded) = (Vec::new(), Vec::new());
+    for round in 0..5 {
+        for from_shards in if round % 2 == 0 { [false, true] } else { [true, false] } {
+            let set = if from_shards { open()? } else { random_images(n, side) };
+            let r = run_on::<Train>(&spec, set, &Default::default())?;
+            println!("round {round}: {} {:.1} images/s", if from_shards { "shards" } else { "memory" }, r.images_per_s);
+            if from_shards { &mut sharded } else { &mut memory }.push(r.images_per_s);
+        }
+    }
+    let median = |v: &mut Vec<f64>| {
+        v.sort_by(f64::total_cmp);
+        v[v.len() / 2]
+    };
+    let (m, s) = (median(&mut memory), median(&mut sharded));
+    println!("| images | median images/s, memory | median images/s, shards | shards / memory | load average at the end |");
+    println!("|---|---|---|---|---|");
+    println!("| {n} × {side}² | {m:.1} | {s:.1} | {:.3} | {} |", s / m, load());
+    Ok(())
+}
+
 fn main() -> anyhow::Result<()> {
     ablate::alloc::keep_freed_buffers();
     let args: Vec<String> = std::env::args().skip(1).filter(|a| !a.starts_with("--")).collect();
@@ -96,6 +137,7 @@ fn main() -> anyhow::Result<()> {
         Some("memory-one") => memory_one(&args[1], &args[2], args[3].parse()?),
         Some("throughput") => throughput(),
         Some("memory") => memory(),
+        Some("shards") => shards(),
         _ => {
             throughput()?;
             memory()

@@ -35,6 +35,11 @@ pub fn set_enabled(enabled: bool) {
     ENABLED.store(enabled, Ordering::Relaxed);
 }
 
+/// Whether the CPU kernels are on (the frozen BERT encoders use them too).
+pub fn enabled() -> bool {
+    ENABLED.load(Ordering::Relaxed)
+}
+
 const PARAMS: usize = kernels::PARAMETERS;
 
 /// `block.forward(x)` through the fused kernels, or `Err(x)` back where this

@@ -1,8 +1,16 @@
 //! BERT-family encoders (all-MiniLM-L6-v2, BGE-small, E5-small, ...) from a
 //! Hugging Face directory: post-LayerNorm transformer, learned absolute
 //! positions, exact (erf) GELU, bidirectional attention with a key padding mask.
+//!
+//! The weights are kept on the host. On the CPU backend in f32 a batch runs
+//! through `ablate_kernels::post_norm_layer` over the packed sequences (no
+//! padding computed); elsewhere — a GPU, bf16, or the kernels turned off —
+//! through burn's ops on tensors made from the host weights on first use,
+//! which stay the reference the kernels are tested against.
 
+use std::any::TypeId;
 use std::path::Path;
+use std::sync::OnceLock;
 
 use anyhow::{Context as _, anyhow, bail};
 use burn::prelude::*;
@@ -11,7 +19,8 @@ use serde::Deserialize;
 
 use crate::precision::Precision;
 
-use super::weights::{Linear, SafetensorFiles, expect_shape, tensor1, tensor2};
+use super::weights::{Linear, SafetensorFiles, expect_shape, tensor1, tensor2, transpose};
+use ablate_kernels::{Norm, PostNormLayer};
 
 #[derive(Debug, Clone, Deserialize)]
 pub struct BertConfig {
@@ -44,6 +53,16 @@ fn default_pos() -> String {
     "absolute".into()
 }
 
+/// The model's weights on the host: dense weights `[in, out]`, q, k and v as
+/// one `[hidden, 3·hidden]` projection.
+struct HostWeights {
+    word: Vec<f32>,
+    position: Vec<f32>,
+    token_type0: Vec<f32>,
+    emb_norm: Norm<Vec<f32>>,
+    layers: Vec<PostNormLayer<Vec<f32>>>,
+}
+
 struct LayerNorm<B: Backend> {
     gamma: Tensor<B, 1>,
     beta: Tensor<B, 1>,
@@ -51,6 +70,10 @@ struct LayerNorm<B: Backend> {
 }
 
 impl<B: Backend> LayerNorm<B> {
+    fn new(n: &Norm<Vec<f32>>, eps: f64, device: &B::Device) -> Self {
+        LayerNorm { gamma: tensor1(n.gamma.clone(), device), beta: tensor1(n.beta.clone(), device), eps }
+    }
+
     /// Over the last dimension of `[tokens, hidden]`.
     fn forward(&self, x: Tensor<B, 2>) -> Tensor<B, 2> {
         let mean = x.clone().mean_dim(1);
@@ -62,9 +85,7 @@ impl<B: Backend> LayerNorm<B> {
 }
 
 struct Layer<B: Backend> {
-    query: Linear<B>,
-    key: Linear<B>,
-    value: Linear<B>,
+    qkv: Linear<B>,
     attn_out: Linear<B>,
     attn_norm: LayerNorm<B>,
     intermediate: Linear<B>,
@@ -72,13 +93,20 @@ struct Layer<B: Backend> {
     out_norm: LayerNorm<B>,
 }
 
-pub struct BertModel<B: Backend> {
-    pub config: BertConfig,
+/// The weights as burn tensors, for burn's ops.
+struct BurnWeights<B: Backend> {
     word: Tensor<B, 2>,
     position: Tensor<B, 2>,
     token_type0: Tensor<B, 1>,
     emb_norm: LayerNorm<B>,
     layers: Vec<Layer<B>>,
+}
+
+pub struct BertModel<B: Backend> {
+    pub config: BertConfig,
+    host: HostWeights,
+    burn: OnceLock<BurnWeights<B>>,
+    device: B::Device,
 }
 
 impl<B: Backend> BertModel<B> {
@@ -108,80 +136,147 @@ impl<B: Backend> BertModel<B> {
             expect_shape(&full, &shape, want).with_context(|| format!("{}", dir.display()))?;
             Ok(data)
         };
-        let norm = |name: &str| -> anyhow::Result<LayerNorm<B>> {
+        let norm = |name: &str| -> anyhow::Result<Norm<Vec<f32>>> {
             // Old TF-converted checkpoints name LayerNorm parameters gamma/beta.
             let weight = if st.contains(&format!("{prefix}{name}.weight")) { "weight" } else { "gamma" };
             let bias = if weight == "weight" { "bias" } else { "beta" };
-            Ok(LayerNorm {
-                gamma: tensor1(get(&format!("{name}.{weight}"), &[d])?, device),
-                beta: tensor1(get(&format!("{name}.{bias}"), &[d])?, device),
-                eps: config.layer_norm_eps,
-            })
+            Ok(Norm { gamma: get(&format!("{name}.{weight}"), &[d])?, beta: get(&format!("{name}.{bias}"), &[d])? })
         };
-        let word = tensor2(get("embeddings.word_embeddings.weight", &[config.vocab_size, d])?, [config.vocab_size, d], device);
-        let position = tensor2(
-            get("embeddings.position_embeddings.weight", &[config.max_position_embeddings, d])?,
-            [config.max_position_embeddings, d],
-            device,
-        );
+        let word = get("embeddings.word_embeddings.weight", &[config.vocab_size, d])?;
+        let position = get("embeddings.position_embeddings.weight", &[config.max_position_embeddings, d])?;
         let types = get("embeddings.token_type_embeddings.weight", &[config.type_vocab_size, d])?;
         // Single-segment input: token type 0 everywhere.
-        let token_type0 = tensor1(types[..d].to_vec(), device);
+        let token_type0 = types[..d].to_vec();
         let emb_norm = norm("embeddings.LayerNorm")?;
         let mut layers = Vec::with_capacity(config.num_hidden_layers);
         for i in 0..config.num_hidden_layers {
             let p = format!("encoder.layer.{i}");
             let w = |n: &str, shape: &[usize]| get(&format!("{p}.{n}"), shape);
-            let dense = |n: &str, out: usize, inp: usize| -> anyhow::Result<Linear<B>> {
-                Ok(Linear::from_torch(out, inp, &w(&format!("{n}.weight"), &[out, inp])?, Some(w(&format!("{n}.bias"), &[out])?), device))
+            // PyTorch's `[out, in]` as `[in, out]`.
+            let dense = |n: &str, out: usize, inp: usize| -> anyhow::Result<ablate_kernels::Linear<Vec<f32>>> {
+                Ok(ablate_kernels::Linear {
+                    weight: transpose(out, inp, &w(&format!("{n}.weight"), &[out, inp])?),
+                    bias: w(&format!("{n}.bias"), &[out])?,
+                })
             };
-            layers.push(Layer {
-                query: dense("attention.self.query", d, d)?,
-                key: dense("attention.self.key", d, d)?,
-                value: dense("attention.self.value", d, d)?,
-                attn_out: dense("attention.output.dense", d, d)?,
-                attn_norm: norm(&format!("{p}.attention.output.LayerNorm"))?,
-                intermediate: dense("intermediate.dense", ff, d)?,
-                output: dense("output.dense", d, ff)?,
-                out_norm: norm(&format!("{p}.output.LayerNorm"))?,
+            let [q, k, v] = ["query", "key", "value"].map(|n| dense(&format!("attention.self.{n}"), d, d));
+            let (q, k, v) = (q?, k?, v?);
+            let qkv = ablate_kernels::Linear {
+                weight: (0..d).flat_map(|r| [&q, &k, &v].map(|l| &l.weight[r * d..(r + 1) * d]).concat()).collect(),
+                bias: [q.bias, k.bias, v.bias].concat(),
+            };
+            layers.push(PostNormLayer {
+                qkv,
+                out: dense("attention.output.dense", d, d)?,
+                ln_1: norm(&format!("{p}.attention.output.LayerNorm"))?,
+                fc: dense("intermediate.dense", ff, d)?,
+                proj: dense("output.dense", d, ff)?,
+                ln_2: norm(&format!("{p}.output.LayerNorm"))?,
             });
         }
-        Ok(BertModel { config, word, position, token_type0, emb_norm, layers })
+        let host = HostWeights { word, position, token_type0, emb_norm, layers };
+        Ok(BertModel { config, host, burn: OnceLock::new(), device: device.clone() })
     }
 
-    /// Final hidden states `[batch, seq, hidden]` for right-padded `ids`
-    /// (`lengths[b]` real tokens in row `b`).
+    /// Final hidden states `[batch, seq, hidden]` (zero past each text's
+    /// length) of the token sequences `batch`, `seq` the longest.
     /// Under bf16 the dense layers and attention run in bf16, the residual
     /// stream and the LayerNorms in f32 (`crate::precision`).
-    pub fn forward(&self, ids: Tensor<B, 2, Int>, lengths: &[usize], p: Precision) -> anyhow::Result<Tensor<B, 3>> {
-        let [batch, seq] = ids.dims();
+    pub fn forward(&self, batch: &[&[u32]], p: Precision) -> anyhow::Result<Tensor<B, 3>> {
+        let seq = batch.iter().map(|t| t.len()).max().unwrap_or(0);
         if seq > self.config.max_position_embeddings {
             return Err(anyhow!("sequence of {seq} tokens exceeds the model's {} positions", self.config.max_position_embeddings));
         }
-        let device = ids.device();
-        let (d, heads) = (self.config.hidden_size, self.config.num_attention_heads);
+        let on_kernels = p == Precision::F32 && crate::model::fused::enabled() && TypeId::of::<B>() == TypeId::of::<burn::backend::Flex>();
+        if on_kernels { Ok(self.forward_packed(batch, seq)) } else { Ok(self.forward_burn(batch, seq, p)) }
+    }
+
+    /// Through the CPU kernels: the sequences packed, no padding computed.
+    fn forward_packed(&self, batch: &[&[u32]], seq: usize) -> Tensor<B, 3> {
+        let (h, d) = (&self.host, self.config.hidden_size);
+        let eps = self.config.layer_norm_eps as f32;
+        let lengths: Vec<usize> = batch.iter().map(|t| t.len()).collect();
+        let mut x = Vec::with_capacity(lengths.iter().sum::<usize>() * d);
+        for tokens in batch {
+            for (j, &t) in tokens.iter().enumerate() {
+                let (word, pos) = (&h.word[t as usize * d..][..d], &h.position[j * d..][..d]);
+                x.extend(word.iter().zip(pos).zip(&h.token_type0).map(|((w, p), t)| w + p + t));
+            }
+        }
+        let emb_norm = Norm { gamma: h.emb_norm.gamma.as_slice(), beta: h.emb_norm.beta.as_slice() };
+        let mut x = ablate_kernels::layer_norm_rows(&x, &emb_norm, eps);
+        for layer in &h.layers {
+            x = ablate_kernels::post_norm_layer(&x, &lengths, self.config.num_attention_heads, eps, layer);
+        }
+        let mut padded = vec![0f32; batch.len() * seq * d];
+        let mut rows = x.chunks_exact(d);
+        for (b, &len) in lengths.iter().enumerate() {
+            for j in 0..len {
+                padded[(b * seq + j) * d..][..d].copy_from_slice(rows.next().expect("a row per token"));
+            }
+        }
+        Tensor::from_data(TensorData::new(padded, [batch.len(), seq, d]), &self.device)
+    }
+
+    fn burn_weights(&self) -> &BurnWeights<B> {
+        self.burn.get_or_init(|| {
+            let (h, c, device) = (&self.host, &self.config, &self.device);
+            let d = c.hidden_size;
+            let dense = |l: &ablate_kernels::Linear<Vec<f32>>| {
+                let (inp, out) = (l.weight.len() / l.bias.len(), l.bias.len());
+                Linear { weight: tensor2(l.weight.clone(), [inp, out], device), bias: Some(tensor1(l.bias.clone(), device)) }
+            };
+            let norm = |n: &Norm<Vec<f32>>| LayerNorm::new(n, c.layer_norm_eps, device);
+            BurnWeights {
+                word: tensor2(h.word.clone(), [c.vocab_size, d], device),
+                position: tensor2(h.position.clone(), [c.max_position_embeddings, d], device),
+                token_type0: tensor1(h.token_type0.clone(), device),
+                emb_norm: norm(&h.emb_norm),
+                layers: h
+                    .layers
+                    .iter()
+                    .map(|l| Layer {
+                        qkv: dense(&l.qkv),
+                        attn_out: dense(&l.out),
+                        attn_norm: norm(&l.ln_1),
+                        intermediate: dense(&l.fc),
+                        output: dense(&l.proj),
+                        out_norm: norm(&l.ln_2),
+                    })
+                    .collect(),
+            }
+        })
+    }
+
+    /// Through burn's ops, right-padded with a key padding mask.
+    fn forward_burn(&self, batch: &[&[u32]], seq: usize, p: Precision) -> Tensor<B, 3> {
+        let w = self.burn_weights();
+        let device = &self.device;
+        let (rows, d, heads) = (batch.len(), self.config.hidden_size, self.config.num_attention_heads);
         let hd = d / heads;
+        let ids = super::padded_ids::<B>(batch, seq, device);
         // Activations stay `[batch * seq, hidden]` so that every dense layer is one
         // large matmul (a 3-D input would become `batch` small ones).
-        let words = self.word.clone().select(0, ids.reshape([batch * seq])).reshape([batch, seq, d]);
-        let pos = self.position.clone().narrow(0, 0, seq).unsqueeze::<3>();
-        let emb = (words + pos + self.token_type0.clone().unsqueeze::<3>()).reshape([batch * seq, d]);
-        let mut x = self.emb_norm.forward(emb);
+        let words = w.word.clone().select(0, ids.reshape([rows * seq])).reshape([rows, seq, d]);
+        let pos = w.position.clone().narrow(0, 0, seq).unsqueeze::<3>();
+        let emb = (words + pos + w.token_type0.clone().unsqueeze::<3>()).reshape([rows * seq, d]);
+        let mut x = w.emb_norm.forward(emb);
 
         // Key padding mask, true = masked, broadcast over heads and query positions.
-        let mask: Vec<bool> = lengths.iter().flat_map(|&len| (0..seq).map(move |j| j >= len)).collect();
-        let mask = Tensor::<B, 2, Bool>::from_data(TensorData::new(mask, [batch, seq]), &device)
-            .reshape([batch, 1, 1, seq])
-            .expand([batch, heads, seq, seq]);
+        let mask: Vec<bool> = batch.iter().flat_map(|t| (0..seq).map(move |j| j >= t.len())).collect();
+        let mask = Tensor::<B, 2, Bool>::from_data(TensorData::new(mask, [rows, seq]), device)
+            .reshape([rows, 1, 1, seq])
+            .expand([rows, heads, seq, seq]);
 
-        for layer in &self.layers {
-            let split = |l: &Linear<B>| l.forward(x.clone(), p).reshape([batch, seq, heads, hd]).swap_dims(1, 2);
-            let ctx = p.attention(split(&layer.query), split(&layer.key), split(&layer.value), Some(mask.clone()), false);
-            let ctx = ctx.swap_dims(1, 2).reshape([batch * seq, d]);
+        for layer in &w.layers {
+            let qkv = layer.qkv.forward(x.clone(), p);
+            let split = |part: usize| qkv.clone().narrow(1, part * d, d).reshape([rows, seq, heads, hd]).swap_dims(1, 2);
+            let ctx = p.attention(split(0), split(1), split(2), Some(mask.clone()), false);
+            let ctx = ctx.swap_dims(1, 2).reshape([rows * seq, d]);
             x = layer.attn_norm.forward(p.widen(layer.attn_out.forward(ctx, p)) + x);
             let h = layer.output.forward(gelu(layer.intermediate.forward(x.clone(), p)), p);
             x = layer.out_norm.forward(p.widen(h) + x);
         }
-        Ok(x.reshape([batch, seq, d]))
+        x.reshape([rows, seq, d])
     }
 }

@@ -360,20 +360,15 @@ impl<B: Backend> TextEncoder<B> {
             Model::Bert(m) => m.config.vocab_size,
             Model::Llama(m) => m.config.vocab_size,
         };
-        let seq = *lengths.iter().max().expect("non-empty batch");
-        let mut ids = vec![0i32; batch.len() * seq];
-        for (b, tokens) in batch.iter().enumerate() {
-            for (j, &t) in tokens.iter().enumerate() {
-                if t as usize >= vocab {
-                    bail!("token id {t} is outside the vocabulary of {vocab}");
-                }
-                ids[b * seq + j] = t as i32;
+        for &t in batch.iter().flat_map(|t| t.iter()) {
+            if t as usize >= vocab {
+                bail!("token id {t} is outside the vocabulary of {vocab}");
             }
         }
-        let ids = Tensor::<B, 2, Int>::from_data(TensorData::new(ids, [batch.len(), seq]), &self.device);
+        let seq = *lengths.iter().max().expect("non-empty batch");
         let hidden = match &self.model {
-            Model::Bert(m) => m.forward(ids, &lengths, precision)?,
-            Model::Llama(m) => m.forward(ids, precision)?,
+            Model::Bert(m) => m.forward(batch, precision)?,
+            Model::Llama(m) => m.forward(padded_ids::<B>(batch, seq, &self.device), precision)?,
         };
         let pooled = pooling.apply(hidden, &lengths);
         let flat: Vec<f32> = pooled.into_data().to_vec().map_err(|e| anyhow!("cannot read embeddings back from the device: {e:?}"))?;
@@ -466,6 +461,17 @@ fn eos_token_id(config: &serde_json::Value, dir: &Path) -> anyhow::Result<u32> {
     let tok = tokenizers::Tokenizer::from_file(dir.join("tokenizer.json"))
         .map_err(|e| anyhow!("{}: {e}", dir.join("tokenizer.json").display()))?;
     tok.token_to_id(&eos).ok_or_else(|| anyhow!("{}: eos token '{eos}' is not in the vocabulary", dir.display()))
+}
+
+/// Token rows right-padded with 0 to `seq`, `[rows, seq]`.
+fn padded_ids<B: Backend>(batch: &[&[u32]], seq: usize, device: &B::Device) -> Tensor<B, 2, Int> {
+    let mut ids = vec![0i32; batch.len() * seq];
+    for (b, tokens) in batch.iter().enumerate() {
+        for (j, &t) in tokens.iter().enumerate() {
+            ids[b * seq + j] = t as i32;
+        }
+    }
+    Tensor::from_data(TensorData::new(ids, [batch.len(), seq]), device)
 }
 
 /// Embeds `texts` on the CPU with the encoder `spec` (L2-normalised): the

@@ -101,17 +101,33 @@ pub struct BenchSpec<'a> {
     pub phases: bool,
 }
 
-/// Runs `bench` on `device`.
+/// Runs `bench` on `device`, on random images held in memory.
 pub fn run<B: AutodiffBackend>(bench: &BenchSpec<'_>, device: &B::Device) -> anyhow::Result<BenchResult> {
+    let side = preset(bench.model)?.image_size;
+    run_on::<B>(bench, random_images(bench.batch * 2, side), device)
+}
+
+/// `n` random images of `side`² (the benchmark's data, seeded).
+pub fn random_images(n: usize, side: usize) -> ImageSet {
+    let mut rng = Rng::keyed(0, &[Rng::key_of("bench-images")]);
+    ImageSet::in_memory(n, side, (0..n * side * side * 3).map(|_| (rng.next_u64() & 0xff) as u8).collect())
+}
+
+fn preset(model: &str) -> anyhow::Result<VitPreset> {
+    VitPreset::named(model, "avg").ok_or_else(|| anyhow::anyhow!("unknown model preset {model}"))
+}
+
+/// Runs `bench` on `device` over `images` (each its own caption, random
+/// embeddings): in memory or read from shards.
+pub fn run_on<B: AutodiffBackend>(bench: &BenchSpec<'_>, images: ImageSet, device: &B::Device) -> anyhow::Result<BenchResult> {
     let BenchSpec { model, loss, batch, precision, warmup, steps, phases } = *bench;
     let began = Instant::now();
-    let vit = VitPreset::named(model, "avg").ok_or_else(|| anyhow::anyhow!("unknown model preset {model}"))?;
-    let (n, dim, side) = (batch * 2, 384, vit.image_size);
+    let vit = preset(model)?;
+    let (n, dim) = (images.n, 384);
     let mut rng = Rng::keyed(0, &[Rng::key_of("bench")]);
-    let pixels = (0..n * side * side * 3).map(|_| (rng.next_u64() & 0xff) as u8).collect();
     let text: Vec<f32> = (0..n * dim).map(|_| rng.normal() as f32).collect();
     let inputs = TrainInputs {
-        images: ImageSet::in_memory(n, side, pixels),
+        images,
         pairs: Pairs { images: (0..n).collect(), captions: (0..n).map(|i| vec![i]).collect() },
         text: TextSide::Frozen(F32Rows::in_memory(dim, text)),
     };

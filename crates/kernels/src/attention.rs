@@ -84,7 +84,7 @@ simd_fn! {
     }
 }
 
-fn forward_sequence(s: Heads, qkv: &[f32], probs: &mut [f32], ctx: &mut [f32]) {
+pub(crate) fn forward_sequence(s: Heads, qkv: &[f32], probs: &mut [f32], ctx: &mut [f32]) {
     let (t, scale) = (s.tokens, 1.0 / (s.head_dim() as f32).sqrt());
     for (h, p) in probs.chunks_exact_mut(t * t).enumerate() {
         matmul_strided(p, t, s.qkv(qkv, Part::Q, h), s.qkv(qkv, Part::K, h).t(), false, false);

@@ -172,10 +172,10 @@ impl Drop for BlockActivations {
     }
 }
 
-const ELEMENTS_PER_TASK: usize = 1 << 14;
+pub(crate) const ELEMENTS_PER_TASK: usize = 1 << 14;
 
 simd_fn! {
-    fn gelu_into(h: &[f32], g: &mut [f32]) {
+    pub(crate) fn gelu_into(h: &[f32], g: &mut [f32]) {
         for (g, h) in g.iter_mut().zip(h) {
             *g = gelu(*h);
         }
@@ -246,7 +246,7 @@ fn split_qkv(g: Linear<Vec<f32>>) -> [Linear<Vec<f32>>; 3] {
 }
 
 /// `x·W + b` (plus `residual` when given) into a new `[rows, out]` buffer.
-fn linear(x: &[f32], l: &Linear<&[f32]>, residual: Option<&[f32]>) -> Vec<f32> {
+pub(crate) fn linear(x: &[f32], l: &Linear<&[f32]>, residual: Option<&[f32]>) -> Vec<f32> {
     let (n_out, n_in) = (l.bias.len(), l.weight.len() / l.bias.len());
     let rows = x.len() / n_in;
     let mut y = take(rows * n_out);
@@ -268,7 +268,7 @@ fn linear_backward(x: &[f32], l: &Linear<&[f32]>, dy: &[f32], dx: &mut [f32], ac
     Linear { weight, bias }
 }
 
-fn elementwise(a: &[f32], b: &mut [f32], f: fn(&[f32], &mut [f32])) {
+pub(crate) fn elementwise(a: &[f32], b: &mut [f32], f: fn(&[f32], &mut [f32])) {
     a.par_chunks(ELEMENTS_PER_TASK).zip(b.par_chunks_mut(ELEMENTS_PER_TASK)).for_each(|(a, b)| f(a, b));
 }
 

@@ -11,7 +11,9 @@
 //! by hand against the saved activations.
 //!
 //! The optimizer's update is here too ([`adamw`]): one pass per parameter
-//! instead of a dozen element-wise tensor ops.
+//! instead of a dozen element-wise tensor ops; and, forward only, the
+//! post-norm layer of the frozen BERT sentence encoders ([`post_norm_layer`]),
+//! over packed sequences of different lengths.
 //!
 //! It knows nothing of burn: `ablate::model::fused` adapts it to burn's
 //! autodiff graph, and tests there compare it with the decomposed burn block.
@@ -24,6 +26,7 @@ mod adamw;
 mod attention;
 mod block;
 mod buffers;
+mod encoder;
 mod layer_norm;
 mod math;
 mod matmul;
@@ -31,5 +34,6 @@ mod reduce;
 
 pub use adamw::{AdamWStep, adamw};
 pub use block::{Block, BlockActivations, BlockGrads, BlockShape, BlockWeights, Linear, Norm, PARAMETERS, backward, forward};
+pub use encoder::{PostNormLayer, layer_norm_rows, post_norm_layer};
 pub use layer_norm::{LayerNormActivations, layer_norm, layer_norm_backward};
 pub use matmul::matmul_row_major;

@@ -1,0 +1,172 @@
+//! A post-norm (BERT) encoder layer, forward only, over packed sequences of
+//! different lengths: the frozen sentence encoders' CPU path
+//! (`ablate::text::bert`).
+//!
+//! Sequences are concatenated row-wise (`[Σ lengths, width]`), so no padding
+//! is computed, and each attends only to its own rows: what a key padding
+//! mask does, without the masked work. The dense layers run over all rows at
+//! once (large matmuls); attention runs one sequence per parallel task, on
+//! the training block's per-head kernels.
+
+use crate::attention::{Heads, forward_sequence};
+use crate::block::{Linear, Norm, elementwise, gelu_into, linear};
+use crate::buffers::{give, take};
+use crate::layer_norm;
+use rayon::prelude::*;
+
+/// One layer's weights, dense weights `[in, out]` row-major: q, k and v as
+/// one `[width, 3·width]` projection (columns q | k | v).
+pub struct PostNormLayer<T> {
+    pub qkv: Linear<T>,
+    pub out: Linear<T>,
+    pub ln_1: Norm<T>,
+    pub fc: Linear<T>,
+    pub proj: Linear<T>,
+    pub ln_2: Norm<T>,
+}
+
+impl PostNormLayer<Vec<f32>> {
+    fn as_slices(&self) -> PostNormLayer<&[f32]> {
+        fn l(l: &Linear<Vec<f32>>) -> Linear<&[f32]> {
+            Linear { weight: &l.weight, bias: &l.bias }
+        }
+        fn n(n: &Norm<Vec<f32>>) -> Norm<&[f32]> {
+            Norm { gamma: &n.gamma, beta: &n.beta }
+        }
+        PostNormLayer {
+            qkv: l(&self.qkv),
+            out: l(&self.out),
+            ln_1: n(&self.ln_1),
+            fc: l(&self.fc),
+            proj: l(&self.proj),
+            ln_2: n(&self.ln_2),
+        }
+    }
+}
+
+/// `LayerNorm(x) = (x − μ)/σ · γ + β` per row, into a new buffer.
+pub fn layer_norm_rows(x: &[f32], norm: &Norm<&[f32]>, eps: f32) -> Vec<f32> {
+    let rows = x.len() / norm.gamma.len();
+    let (mut out, mut xhat, mut rstd) = (take(x.len()), take(x.len()), take(rows));
+    layer_norm::forward(x, norm.gamma, norm.beta, eps, &mut out, &mut xhat, &mut rstd);
+    give([xhat, rstd]);
+    out
+}
+
+/// The layer's output for `x` `[Σ lengths, width]`:
+/// `h = LN₁(x + attn(x))`, `y = LN₂(h + proj(gelu(fc(h))))`.
+pub fn post_norm_layer(x: &[f32], lengths: &[usize], heads: usize, eps: f32, layer: &PostNormLayer<Vec<f32>>) -> Vec<f32> {
+    let p = layer.as_slices();
+    let width = p.out.bias.len();
+    let rows: usize = lengths.iter().sum();
+    assert_eq!(x.len(), rows * width, "encoder input does not match the sequences' lengths");
+    assert!(heads > 0 && width.is_multiple_of(heads), "width {width} is not a multiple of {heads} heads");
+    let qkv = linear(x, &p.qkv, None);
+    let mut ctx = take(rows * width);
+    // Each sequence's rows of qkv and ctx, split off in order.
+    let mut parts = Vec::with_capacity(lengths.len());
+    let (mut qkv_rest, mut ctx_rest) = (&qkv[..], &mut ctx[..]);
+    for &len in lengths {
+        let (q, qr) = qkv_rest.split_at(len * 3 * width);
+        let (c, cr) = std::mem::take(&mut ctx_rest).split_at_mut(len * width);
+        parts.push((len, q, c));
+        (qkv_rest, ctx_rest) = (qr, cr);
+    }
+    parts.into_par_iter().for_each(|(tokens, qkv, ctx)| {
+        let mut probs = vec![0f32; heads * tokens * tokens];
+        forward_sequence(Heads { tokens, width, heads, causal: false }, qkv, &mut probs, ctx);
+    });
+    give([qkv]);
+    let x1 = linear(&ctx, &p.out, Some(x));
+    give([ctx]);
+    let h = layer_norm_rows(&x1, &p.ln_1, eps);
+    give([x1]);
+    let fc = linear(&h, &p.fc, None);
+    let mut act = take(fc.len());
+    elementwise(&fc, &mut act, gelu_into);
+    give([fc]);
+    let y = linear(&act, &p.proj, Some(&h));
+    give([act, h]);
+    let out = layer_norm_rows(&y, &p.ln_2, eps);
+    give([y]);
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A reference layer written out naively, one sequence at a time.
+    fn reference(x: &[f32], lengths: &[usize], heads: usize, eps: f32, l: &PostNormLayer<Vec<f32>>) -> Vec<f32> {
+        let w = l.out.bias.len();
+        let dense = |x: &[f32], lin: &Linear<Vec<f32>>| -> Vec<f32> {
+            let n_out = lin.bias.len();
+            let n_in = lin.weight.len() / n_out;
+            x.chunks_exact(n_in)
+                .flat_map(|row| (0..n_out).map(move |o| lin.bias[o] + (0..n_in).map(|i| row[i] * lin.weight[i * n_out + o]).sum::<f32>()))
+                .collect()
+        };
+        let norm = |x: &[f32], n: &Norm<Vec<f32>>| -> Vec<f32> {
+            x.chunks_exact(w)
+                .flat_map(|r| {
+                    let mean = r.iter().sum::<f32>() / w as f32;
+                    let var = r.iter().map(|v| (v - mean) * (v - mean)).sum::<f32>() / w as f32;
+                    let s = 1.0 / (var + eps).sqrt();
+                    r.iter().enumerate().map(move |(i, v)| (v - mean) * s * n.gamma[i] + n.beta[i]).collect::<Vec<_>>()
+                })
+                .collect()
+        };
+        let qkv = dense(x, &l.qkv);
+        let (hd, mut ctx, mut start) = (w / heads, vec![0f32; x.len()], 0);
+        for &t in lengths {
+            for h in 0..heads {
+                for i in 0..t {
+                    let q = |r: usize, part: usize, j: usize| qkv[(start + r) * 3 * w + part * w + h * hd + j];
+                    let scores: Vec<f32> =
+                        (0..t).map(|k| (0..hd).map(|j| q(i, 0, j) * q(k, 1, j)).sum::<f32>() / (hd as f32).sqrt()).collect();
+                    let m = scores.iter().cloned().fold(f32::NEG_INFINITY, f32::max);
+                    let e: Vec<f32> = scores.iter().map(|s| (s - m).exp()).collect();
+                    let z: f32 = e.iter().sum();
+                    for j in 0..hd {
+                        ctx[(start + i) * w + h * hd + j] = (0..t).map(|k| e[k] / z * q(k, 2, j)).sum();
+                    }
+                }
+            }
+            start += t;
+        }
+        let a: Vec<f32> = dense(&ctx, &l.out).iter().zip(x).map(|(a, b)| a + b).collect();
+        let h = norm(&a, &l.ln_1);
+        let g: Vec<f32> = dense(&h, &l.fc).iter().map(|&v| crate::math::gelu(v)).collect();
+        let y: Vec<f32> = dense(&g, &l.proj).iter().zip(&h).map(|(a, b)| a + b).collect();
+        norm(&y, &l.ln_2)
+    }
+
+    #[test]
+    fn packed_sequences_match_a_naive_layer() {
+        let (w, heads, ff, eps) = (16, 4, 32, 1e-12);
+        let mut seed = 7u64;
+        let mut rand = |n: usize| -> Vec<f32> {
+            (0..n)
+                .map(|_| {
+                    seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+                    ((seed >> 40) as f32 / (1u64 << 24) as f32 - 0.5) * 0.8
+                })
+                .collect()
+        };
+        let lin = |r: &mut dyn FnMut(usize) -> Vec<f32>, i: usize, o: usize| Linear { weight: r(i * o), bias: r(o) };
+        let layer = PostNormLayer {
+            qkv: lin(&mut rand, w, 3 * w),
+            out: lin(&mut rand, w, w),
+            ln_1: Norm { gamma: rand(w).iter().map(|g| g + 1.0).collect(), beta: rand(w) },
+            fc: lin(&mut rand, w, ff),
+            proj: lin(&mut rand, ff, w),
+            ln_2: Norm { gamma: rand(w).iter().map(|g| g + 1.0).collect(), beta: rand(w) },
+        };
+        let lengths = [5, 1, 9, 3];
+        let x = rand(lengths.iter().sum::<usize>() * w);
+        let ours = post_norm_layer(&x, &lengths, heads, eps, &layer);
+        let expected = reference(&x, &lengths, heads, eps, &layer);
+        let worst = ours.iter().zip(&expected).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
+        assert!(worst < 1e-4, "off by {worst}");
+    }
+}
