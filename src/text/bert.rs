@@ -208,14 +208,7 @@ impl<B: Backend> BertModel<B> {
         for layer in &h.layers {
             x = ablate_kernels::post_norm_layer(&x, &lengths, self.config.num_attention_heads, eps, layer);
         }
-        let mut padded = vec![0f32; batch.len() * seq * d];
-        let mut rows = x.chunks_exact(d);
-        for (b, &len) in lengths.iter().enumerate() {
-            for j in 0..len {
-                padded[(b * seq + j) * d..][..d].copy_from_slice(rows.next().expect("a row per token"));
-            }
-        }
-        Tensor::from_data(TensorData::new(padded, [batch.len(), seq, d]), &self.device)
+        super::padded_rows::<B>(&x, &lengths, seq, d, &self.device)
     }
 
     fn burn_weights(&self) -> &BurnWeights<B> {

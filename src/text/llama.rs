@@ -7,15 +7,18 @@
 //! and undoes the Q/K row permutation that llama.cpp's converter applies for
 //! its interleaved RoPE, so both sources produce identical models.
 
+use std::any::TypeId;
 use std::path::Path;
+use std::sync::OnceLock;
 
 use anyhow::{Context as _, anyhow, bail};
 use burn::prelude::*;
 use burn::tensor::activation::silu;
 
 use super::gguf::GgufFile;
-use super::weights::{Linear, SafetensorFiles, expect_shape, tensor1, tensor2};
+use super::weights::{Linear, SafetensorFiles, expect_shape, tensor1, tensor2, transpose};
 use crate::precision::Precision;
+use ablate_kernels::DecoderLayer;
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct LlamaConfig {
@@ -198,35 +201,62 @@ pub fn unpermute_rows(data: &[f32], heads: usize, head_dim: usize) -> Vec<f32> {
     out
 }
 
-/// One decoder layer. Two load-time rewrites keep the forward pass in
-/// contiguous `[tokens, heads * head_dim]` matrices, where the CPU backend's
-/// elementwise kernels are fast (strided 4-D views take a slow scalar path):
+/// One decoder layer's weights on the host (`ablate_kernels::DecoderLayer`,
+/// dense weights `[in, out]`, zero biases where the model has none). Two
+/// load-time rewrites keep the forward pass in contiguous
+/// `[tokens, heads * head_dim]` matrices:
 /// - K/V weights are repeated per query head (grouped-query attention without
 ///   expanding activations);
 /// - `q_rot`/`k_rot` hold the projections with RoPE's `rotate_half` folded in
-///   (rows permuted and negated per head), so RoPE is `q·cos + q_rot·sin`.
+///   (rows permuted and negated per head), so RoPE is `q·cos + q_rot·sin`;
+///
+/// and q | q_rot | k | k_rot | v are one projection, gate | up another.
+type HostLayer = DecoderLayer<Vec<f32>>;
+
+/// A layer as burn tensors, for burn's ops.
 struct Block<B: Backend> {
     attn_norm: Tensor<B, 1>,
-    q: Linear<B>,
-    q_rot: Linear<B>,
-    k: Linear<B>,
-    k_rot: Linear<B>,
-    v: Linear<B>,
+    qkv: Linear<B>,
     o: Linear<B>,
     ffn_norm: Tensor<B, 1>,
-    gate: Linear<B>,
-    up: Linear<B>,
+    gate_up: Linear<B>,
     down: Linear<B>,
 }
 
-pub struct LlamaModel<B: Backend> {
-    pub config: LlamaConfig,
+struct BurnWeights<B: Backend> {
     embed: Tensor<B, 2>,
     blocks: Vec<Block<B>>,
     norm: Tensor<B, 1>,
+}
+
+/// The model, its weights on the host. On the CPU backend in f32 a batch
+/// runs through `ablate_kernels::decoder_layer` over the packed sequences
+/// (no padding computed); elsewhere — a GPU, bf16, or the kernels turned
+/// off — through burn's ops on tensors made from the host weights on first
+/// use, which stay the reference the kernels are tested against.
+pub struct LlamaModel<B: Backend> {
+    pub config: LlamaConfig,
+    embed: Vec<f32>,
+    layers: Vec<HostLayer>,
+    norm: Vec<f32>,
     /// `[positions, head_dim]` tables, Hugging Face layout (the half-frequencies repeated).
     cos: Vec<f32>,
     sin: Vec<f32>,
+    burn: OnceLock<BurnWeights<B>>,
+    device: B::Device,
+}
+
+/// Row-major matrices of `rows` rows side by side: `[rows, Σ cols]`.
+fn concat_columns(parts: &[&[f32]], rows: usize) -> Vec<f32> {
+    (0..rows)
+        .flat_map(|r| {
+            parts.iter().flat_map(move |p| {
+                let cols = p.len() / rows;
+                &p[r * cols..(r + 1) * cols]
+            })
+        })
+        .copied()
+        .collect()
 }
 
 impl<B: Backend> LlamaModel<B> {
@@ -236,93 +266,137 @@ impl<B: Backend> LlamaModel<B> {
         let (qd, kvd) = (c.num_heads * hd, c.num_kv_heads * hd);
         let heads = c.num_heads;
         let get = |name: &str, want: &[usize]| src.get(name, want, c);
-        let embed = tensor2(get("model.embed_tokens.weight", &[c.vocab_size, d])?, [c.vocab_size, d], device);
-        let mut blocks = Vec::with_capacity(c.num_layers);
+        let embed = get("model.embed_tokens.weight", &[c.vocab_size, d])?;
+        let mut layers = Vec::with_capacity(c.num_layers);
         for i in 0..c.num_layers {
             let p = format!("model.layers.{i}");
             let w = |n: &str, want: &[usize]| get(&format!("{p}.{n}"), want);
-            let bias = |n: &str, len: usize| -> anyhow::Result<Option<Vec<f32>>> {
+            let bias = |n: &str, len: usize| -> anyhow::Result<Vec<f32>> {
                 let name = format!("{p}.self_attn.{n}_proj.bias");
-                if c.qkv_bias || src.has(&name) { Ok(Some(get(&name, &[len])?)) } else { Ok(None) }
-            };
-            let dense = |n: &str, out: usize, inp: usize, bias: Option<Vec<f32>>| -> anyhow::Result<Linear<B>> {
-                Ok(Linear::from_torch(out, inp, &w(&format!("{n}.weight"), &[out, inp])?, bias, device))
+                if c.qkv_bias || src.has(&name) { get(&name, &[len]) } else { Ok(vec![0.0; len]) }
             };
             // Q/K/V as [qd, d] torch-layout weights (K/V repeated per query head), then their rotations.
-            let proj = |n: &str, out: usize| -> anyhow::Result<(Vec<f32>, Option<Vec<f32>>)> {
+            let proj = |n: &str, out: usize| -> anyhow::Result<(Vec<f32>, Vec<f32>)> {
                 let (wt, bs) = (w(&format!("self_attn.{n}_proj.weight"), &[out, d])?, bias(n, out)?);
                 let times = qd / out; // 1 for Q, the group size for K/V
-                Ok((repeat_heads(&wt, times, hd, d), bs.map(|b| repeat_heads(&b, times, hd, 1))))
+                Ok((repeat_heads(&wt, times, hd, d), repeat_heads(&bs, times, hd, 1)))
             };
-            let linear = |(wt, bs): &(Vec<f32>, Option<Vec<f32>>)| Linear::from_torch(qd, d, wt, bs.clone(), device);
-            let rotated = |(wt, bs): &(Vec<f32>, Option<Vec<f32>>)| {
-                Linear::from_torch(
-                    qd,
-                    d,
-                    &rotate_half_rows(wt, heads, hd, d),
-                    bs.as_ref().map(|b| rotate_half_rows(b, heads, hd, 1)),
-                    device,
-                )
+            let rotated = |(wt, bs): &(Vec<f32>, Vec<f32>)| (rotate_half_rows(wt, heads, hd, d), rotate_half_rows(bs, heads, hd, 1));
+            let (q, k, v) = (proj("q", qd)?, proj("k", kvd)?, proj("v", kvd)?);
+            let projections = [q.clone(), rotated(&q), k.clone(), rotated(&k), v];
+            let columns: Vec<Vec<f32>> = projections.iter().map(|(wt, _)| transpose(qd, d, wt)).collect();
+            let qkv = ablate_kernels::Linear {
+                weight: concat_columns(&columns.iter().map(Vec::as_slice).collect::<Vec<_>>(), d),
+                bias: projections.iter().flat_map(|(_, b)| b.iter().copied()).collect(),
             };
-            let (q, k) = (proj("q", qd)?, proj("k", kvd)?);
-            blocks.push(Block {
-                attn_norm: tensor1(w("input_layernorm.weight", &[d])?, device),
-                q: linear(&q),
-                q_rot: rotated(&q),
-                k: linear(&k),
-                k_rot: rotated(&k),
-                v: linear(&proj("v", kvd)?),
-                o: dense("self_attn.o_proj", d, qd, None)?,
-                ffn_norm: tensor1(w("post_attention_layernorm.weight", &[d])?, device),
-                gate: dense("mlp.gate_proj", ff, d, None)?,
-                up: dense("mlp.up_proj", ff, d, None)?,
-                down: dense("mlp.down_proj", d, ff, None)?,
+            let dense = |n: &str, out: usize, inp: usize| -> anyhow::Result<Vec<f32>> {
+                Ok(transpose(out, inp, &w(&format!("{n}.weight"), &[out, inp])?))
+            };
+            let (gate, up) = (dense("mlp.gate_proj", ff, d)?, dense("mlp.up_proj", ff, d)?);
+            layers.push(DecoderLayer {
+                attn_norm: w("input_layernorm.weight", &[d])?,
+                qkv,
+                out: ablate_kernels::Linear { weight: dense("self_attn.o_proj", d, qd)?, bias: vec![0.0; d] },
+                ffn_norm: w("post_attention_layernorm.weight", &[d])?,
+                gate_up: ablate_kernels::Linear { weight: concat_columns(&[&gate, &up], d), bias: vec![0.0; 2 * ff] },
+                down: ablate_kernels::Linear { weight: dense("mlp.down_proj", d, ff)?, bias: vec![0.0; d] },
             });
         }
-        let norm = tensor1(get("model.norm.weight", &[d])?, device);
+        let norm = get("model.norm.weight", &[d])?;
         let (cos, sin) = rope_tables(hd, c.rope_theta, c.max_positions);
-        Ok(LlamaModel { config, embed, blocks, norm, cos, sin })
+        Ok(LlamaModel { config, embed, layers, norm, cos, sin, burn: OnceLock::new(), device: device.clone() })
     }
 
-    /// Hidden states after the final RMSNorm, `[batch, seq, hidden]`, for
-    /// right-padded `ids`. Causal attention alone keeps every real token from
-    /// seeing the padding that follows it, so no padding mask is needed; the
-    /// padded positions' outputs are never read by pooling.
-    /// Under bf16 the dense layers and attention run in bf16; the residual
-    /// stream, RMSNorm and the rotary positions in f32 (`crate::precision`).
-    pub fn forward(&self, ids: Tensor<B, 2, Int>, p: Precision) -> anyhow::Result<Tensor<B, 3>> {
-        let [batch, seq] = ids.dims();
+    /// Hidden states after the final RMSNorm, `[batch, seq, hidden]` (zero
+    /// past each text's length), for the token sequences `batch`, `seq` the
+    /// longest. Under bf16 the dense layers and attention run in bf16; the
+    /// residual stream, RMSNorm and the rotary positions in f32
+    /// (`crate::precision`).
+    pub fn forward(&self, batch: &[&[u32]], p: Precision) -> anyhow::Result<Tensor<B, 3>> {
+        let seq = batch.iter().map(|t| t.len()).max().unwrap_or(0);
         if seq > self.config.max_positions {
             bail!("sequence of {seq} tokens exceeds the model's context length of {}", self.config.max_positions);
         }
+        let on_kernels = p == Precision::F32 && crate::model::fused::enabled() && TypeId::of::<B>() == TypeId::of::<burn::backend::Flex>();
+        Ok(if on_kernels { self.forward_packed(batch, seq) } else { self.forward_burn(batch, seq, p) })
+    }
+
+    /// Through the CPU kernels: the sequences packed, no padding computed.
+    fn forward_packed(&self, batch: &[&[u32]], seq: usize) -> Tensor<B, 3> {
         let c = &self.config;
-        let (d, hd, heads) = (c.hidden_size, c.head_dim, c.num_heads);
+        let d = c.hidden_size;
+        let eps = c.rms_norm_eps as f32;
+        let lengths: Vec<usize> = batch.iter().map(|t| t.len()).collect();
+        let mut x: Vec<f32> = batch.iter().flat_map(|t| t.iter()).flat_map(|&t| &self.embed[t as usize * d..][..d]).copied().collect();
+        for layer in &self.layers {
+            x = ablate_kernels::decoder_layer(&x, &lengths, c.num_heads, c.head_dim, eps, (&self.cos, &self.sin), layer);
+        }
+        let x = ablate_kernels::rms_norm_rows(&x, &self.norm, eps);
+        super::padded_rows::<B>(&x, &lengths, seq, d, &self.device)
+    }
+
+    fn burn_weights(&self) -> &BurnWeights<B> {
+        self.burn.get_or_init(|| {
+            let (c, device) = (&self.config, &self.device);
+            let dense = |l: &ablate_kernels::Linear<Vec<f32>>| {
+                let (inp, out) = (l.weight.len() / l.bias.len(), l.bias.len());
+                Linear { weight: tensor2(l.weight.clone(), [inp, out], device), bias: Some(tensor1(l.bias.clone(), device)) }
+            };
+            BurnWeights {
+                embed: tensor2(self.embed.clone(), [c.vocab_size, c.hidden_size], device),
+                blocks: self
+                    .layers
+                    .iter()
+                    .map(|l| Block {
+                        attn_norm: tensor1(l.attn_norm.clone(), device),
+                        qkv: dense(&l.qkv),
+                        o: dense(&l.out),
+                        ffn_norm: tensor1(l.ffn_norm.clone(), device),
+                        gate_up: dense(&l.gate_up),
+                        down: dense(&l.down),
+                    })
+                    .collect(),
+                norm: tensor1(self.norm.clone(), device),
+            }
+        })
+    }
+
+    /// Through burn's ops, right-padded. Causal attention alone keeps every
+    /// real token from seeing the padding that follows it, so no padding
+    /// mask is needed; the padded positions' outputs are never read by
+    /// pooling.
+    fn forward_burn(&self, batch: &[&[u32]], seq: usize, p: Precision) -> Tensor<B, 3> {
+        let w = self.burn_weights();
+        let c = &self.config;
+        let (rows, d, hd, heads, ff) = (batch.len(), c.hidden_size, c.head_dim, c.num_heads, c.intermediate_size);
         let qd = heads * hd;
-        let device = ids.device();
+        let device = &self.device;
+        let ids = super::padded_ids::<B>(batch, seq, device);
         // RoPE tables laid out like the projections: row (b, s), every head gets position s.
         let full = |table: &[f32]| {
             let rows: Vec<f32> =
-                (0..batch * seq).flat_map(|r| (0..heads).flat_map(move |_| &table[(r % seq) * hd..(r % seq + 1) * hd])).copied().collect();
-            tensor2::<B>(rows, [batch * seq, qd], &device)
+                (0..rows * seq).flat_map(|r| (0..heads).flat_map(move |_| &table[(r % seq) * hd..(r % seq + 1) * hd])).copied().collect();
+            tensor2::<B>(rows, [batch.len() * seq, qd], device)
         };
         let (cos, sin) = (full(&self.cos), full(&self.sin));
-        let heads_first = |t: Tensor<B, 2>| t.reshape([batch, seq, heads, hd]).swap_dims(1, 2);
+        let heads_first = |t: Tensor<B, 2>| t.reshape([rows, seq, heads, hd]).swap_dims(1, 2);
         // Activations stay `[batch * seq, hidden]` so that every dense layer is one
         // large matmul (a 3-D input would become `batch` small ones).
-        let mut x = self.embed.clone().select(0, ids.reshape([batch * seq]));
-        for b in &self.blocks {
+        let mut x = w.embed.clone().select(0, ids.reshape([rows * seq]));
+        for b in &w.blocks {
             let h = rms_norm(x.clone(), &b.attn_norm, c.rms_norm_eps);
-            let rotary = |l: &Linear<B>, rot: &Linear<B>| {
-                p.widen(l.forward(h.clone(), p)) * cos.clone() + p.widen(rot.forward(h.clone(), p)) * sin.clone()
-            };
-            let (q, k, v) = (rotary(&b.q, &b.q_rot), rotary(&b.k, &b.k_rot), b.v.forward(h, p));
+            let proj = b.qkv.forward(h, p);
+            let part = |i: usize| p.widen(proj.clone().narrow(1, i * qd, qd));
+            let (q, k) = (part(0) * cos.clone() + part(1) * sin.clone(), part(2) * cos.clone() + part(3) * sin.clone());
+            let v = proj.clone().narrow(1, 4 * qd, qd);
             let ctx = p.attention(heads_first(q), heads_first(k), heads_first(v), None, true);
-            x = x + p.widen(b.o.forward(ctx.swap_dims(1, 2).reshape([batch * seq, qd]), p));
+            x = x + p.widen(b.o.forward(ctx.swap_dims(1, 2).reshape([rows * seq, qd]), p));
             let h = rms_norm(x.clone(), &b.ffn_norm, c.rms_norm_eps);
-            let act = silu(b.gate.forward(h.clone(), p)) * b.up.forward(h, p);
+            let gu = b.gate_up.forward(h, p);
+            let act = silu(gu.clone().narrow(1, 0, ff)) * gu.narrow(1, ff, ff);
             x = x + p.widen(b.down.forward(act, p));
         }
-        Ok(rms_norm(x, &self.norm, c.rms_norm_eps).reshape([batch, seq, d]))
+        rms_norm(x, &w.norm, c.rms_norm_eps).reshape([rows, seq, d])
     }
 }
 

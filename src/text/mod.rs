@@ -242,7 +242,6 @@ pub struct TextEncoder<B: Backend> {
     token_limit: usize,
     tokenizer: TextTokenizer,
     model: Model<B>,
-    device: B::Device,
 }
 
 /// Tokens per batch row the batching aims at: a batch of long texts holds
@@ -272,23 +271,16 @@ impl<B: Backend> TextEncoder<B> {
         // The GGUF's context length is its token limit ([`EncoderSpec::token_limit`]).
         let token_limit = config.max_positions;
         let model = LlamaModel::load(config, &LlamaSource::Gguf { file: &file, permuted_qk }, device)?;
-        Self::assemble(spec, dim, token_limit, tokenizer, Model::Llama(model), device)
+        Self::assemble(spec, dim, token_limit, tokenizer, Model::Llama(model))
     }
 
     /// The encoder around a loaded model; the family follows the model.
-    fn assemble(
-        spec: &EncoderSpec,
-        dim: usize,
-        token_limit: usize,
-        tokenizer: TextTokenizer,
-        model: Model<B>,
-        device: &B::Device,
-    ) -> anyhow::Result<Self> {
+    fn assemble(spec: &EncoderSpec, dim: usize, token_limit: usize, tokenizer: TextTokenizer, model: Model<B>) -> anyhow::Result<Self> {
         let family = match model {
             Model::Bert(_) => Family::Bert,
             Model::Llama(_) => Family::Llama,
         };
-        Ok(TextEncoder { spec: spec.clone(), family, dim, token_limit, tokenizer, model, device: device.clone() })
+        Ok(TextEncoder { spec: spec.clone(), family, dim, token_limit, tokenizer, model })
     }
 
     fn load_hf(spec: &EncoderSpec, dir: &Path, device: &B::Device) -> anyhow::Result<Self> {
@@ -305,7 +297,7 @@ impl<B: Backend> TextEncoder<B> {
                 let tokenizer = TextTokenizer::bert(&tokenizer_path)?;
                 let dim = cfg.hidden_size;
                 let model = BertModel::load(dir, cfg, device)?;
-                Self::assemble(spec, dim, spec.token_limit()?, tokenizer, Model::Bert(model), device)
+                Self::assemble(spec, dim, spec.token_limit()?, tokenizer, Model::Bert(model))
             }
             "llama" | "qwen2" | "mistral" => {
                 let cfg = LlamaConfig::from_hf(&config, &config_path)?;
@@ -314,7 +306,7 @@ impl<B: Backend> TextEncoder<B> {
                 let st = SafetensorFiles::open(dir)?;
                 let dim = cfg.hidden_size;
                 let model = LlamaModel::load(cfg, &LlamaSource::Safetensors(&st), device)?;
-                Self::assemble(spec, dim, spec.token_limit()?, tokenizer, Model::Llama(model), device)
+                Self::assemble(spec, dim, spec.token_limit()?, tokenizer, Model::Llama(model))
             }
             other => {
                 let archs = config["architectures"].as_array().map(|a| a.iter().filter_map(|v| v.as_str()).collect::<Vec<_>>().join(", "));
@@ -365,10 +357,9 @@ impl<B: Backend> TextEncoder<B> {
                 bail!("token id {t} is outside the vocabulary of {vocab}");
             }
         }
-        let seq = *lengths.iter().max().expect("non-empty batch");
         let hidden = match &self.model {
             Model::Bert(m) => m.forward(batch, precision)?,
-            Model::Llama(m) => m.forward(padded_ids::<B>(batch, seq, &self.device), precision)?,
+            Model::Llama(m) => m.forward(batch, precision)?,
         };
         let pooled = pooling.apply(hidden, &lengths);
         let flat: Vec<f32> = pooled.into_data().to_vec().map_err(|e| anyhow!("cannot read embeddings back from the device: {e:?}"))?;
@@ -472,6 +463,19 @@ fn padded_ids<B: Backend>(batch: &[&[u32]], seq: usize, device: &B::Device) -> T
         }
     }
     Tensor::from_data(TensorData::new(ids, [batch.len(), seq]), device)
+}
+
+/// Packed rows `[Σ lengths, dim]` as a right-padded `[rows, seq, dim]`
+/// tensor, zero past each length (what pooling reads).
+fn padded_rows<B: Backend>(packed: &[f32], lengths: &[usize], seq: usize, dim: usize, device: &B::Device) -> Tensor<B, 3> {
+    let mut padded = vec![0f32; lengths.len() * seq * dim];
+    let mut rows = packed.chunks_exact(dim);
+    for (b, &len) in lengths.iter().enumerate() {
+        for j in 0..len {
+            padded[(b * seq + j) * dim..][..dim].copy_from_slice(rows.next().expect("a row per token"));
+        }
+    }
+    Tensor::from_data(TensorData::new(padded, [lengths.len(), seq, dim]), device)
 }
 
 /// Embeds `texts` on the CPU with the encoder `spec` (L2-normalised): the

@@ -217,7 +217,7 @@ simd_fn! {
 }
 
 impl Linear<Vec<f32>> {
-    fn as_slices(&self) -> Linear<&[f32]> {
+    pub(crate) fn as_slices(&self) -> Linear<&[f32]> {
         Linear { weight: &self.weight, bias: &self.bias }
     }
 }

@@ -34,6 +34,6 @@ mod reduce;
 
 pub use adamw::{AdamWStep, adamw};
 pub use block::{Block, BlockActivations, BlockGrads, BlockShape, BlockWeights, Linear, Norm, PARAMETERS, backward, forward};
-pub use encoder::{PostNormLayer, layer_norm_rows, post_norm_layer};
+pub use encoder::{DecoderLayer, PostNormLayer, decoder_layer, layer_norm_rows, post_norm_layer, rms_norm_rows};
 pub use layer_norm::{LayerNormActivations, layer_norm, layer_norm_backward};
 pub use matmul::matmul_row_major;
