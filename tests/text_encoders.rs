@@ -248,7 +248,9 @@ fn kernels_match_burn_ops() {
     let Some(models) = models_dir() else { return };
     let long = "a small red square sits to the left of a large blue circle, ".repeat(12);
     let texts = ["a dog", long.as_str(), "two cats sleep on a sofa near the window", "x"];
-    for (path, pooling) in [(models.join("all-MiniLM-L6-v2"), Pooling::Mean), (models.join("SmolLM2-135M-Instruct.Q4_1.gguf"), Pooling::Eos)] {
+    for (path, pooling) in
+        [(models.join("all-MiniLM-L6-v2"), Pooling::Mean), (models.join("SmolLM2-135M-Instruct.Q4_1.gguf"), Pooling::Eos)]
+    {
         let encoder = load(path.clone());
         let options = EmbedOptions { pooling, max_tokens: 256, batch_size: 4, normalize: false, precision: Precision::F32 };
         let kernels = encoder.embed(&texts, &options).unwrap();

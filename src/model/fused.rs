@@ -35,11 +35,6 @@ pub fn set_enabled(enabled: bool) {
     ENABLED.store(enabled, Ordering::Relaxed);
 }
 
-/// Whether the CPU kernels are on (the frozen BERT encoders use them too).
-pub fn enabled() -> bool {
-    ENABLED.load(Ordering::Relaxed)
-}
-
 const PARAMS: usize = kernels::PARAMETERS;
 
 /// `block.forward(x)` through the fused kernels, or `Err(x)` back where this
@@ -109,15 +104,16 @@ fn parameters<B: Backend>(b: &Block<B>) -> Option<[B::FloatTensorPrimitive; PARA
     Some([g1, b1, qw, qb, kw, kb, vw, vb, ow, ob, g2, b2, fw, fb, pw, pb])
 }
 
-/// Whether `B` is Flex with the kernels on: then [`adamw`] applies (the
-/// optimizer works on the inner, graph-free backend).
-pub fn adamw_applies<B: Backend>() -> bool {
+/// Whether `B` is Flex (no autodiff graph) with the kernels on: then
+/// [`adamw`] applies (the optimizer works on the inner, graph-free backend),
+/// and the frozen encoders' forward passes run through `ablate_kernels`.
+pub fn kernels_apply<B: Backend>() -> bool {
     matches!(Graph::of::<B>(), Some(Graph::None))
 }
 
 /// One AdamW update through `ablate_kernels::adamw`, in place where the
 /// tensors own their buffers: `(p, m, v)` after the step. Only for a `B`
-/// that [`adamw_applies`] to.
+/// that [`kernels_apply`] to.
 pub fn adamw<B: Backend>(
     p: Tensor<B, 1>,
     g: Tensor<B, 1>,
@@ -125,7 +121,7 @@ pub fn adamw<B: Backend>(
     v: Tensor<B, 1>,
     step: &kernels::AdamWStep,
 ) -> (Tensor<B, 1>, Tensor<B, 1>, Tensor<B, 1>) {
-    assert!(adamw_applies::<B>(), "fused AdamW on a backend other than Flex");
+    assert!(kernels_apply::<B>(), "fused AdamW on a backend other than Flex");
     let flex = |t: Tensor<B, 1>| -> FlexTensor { whole(cast(t.into_primitive().tensor())) };
     let (mut p, g, mut m, mut v) = (flex(p), flex(g), flex(m), flex(v));
     kernels::adamw(p.storage_mut::<f32>(), &values(&g), m.storage_mut::<f32>(), v.storage_mut::<f32>(), step);

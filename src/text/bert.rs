@@ -8,7 +8,6 @@
 //! through burn's ops on tensors made from the host weights on first use,
 //! which stay the reference the kernels are tested against.
 
-use std::any::TypeId;
 use std::path::Path;
 use std::sync::OnceLock;
 
@@ -187,7 +186,7 @@ impl<B: Backend> BertModel<B> {
         if seq > self.config.max_position_embeddings {
             return Err(anyhow!("sequence of {seq} tokens exceeds the model's {} positions", self.config.max_position_embeddings));
         }
-        let on_kernels = p == Precision::F32 && crate::model::fused::enabled() && TypeId::of::<B>() == TypeId::of::<burn::backend::Flex>();
+        let on_kernels = p == Precision::F32 && crate::model::fused::kernels_apply::<B>();
         if on_kernels { Ok(self.forward_packed(batch, seq)) } else { Ok(self.forward_burn(batch, seq, p)) }
     }
 
@@ -215,10 +214,7 @@ impl<B: Backend> BertModel<B> {
         self.burn.get_or_init(|| {
             let (h, c, device) = (&self.host, &self.config, &self.device);
             let d = c.hidden_size;
-            let dense = |l: &ablate_kernels::Linear<Vec<f32>>| {
-                let (inp, out) = (l.weight.len() / l.bias.len(), l.bias.len());
-                Linear { weight: tensor2(l.weight.clone(), [inp, out], device), bias: Some(tensor1(l.bias.clone(), device)) }
-            };
+            let dense = |l| Linear::from_host(l, device);
             let norm = |n: &Norm<Vec<f32>>| LayerNorm::new(n, c.layer_norm_eps, device);
             BurnWeights {
                 word: tensor2(h.word.clone(), [c.vocab_size, d], device),

@@ -7,7 +7,6 @@
 //! and undoes the Q/K row permutation that llama.cpp's converter applies for
 //! its interleaved RoPE, so both sources produce identical models.
 
-use std::any::TypeId;
 use std::path::Path;
 use std::sync::OnceLock;
 
@@ -317,7 +316,7 @@ impl<B: Backend> LlamaModel<B> {
         if seq > self.config.max_positions {
             bail!("sequence of {seq} tokens exceeds the model's context length of {}", self.config.max_positions);
         }
-        let on_kernels = p == Precision::F32 && crate::model::fused::enabled() && TypeId::of::<B>() == TypeId::of::<burn::backend::Flex>();
+        let on_kernels = p == Precision::F32 && crate::model::fused::kernels_apply::<B>();
         Ok(if on_kernels { self.forward_packed(batch, seq) } else { self.forward_burn(batch, seq, p) })
     }
 
@@ -338,10 +337,7 @@ impl<B: Backend> LlamaModel<B> {
     fn burn_weights(&self) -> &BurnWeights<B> {
         self.burn.get_or_init(|| {
             let (c, device) = (&self.config, &self.device);
-            let dense = |l: &ablate_kernels::Linear<Vec<f32>>| {
-                let (inp, out) = (l.weight.len() / l.bias.len(), l.bias.len());
-                Linear { weight: tensor2(l.weight.clone(), [inp, out], device), bias: Some(tensor1(l.bias.clone(), device)) }
-            };
+            let dense = |l| Linear::from_host(l, device);
             BurnWeights {
                 embed: tensor2(self.embed.clone(), [c.vocab_size, c.hidden_size], device),
                 blocks: self

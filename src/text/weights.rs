@@ -122,6 +122,12 @@ impl<B: Backend> Linear<B> {
         Linear { weight: tensor2(transpose(out, inp, weight), [inp, out], device), bias: bias.map(|b| tensor1(b, device)) }
     }
 
+    /// From host weights `[in, out]` (the CPU kernels' layout).
+    pub fn from_host(l: &ablate_kernels::Linear<Vec<f32>>, device: &B::Device) -> Self {
+        let (inp, out) = (l.weight.len() / l.bias.len(), l.bias.len());
+        Linear { weight: tensor2(l.weight.clone(), [inp, out], device), bias: Some(tensor1(l.bias.clone(), device)) }
+    }
+
     /// In bf16 (output bf16) under [`Precision::Bf16`].
     pub fn forward<const D: usize>(&self, x: Tensor<B, D>, precision: Precision) -> Tensor<B, D> {
         precision.dense(x, self.weight.clone(), self.bias.clone())

@@ -127,7 +127,7 @@ impl<B: AutodiffBackend> ModuleMapper<B> for Update<'_, B> {
         let bias1 = 1.0 - c.beta1.powi(t);
         let bias2 = 1.0 - c.beta2.powi(t);
         let (m, v);
-        if fused::adamw_applies::<B::InnerBackend>() {
+        if fused::kernels_apply::<B::InnerBackend>() {
             // The same formula in one pass (CPU); scalars rounded as burn's ops round them.
             let step = AdamWStep {
                 grad_scale: self.grad_scale as f32,

@@ -31,18 +31,15 @@ pub struct PostNormLayer<T> {
 
 impl PostNormLayer<Vec<f32>> {
     fn as_slices(&self) -> PostNormLayer<&[f32]> {
-        fn l(l: &Linear<Vec<f32>>) -> Linear<&[f32]> {
-            Linear { weight: &l.weight, bias: &l.bias }
-        }
         fn n(n: &Norm<Vec<f32>>) -> Norm<&[f32]> {
             Norm { gamma: &n.gamma, beta: &n.beta }
         }
         PostNormLayer {
-            qkv: l(&self.qkv),
-            out: l(&self.out),
+            qkv: self.qkv.as_slices(),
+            out: self.out.as_slices(),
             ln_1: n(&self.ln_1),
-            fc: l(&self.fc),
-            proj: l(&self.proj),
+            fc: self.fc.as_slices(),
+            proj: self.proj.as_slices(),
             ln_2: n(&self.ln_2),
         }
     }
