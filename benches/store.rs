@@ -3,6 +3,11 @@
 //! 1. `plan` on a 100,000-instance grid: compile (parse, expand, hash keys) and
 //!    the cache check against a store in which every instance is done.
 //! 2. Metric rows inserted per second, in batched multi-row inserts.
+//! 3. `ablate plan` of issue 19's grid of the real kinds (ingest →
+//!    `text_embed` → `train` × 50,000 → `evaluate`, 100,003 instances,
+//!    nothing run): the binary itself, wall time and peak RSS of each of 3
+//!    runs after the first (which records the plan), and where the time goes.
+//!    Needs the models (`scripts/fetch-models`, or `$ABLATE_MODELS`).
 //!
 //! Numbers go to docs/BENCHMARKS.md by hand, with the machine they ran on.
 
@@ -146,6 +151,75 @@ fn main() {
         println!("metrics: {ROWS} rows in {insert_s:.3} s = {:.0} rows/s", ROWS as f64 / insert_s);
         store.close().await;
     });
+    plan_real_kinds(&rt);
+}
+
+/// Issue 19's grid: captions × loss × 12,500 seeds below one ingest, as
+/// `benches/scale/make-plan-grid` writes it.
+fn real_kinds_pipeline() -> String {
+    let seeds: Vec<String> = (0..12_500).map(|i| i.to_string()).collect();
+    format!(
+        "[pipeline]\nname = \"plan-100k\"\n\n[axes]\ncaptions = [\"short\", \"long\"]\nloss = [\"infonce\", \"cosine\"]\nseed = [{}]\n\n\
+         [stages.data]\nkind = \"caption_ingest\"\nsource = \"builtin:shapes\"\n\n\
+         [stages.text]\nkind = \"text_embed\"\nneeds = [\"data\"]\nencoder = \"minilm\"\ncaptions = \"${{captions}}\"\n\n\
+         [stages.train]\nkind = \"train\"\nneeds = [\"data\", \"text\"]\ntext = \"frozen\"\ncaptions = \"${{captions}}\"\n\
+         loss = \"${{loss}}\"\nseed = \"${{seed}}\"\n\n[stages.eval]\nkind = \"evaluate\"\nneeds = [\"train\"]\n",
+        seeds.join(", ")
+    )
+}
+
+/// Part 3: `ablate plan` of the real kinds' grid, run as a user runs it.
+fn plan_real_kinds(rt: &tokio::runtime::Runtime) {
+    let models = std::env::var_os("ABLATE_MODELS").map_or_else(|| std::path::PathBuf::from("models"), std::path::PathBuf::from);
+    let models = std::fs::canonicalize(&models).unwrap_or(models);
+    if !models.join("all-MiniLM-L6-v2").exists() {
+        println!("real kinds: skipped, no MiniLM in {} (scripts/fetch-models)", models.display());
+        return;
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    let file = dir.path().join("grid.toml");
+    let text = real_kinds_pipeline();
+    std::fs::write(&file, &text).expect("grid");
+    let plan_once = || {
+        let out = std::process::Command::new("/usr/bin/time")
+            .args(["-f", "%e %M"])
+            .arg(env!("CARGO_BIN_EXE_ablate"))
+            .arg("plan")
+            .arg(&file)
+            .current_dir(dir.path())
+            .env("ABLATE_MODELS", &models)
+            .stdout(std::process::Stdio::null())
+            .output()
+            .expect("GNU time (/usr/bin/time) runs ablate plan");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "ablate plan failed: {stderr}");
+        let last = stderr.lines().last().unwrap_or_default().to_owned();
+        let (wall, kb) = last.split_once(' ').expect("GNU time's `%e %M`");
+        (wall.parse::<f64>().expect("seconds"), kb.trim().parse::<f64>().expect("kB") / 1024.0)
+    };
+    let (wall, mb) = plan_once();
+    println!("real kinds: first `ablate plan` (records 100,003 instances): {wall:.2} s, {mb:.0} MB peak RSS");
+    let mut runs: Vec<(f64, f64)> = (0..3).map(|_| plan_once()).collect();
+    for (w, m) in &runs {
+        println!("real kinds: `ablate plan` again: {w:.2} s, {m:.0} MB peak RSS");
+    }
+    runs.sort_by(|a, b| a.0.total_cmp(&b.0));
+    println!("real kinds: median {:.2} s, worst peak RSS {:.0} MB", runs[1].0, runs.iter().map(|r| r.1).fold(0.0, f64::max));
+
+    // Where the time goes, through the library (the models found as above:
+    // `$ABLATE_MODELS`, else `models` in the package root, where benches run).
+    let source = || SourceFile { path: file.clone(), text: text.clone() };
+    let (compile_s, plan) = best_of(3, || pipeline::compile_source(source()).expect("valid pipeline"));
+    let workspace = Workspace::new(dir.path().join(".ablate"));
+    let assess_s = rt.block_on(async {
+        let store = Store::open(&workspace).await.expect("store");
+        let t = Instant::now();
+        let fresh = freshness::assess(&plan, Some(&store)).await.expect("assess");
+        assert!(fresh.iter().all(|f| !f.is_cached()));
+        store.close().await;
+        t.elapsed().as_secs_f64()
+    });
+    println!("real kinds: compile {compile_s:.3} s (best of 3), cache check and reasons {assess_s:.3} s");
 }
 
 fn rt_block(store: &Store, instance_id: i64, metrics: &[MetricPoint]) {

@@ -106,7 +106,9 @@ pub async fn assess(plan: &Plan, store: Option<&Store>) -> anyhow::Result<Vec<Fr
         }
     }
 
-    let stale = stale_inputs(plan, &done, store.superseded_inputs(&keys).await?);
+    // Only done instances can read superseded inputs.
+    let superseded = if done.iter().any(Option::is_some) { store.superseded_inputs(&keys).await? } else { Vec::new() };
+    let stale = stale_inputs(plan, &done, superseded);
     let mut out: Vec<Option<Freshness>> = Vec::with_capacity(plan.nodes.len());
     for (i, slot) in done.iter_mut().enumerate() {
         let Some(attempt) = slot.take() else {
@@ -127,7 +129,10 @@ pub async fn assess(plan: &Plan, store: Option<&Store>) -> anyhow::Result<Vec<Fr
 
     // Explaining why the rest must run needs history, loaded only when some do.
     if out.iter().any(Option::is_none) {
-        let previous = store.previous_bindings(&plan.spec.name).await?;
+        // A writable store recorded this plan before: a cell with a single
+        // binding holds only the instance planned now.
+        let min_rows = if store.is_read_only() { 1 } else { 2 };
+        let previous = store.previous_bindings(&plan.spec.name, min_rows).await?;
         let latest = store.latest_attempt_statuses().await?;
         for (node, slot) in plan.nodes.iter().zip(out.iter_mut()) {
             if slot.is_none() {
@@ -185,11 +190,12 @@ fn why_run(plan: &Plan, node: &crate::pipeline::Node, previous: &Previous, lates
         return Reason::Unfinished(*status);
     }
     let binding = &plan.bindings[node.bindings[0]];
-    let lookup = (plan.stage_name(binding).to_owned(), Plan::axes_json(binding).to_string());
+    // The axes' text is built only for stages with earlier instances.
+    let cell = previous.get(plan.stage_name(binding)).and_then(|cells| cells.get(&Plan::axes_json(binding).to_string()));
     // What changed since the last instance that ran there, else since the
     // last one a `plan` saw (edits planned but never run are not the baseline).
     let others: Vec<&crate::store::PreviousBinding> =
-        previous.get(&lookup).map(|list| list.iter().filter(|p| p.key != node.key.as_str()).collect()).unwrap_or_default();
+        cell.map(|list| list.iter().filter(|p| p.key != node.key.as_str()).collect()).unwrap_or_default();
     let earlier = others.iter().find(|p| p.ran).or(others.first());
     match earlier {
         None => Reason::NeverRun,
@@ -204,7 +210,8 @@ fn why_run(plan: &Plan, node: &crate::pipeline::Node, previous: &Previous, lates
     }
 }
 
-type Previous = HashMap<(String, String), Vec<crate::store::PreviousBinding>>;
+/// Earlier bindings by stage, then by the axes' JSON text.
+type Previous = HashMap<String, HashMap<String, Vec<crate::store::PreviousBinding>>>;
 
 fn changed_params(before: &Value, now: &serde_json::Map<String, Value>) -> Vec<String> {
     let Some(before) = before.as_object() else { return vec!["params".into()] };

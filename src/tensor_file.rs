@@ -259,12 +259,31 @@ pub struct F32Rows {
 
 enum RowSource {
     Memory(Vec<f32>),
-    File { file: File, path: String, at: u64 },
+    File {
+        file: File,
+        path: String,
+        at: u64,
+    },
+    /// Tables one after another (a sharded cache): `starts[i]` is the first
+    /// row of `parts[i]`.
+    Parts {
+        parts: Vec<F32Rows>,
+        starts: Vec<usize>,
+    },
 }
 
 impl F32Rows {
     pub fn in_memory(dim: usize, values: Vec<f32>) -> F32Rows {
         F32Rows { n: values.len().checked_div(dim).unwrap_or(0), dim, source: RowSource::Memory(values) }
+    }
+
+    /// The rows of `parts`, one table after another, read where they lie.
+    pub fn concat(dim: usize, parts: Vec<F32Rows>) -> anyhow::Result<F32Rows> {
+        if let Some(p) = parts.iter().find(|p| p.dim != dim) {
+            bail!("a part of {} columns in a table of {dim}", p.dim);
+        }
+        let starts: Vec<usize> = parts.iter().scan(0, |n, p| Some(std::mem::replace(n, *n + p.n))).collect();
+        Ok(F32Rows { n: parts.iter().map(|p| p.n).sum(), dim, source: RowSource::Parts { parts, starts } })
     }
 
     pub fn len(&self) -> usize {
@@ -293,6 +312,15 @@ impl F32Rows {
                     file.read_exact_at(out, at + (r * row_bytes) as u64).with_context(|| format!("reading row {r} of {path}"))?;
                 }
                 Ok(f32s(&bytes))
+            }
+            RowSource::Parts { parts, starts } => {
+                let mut out = Vec::with_capacity(rows.len() * self.dim);
+                for &r in rows {
+                    // The last part starting at or before r (empty parts share a start).
+                    let i = starts.partition_point(|&s| s <= r) - 1;
+                    out.extend(parts[i].gather(&[r - starts[i]])?);
+                }
+                Ok(out)
             }
         }
     }
@@ -370,6 +398,13 @@ mod tests {
         }
         assert_eq!(file.f32_row("rows", 3).unwrap(), values[12..16]);
         assert!(table.gather(&[5]).unwrap_err().to_string().contains("row 5"));
+        // The same rows split into parts, an empty one among them.
+        let part = |a: usize, b: usize| F32Rows::in_memory(4, values[a * 4..b * 4].to_vec());
+        let parts = F32Rows::concat(4, vec![part(0, 2), part(2, 2), file.f32_table("rows").unwrap()]).unwrap();
+        assert_eq!(parts.len(), 7);
+        assert_eq!(parts.gather(&[6, 1, 2, 0]).unwrap(), [&values[16..20], &values[4..8], &values[0..4], &values[0..4]].concat());
+        assert!(parts.gather(&[7]).is_err());
+        assert!(F32Rows::concat(3, vec![part(0, 1)]).is_err());
 
         let bytes = std::fs::read(&path).unwrap();
         std::fs::write(&path, &bytes[..bytes.len() - 4]).unwrap();

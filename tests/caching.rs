@@ -175,6 +175,31 @@ fn the_reason_compares_with_what_last_ran() {
     assert_eq!(ws.plan(&file)[0]["reason"], "parameter changed (env, run)");
 }
 
+/// A store that cannot record the plan (a read-only workspace) holds only
+/// the earlier bindings: the reason still names what changed. On a writable
+/// store, planning loads history only for cells with more than one binding.
+#[test]
+fn a_read_only_store_still_explains_what_changed() {
+    let ws = Ws::new();
+    let stage = |env: &str| format!("[pipeline]\nname = \"r\"\n\n[stages.a]\nkind = \"command\"\nrun = \"true\"\nenv = [\"{env}\"]\n");
+    let file = ws.write("r.toml", &stage("A=1"));
+    let (code, _, out) = ws.run_json(&file, &[]);
+    assert_eq!(code, Some(0), "{}", out.describe());
+    let source = ablate::pipeline::SourceFile { path: "r.toml".into(), text: stage("A=2") };
+    let plan = ablate::pipeline::compile_source(source).expect("valid pipeline");
+    let workspace = ablate::store::Workspace::new(ws.store()).with_db(ws.db_url().map(str::to_owned)).unwrap();
+    let reasons = tokio::runtime::Runtime::new().unwrap().block_on(async {
+        let store = ablate::store::Store::open_read_only(&workspace).await.unwrap().expect("the run made a store");
+        assert!(store.is_read_only());
+        let fresh = ablate::freshness::assess(&plan, Some(&store)).await.unwrap();
+        store.close().await;
+        fresh.iter().map(|f| f.reason().map(ToString::to_string)).collect::<Vec<_>>()
+    });
+    assert_eq!(reasons, [Some("parameter changed (env)".to_owned())]);
+    // The same through `plan`, which records the new binding first.
+    assert_eq!(ws.plan(&ws.write("r.toml", &stage("A=2")))[0]["reason"], "parameter changed (env)");
+}
+
 #[test]
 fn changing_one_parameter_reruns_exactly_the_affected_instances() {
     let ws = Ws::new();

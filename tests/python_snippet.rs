@@ -57,7 +57,7 @@ fn artifact(ws: &Ws, show: &Value, name: &str) -> std::path::PathBuf {
 }
 
 #[test]
-fn the_readme_snippet_reads_image_shards_and_caption_embeddings() {
+fn the_readme_snippet_reads_image_shards_and_caption_embedding_shards() {
     let (Some(_), Some(python)) = (models_dir(), python()) else { return };
     let ws = Ws::new();
     let file = ws.write("study.toml", STUDY);
@@ -104,4 +104,7 @@ fn the_readme_snippet_reads_image_shards_and_caption_embeddings() {
     assert_eq!(got["first_image"], 0);
     assert_eq!(got["first_caption"], first["short"][0]);
     assert!((got["first_norm"].as_f64().unwrap() - 1.0).abs() < 1e-5, "MiniLM rows are L2-normalised: {got}");
+    assert_eq!(got["same_rows"], true, "the sample index's rows are the shards' rows: {got}");
+    let shards: Value = serde_json::from_slice(&std::fs::read(artifact(&ws, &embed, "captions.json")).unwrap()).unwrap();
+    assert_eq!(shards["shards"].as_array().map(Vec::len), Some(2), "caption shards follow the two image shards");
 }

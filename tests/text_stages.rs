@@ -70,13 +70,21 @@ fn each_encoder_and_caption_set_is_embedded_once_for_the_whole_grid() {
     let show = ws.show(short_minilm["key"].as_str().unwrap());
     assert_eq!(show["instance"]["params"]["pooling"], "mean", "BERT encoders default to mean pooling");
     assert_eq!(show["instance"]["params"]["encoder_sha256"].as_str().unwrap().len(), 64);
-    let artifact = show["artifacts"].as_array().unwrap().iter().find(|a| a["name"] == "embeddings.safetensors").unwrap();
-    let (tensors, meta) = safetensors_header(&ws.store().join(artifact["path"].as_str().unwrap()));
+    let artifact = |name: &str| {
+        let a = show["artifacts"].as_array().unwrap().iter().find(|a| a["name"] == name).unwrap_or_else(|| panic!("no {name}"));
+        ws.store().join(a["path"].as_str().unwrap())
+    };
+    let (tensors, meta) = safetensors_header(&artifact("embeddings.safetensors"));
     assert_eq!(meta["pooling"], "mean");
     assert_eq!(meta["dim"], "384");
-    assert_eq!(tensors["captions"]["shape"], serde_json::json!([6, 384]), "one short caption per builtin image");
-    assert_eq!(tensors["captions"]["dtype"], "F32");
-    assert_eq!(tensors["caption_image"]["dtype"], "I64");
+    let index: Value = serde_json::from_slice(&std::fs::read(artifact("captions.json")).unwrap()).unwrap();
+    assert_eq!((index["dim"].as_u64(), index["rows"].as_u64()), (Some(384), Some(6)), "one short caption per builtin image: {index}");
+    assert_eq!(index["shards"], serde_json::json!([{"name": "captions/00000.safetensors", "rows": 6}]));
+    assert_eq!(index["samples"]["shapes/5"], serde_json::json!([5, 6]), "sample key -> rows [start, end)");
+    let (shard, _) = safetensors_header(&artifact("captions/00000.safetensors"));
+    assert_eq!(shard["captions"]["shape"], serde_json::json!([6, 384]));
+    assert_eq!(shard["captions"]["dtype"], "F32");
+    assert_eq!(shard["caption_image"]["dtype"], "I64");
     assert_eq!(tensors["negative_positive"]["shape"], tensors["negative_negative"]["shape"]);
     assert_eq!(tensors["class_prompts"]["shape"][0], 5 * 4, "5 shape classes × 4 templates");
     let metrics: BTreeSet<String> = show["metrics"].as_array().unwrap().iter().map(|m| m["name"].as_str().unwrap().to_owned()).collect();
@@ -301,6 +309,19 @@ fn the_streamed_cache_holds_each_texts_own_embedding() {
         .flat_map(|c| classes["templates"].as_array().unwrap().iter().map(move |t| s(t).replace("{}", c.as_str().unwrap())))
         .collect();
     let cache = TensorFile::open(&artifact("text", "embeddings.safetensors")).unwrap();
+    // The caption rows: the shards in index order, and each sample's rows by its key.
+    let index: Value = serde_json::from_slice(&std::fs::read(artifact("text", "captions.json")).unwrap()).unwrap();
+    let mut caption_rows = Vec::new();
+    for shard in index["shards"].as_array().unwrap() {
+        let file = TensorFile::open(&artifact("text", shard["name"].as_str().unwrap())).unwrap();
+        caption_rows.extend(file.f32_rows("captions").unwrap());
+    }
+    let mut next = 0;
+    for r in &records {
+        let n = r["long"].as_array().unwrap().len() as u64;
+        assert_eq!(index["samples"][r["source"].as_str().unwrap()], serde_json::json!([next, next + n]), "{r}");
+        next += n;
+    }
     let encoder = models.join("all-MiniLM-L6-v2");
     for (tensor, texts) in [
         ("captions", captions),
@@ -308,7 +329,7 @@ fn the_streamed_cache_holds_each_texts_own_embedding() {
         ("negative_negative", negatives.iter().map(|n| s(&n["negative"])).collect()),
         ("negative_positive", negatives.iter().map(|n| s(&n["positive"])).collect()),
     ] {
-        let rows = cache.f32_rows(tensor).unwrap();
+        let rows = if tensor == "captions" { caption_rows.clone() } else { cache.f32_rows(tensor).unwrap() };
         assert_eq!(rows.len(), texts.len(), "{tensor}");
         let want = ablate::text::embed(encoder.to_str().unwrap(), ablate::text::Pooling::Mean, 256, &texts).unwrap();
         for ((row, want), text) in rows.iter().zip(&want).zip(&texts) {

@@ -23,15 +23,23 @@ impl Table {
     }
 
     pub fn render(&self) -> String {
+        let mut out = Vec::new();
+        self.write_to(&mut out).expect("writing to memory");
+        String::from_utf8(out).expect("cells are strings")
+    }
+
+    /// The table written line by line (a plan of 100,000 instances is never
+    /// one string in memory).
+    pub fn write_to(&self, out: &mut impl std::io::Write) -> std::io::Result<()> {
         let mut widths: Vec<usize> = self.header.iter().map(|h| h.chars().count()).collect();
         for row in &self.rows {
             for (i, cell) in row.iter().enumerate() {
                 widths[i] = widths[i].max(cell.chars().count());
             }
         }
-        let mut out = String::new();
+        let mut line = String::new();
         for row in std::iter::once(&self.header).chain(&self.rows) {
-            let mut line = String::new();
+            line.clear();
             for (i, cell) in row.iter().enumerate() {
                 if i > 0 {
                     line.push_str("  ");
@@ -40,9 +48,9 @@ impl Table {
                 // Padded by hand: `format!`'s width argument is limited to u16.
                 line.extend(std::iter::repeat_n(' ', widths[i] - cell.chars().count()));
             }
-            let _ = writeln!(out, "{}", line.trim_end());
+            writeln!(out, "{}", line.trim_end())?;
         }
-        out
+        Ok(())
     }
 }
 

@@ -59,7 +59,9 @@ pub(super) async fn plan(workspace: &Workspace, file: &Path, format: PlanFormat)
                     reason,
                 ]);
             }
-            print!("{}", table.render());
+            let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+            table.write_to(&mut out).and_then(|()| std::io::Write::flush(&mut out))?;
+            drop(out);
             let to_run = freshness.iter().filter(|f| !f.is_cached()).count();
             println!(
                 "{} instances ({} unique), {} to run, {} cached",

@@ -555,12 +555,12 @@ fn build_job(plan: &Plan, state: &[State], ids: &[i64], i: usize) -> Job {
                 stage: stage.clone(),
                 kind: plan.nodes[u].kind.name().to_owned(),
                 key: plan.nodes[u].key.to_string(),
-                params: plan.nodes[u].params.clone(),
+                params: Params::clone(&plan.nodes[u].params),
                 done: done.clone(),
             }
         })
         .collect();
-    Job { instance_id: ids[i], key: node.key.to_string(), kind: node.kind, params: node.params.clone(), upstream }
+    Job { instance_id: ids[i], key: node.key.to_string(), kind: node.kind, params: Params::clone(&node.params), upstream }
 }
 
 /// Builds the job for a stored instance (for `ablate exec`): its upstream must be done.

@@ -6,13 +6,14 @@
 //! Instances with equal keys are one node, within a file and across files.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 
 use petgraph::algo::tarjan_scc;
 use petgraph::graph::DiGraph;
 use serde_json::{Map, Value};
 
 use super::diag::{Diagnostic, Diagnostics};
-use super::key::StageKey;
+use super::key::{KeyPrefix, StageKey};
 use super::parse::{PipelineSpec, StageSpec};
 use crate::stages::{ParamDefault, ParamError, ParamSpec, Params, StageKind, UpstreamInstance};
 
@@ -21,7 +22,9 @@ use crate::stages::{ParamDefault, ParamError, ParamSpec, Params, StageKind, Upst
 pub struct Node {
     pub key: StageKey,
     pub kind: &'static dyn StageKind,
-    pub params: Params,
+    /// Shared by the instances of a stage that differ only in axes its own
+    /// parameters do not name (an evaluation below a 50,000-seed grid).
+    pub params: Arc<Params>,
     /// Upstream nodes (indices into [`Plan::nodes`]), in `needs` order.
     pub upstream: Vec<usize>,
     /// The `needs` stage name under which each upstream node is seen.
@@ -165,16 +168,36 @@ pub fn expand(spec: PipelineSpec) -> Result<Plan, Diagnostics> {
         let needs: Vec<usize> = stage.needs.iter().map(|n| stage_index[n.as_str()]).collect();
         let mut digits = vec![0usize; axes.len()];
         let mut this_stage = Vec::with_capacity(count);
+        // Parameters depend only on the axes the stage's own templates name:
+        // resolved (and checked, derived, keyed) once per cell of those.
+        let own: Vec<usize> = {
+            let names: Vec<&str> = stage.params.iter().flat_map(|e| e.template.axis_refs()).collect();
+            (0..axes.len()).filter(|&p| names.contains(&spec.axes[axes[p]].name.as_str())).collect()
+        };
+        // Where every instance is a cell of its own, nothing is shared.
+        let memo = own.len() < axes.len();
+        let mut cells: HashMap<Vec<usize>, Option<Cell>> = HashMap::new();
         for _ in 0..count {
-            let value_of = |name: &str| -> &Value {
-                let a = axis_index[name];
-                let pos = axes.iter().position(|&x| x == a).expect("referenced axes are spanned");
-                &spec.axes[a].values[digits[pos]]
+            let mut unshared = None;
+            let mut resolve = || {
+                let value_of = |name: &str| -> &Value {
+                    let a = axis_index[name];
+                    let pos = axes.iter().position(|&x| x == a).expect("referenced axes are spanned");
+                    &spec.axes[a].values[digits[pos]]
+                };
+                let params = resolve_params(&spec, stage, &value_of, &mut errors)?;
+                let key = KeyPrefix::new(stage.kind.name(), &Keyed::of(stage.kind.params(), &params));
+                Some(Cell { params: Arc::new(params), key })
             };
-            let Some(params) = resolve_params(&spec, stage, &value_of, &mut errors) else {
+            let cell = match memo {
+                true => cells.entry(own.iter().map(|&p| digits[p]).collect()).or_insert_with(&mut resolve),
+                false => unshared.insert(resolve()),
+            };
+            let Some(Cell { params, key: key_prefix }) = cell.as_ref() else {
                 advance(&mut digits, &radix);
                 continue;
             };
+            let params = Arc::clone(params);
             let mut upstream: Vec<usize> = needs
                 .iter()
                 .map(|&u| {
@@ -230,7 +253,7 @@ pub fn expand(spec: PipelineSpec) -> Result<Plan, Diagnostics> {
                 }
             }
             let upstream_keys: Vec<&StageKey> = upstream.iter().map(|&u| &nodes[u].key).collect();
-            let key = StageKey::compute(stage.kind.name(), stage.kind.version(), &keyed(stage.kind.params(), &params), &upstream_keys);
+            let key = key_prefix.key(stage.kind.version(), &upstream_keys);
             let binding = bindings.len();
             let node = match by_key.get(&key) {
                 Some(&n) => n,
@@ -381,16 +404,31 @@ fn param_error(spec: &PipelineSpec, stage: &StageSpec, e: ParamError) -> Diagnos
     spec.file.error(span.or(stage.span.clone()), &format!("stages.{}.{}", stage.name, e.param), e.message)
 }
 
+/// One resolved cell of a stage's own axes.
+struct Cell {
+    params: Arc<Params>,
+    key: KeyPrefix,
+}
+
 /// The parameters that go into the key: all but those a kind declares
 /// [`ParamSpec::unkeyed_at_default`] while they hold their default.
-fn keyed<'p>(specs: &[ParamSpec], params: &'p Params) -> std::borrow::Cow<'p, Map<String, Value>> {
-    // Runs once per instance: one lookup per declared parameter, and a copy
-    // only when something is left out.
-    let left_out: Vec<&str> = specs.iter().filter(|p| params.0.get(p.name).is_some_and(|v| p.left_out_of_key(v))).map(|p| p.name).collect();
-    if left_out.is_empty() {
-        return std::borrow::Cow::Borrowed(&params.0);
+/// Serialises as the `Map` of those would, without copying it.
+struct Keyed<'p> {
+    params: &'p Map<String, Value>,
+    left_out: Vec<&'static str>,
+}
+
+impl<'p> Keyed<'p> {
+    fn of(specs: &'static [ParamSpec], params: &'p Params) -> Keyed<'p> {
+        let left_out = specs.iter().filter(|p| params.0.get(p.name).is_some_and(|v| p.left_out_of_key(v))).map(|p| p.name).collect();
+        Keyed { params: &params.0, left_out }
     }
-    std::borrow::Cow::Owned(params.0.iter().filter(|(n, _)| !left_out.contains(&n.as_str())).map(|(n, v)| (n.clone(), v.clone())).collect())
+}
+
+impl serde::Serialize for Keyed<'_> {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_map(self.params.iter().filter(|(n, _)| !self.left_out.contains(&n.as_str())))
+    }
 }
 
 /// Stages in dependency order, or the cycle that prevents one.

@@ -15,22 +15,7 @@ pub struct StageKey(String);
 
 impl StageKey {
     pub fn compute(kind: &str, version: u32, params: &Map<String, Value>, upstream: &[&StageKey]) -> StageKey {
-        let mut upstream: Vec<&str> = upstream.iter().map(|k| k.0.as_str()).collect();
-        upstream.sort_unstable();
-        // The canonical JSON object {"kind","params","upstream","version"} (keys
-        // sorted), streamed into the hash. serde_json's Map is a BTreeMap (no
-        // `preserve_order`), so nested objects serialise with sorted keys too.
-        let mut hasher = HashWriter(Sha256::new());
-        hasher.0.update(b"{\"kind\":");
-        write(&mut hasher, &kind);
-        hasher.0.update(b",\"params\":");
-        write(&mut hasher, params);
-        hasher.0.update(b",\"upstream\":");
-        write(&mut hasher, &upstream);
-        hasher.0.update(b",\"version\":");
-        write(&mut hasher, &version);
-        hasher.0.update(b"}");
-        StageKey(hex::encode(hasher.0.finalize()))
+        KeyPrefix::new(kind, params).key(version, upstream)
     }
 
     pub fn from_hex(hex: String) -> StageKey {
@@ -53,6 +38,41 @@ impl fmt::Display for StageKey {
     }
 }
 
+/// A key's hash after its kind and parameters: instances that differ only
+/// in their upstream keys (an evaluation of each of 50,000 trainings) hash
+/// those once.
+#[derive(Clone)]
+pub struct KeyPrefix(HashWriter);
+
+impl KeyPrefix {
+    /// `params` must serialise as a JSON object with sorted keys, as
+    /// serde_json's `Map` does.
+    pub fn new(kind: &str, params: &(impl serde::Serialize + ?Sized)) -> KeyPrefix {
+        // The canonical JSON object {"kind","params","upstream","version"} (keys
+        // sorted), streamed into the hash. serde_json's Map is a BTreeMap (no
+        // `preserve_order`), so nested objects serialise with sorted keys too.
+        let mut hasher = HashWriter(Sha256::new());
+        hasher.0.update(b"{\"kind\":");
+        write(&mut hasher, &kind);
+        hasher.0.update(b",\"params\":");
+        write(&mut hasher, params);
+        KeyPrefix(hasher)
+    }
+
+    pub fn key(&self, version: u32, upstream: &[&StageKey]) -> StageKey {
+        let mut upstream: Vec<&str> = upstream.iter().map(|k| k.0.as_str()).collect();
+        upstream.sort_unstable();
+        let mut hasher = self.0.clone();
+        hasher.0.update(b",\"upstream\":");
+        write(&mut hasher, &upstream);
+        hasher.0.update(b",\"version\":");
+        write(&mut hasher, &version);
+        hasher.0.update(b"}");
+        StageKey(hex::encode(hasher.0.finalize()))
+    }
+}
+
+#[derive(Clone)]
 struct HashWriter(Sha256);
 
 impl std::io::Write for HashWriter {

@@ -359,6 +359,8 @@ struct FrozenCache<'a> {
     stage: &'a str,
     file: TensorFile,
     captions: F32Rows,
+    /// The image of each caption row.
+    caption_image: Vec<usize>,
     positives: F32Rows,
     negatives: F32Rows,
     /// Row in the cache's negatives of each line of negatives.jsonl.
@@ -377,16 +379,15 @@ impl<'a> FrozenCache<'a> {
     fn open(cache: &'a UpstreamOutputs) -> anyhow::Result<FrozenCache<'a>> {
         let file = TensorFile::open(cache.artifact("embeddings.safetensors")?)?;
         let negative_rows = file.i64("negative_row")?.into_iter().enumerate().map(|(j, r)| (r, j)).collect();
-        let (captions, positives, negatives) =
-            (file.f32_table("captions")?, file.f32_table("negative_positive")?, file.f32_table("negative_negative")?);
-        Ok(FrozenCache { stage: &cache.stage, file, captions, positives, negatives, negative_rows })
+        let (positives, negatives) = (file.f32_table("negative_positive")?, file.f32_table("negative_negative")?);
+        let (captions, caption_image) = text_embed::caption_rows(cache)?;
+        Ok(FrozenCache { stage: &cache.stage, file, captions, caption_image, positives, negatives, negative_rows })
     }
 
     fn captions(&self, job: &EmbedJob<'_>) -> anyhow::Result<Vec<Vec<f32>>> {
-        let owner = self.file.i64("caption_image")?;
         let mut by_image: HashMap<usize, Vec<usize>> = HashMap::new();
-        for (row, &i) in owner.iter().enumerate() {
-            by_image.entry(i as usize).or_default().push(row);
+        for (row, &i) in self.caption_image.iter().enumerate() {
+            by_image.entry(i).or_default().push(row);
         }
         let mut rows = Vec::with_capacity(job.captions.len());
         let mut next: HashMap<usize, usize> = HashMap::new();

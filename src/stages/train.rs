@@ -33,7 +33,7 @@ use crate::device::{DeviceRequest, OnBackend};
 use crate::loss::Loss;
 use crate::model::{ClipConfig, TextPreset, VitPreset};
 use crate::precision::Precision;
-use crate::tensor_file::{self, RawTensor, TensorFile};
+use crate::tensor_file::{self, RawTensor};
 use crate::train::checkpoint::StepRecord;
 use crate::train::data::Pairs;
 use crate::train::vocab::{TextTokenizer, WordVocab};
@@ -288,9 +288,7 @@ impl StageKind for Train {
             if cached_length != length {
                 bail!("captions = \"{length}\" but text_embed stage '{}' embedded the {cached_length} captions", cache.stage);
             }
-            let file = TensorFile::open(cache.artifact("embeddings.safetensors")?)?;
-            let rows = file.f32_table("captions")?;
-            let owners: Vec<usize> = file.i64("caption_image")?.into_iter().map(|i| i as usize).collect();
+            let (rows, owners) = text_embed::caption_rows(cache)?;
             let dim = rows.dim();
             (owners, TextSide::Frozen(rows), dim, None)
         } else {

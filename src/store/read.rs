@@ -230,20 +230,33 @@ impl Store {
         Ok(rows.iter().map(|r| r.get(0)).collect())
     }
 
-    /// Earlier instances of each (stage, axes) of a pipeline, most recent first.
-    pub async fn previous_bindings(&self, pipeline: &str) -> anyhow::Result<HashMap<(String, String), Vec<PreviousBinding>>> {
+    /// Earlier instances of each (stage, axes) cell of a pipeline, most
+    /// recent first, by stage and then by the axes' JSON text. Only cells
+    /// with at least `min_rows` bindings are loaded: once a plan is recorded,
+    /// a cell with one binding holds just the current instance, so planning a
+    /// large grid that never changed reads nothing here.
+    pub async fn previous_bindings(
+        &self,
+        pipeline: &str,
+        min_rows: i64,
+    ) -> anyhow::Result<HashMap<String, HashMap<String, Vec<PreviousBinding>>>> {
         let rows = sqlx::query(
-            "SELECT b.stage, b.axes, i.key, i.kind_version, i.params, i.kind,
+            "WITH cells AS (SELECT stage, axes FROM instance_bindings WHERE pipeline_name = $1
+                            GROUP BY stage, axes HAVING COUNT(*) >= $2)
+             SELECT b.stage, b.axes, i.key, i.kind_version, i.params, i.kind,
                     CASE WHEN EXISTS (SELECT 1 FROM attempts a WHERE a.instance_id = i.id AND a.status <> 'skipped') THEN 1 ELSE 0 END
-             FROM instance_bindings b JOIN stage_instances i ON i.id = b.instance_id
-             WHERE b.pipeline_name = $1 ORDER BY b.seen_at DESC, i.id DESC",
+             FROM cells c
+             JOIN instance_bindings b ON b.pipeline_name = $1 AND b.stage = c.stage AND b.axes = c.axes
+             JOIN stage_instances i ON i.id = b.instance_id
+             ORDER BY b.seen_at DESC, i.id DESC",
         )
         .bind(pipeline)
+        .bind(min_rows)
         .fetch_all(&self.pool)
         .await?;
-        let mut out: HashMap<(String, String), Vec<PreviousBinding>> = HashMap::new();
+        let mut out: HashMap<String, HashMap<String, Vec<PreviousBinding>>> = HashMap::new();
         for row in rows {
-            out.entry((row.get(0), row.get(1))).or_default().push(PreviousBinding {
+            out.entry(row.get(0)).or_default().entry(row.get(1)).or_default().push(PreviousBinding {
                 key: row.get(2),
                 kind: row.get(5),
                 kind_version: row.get(3),
