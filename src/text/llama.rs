@@ -200,6 +200,13 @@ pub fn unpermute_rows(data: &[f32], heads: usize, head_dim: usize) -> Vec<f32> {
     out
 }
 
+/// The longest sequence the CPU kernels take. Their attention holds a
+/// `[heads, T, T]` probability matrix per sequence (38 MB at 1,024 tokens for
+/// SmolLM2, 2.4 GB at its 8,192); a batch with a longer text goes through
+/// burn's attention, which Flex computes in tiles above 512 × 512 scores, so
+/// memory does not grow with T².
+const KERNEL_MAX_TOKENS: usize = 1024;
+
 /// One decoder layer's weights on the host (`ablate_kernels::DecoderLayer`,
 /// dense weights `[in, out]`, zero biases where the model has none). Two
 /// load-time rewrites keep the forward pass in contiguous
@@ -316,7 +323,7 @@ impl<B: Backend> LlamaModel<B> {
         if seq > self.config.max_positions {
             bail!("sequence of {seq} tokens exceeds the model's context length of {}", self.config.max_positions);
         }
-        let on_kernels = p == Precision::F32 && crate::model::fused::kernels_apply::<B>();
+        let on_kernels = p == Precision::F32 && crate::model::fused::kernels_apply::<B>() && seq <= KERNEL_MAX_TOKENS;
         Ok(if on_kernels { self.forward_packed(batch, seq) } else { self.forward_burn(batch, seq, p) })
     }
 
