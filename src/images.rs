@@ -31,6 +31,14 @@ pub struct ShardIndex {
     pub shards: Vec<String>,
 }
 
+impl ShardIndex {
+    /// An `images.json`; errors name the file.
+    pub fn read(path: &Path) -> anyhow::Result<ShardIndex> {
+        let text = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+        serde_json::from_slice(&text).with_context(|| format!("{} is not an image shard index", path.display()))
+    }
+}
+
 /// Where one shard's pixels are.
 #[derive(Debug, Clone)]
 struct Shard {
@@ -68,8 +76,7 @@ impl ImageSet {
     /// The shards an index lists; `resolve` turns a shard's artifact name
     /// into its path.
     pub fn open_sharded(index: &Path, resolve: impl Fn(&str) -> anyhow::Result<PathBuf>) -> anyhow::Result<ImageSet> {
-        let text = std::fs::read(index).with_context(|| format!("reading {}", index.display()))?;
-        let idx: ShardIndex = serde_json::from_slice(&text).with_context(|| format!("{} is not an image shard index", index.display()))?;
+        let idx = ShardIndex::read(index)?;
         let mut shards = Vec::with_capacity(idx.shards.len());
         for (s, name) in idx.shards.iter().enumerate() {
             let (shard, side) = open_shard(&resolve(name)?)?;

@@ -215,9 +215,7 @@ pub struct CaptionShard {
 /// an ingest written as one file.
 fn image_shard_size(ingest: &UpstreamOutputs) -> anyhow::Result<usize> {
     let Some(path) = ingest.artifacts.get("images.json") else { return Ok(SHARD_IMAGES) };
-    let text = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
-    let index: ShardIndex = serde_json::from_slice(&text).with_context(|| format!("{} is not an image shard index", path.display()))?;
-    Ok(index.shard_images.max(1))
+    Ok(ShardIndex::read(path)?.shard_images.max(1))
 }
 
 /// `captions.json` written as the records stream past: `samples` first,
