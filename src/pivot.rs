@@ -31,6 +31,25 @@ pub struct Cell {
     /// Sample standard deviation (0 for a single value).
     pub std: f64,
     pub n: usize,
+    /// The mean's 95 % Student-t interval over the values (seeds, typically):
+    /// `mean ± t(0.975, n − 1) · std / √n`; null (NaN) for a single value.
+    pub ci_low: f64,
+    pub ci_high: f64,
+}
+
+/// Student's t 0.975 quantiles for 1..=30 degrees of freedom.
+const T975: [f64; 30] = [
+    12.7062, 4.3027, 3.1824, 2.7764, 2.5706, 2.4469, 2.3646, 2.3060, 2.2622, 2.2281, 2.2010, 2.1788, 2.1604, 2.1448, 2.1314, 2.1199,
+    2.1098, 2.1009, 2.0930, 2.0860, 2.0796, 2.0739, 2.0687, 2.0639, 2.0595, 2.0555, 2.0518, 2.0484, 2.0452, 2.0423,
+];
+
+/// t(0.975, df): the table, then 1.96 + 2.5 / df (within 0.002 above 30).
+fn t975(df: usize) -> f64 {
+    match df {
+        0 => f64::NAN,
+        1..=30 => T975[df - 1],
+        _ => 1.959_964 + 2.5 / df as f64,
+    }
 }
 
 impl Cell {
@@ -44,12 +63,22 @@ impl Cell {
         let n = values.len();
         let mean = values.iter().sum::<f64>() / n as f64;
         let std = if n > 1 { (values.iter().map(|v| (v - mean).powi(2)).sum::<f64>() / (n - 1) as f64).sqrt() } else { 0.0 };
-        Cell { mean, std, n }
+        let half = t975(n.saturating_sub(1)) * std / (n as f64).sqrt();
+        Cell { mean, std, n, ci_low: mean - half, ci_high: mean + half }
     }
 
     /// `0.712 ± 0.013 (n=3)`, or just the value when there is one.
     pub fn text(&self) -> String {
         if self.n > 1 { format!("{} ± {} (n={})", four(self.mean), four(self.std), self.n) } else { four(self.mean) }
+    }
+
+    /// `0.712 [0.680, 0.744] (n=3)`: the 95 % interval instead of the std.
+    pub fn ci_text(&self) -> String {
+        if self.n > 1 {
+            format!("{} [{}, {}] (n={})", four(self.mean), four(self.ci_low), four(self.ci_high), self.n)
+        } else {
+            four(self.mean)
+        }
     }
 }
 
@@ -356,6 +385,20 @@ mod tests {
     use serde_json::json;
 
     use super::*;
+
+    #[test]
+    fn cells_carry_the_student_t_interval_of_the_mean() {
+        // scipy.stats.t.interval(0.95, 2, loc=0.2, scale=0.1 / sqrt(3)) = (-0.04841, 0.44841).
+        let c = Cell::of(&[0.1, 0.3, 0.2]);
+        assert!((c.ci_low + 0.048_41).abs() < 1e-4 && (c.ci_high - 0.448_41).abs() < 1e-4, "{c:?}");
+        assert_eq!(c.ci_text(), "0.2000 [-0.0484, 0.4484] (n=3)");
+        // Five equal values: a zero-width interval; one value: none.
+        let c = Cell::of(&[0.5; 5]);
+        assert_eq!((c.ci_low, c.ci_high), (0.5, 0.5));
+        assert!(Cell::of(&[0.5]).ci_low.is_nan());
+        // Beyond the table, within 0.002 of t(0.975, 60) = 2.0003 and t(0.975, 200) = 1.9719.
+        assert!((t975(60) - 2.0003).abs() < 2e-3 && (t975(200) - 1.9719).abs() < 2e-3);
+    }
 
     #[test]
     fn cells_show_small_values() {

@@ -269,6 +269,71 @@ fn a_frozen_training_checks_its_cache_and_evaluates_on_the_training_split() {
     assert!(metric("retrieval.i2t.r1") && metric("zero_shot.top1") && !metric("compositional.mean"), "{eval}");
 }
 
+/// `text_whiten`: the training fits the map on its training captions and
+/// stores it with the image tower; the evaluation scores texts through the
+/// same map (its caption rows are the cache's rows, whitened, normalised).
+#[test]
+fn a_whitened_frozen_training_stores_its_map_and_the_evaluation_applies_it() {
+    use ablate::tensor_file::TensorFile;
+    if models_dir().is_none() {
+        return;
+    }
+    let ws = Ws::new();
+    let file = ws.write(
+        "white.toml",
+        "[pipeline]\nname = \"white\"\n\n\
+         [stages.data]\nkind = \"caption_ingest\"\nsource = \"builtin:shapes\"\nimages = 80\nresolution = 16\n\n\
+         [stages.text]\nkind = \"text_embed\"\nneeds = [\"data\"]\nencoder = \"minilm\"\ndevice = \"cpu\"\n\n\
+         [stages.lift]\nkind = \"train\"\nneeds = [\"data\", \"text\"]\ntext = \"frozen\"\nsteps = 2\nbatch_size = 8\ntext_whiten = 0.05\n\n\
+         [stages.eval]\nkind = \"evaluate\"\nneeds = [\"lift\"]\n",
+    );
+    ws.run(&["run", file.to_str().unwrap()]).ok();
+    let plan = ws.plan(&file);
+    let artifact = |stage: &str, name: &str| {
+        let show = ws.show(&key_of(&plan, stage));
+        let a = show["artifacts"].as_array().unwrap().iter().find(|a| a["name"] == name).unwrap_or_else(|| panic!("{name}")).clone();
+        ws.store().join(a["path"].as_str().unwrap())
+    };
+    let model: Value = serde_json::from_str(&std::fs::read_to_string(artifact("lift", "model.json")).unwrap()).unwrap();
+    assert_eq!(model["text_whiten"], 0.05);
+    let weights = TensorFile::open(&artifact("lift", "image_encoder.safetensors")).unwrap();
+    let (mean_shape, mean) = weights.f32("text_whiten.mean").unwrap();
+    let (matrix_shape, matrix) = weights.f32("text_whiten.matrix").unwrap();
+    assert_eq!((mean_shape, matrix_shape), (vec![384], vec![384, 384]));
+    let whiten = |row: &[f32]| -> Vec<f64> {
+        let x: Vec<f64> = row.iter().zip(&mean).map(|(v, m)| f64::from(v - m)).collect();
+        (0..384).map(|j| (0..384).map(|i| x[i] * f64::from(matrix[i * 384 + j])).sum()).collect()
+    };
+
+    // The cache's caption rows of each image, the records' splits.
+    let cache = TensorFile::open(&artifact("text", "captions/00000.safetensors")).unwrap();
+    let (_, rows) = cache.f32("captions").unwrap();
+    let owner = cache.i64("caption_image").unwrap();
+    let records: Vec<Value> =
+        std::fs::read_to_string(artifact("data", "records.jsonl")).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let train: Vec<usize> = (0..owner.len()).filter(|&r| records[owner[r] as usize]["split"] == "train").collect();
+    // Fit on the training captions: their whitened mean is zero.
+    let mut sum = vec![0f64; 384];
+    for &r in &train {
+        sum.iter_mut().zip(whiten(&rows[r * 384..(r + 1) * 384])).for_each(|(s, v)| *s += v);
+    }
+    assert!(sum.iter().all(|s| (s / train.len() as f64).abs() < 1e-3), "whitened training captions are centred");
+
+    // The evaluation's caption rows: the test captions, whitened and normalised.
+    let eval = TensorFile::open(&artifact("eval", "embeddings.safetensors")).unwrap();
+    let (_, scored) = eval.f32("captions").unwrap();
+    let scored_image = eval.i64("caption_image").unwrap();
+    assert!(!scored_image.is_empty());
+    for (k, &image) in scored_image.iter().enumerate() {
+        let r = owner.iter().position(|&o| o == image).unwrap();
+        let w = whiten(&rows[r * 384..(r + 1) * 384]);
+        let norm = w.iter().map(|v| v * v).sum::<f64>().sqrt();
+        for (a, b) in scored[k * 384..(k + 1) * 384].iter().zip(&w) {
+            assert!((f64::from(*a) - b / norm).abs() < 1e-4, "caption {k}: evaluated {a}, expected {}", b / norm);
+        }
+    }
+}
+
 /// The streamed cache holds, row for row, what the encoder gives each text
 /// alone: captions in record order, class prompts class-major, and the
 /// negatives (with their positives) of test-split images only.

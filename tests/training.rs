@@ -192,6 +192,7 @@ fn training_parameter_mistakes_are_located_errors() {
         ("crop_scale = 1.5", "stages.train.crop_scale", "(0, 1]"),
         ("flip = \"yes\"", "stages.train.flip", "true or false"),
         ("tokenizer = \"/nonexistent/tokenizer.json\"", "stages.train.tokenizer", "nonexistent"),
+        ("text_whiten = 0.01", "stages.train.text_whiten", "text = \"frozen\""),
     ] {
         let file = ws.write("bad.toml", &pipeline(extra));
         let out = ws.run(&["run", file.to_str().unwrap()]).expect_code(2);
@@ -264,6 +265,10 @@ fn exported_weights_evaluation_metrics_and_results_table() {
     assert_eq!(json[0]["metrics"]["zero_shot.top1"]["n"], 1);
     let csv = ws.run(&["results", file.to_str().unwrap(), "--csv"]).ok().stdout;
     assert!(csv.starts_with("compositional.mean.mean,compositional.mean.std,compositional.mean.n"), "{csv}");
+    // `--ci`: interval columns beside the std (empty for one seed); JSON always has them.
+    let csv = ws.run(&["results", file.to_str().unwrap(), "--csv", "--ci"]).ok().stdout;
+    assert!(csv.starts_with("compositional.mean.mean,compositional.mean.std,compositional.mean.n,compositional.mean.ci_low,"), "{csv}");
+    assert!(json[0]["metrics"]["zero_shot.top1"].get("ci_low").is_some(), "{json}");
     let bad = ws.run(&["results", file.to_str().unwrap(), "--by", "nope"]).expect_code(2);
     assert!(bad.stderr.contains("not an axis"), "{}", bad.describe());
 

@@ -243,6 +243,10 @@ pub(super) enum Command {
         /// An axis to group by (repeatable; default: every axis that varies, except seeds).
         #[arg(long = "by", value_name = "AXIS")]
         by: Vec<String>,
+        /// Show each cell's 95 % Student-t interval of the mean instead of its std
+        /// (CSV: `.ci_low` and `.ci_high` columns; JSON always has them).
+        #[arg(long)]
+        ci: bool,
         #[arg(long, conflicts_with = "csv")]
         json: bool,
         #[arg(long)]

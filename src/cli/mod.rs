@@ -135,8 +135,8 @@ async fn dispatch(cli: Cli, bars: indicatif::MultiProgress) -> anyhow::Result<Ex
             )
             .await
         }
-        Command::Results { file, metrics, by, json, csv } => {
-            results::results(&workspace, &file, &metrics, &by, tabular::Format::from_flags(json, csv)).await
+        Command::Results { file, metrics, by, ci, json, csv } => {
+            results::results(&workspace, &file, &metrics, &by, ci, tabular::Format::from_flags(json, csv)).await
         }
         Command::Claims { file, json } => claims::claims(&workspace, &file, json).await,
         Command::Compare { a, b, json } => results::compare(&workspace, &a, &b, json).await,

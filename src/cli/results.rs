@@ -332,7 +332,14 @@ async fn compare_runs(store: &Store, a: &str, b: &str) -> anyhow::Result<Value> 
 /// `ablate results FILE`: the study's table — the latest finished instances
 /// by the `by` axes (default: every varying axis but seeds), mean ± std over
 /// the rest.
-pub async fn results(workspace: &Workspace, target: &str, metrics: &[String], by: &[String], format: Format) -> anyhow::Result<ExitCode> {
+pub async fn results(
+    workspace: &Workspace,
+    target: &str,
+    metrics: &[String],
+    by: &[String],
+    ci: bool,
+    format: Format,
+) -> anyhow::Result<ExitCode> {
     let store = open(workspace).await?;
     let name = study_name(&store, target).await?;
     let axis_values = study_axes(&store, &name).await?;
@@ -347,7 +354,7 @@ pub async fn results(workspace: &Workspace, target: &str, metrics: &[String], by
     warn_left_out(left_out);
     match summary_table(&rows, metrics, by, &axis_values)? {
         Some(table) => {
-            print_summary(&table, format);
+            print_summary(&table, format, ci);
             if let (Some(spec), Format::Table) = (&spec, format) {
                 super::claims::print_after_results(spec, &rows);
             }
@@ -460,7 +467,8 @@ pub(super) struct Summary {
     rows: Vec<pivot::SummaryRow>,
 }
 
-pub(super) fn print_summary(table: &Summary, format: Format) {
+/// `ci`: intervals instead of the std (text), or beside it (CSV).
+pub(super) fn print_summary(table: &Summary, format: Format, ci: bool) {
     match format {
         Format::Json => print_json(&json!(table.rows)),
         Format::Csv => {
@@ -469,6 +477,9 @@ pub(super) fn print_summary(table: &Summary, format: Format) {
             header.extend(table.by.iter().cloned());
             for m in &table.metrics {
                 header.extend([format!("{m}.mean"), format!("{m}.std"), format!("{m}.n")]);
+                if ci {
+                    header.extend([format!("{m}.ci_low"), format!("{m}.ci_high")]);
+                }
             }
             println!("{}", header.iter().map(|h| tabular::csv_field(h)).collect::<Vec<_>>().join(","));
             for r in &table.rows {
@@ -478,6 +489,10 @@ pub(super) fn print_summary(table: &Summary, format: Format) {
                     match r.metrics.get(m) {
                         Some(c) => cells.extend([c.mean.to_string(), c.std.to_string(), c.n.to_string()]),
                         None => cells.extend([String::new(), String::new(), "0".to_owned()]),
+                    }
+                    if ci {
+                        let bound = |v: f64| if v.is_finite() { v.to_string() } else { String::new() };
+                        cells.extend(r.metrics.get(m).map_or([String::new(), String::new()], |c| [bound(c.ci_low), bound(c.ci_high)]));
                     }
                 }
                 println!("{}", cells.iter().map(|c| tabular::csv_field(c)).collect::<Vec<_>>().join(","));
@@ -491,7 +506,8 @@ pub(super) fn print_summary(table: &Summary, format: Format) {
             for r in &table.rows {
                 let mut cells: Vec<String> = r.stage.iter().cloned().collect();
                 cells.extend(table.by.iter().map(|a| r.axes.get(a).filter(|v| !v.is_null()).map_or_else(|| "-".to_owned(), value_text)));
-                cells.extend(table.metrics.iter().map(|m| r.metrics.get(m).map_or_else(|| "-".to_owned(), |c| c.text())));
+                let text = |c: &pivot::Cell| if ci { c.ci_text() } else { c.text() };
+                cells.extend(table.metrics.iter().map(|m| r.metrics.get(m).map_or_else(|| "-".to_owned(), text)));
                 out.row(cells);
             }
             print!("{}", out.render());

@@ -221,7 +221,7 @@ pub(super) async fn run(
             if let Ok(Some(table)) = results::summary_table(&rows, &[], &[], &axis_values) {
                 results::warn_left_out(left_out);
                 println!();
-                results::print_summary(&table, tabular::Format::Table);
+                results::print_summary(&table, tabular::Format::Table, false);
             }
             claims::print_after_results(&plan.spec, &rows);
         }

@@ -47,6 +47,7 @@ use crate::text::pooling;
 use crate::train::data::eval_patches;
 use crate::train::pad_tokens;
 use crate::train::vocab::TextTokenizer;
+use crate::train::whiten::Whitening;
 use safetensors::Dtype;
 
 /// The kind's name, as `kind = "..."` writes it.
@@ -294,6 +295,10 @@ fn embed<B: Backend>(job: &EmbedJob<'_>, device: &B::Device) -> anyhow::Result<E
     if job.config.text.is_some() {
         read_weights(job.trained, "text_encoder.safetensors", &mut weights)?;
     }
+    let whitening = match (weights.remove(Whitening::MEAN), weights.remove(Whitening::MATRIX)) {
+        (Some(mean), Some(matrix)) => Some(Whitening::from_parts(mean.values, matrix.values)?),
+        _ => None,
+    };
     let model: ClipModel<B> = load(job.config.init::<B>(device), Layout::PyTorch, weights)
         .with_context(|| format!("loading the weights of train stage '{}'", job.trained.stage))?;
     let vit = &job.config.vit;
@@ -306,7 +311,7 @@ fn embed<B: Backend>(job: &EmbedJob<'_>, device: &B::Device) -> anyhow::Result<E
     let mut tally = Tally::default();
     let (captions, prompts) = match job.text {
         TextSource::Frozen(cache) => {
-            let frozen = FrozenCache::open(cache)?;
+            let frozen = FrozenCache::open(cache, whitening)?;
             for chunk in job.negatives.chunks(NEGATIVE_CHUNK) {
                 let (pos, neg) = frozen.negatives(chunk)?;
                 add_examples(&mut tally, job, &images, chunk, &pos, &neg);
@@ -354,9 +359,10 @@ fn add_examples(
 }
 
 /// A frozen encoder's cache, rows picked and ordered like the job's texts
-/// (L2-normalised).
+/// (whitened as the training's were, if they were, then L2-normalised).
 struct FrozenCache<'a> {
     stage: &'a str,
+    whitening: Option<Whitening>,
     file: TensorFile,
     captions: F32Rows,
     /// The image of each caption row.
@@ -367,21 +373,34 @@ struct FrozenCache<'a> {
     negative_rows: HashMap<i64, usize>,
 }
 
-/// `rows` of `table`, each L2-normalised.
-fn normalized(table: &F32Rows, rows: &[usize]) -> anyhow::Result<Vec<Vec<f32>>> {
-    let values = table.gather(rows)?;
+/// `rows` of `table`, each whitened (when given) and L2-normalised.
+fn normalized(table: &F32Rows, rows: &[usize], whitening: Option<&Whitening>) -> anyhow::Result<Vec<Vec<f32>>> {
+    let mut values = table.gather(rows)?;
+    if let Some(w) = whitening {
+        w.apply(&mut values);
+    }
     let mut rows: Vec<Vec<f32>> = values.chunks_exact(table.dim().max(1)).map(<[f32]>::to_vec).collect();
     rows.iter_mut().for_each(|r| pooling::l2_normalize(r));
     Ok(rows)
 }
 
 impl<'a> FrozenCache<'a> {
-    fn open(cache: &'a UpstreamOutputs) -> anyhow::Result<FrozenCache<'a>> {
+    fn open(cache: &'a UpstreamOutputs, whitening: Option<Whitening>) -> anyhow::Result<FrozenCache<'a>> {
         let file = TensorFile::open(cache.artifact("embeddings.safetensors")?)?;
         let negative_rows = file.i64("negative_row")?.into_iter().enumerate().map(|(j, r)| (r, j)).collect();
         let (positives, negatives) = (file.f32_table("negative_positive")?, file.f32_table("negative_negative")?);
         let (captions, caption_image) = text_embed::caption_rows(cache)?;
-        Ok(FrozenCache { stage: &cache.stage, file, captions, caption_image, positives, negatives, negative_rows })
+        if let Some(w) = &whitening
+            && w.dim() != captions.dim()
+        {
+            bail!(
+                "the training's text whitening is {}-wide but text_embed stage '{}' has {}-wide embeddings",
+                w.dim(),
+                cache.stage,
+                captions.dim()
+            );
+        }
+        Ok(FrozenCache { stage: &cache.stage, whitening, file, captions, caption_image, positives, negatives, negative_rows })
     }
 
     fn captions(&self, job: &EmbedJob<'_>) -> anyhow::Result<Vec<Vec<f32>>> {
@@ -402,7 +421,7 @@ impl<'a> FrozenCache<'a> {
             *k += 1;
             rows.push(*row);
         }
-        normalized(&self.captions, &rows)
+        normalized(&self.captions, &rows, self.whitening.as_ref())
     }
 
     /// The (positive, negative) rows of a chunk of negatives.
@@ -418,7 +437,8 @@ impl<'a> FrozenCache<'a> {
                 })
             })
             .collect::<anyhow::Result<_>>()?;
-        Ok((normalized(&self.positives, &rows)?, normalized(&self.negatives, &rows)?))
+        let w = self.whitening.as_ref();
+        Ok((normalized(&self.positives, &rows, w)?, normalized(&self.negatives, &rows, w)?))
     }
 
     fn prompts(&self, job: &EmbedJob<'_>) -> anyhow::Result<Vec<Vec<f32>>> {
@@ -426,6 +446,6 @@ impl<'a> FrozenCache<'a> {
         if prompts.len() != job.prompts.len() {
             bail!("text_embed stage '{}' has {} class prompts, the ingest lists {}", self.stage, prompts.len(), job.prompts.len());
         }
-        normalized(&prompts, &(0..prompts.len()).collect::<Vec<_>>())
+        normalized(&prompts, &(0..prompts.len()).collect::<Vec<_>>(), self.whitening.as_ref())
     }
 }

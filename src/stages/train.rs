@@ -37,7 +37,8 @@ use crate::tensor_file::{self, RawTensor};
 use crate::train::checkpoint::StepRecord;
 use crate::train::data::Pairs;
 use crate::train::vocab::{TextTokenizer, WordVocab};
-use crate::train::{self, Observer, Stopped, TextSide, TrainInputs, TrainSpec};
+use crate::train::whiten::{self, Whitening};
+use crate::train::{self, FrozenText, Observer, Stopped, TextSide, TrainInputs, TrainSpec};
 
 /// What a training wrote next to its weights (`model.json`): enough to
 /// rebuild the model and to know what it was trained on. Written through a
@@ -56,6 +57,10 @@ pub struct ModelDescription {
     /// The training's forward precision; absent (f32) in files written before it existed.
     #[serde(default, skip_serializing_if = "Precision::is_default")]
     pub precision: Precision,
+    /// The whitening shrinkage of the frozen text side (`text_whiten`); the
+    /// map is in `image_encoder.safetensors` ([`Whitening::MEAN`], [`Whitening::MATRIX`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub text_whiten: Option<f64>,
 }
 
 impl ModelDescription {
@@ -143,6 +148,13 @@ const PARAMS: &[ParamSpec] = &[
         "mirror images left-right at random (off: captions say left and right)",
     )
     .unkeyed_at_default(),
+    ParamSpec::new(
+        "text_whiten",
+        ParamType::Float,
+        ParamDefault::Absent,
+        "frozen only: whiten the text embeddings with this shrinkage ε (fit on the training captions, applied in training and \
+         evaluation; e.g. 0.01), so a loss sees every direction the captions vary in, not the few an un-tuned LM puts them along",
+    ),
     super::params::PRECISION,
     ParamSpec::new("device", ParamType::Str, ParamDefault::Str("auto"), "auto | cpu | cuda:N"),
     ParamSpec::new(
@@ -206,6 +218,17 @@ impl StageKind for Train {
             return Err(ParamError::new("crop_scale", format!("must be in (0, 1], found {crop}")));
         }
         DeviceRequest::parse(params.str("device")).map_err(|e| ParamError::new("device", e))?;
+        if let Some(eps) = params.get("text_whiten").and_then(Value::as_f64) {
+            if params.str("text") != "frozen" {
+                return Err(ParamError::new(
+                    "text_whiten",
+                    "whitens a frozen encoder's embeddings (text = \"frozen\"); a scratch tower learns its own",
+                ));
+            }
+            if !(eps.is_finite() && eps > 0.0 && eps <= 1.0) {
+                return Err(ParamError::new("text_whiten", format!("must be in (0, 1], found {eps}")));
+            }
+        }
         if let Some(path) = params.opt_str("tokenizer") {
             if params.str("text") != "scratch" {
                 return Err(ParamError::new("tokenizer", "only the scratch text tower has a tokenizer (text = \"scratch\")"));
@@ -290,7 +313,7 @@ impl StageKind for Train {
             }
             let (rows, owners) = text_embed::caption_rows(cache)?;
             let dim = rows.dim();
-            (owners, TextSide::Frozen(rows), dim, None)
+            (owners, TextSide::Frozen(FrozenText::new(rows)), dim, None)
         } else {
             let preset = TextPreset::named(params.str("text_model")).expect("checked preset");
             let tokenizer = match params.opt_str("tokenizer") {
@@ -323,6 +346,12 @@ impl StageKind for Train {
             bail!("the ingest has {} images but {} records", images.n, text_data.records.len());
         }
         let pairs = Pairs { captions: train_images.iter().map(|&i| per_image[i].clone()).collect(), images: train_images };
+        let device = DeviceRequest::parse(params.str("device")).map_err(anyhow::Error::msg)?.resolve()?;
+        let mut text = text;
+        if let (TextSide::Frozen(frozen), Some(epsilon)) = (&mut text, params.get("text_whiten").and_then(Value::as_f64)) {
+            let of: Vec<usize> = pairs.captions.iter().flatten().copied().collect();
+            frozen.whitening = Some(device.run(FitWhitening { rows: &frozen.rows, of: &of, epsilon })?);
+        }
 
         let loss = Loss::from_name(params.str("loss")).expect("the parameter's type is the registry's names");
         let steps = match params.opt_int("epochs") {
@@ -352,11 +381,12 @@ impl StageKind for Train {
             augment: train::data::Augment { crop_scale: params.float("crop_scale"), flip: params.bool("flip") },
             precision: params.precision(),
         };
+        let whitening = match &text {
+            TextSide::Frozen(frozen) => frozen.whitening.clone(),
+            TextSide::Scratch(_) => None,
+        };
         let inputs = TrainInputs { images, pairs, text };
         let checkpoint_path = ctx.state_dir()?.join("checkpoint.safetensors");
-        let device = DeviceRequest::parse(params.str("device")).map_err(anyhow::Error::msg)?;
-
-        let device = device.resolve()?;
         ctx.ran_on(&device.name());
         let now = std::time::Instant::now();
         let mut observer = StageObserver { ctx: &mut *ctx, started: now, flushed: now };
@@ -384,7 +414,12 @@ impl StageKind for Train {
             t.iter().map(|(n, h)| (n.clone(), RawTensor::f32(h.shape.clone(), &h.values))).collect()
         };
         let norm = format!("mean {:?} std {:?}", train::data::MEAN, train::data::STD);
-        tensor_file::write(&ctx.output("image_encoder.safetensors")?, &raw(&trained.image), meta(&[("normalize", norm)]))?;
+        let mut image_tensors = raw(&trained.image);
+        if let Some(w) = &whitening {
+            image_tensors.push((Whitening::MATRIX.to_owned(), RawTensor::f32(vec![w.dim(), w.dim()], &w.matrix)));
+            image_tensors.push((Whitening::MEAN.to_owned(), RawTensor::f32(vec![w.dim()], &w.mean)));
+        }
+        tensor_file::write(&ctx.output("image_encoder.safetensors")?, &image_tensors, meta(&[("normalize", norm)]))?;
         if let Some(tokenizer) = &tokenizer {
             tensor_file::write(&ctx.output("text_encoder.safetensors")?, &raw(&trained.text), meta(&[]))?;
             tokenizer.save(|name| ctx.output(name))?;
@@ -398,6 +433,7 @@ impl StageKind for Train {
             steps,
             text: params.str("text").to_owned(),
             precision: spec.precision,
+            text_whiten: params.get("text_whiten").and_then(Value::as_f64),
         };
         description.write(&ctx.output(ModelDescription::FILE)?)?;
         write_curve(&ctx.output("curve.csv")?, &trained.history)?;
@@ -425,6 +461,20 @@ struct TrainOn<'a, 'c> {
     inputs: &'a TrainInputs,
     checkpoint: &'a std::path::Path,
     observer: &'a mut StageObserver<'c>,
+}
+
+/// `whiten::fit` on the training's device.
+struct FitWhitening<'a> {
+    rows: &'a crate::tensor_file::F32Rows,
+    of: &'a [usize],
+    epsilon: f64,
+}
+
+impl OnBackend for FitWhitening<'_> {
+    type Output = Whitening;
+    fn run<B: burn::tensor::backend::Backend>(self, device: &B::Device) -> anyhow::Result<Whitening> {
+        whiten::fit::<B>(self.rows, self.of, self.epsilon, device)
+    }
 }
 
 impl OnBackend for TrainOn<'_, '_> {

@@ -10,7 +10,7 @@ use burn::tensor::backend::AutodiffBackend;
 
 use super::checkpoint::StepRecord;
 use super::data::Pairs;
-use super::{Observer, StepPhases, TextSide, TrainInputs, TrainSpec};
+use super::{FrozenText, Observer, StepPhases, TextSide, TrainInputs, TrainSpec};
 use crate::images::ImageSet;
 use crate::loss::Loss;
 use crate::model::{ClipConfig, VitPreset};
@@ -129,7 +129,7 @@ pub fn run_on<B: AutodiffBackend>(bench: &BenchSpec<'_>, images: ImageSet, devic
     let inputs = TrainInputs {
         images,
         pairs: Pairs { images: (0..n).collect(), captions: (0..n).map(|i| vec![i]).collect() },
-        text: TextSide::Frozen(F32Rows::in_memory(dim, text)),
+        text: TextSide::Frozen(FrozenText::new(F32Rows::in_memory(dim, text))),
     };
     let flops = 3.0 * vit.forward_flops();
     let spec = TrainSpec {

@@ -14,6 +14,7 @@ pub mod data;
 pub mod optim;
 pub mod schedule;
 pub mod vocab;
+pub mod whiten;
 
 use std::path::Path;
 use std::time::Instant;
@@ -55,6 +56,27 @@ pub struct TrainSpec {
     pub precision: Precision,
 }
 
+/// A frozen encoder's caption rows, whitened when the training asks for it.
+pub struct FrozenText {
+    pub rows: F32Rows,
+    pub whitening: Option<whiten::Whitening>,
+}
+
+impl FrozenText {
+    pub fn new(rows: F32Rows) -> FrozenText {
+        FrozenText { rows, whitening: None }
+    }
+
+    /// `rows` of the table, as the loss sees them, concatenated.
+    pub fn gather(&self, rows: &[usize]) -> anyhow::Result<Vec<f32>> {
+        let mut values = self.rows.gather(rows)?;
+        if let Some(w) = &self.whitening {
+            w.apply(&mut values);
+        }
+        Ok(values)
+    }
+}
+
 impl TrainSpec {
     /// What a checkpoint must match to be resumed.
     pub fn fingerprint(&self) -> String {
@@ -65,7 +87,7 @@ impl TrainSpec {
 /// The text side of the training pairs.
 pub enum TextSide {
     /// LIFT: one cached embedding per caption row, read a batch at a time.
-    Frozen(F32Rows),
+    Frozen(FrozenText),
     /// CLIP: token ids per caption row, for the scratch tower.
     Scratch(Vec<Vec<u32>>),
 }
@@ -214,9 +236,9 @@ fn train<B: AutodiffBackend>(
         let images = Tensor::<B, 2>::from_data(TensorData::new(pixels, [batch * patches, patch_dim]), device);
         let image_emb = model.encode_images(images, batch, spec.precision);
         let text_emb = match &inputs.text {
-            TextSide::Frozen(rows) => {
-                let values = rows.gather(&plan.captions)?;
-                Tensor::<B, 2>::from_data(TensorData::new(values, [batch, rows.dim()]), device)
+            TextSide::Frozen(frozen) => {
+                let values = frozen.gather(&plan.captions)?;
+                Tensor::<B, 2>::from_data(TensorData::new(values, [batch, frozen.rows.dim()]), device)
             }
             TextSide::Scratch(tokens) => {
                 let tower = model.text.as_ref().expect("scratch runs have a text tower");
