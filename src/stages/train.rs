@@ -347,8 +347,9 @@ impl StageKind for Train {
         }
         let pairs = Pairs { captions: train_images.iter().map(|&i| per_image[i].clone()).collect(), images: train_images };
         let device = DeviceRequest::parse(params.str("device")).map_err(anyhow::Error::msg)?.resolve()?;
+        let text_whiten = params.get("text_whiten").and_then(Value::as_f64);
         let mut text = text;
-        if let (TextSide::Frozen(frozen), Some(epsilon)) = (&mut text, params.get("text_whiten").and_then(Value::as_f64)) {
+        if let (TextSide::Frozen(frozen), Some(epsilon)) = (&mut text, text_whiten) {
             let of: Vec<usize> = pairs.captions.iter().flatten().copied().collect();
             frozen.whitening = Some(device.run(FitWhitening { rows: &frozen.rows, of: &of, epsilon })?);
         }
@@ -381,10 +382,6 @@ impl StageKind for Train {
             augment: train::data::Augment { crop_scale: params.float("crop_scale"), flip: params.bool("flip") },
             precision: params.precision(),
         };
-        let whitening = match &text {
-            TextSide::Frozen(frozen) => frozen.whitening.clone(),
-            TextSide::Scratch(_) => None,
-        };
         let inputs = TrainInputs { images, pairs, text };
         let checkpoint_path = ctx.state_dir()?.join("checkpoint.safetensors");
         ctx.ran_on(&device.name());
@@ -415,7 +412,8 @@ impl StageKind for Train {
         };
         let norm = format!("mean {:?} std {:?}", train::data::MEAN, train::data::STD);
         let mut image_tensors = raw(&trained.image);
-        if let Some(w) = &whitening {
+        // The map the loop trained against, written beside the weights `evaluate` loads.
+        if let TextSide::Frozen(FrozenText { whitening: Some(w), .. }) = &inputs.text {
             image_tensors.push((Whitening::MATRIX.to_owned(), RawTensor::f32(vec![w.dim(), w.dim()], &w.matrix)));
             image_tensors.push((Whitening::MEAN.to_owned(), RawTensor::f32(vec![w.dim()], &w.mean)));
         }
@@ -433,7 +431,7 @@ impl StageKind for Train {
             steps,
             text: params.str("text").to_owned(),
             precision: spec.precision,
-            text_whiten: params.get("text_whiten").and_then(Value::as_f64),
+            text_whiten,
         };
         description.write(&ctx.output(ModelDescription::FILE)?)?;
         write_curve(&ctx.output("curve.csv")?, &trained.history)?;
