@@ -204,7 +204,7 @@ fn why_run(plan: &Plan, node: &crate::pipeline::Node, previous: &Previous, lates
             Reason::CodeVersionChanged { from: p.kind_version, to: i64::from(node.kind.version()) }
         }
         Some(p) => {
-            let changed = changed_params(&serde_json::from_str(&p.params).unwrap_or(Value::Null), &node.params.0);
+            let changed = changed_params(&serde_json::from_str(&p.params).unwrap_or(Value::Null), &node.params);
             if changed.is_empty() { Reason::UpstreamChanged } else { Reason::ParamsChanged(changed) }
         }
     }
@@ -213,9 +213,15 @@ fn why_run(plan: &Plan, node: &crate::pipeline::Node, previous: &Previous, lates
 /// Earlier bindings by stage, then by the axes' JSON text.
 type Previous = HashMap<String, HashMap<String, Vec<crate::store::PreviousBinding>>>;
 
-fn changed_params(before: &Value, now: &serde_json::Map<String, Value>) -> Vec<String> {
+fn changed_params(before: &Value, now: &crate::stages::Params) -> Vec<String> {
     let Some(before) = before.as_object() else { return vec!["params".into()] };
-    let mut names: Vec<String> = before.keys().chain(now.keys()).filter(|k| before.get(*k) != now.get(*k)).cloned().collect();
+    let mut names: Vec<String> = before
+        .keys()
+        .map(String::as_str)
+        .chain(now.iter().map(|(k, _)| k))
+        .filter(|k| before.get(*k) != now.get(k))
+        .map(str::to_owned)
+        .collect();
     names.sort();
     names.dedup();
     names

@@ -576,7 +576,7 @@ pub async fn job_from_store(store: &Store, instance_id: i64) -> anyhow::Result<J
             kind.version()
         );
     }
-    let params = Params(record.params.as_object().cloned().unwrap_or_default());
+    let params = Params::from(record.params.as_object().cloned().unwrap_or_default());
     let mut upstream = Vec::new();
     for (up, stage) in store.upstream_of(instance_id).await? {
         let Some(done) = store.done_attempt_of(up.id).await? else {
@@ -586,7 +586,7 @@ pub async fn job_from_store(store: &Store, instance_id: i64) -> anyhow::Result<J
             stage,
             kind: up.kind.clone(),
             key: up.key.clone(),
-            params: Params(up.params.as_object().cloned().unwrap_or_default()),
+            params: Params::from(up.params.as_object().cloned().unwrap_or_default()),
             done,
         });
     }

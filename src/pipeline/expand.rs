@@ -177,6 +177,8 @@ pub fn expand(spec: PipelineSpec) -> Result<Plan, Diagnostics> {
         // Where every instance is a cell of its own, nothing is shared.
         let memo = own.len() < axes.len();
         let mut cells: HashMap<Vec<usize>, Option<Cell>> = HashMap::new();
+        // The first cell's parameters, which the others are kept as differences from.
+        let mut base: Option<Arc<Map<String, Value>>> = None;
         for _ in 0..count {
             let mut unshared = None;
             let mut resolve = || {
@@ -187,6 +189,13 @@ pub fn expand(spec: PipelineSpec) -> Result<Plan, Diagnostics> {
                 };
                 let params = resolve_params(&spec, stage, &value_of, &mut errors)?;
                 let key = KeyPrefix::new(stage.kind.name(), &Keyed::of(stage.kind.params(), &params));
+                let params = match &base {
+                    Some(base) => params.relative_to(base),
+                    None => {
+                        base = Some(Arc::clone(params.shared()));
+                        params
+                    }
+                };
                 Some(Cell { params: Arc::new(params), key })
             };
             let cell = match memo {
@@ -380,11 +389,13 @@ fn resolve_params<'v>(
     if !ok {
         return None;
     }
-    let mut params = Params(map);
+    let mut params = Params::from(map);
     let derived = stage.kind.check(&params).and_then(|()| stage.kind.derive(&params));
     match derived {
         Ok(extra) => {
-            params.0.extend(extra);
+            for (name, value) in extra {
+                params.insert(name, value);
+            }
             Some(params)
         }
         Err(e) => {
@@ -414,20 +425,20 @@ struct Cell {
 /// [`ParamSpec::unkeyed_at_default`] while they hold their default.
 /// Serialises as the `Map` of those would, without copying it.
 struct Keyed<'p> {
-    params: &'p Map<String, Value>,
+    params: &'p Params,
     left_out: Vec<&'static str>,
 }
 
 impl<'p> Keyed<'p> {
     fn of(specs: &'static [ParamSpec], params: &'p Params) -> Keyed<'p> {
-        let left_out = specs.iter().filter(|p| params.0.get(p.name).is_some_and(|v| p.left_out_of_key(v))).map(|p| p.name).collect();
-        Keyed { params: &params.0, left_out }
+        let left_out = specs.iter().filter(|p| params.get(p.name).is_some_and(|v| p.left_out_of_key(v))).map(|p| p.name).collect();
+        Keyed { params, left_out }
     }
 }
 
 impl serde::Serialize for Keyed<'_> {
     fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        serializer.collect_map(self.params.iter().filter(|(n, _)| !self.left_out.contains(&n.as_str())))
+        serializer.collect_map(self.params.iter().filter(|(n, _)| !self.left_out.contains(n)))
     }
 }
 

@@ -130,7 +130,7 @@ impl StageKind for TextSimilarity {
         }
 
         let mut params = params;
-        params.0.insert("normalize".into(), Value::from(true)); // cosine = dot product of unit vectors
+        params.insert("normalize".into(), Value::from(true)); // cosine = dot product of unit vectors
         let encoder = StageEncoder::load(&params)?;
         let texts: Vec<&str> = pairs.iter().flat_map(|p| [p.positive.as_str(), p.negative.as_str()]).collect();
         let (rows, stats) = encoder.embed(ctx, &texts)?;

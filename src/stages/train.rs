@@ -544,7 +544,7 @@ mod tests {
     use super::*;
 
     fn derived(params: Value) -> Vec<(String, Value)> {
-        Train.derive(&Params(params.as_object().unwrap().clone())).unwrap()
+        Train.derive(&Params::from(params.as_object().unwrap().clone())).unwrap()
     }
 
     #[test]

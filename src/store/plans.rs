@@ -73,7 +73,7 @@ impl Store {
                     .bind(n.key.as_str())
                     .bind(n.kind.name())
                     .bind(i64::from(n.kind.version()))
-                    .bind(serde_json::Value::Object(n.params.0.clone()).to_string())
+                    .bind(serde_json::to_string(&*n.params)?)
                     .bind(&now);
             }
             q.execute(&mut *tx).await?;

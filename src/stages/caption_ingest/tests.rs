@@ -17,7 +17,7 @@ fn params(given: Value) -> Params {
             map.insert(spec.name.to_owned(), v);
         }
     }
-    Params(map)
+    Params::from(map)
 }
 
 fn run(dir: &Path, given: Value) -> anyhow::Result<StageOutputs> {
