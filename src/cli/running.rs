@@ -395,6 +395,6 @@ pub(super) async fn cancel(workspace: &Workspace, run_id: i64) -> anyhow::Result
     Ok(ExitCode::SUCCESS)
 }
 
-fn axes_text(axes: &[(String, serde_json::Value)]) -> String {
+fn axes_text(axes: &crate::pipeline::Axes) -> String {
     axes.iter().map(|(k, v)| format!("{k}={}", v.as_str().map_or_else(|| v.to_string(), str::to_owned))).collect::<Vec<_>>().join(" ")
 }

@@ -45,8 +45,34 @@ pub struct Node {
 pub struct Binding {
     pub stage: usize,
     /// The axis values of this instance, in axis declaration order.
-    pub axes: Vec<(String, Value)>,
+    pub axes: Axes,
     pub node: usize,
+}
+
+/// The axis values of one binding, as indices into every axis's name and
+/// values, which the bindings share: 100,000 bindings hold no names or
+/// values of their own.
+#[derive(Clone)]
+pub struct Axes {
+    grid: Arc<[(String, Vec<Value>)]>,
+    /// (axis, value) indices, in axis declaration order.
+    picks: Box<[(u32, u32)]>,
+}
+
+impl Axes {
+    /// (name, value) pairs in axis declaration order.
+    pub fn iter(&self) -> impl ExactSizeIterator<Item = (&str, &Value)> {
+        self.picks.iter().map(|&(a, v)| {
+            let (name, values) = &self.grid[a as usize];
+            (name.as_str(), &values[v as usize])
+        })
+    }
+}
+
+impl std::fmt::Debug for Axes {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_list().entries(self.iter()).finish()
+    }
 }
 
 /// A compiled pipeline: nodes in topological order (upstream first).
@@ -63,7 +89,7 @@ impl Plan {
         self.spec
             .axes
             .iter()
-            .filter(|axis| !self.bindings.iter().any(|b| b.axes.iter().any(|(name, _)| *name == axis.name)))
+            .filter(|axis| !self.bindings.iter().any(|b| b.axes.iter().any(|(name, _)| name == axis.name)))
             .map(|axis| {
                 self.spec.file.error(
                     axis.span.clone(),
@@ -80,7 +106,7 @@ impl Plan {
 
     /// Axis values of a binding as a JSON object.
     pub fn axes_json(binding: &Binding) -> Value {
-        Value::Object(binding.axes.iter().cloned().collect())
+        Value::Object(binding.axes.iter().map(|(name, value)| (name.to_owned(), value.clone())).collect())
     }
 
     /// Instance DAG for rendering (node weights index [`Plan::nodes`]).
@@ -140,6 +166,7 @@ pub fn expand(spec: PipelineSpec) -> Result<Plan, Diagnostics> {
     // For each stage, the node of each of its instances, by mixed-radix instance index.
     let mut stage_nodes: Vec<Vec<usize>> = vec![Vec::new(); spec.stages.len()];
     let mut errors = ErrorSet::default();
+    let grid: Arc<[(String, Vec<Value>)]> = spec.axes.iter().map(|a| (a.name.clone(), a.values.clone())).collect();
 
     // The grid's size before any of it is built: a plan of billions of
     // instances would only end when memory does.
@@ -287,9 +314,9 @@ pub fn expand(spec: PipelineSpec) -> Result<Plan, Diagnostics> {
                 }
             };
             nodes[node].bindings.push(binding);
-            let axis_values =
-                axes.iter().zip(&digits).map(|(&a, &d)| (spec.axes[a].name.clone(), spec.axes[a].values[d].clone())).collect();
-            bindings.push(Binding { stage: s, axes: axis_values, node });
+            // Both fit in u32: a spanned axis has at most MAX_INSTANCES values (checked above).
+            let picks = axes.iter().zip(&digits).map(|(&a, &d)| (a as u32, d as u32)).collect();
+            bindings.push(Binding { stage: s, axes: Axes { grid: Arc::clone(&grid), picks }, node });
             this_stage.push(node);
             advance(&mut digits, &radix);
         }

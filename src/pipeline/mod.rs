@@ -10,7 +10,7 @@ pub mod template;
 use std::path::Path;
 
 pub use diag::{Diagnostic, Diagnostics, SourceFile};
-pub use expand::{Binding, Node, Plan};
+pub use expand::{Axes, Binding, Node, Plan};
 pub use key::StageKey;
 pub use parse::PipelineSpec;
 
