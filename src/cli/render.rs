@@ -7,19 +7,41 @@ use crate::pipeline::Plan;
 
 /// A left-aligned text table with a header row.
 pub struct Table {
-    header: Vec<String>,
-    rows: Vec<Vec<String>>,
+    /// Every cell's text, one after another: a plan of 100,000 rows is one
+    /// string here, not half a million.
+    text: String,
+    /// Where each cell ends in `text`.
+    cell_ends: Vec<usize>,
+    /// Where each row (the header first) ends in `cell_ends`.
+    row_ends: Vec<usize>,
+    /// Each column's widest cell, in characters.
+    widths: Vec<usize>,
 }
 
 impl Table {
     pub fn new(header: &[&str]) -> Table {
-        Table { header: header.iter().map(|s| s.to_string()).collect(), rows: Vec::new() }
+        let mut table = Table { text: String::new(), cell_ends: Vec::new(), row_ends: Vec::new(), widths: Vec::new() };
+        table.push(header);
+        table
     }
 
     /// Adds a row; a cell longer than [`MAX_CELL`] characters is cut there
     /// and says how long it was (`--json` keeps whole values).
     pub fn row(&mut self, cells: Vec<String>) {
-        self.rows.push(cells.into_iter().map(clip).collect());
+        self.push(cells.into_iter().map(clip));
+    }
+
+    fn push(&mut self, cells: impl IntoIterator<Item = impl AsRef<str>>) {
+        for (column, cell) in cells.into_iter().enumerate() {
+            let cell = cell.as_ref();
+            if column == self.widths.len() {
+                self.widths.push(0);
+            }
+            self.widths[column] = self.widths[column].max(cell.chars().count());
+            self.text.push_str(cell);
+            self.cell_ends.push(self.text.len());
+        }
+        self.row_ends.push(self.cell_ends.len());
     }
 
     pub fn render(&self) -> String {
@@ -31,24 +53,21 @@ impl Table {
     /// The table written line by line (a plan of 100,000 instances is never
     /// one string in memory).
     pub fn write_to(&self, out: &mut impl std::io::Write) -> std::io::Result<()> {
-        let mut widths: Vec<usize> = self.header.iter().map(|h| h.chars().count()).collect();
-        for row in &self.rows {
-            for (i, cell) in row.iter().enumerate() {
-                widths[i] = widths[i].max(cell.chars().count());
-            }
-        }
         let mut line = String::new();
-        for row in std::iter::once(&self.header).chain(&self.rows) {
+        let mut first = 0;
+        for &end in &self.row_ends {
             line.clear();
-            for (i, cell) in row.iter().enumerate() {
-                if i > 0 {
+            for (column, c) in (first..end).enumerate() {
+                let cell = &self.text[if c == 0 { 0 } else { self.cell_ends[c - 1] }..self.cell_ends[c]];
+                if column > 0 {
                     line.push_str("  ");
                 }
                 line.push_str(cell);
                 // Padded by hand: `format!`'s width argument is limited to u16.
-                line.extend(std::iter::repeat_n(' ', widths[i] - cell.chars().count()));
+                line.extend(std::iter::repeat_n(' ', self.widths[column] - cell.chars().count()));
             }
             writeln!(out, "{}", line.trim_end())?;
+            first = end;
         }
         Ok(())
     }
