@@ -240,14 +240,18 @@ impl Store {
         pipeline: &str,
         min_rows: i64,
     ) -> anyhow::Result<HashMap<String, HashMap<String, Vec<PreviousBinding>>>> {
+        // CROSS JOIN keeps SQLite looping over the cells found: joined
+        // plainly, it read every binding's instance row (the whole
+        // 100,000-instance table) and only then matched them to no cell.
         let rows = sqlx::query(
             "WITH cells AS (SELECT stage, axes FROM instance_bindings WHERE pipeline_name = $1
                             GROUP BY stage, axes HAVING COUNT(*) >= $2)
              SELECT b.stage, b.axes, i.key, i.kind_version, i.params, i.kind,
                     CASE WHEN EXISTS (SELECT 1 FROM attempts a WHERE a.instance_id = i.id AND a.status <> 'skipped') THEN 1 ELSE 0 END
              FROM cells c
-             JOIN instance_bindings b ON b.pipeline_name = $1 AND b.stage = c.stage AND b.axes = c.axes
+             CROSS JOIN instance_bindings b
              JOIN stage_instances i ON i.id = b.instance_id
+             WHERE b.pipeline_name = $1 AND b.stage = c.stage AND b.axes = c.axes
              ORDER BY b.seen_at DESC, i.id DESC",
         )
         .bind(pipeline)
